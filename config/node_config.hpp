@@ -1,0 +1,113 @@
+#pragma once
+// The typed configuration of one cecollm node, read from a strict CAF-INI-like file:
+//
+//   ; comment            # comment
+//   [ce]
+//   role = "edge"        ; strings quoted (\" and \\ escapes) or bare words
+//   model.path = "../models/ce-brown-8l"
+//   [ce.cloud]
+//   host = "127.0.0.1"
+//   port = 7700
+//
+// A key's full name is its section + "." + key. Unknown keys, duplicate keys, wrong types
+// and out-of-range values are errors that name the file, the line and the key. The known
+// keys, their types, defaults and meaning are listed by config_keys_help(); they all come
+// from one table in node_config.cpp.
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "config/defaults.hpp"
+
+namespace ce {
+
+enum class Role { edge, cloud, both };
+enum class InferenceMode { standalone, collaborative, cloud_only, naive_split };
+enum class LogLevel { error, warning, info, debug };
+
+// The spelling used in config files: "edge", "cloud-only", "warning", ...
+const char* to_string(Role role);
+const char* to_string(InferenceMode mode);
+const char* to_string(LogLevel level);
+
+// Every configuration problem is reported with this type; the message names the source
+// ("edge.ini:7: ..." or "--set ce.cloud.port=0: ...") and the key at fault.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct NodeConfig {
+  Role role = Role::edge;  // ce.role, required in a file
+  std::string model_path;  // ce.model.path, required; resolved against the config's directory
+  int split_layer = defaults::split_layer;           // ce.split.layer
+  double exit_threshold = defaults::exit_threshold;  // ce.exit.threshold
+  InferenceMode mode = InferenceMode::collaborative;  // ce.mode
+
+  std::string cloud_host = defaults::cloud_host;      // ce.cloud.host (edge connects here)
+  std::uint16_t cloud_port = defaults::cloud_port;    // ce.cloud.port
+  std::string listen_host = defaults::listen_host;    // ce.listen.host (cloud listens here)
+  std::uint16_t listen_port = defaults::listen_port;  // ce.listen.port, 0 = ephemeral
+  bool allow_plain_remote = defaults::allow_plain_remote;  // ce.listen.allow-plain-remote
+
+  std::chrono::milliseconds idle_timeout = defaults::idle_timeout;  // ce.session.idle-timeout
+  int max_contexts = defaults::max_contexts;                        // ce.session.max-contexts
+  std::int64_t memory_cap_mib = defaults::memory_cap_mib;           // ce.session.memory-cap
+  std::chrono::milliseconds request_deadline = defaults::request_deadline;  // ce.request.deadline
+
+  int upload_batch = defaults::upload_batch;              // ce.upload.batch
+  int upload_queue_limit = defaults::upload_queue_limit;  // ce.upload.queue-limit (positions)
+  std::chrono::milliseconds upload_inject_delay = defaults::upload_inject_delay;  // test knob
+
+  std::string tls_certificate;  // ce.tls.certificate
+  std::string tls_key;          // ce.tls.key
+  std::string tls_ca;           // ce.tls.ca
+
+  int torch_threads = defaults::torch_threads;  // ce.threads, 0 = all cores
+  int actor_threads = defaults::actor_threads;  // ce.actor-threads
+
+  int max_tokens = defaults::max_tokens;      // ce.generate.max-tokens
+  double temperature = defaults::temperature;  // ce.generate.temperature
+  double top_p = defaults::top_p;              // ce.generate.top-p
+  std::int64_t seed = defaults::seed;          // ce.generate.seed
+
+  LogLevel log_level = LogLevel::info;  // ce.log.level
+
+  std::string source_path;  // the file (or source name) this config came from
+
+  // All three TLS paths are set (validate() refuses one or two).
+  bool tls_enabled() const { return !tls_certificate.empty() && !tls_key.empty() && !tls_ca.empty(); }
+  std::size_t memory_cap_bytes() const { return static_cast<std::size_t>(memory_cap_mib) << 20; }
+
+  // Checks every field's range and the rules between fields and the file system: the model
+  // directory holds config.json and model.safetensors, TLS is all-or-none with existing
+  // files, and a cloud refuses a plaintext listener on a non-loopback address unless
+  // allow_plain_remote is set. Throws ConfigError, e.g.
+  // "edge.ini: ce.cloud.port = 0: must be in 1..65535".
+  void validate() const;
+};
+
+// Parses a config file's text. source_name is used in messages and stored as source_path;
+// relative paths resolve against base_dir. Throws ConfigError "FILE:LINE: ..." for syntax
+// errors, unknown keys (with the closest known key), duplicate keys, wrong types and bad
+// ranges, and "FILE: ..." for a missing required key. Does not call validate().
+NodeConfig parse_node_config_text(const std::string& text, const std::string& source_name,
+                                  const std::string& base_dir);
+
+// Reads the file (a clear error if it is missing), parses it with paths relative to the
+// file's directory, then validate()s the result.
+NodeConfig load_node_config(const std::string& path);
+
+// Applies one "ce.cloud.port=7801" assignment from a command line --set, with the same
+// per-key checks as the file parser; relative paths resolve against base_dir. Call
+// validate() after the last override.
+void apply_override(NodeConfig& config, const std::string& assignment, const std::string& base_dir);
+
+// The effective config as "key = value" lines (in a form the parser reads back).
+std::string describe(const NodeConfig& config);
+
+// One line per key: name, type and range, default, meaning.
+std::string config_keys_help();
+
+}  // namespace ce

@@ -1,0 +1,512 @@
+// Plain structs <-> Cap'n Proto frames. The only file that includes the generated
+// protocol.capnp.h: each message has a to_capnp (encode) and a from_capnp (decode and
+// validate) below, in schema order.
+
+#include "messages/codec.hpp"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/array.h>
+#include <kj/exception.h>
+#include <kj/io.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <iterator>
+#include <utility>
+
+#include "protocol.capnp.h"
+
+namespace ce::wire {
+namespace {
+
+namespace s = ::ce::schema;
+
+static_assert(s::PROTOCOL_VERSION == protocol_version, "protocol.capnp and codec.hpp disagree");
+static_assert(static_cast<uint16_t>(s::Dtype::TOKEN_IDS) == static_cast<uint16_t>(Dtype::token_ids));
+static_assert(static_cast<uint16_t>(s::InferKind::NAIVE_SPLIT) ==
+              static_cast<uint16_t>(InferKind::naive_split));
+
+// Reading may visit each word of the frame once; the slack covers list elements of zero
+// size, which Cap'n Proto charges as one word each.
+constexpr uint64_t traversal_slack_words = 1024;
+// Frame -> message struct -> Text/Data is depth 3; nothing legitimate nests deeper.
+constexpr int nesting_limit = 8;
+constexpr size_t max_quoted_exception = 200;
+
+// ---------------------------------------------------------------------------- encoding
+
+capnp::Text::Reader text(const std::string& s) { return {s.c_str(), s.size()}; }
+capnp::Data::Reader data(const std::vector<uint8_t>& v) { return {v.data(), v.size()}; }
+s::Dtype to_capnp(Dtype d) { return static_cast<s::Dtype>(d); }
+s::InferKind to_capnp(InferKind k) { return static_cast<s::InferKind>(k); }
+
+void to_capnp(const Hello& m, s::Frame::Builder frame) {
+  auto b = frame.initHello();
+  b.setProtocolVersion(m.protocol_version);
+  b.setModelId(text(m.model_id));
+  b.setWeightsHash(text(m.weights_hash));
+  b.setSplitLayer(m.split_layer);
+  b.setHiddenDim(m.hidden_dim);
+  b.setDtype(to_capnp(m.dtype));
+  b.setClientName(text(m.client_name));
+}
+
+void to_capnp(const Welcome& m, s::Frame::Builder frame) {
+  auto b = frame.initWelcome();
+  b.setProtocolVersion(m.protocol_version);
+  b.setModelId(text(m.model_id));
+  b.setWeightsHash(text(m.weights_hash));
+  b.setSplitLayer(m.split_layer);
+  b.setHiddenDim(m.hidden_dim);
+  b.setIdleTimeoutMs(m.idle_timeout_ms);
+  b.setMaxPositions(m.max_positions);
+}
+
+void to_capnp(const UploadChunk& m, s::Frame::Builder frame) {
+  auto b = frame.initUploadChunk();
+  b.setSessionId(m.session_id);
+  b.setChunkId(m.chunk_id);
+  b.setFirstPosition(m.first_position);
+  b.setCount(m.count);
+  b.setDtype(to_capnp(m.dtype));
+  b.setPayload(data(m.payload));
+}
+
+void to_capnp(const UploadAck& m, s::Frame::Builder frame) {
+  auto b = frame.initUploadAck();
+  b.setSessionId(m.session_id);
+  b.setChunkId(m.chunk_id);
+  b.setHeldPositions(m.held_positions);
+}
+
+void to_capnp(const InferRequest& m, s::Frame::Builder frame) {
+  auto b = frame.initInferRequest();
+  b.setSessionId(m.session_id);
+  b.setRequestId(m.request_id);
+  b.setPosition(m.position);
+  b.setKind(to_capnp(m.kind));
+  b.setTemperature(m.temperature);
+  b.setTopP(m.top_p);
+  b.setSeed(m.seed);
+  b.setInlineDtype(to_capnp(m.inline_dtype));
+  b.setInlineCount(m.inline_count);
+  b.setInlinePayload(data(m.inline_payload));
+}
+
+void to_capnp(const InferReply& m, s::Frame::Builder frame) {
+  auto b = frame.initInferReply();
+  b.setSessionId(m.session_id);
+  b.setRequestId(m.request_id);
+  b.setPosition(m.position);
+  b.setToken(m.token);
+  b.setConfidence(m.confidence);
+  b.setCloudComputeUs(m.cloud_compute_us);
+}
+
+void to_capnp(const Bye& m, s::Frame::Builder frame) {
+  frame.initBye().setSessionId(m.session_id);
+}
+
+void to_capnp(const ErrorReply& m, s::Frame::Builder frame) {
+  auto b = frame.initError();
+  b.setCode(static_cast<uint8_t>(m.code));
+  b.setText(text(m.text));
+  b.setSessionId(m.session_id);
+  b.setRequestId(m.request_id);
+}
+
+// Bytes of strings and payloads, so that the first segment holds the whole frame.
+size_t variable_bytes(const Hello& m) {
+  return m.model_id.size() + m.weights_hash.size() + m.client_name.size();
+}
+size_t variable_bytes(const Welcome& m) { return m.model_id.size() + m.weights_hash.size(); }
+size_t variable_bytes(const UploadChunk& m) { return m.payload.size(); }
+size_t variable_bytes(const InferRequest& m) { return m.inline_payload.size(); }
+size_t variable_bytes(const ErrorReply& m) { return m.text.size(); }
+template <class T>
+size_t variable_bytes(const T&) {
+  return 0;
+}
+
+// ---------------------------------------------------------------------------- decoding
+
+Decoded fail(std::string text) {
+  Decoded d;
+  d.code = error::bad_message;
+  d.error_text = std::move(text);
+  return d;
+}
+
+std::string quote(const char* what) {
+  std::string s = what ? what : "";
+  if (s.size() > max_quoted_exception) s = s.substr(0, max_quoted_exception) + "...";
+  return s;
+}
+
+std::string show_float(float f) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(f));
+  return buf;
+}
+
+std::string show(uint64_t v) { return std::to_string(v); }
+
+// Reads one message, keeping the first problem found ("<Message>.<field>: <why>");
+// checks after it are skipped.
+class Check {
+ public:
+  explicit Check(const char* message) : message_(message) {}
+
+  bool failed() const { return !problem_.empty(); }
+
+  // `why` is only called on failure, so the happy path builds no strings.
+  template <class Why>
+  void require(bool fine, const char* field, Why&& why) {
+    if (!fine && !failed()) problem_ = std::string(message_) + "." + field + ": " + why();
+  }
+
+  void text(capnp::Text::Reader t, const char* field, std::string& out) {
+    require(t.size() <= max_text_bytes, field, [&] {
+      return show(t.size()) + " bytes, limit " + show(max_text_bytes);
+    });
+    if (!failed()) out.assign(t.cStr(), t.size());
+  }
+
+  void bytes(capnp::Data::Reader d, std::vector<uint8_t>& out) {
+    if (!failed()) out.assign(d.begin(), d.end());
+  }
+
+  void dtype(s::Dtype raw, const char* field, Dtype& out) {
+    auto v = static_cast<uint16_t>(raw);
+    require(v <= static_cast<uint16_t>(Dtype::token_ids), field,
+            [&] { return "unknown dtype " + show(v); });
+    out = static_cast<Dtype>(v);
+  }
+
+  void kind(s::InferKind raw, const char* field, InferKind& out) {
+    auto v = static_cast<uint16_t>(raw);
+    require(v <= static_cast<uint16_t>(InferKind::naive_split), field,
+            [&] { return "unknown kind " + show(v); });
+    out = static_cast<InferKind>(v);
+  }
+
+  // A payload of `rows` rows: rows int32 token ids, or rows * hidden_dim elements of
+  // `d`. With hidden_dim unknown (0), a whole positive number of elements per row.
+  void payload_size(size_t size, uint32_t rows, Dtype d, uint32_t hidden_dim, const char* field,
+                    const char* rows_name) {
+    if (failed()) return;
+    const uint64_t element = element_bytes(d);
+    if (d == Dtype::token_ids) {
+      const uint64_t want = uint64_t{rows} * element;
+      require(size == want, field, [&] {
+        return show(size) + " bytes, expected " + rows_name + "*4 = " + show(want);
+      });
+    } else if (hidden_dim > 0) {
+      uint64_t want = 0;
+      const bool overflow = __builtin_mul_overflow(uint64_t{rows} * hidden_dim, element, &want);
+      require(!overflow && size == want, field, [&] {
+        return show(size) + " bytes, expected " + rows_name + "*hidden_dim*" + show(element) +
+               " = " + (overflow ? std::string("(overflow)") : show(want));
+      });
+    } else {
+      const uint64_t row = uint64_t{rows} * element;
+      require(size > 0 && row > 0 && size % row == 0, field, [&] {
+        return show(size) + " bytes, not a positive multiple of " + rows_name + "*" +
+               show(element) + " = " + show(row);
+      });
+    }
+  }
+
+  Decoded finish(Message m) {
+    if (failed()) return fail(std::move(problem_));
+    Decoded d;
+    d.ok = true;
+    d.message = std::move(m);
+    return d;
+  }
+
+ private:
+  const char* message_;
+  std::string problem_;
+};
+
+Decoded from_capnp(s::Hello::Reader r, const Limits&) {
+  Check c("Hello");
+  Hello m;
+  m.protocol_version = r.getProtocolVersion();
+  c.text(r.getModelId(), "model_id", m.model_id);
+  c.text(r.getWeightsHash(), "weights_hash", m.weights_hash);
+  m.split_layer = r.getSplitLayer();
+  m.hidden_dim = r.getHiddenDim();
+  c.require(m.hidden_dim > 0, "hidden_dim", [] { return std::string("must be > 0"); });
+  c.dtype(r.getDtype(), "dtype", m.dtype);
+  c.text(r.getClientName(), "client_name", m.client_name);
+  return c.finish(std::move(m));
+}
+
+Decoded from_capnp(s::Welcome::Reader r, const Limits&) {
+  Check c("Welcome");
+  Welcome m;
+  m.protocol_version = r.getProtocolVersion();
+  c.text(r.getModelId(), "model_id", m.model_id);
+  c.text(r.getWeightsHash(), "weights_hash", m.weights_hash);
+  m.split_layer = r.getSplitLayer();
+  m.hidden_dim = r.getHiddenDim();
+  m.idle_timeout_ms = r.getIdleTimeoutMs();
+  m.max_positions = r.getMaxPositions();
+  return c.finish(std::move(m));
+}
+
+Decoded from_capnp(s::UploadChunk::Reader r, const Limits& limits) {
+  Check c("UploadChunk");
+  UploadChunk m;
+  m.session_id = r.getSessionId();
+  m.chunk_id = r.getChunkId();
+  m.first_position = r.getFirstPosition();
+  m.count = r.getCount();
+  c.dtype(r.getDtype(), "dtype", m.dtype);
+  c.require(m.count >= 1, "count", [] { return std::string("must be >= 1"); });
+  const uint64_t end = uint64_t{m.first_position} + m.count;
+  c.require(limits.max_positions == 0 || end <= limits.max_positions, "first_position", [&] {
+    return "first_position + count = " + show(end) + " exceeds max_positions = " +
+           show(limits.max_positions);
+  });
+  const auto payload = r.getPayload();
+  c.payload_size(payload.size(), m.count, m.dtype, limits.hidden_dim, "payload", "count");
+  c.bytes(payload, m.payload);
+  return c.finish(std::move(m));
+}
+
+Decoded from_capnp(s::UploadAck::Reader r, const Limits&) {
+  UploadAck m;
+  m.session_id = r.getSessionId();
+  m.chunk_id = r.getChunkId();
+  m.held_positions = r.getHeldPositions();
+  return Check("UploadAck").finish(std::move(m));
+}
+
+Decoded from_capnp(s::InferRequest::Reader r, const Limits& limits) {
+  Check c("InferRequest");
+  InferRequest m;
+  m.session_id = r.getSessionId();
+  m.request_id = r.getRequestId();
+  m.position = r.getPosition();
+  c.require(limits.max_positions == 0 || m.position < limits.max_positions, "position", [&] {
+    return show(m.position) + " >= max_positions = " + show(limits.max_positions);
+  });
+  c.kind(r.getKind(), "kind", m.kind);
+  m.temperature = r.getTemperature();
+  c.require(std::isfinite(m.temperature) && m.temperature >= 0, "temperature",
+            [&] { return show_float(m.temperature) + ", must be finite and >= 0"; });
+  m.top_p = r.getTopP();
+  c.require(m.top_p > 0 && m.top_p <= 1, "top_p",
+            [&] { return show_float(m.top_p) + ", must be in (0, 1]"; });
+  m.seed = r.getSeed();
+  c.dtype(r.getInlineDtype(), "inline_dtype", m.inline_dtype);
+  m.inline_count = r.getInlineCount();
+  const auto payload = r.getInlinePayload();
+  if (m.kind == InferKind::naive_split) {
+    const uint64_t want = uint64_t{m.position} + 1;
+    c.require(m.inline_count == want, "inline_count", [&] {
+      return show(m.inline_count) + ", expected position + 1 = " + show(want);
+    });
+    c.require(m.inline_dtype == Dtype::f32, "inline_dtype", [&] {
+      return std::string(to_string(m.inline_dtype)) + ", naive_split needs f32";
+    });
+    c.payload_size(payload.size(), m.inline_count, m.inline_dtype, limits.hidden_dim,
+                   "inline_payload", "inline_count");
+    c.bytes(payload, m.inline_payload);
+  } else {
+    c.require(m.inline_count == 0, "inline_count", [&] {
+      return show(m.inline_count) + ", must be 0 for " + to_string(m.kind);
+    });
+    c.require(payload.size() == 0, "inline_payload", [&] {
+      return show(payload.size()) + " bytes, must be empty for " + to_string(m.kind);
+    });
+  }
+  return c.finish(std::move(m));
+}
+
+Decoded from_capnp(s::InferReply::Reader r, const Limits&) {
+  InferReply m;
+  m.session_id = r.getSessionId();
+  m.request_id = r.getRequestId();
+  m.position = r.getPosition();
+  m.token = r.getToken();
+  m.confidence = r.getConfidence();
+  m.cloud_compute_us = r.getCloudComputeUs();
+  return Check("InferReply").finish(std::move(m));
+}
+
+Decoded from_capnp(s::Bye::Reader r, const Limits&) {
+  Bye m;
+  m.session_id = r.getSessionId();
+  return Check("Bye").finish(std::move(m));
+}
+
+Decoded from_capnp(s::Error::Reader r, const Limits&) {
+  Check c("Error");
+  ErrorReply m;
+  // A code from a newer peer is still an error: keep its text, call it internal.
+  const uint8_t code = r.getCode();
+  m.code = code <= static_cast<uint8_t>(last_error) ? static_cast<error>(code) : error::internal;
+  c.text(r.getText(), "text", m.text);
+  m.session_id = r.getSessionId();
+  m.request_id = r.getRequestId();
+  return c.finish(std::move(m));
+}
+
+Decoded from_capnp(s::Frame::Reader frame, const Limits& limits) {
+  switch (frame.which()) {
+    case s::Frame::HELLO: return from_capnp(frame.getHello(), limits);
+    case s::Frame::WELCOME: return from_capnp(frame.getWelcome(), limits);
+    case s::Frame::UPLOAD_CHUNK: return from_capnp(frame.getUploadChunk(), limits);
+    case s::Frame::UPLOAD_ACK: return from_capnp(frame.getUploadAck(), limits);
+    case s::Frame::INFER_REQUEST: return from_capnp(frame.getInferRequest(), limits);
+    case s::Frame::INFER_REPLY: return from_capnp(frame.getInferReply(), limits);
+    case s::Frame::BYE: return from_capnp(frame.getBye(), limits);
+    case s::Frame::ERROR: return from_capnp(frame.getError(), limits);
+  }
+  return fail("Frame: unknown message kind " + show(static_cast<uint16_t>(frame.which())));
+}
+
+}  // namespace
+
+std::vector<char> encode(const Message& m) {
+  constexpr size_t fixed_words = 64;  // segment table, Frame, the largest message struct
+  const size_t extra = std::visit([](const auto& x) { return variable_bytes(x); }, m);
+  capnp::MallocMessageBuilder builder(fixed_words + extra / sizeof(capnp::word) + 8);
+  auto frame = builder.initRoot<s::Frame>();
+  std::visit([&](const auto& x) { to_capnp(x, frame); }, m);
+
+  std::vector<char> out(capnp::computeSerializedSizeInWords(builder) * sizeof(capnp::word));
+  kj::ArrayOutputStream stream(
+      kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data()), out.size()));
+  capnp::writeMessage(stream, builder);
+  return out;
+}
+
+Decoded decode(const char* data, size_t size, const Limits& limits) {
+  if (size == 0) return fail("Frame: empty");
+  if (size % sizeof(capnp::word) != 0)
+    return fail("Frame: " + show(size) + " bytes, not a multiple of 8");
+  if (size > limits.max_frame_bytes)
+    return fail("Frame: " + show(size) + " bytes, max_frame_bytes = " + show(limits.max_frame_bytes));
+  try {
+    // FlatArrayMessageReader needs aligned words; the caller's bytes may not be.
+    auto words = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
+    std::memcpy(words.begin(), data, size);
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = size / sizeof(capnp::word) + traversal_slack_words;
+    options.nestingLimit = nesting_limit;
+    capnp::FlatArrayMessageReader reader(words, options);
+    if (reader.getEnd() != words.end()) {
+      const auto used = static_cast<size_t>(reader.getEnd() - words.begin()) * sizeof(capnp::word);
+      return fail("Frame: " + show(size - used) + " trailing bytes after the message");
+    }
+    return from_capnp(reader.getRoot<s::Frame>(), limits);
+  } catch (const kj::Exception& e) {
+    return fail("Frame: malformed: " + quote(e.getDescription().cStr()));
+  } catch (const std::exception& e) {
+    return fail("Frame: malformed: " + quote(e.what()));
+  } catch (...) {
+    return fail("Frame: malformed");
+  }
+}
+
+size_t element_bytes(Dtype d) {
+  switch (d) {
+    case Dtype::f16: return 2;
+    case Dtype::f32: return 4;
+    case Dtype::token_ids: return 4;
+  }
+  return 0;
+}
+
+// ------------------------------------------------------------------------- fp16 <-> fp32
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+
+  if (ax >= 0x7f800000u) {  // inf, or NaN: keep the top payload bits, force quiet
+    if (ax == 0x7f800000u) return sign | 0x7c00u;
+    return static_cast<uint16_t>(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+  }
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds past 65504: inf
+  if (ax >= 0x38800000u) {                        // >= 2^-14: a normal half
+    const uint32_t exponent = (ax >> 23) - 127 + 15;
+    const uint32_t mantissa = ax & 0x7fffffu;
+    uint32_t h = (exponent << 10) | (mantissa >> 13);
+    const uint32_t rest = mantissa & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry bumps the exponent
+    return static_cast<uint16_t>(sign | h);
+  }
+  if (ax <= 0x33000000u) return sign;  // <= 2^-25 (half of the smallest subnormal): zero
+  // A subnormal half: value / 2^-24, rounded; shift is in [14, 24].
+  const uint32_t mantissa = (ax & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126 - (ax >> 23);
+  uint32_t h = mantissa >> shift;
+  const uint32_t rest = mantissa & ((1u << shift) - 1);
+  const uint32_t halfway = 1u << (shift - 1);
+  if (rest > halfway || (rest == halfway && (h & 1u))) ++h;  // 0x400 is the smallest normal
+  return static_cast<uint16_t>(sign | h);
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  int32_t exponent = (h >> 10) & 0x1f;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t x;
+  if (exponent == 0x1f) {
+    x = sign | 0x7f800000u | (mantissa << 13);  // inf or NaN
+  } else if (exponent != 0) {
+    x = sign | (static_cast<uint32_t>(exponent + 127 - 15) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    x = sign;
+  } else {  // subnormal: normalise
+    exponent = 1;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    x = sign | (static_cast<uint32_t>(exponent + 127 - 15) << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+}
+
+// ---------------------------------------------------------------------------- names
+
+const char* to_string(Dtype d) {
+  switch (d) {
+    case Dtype::f16: return "f16";
+    case Dtype::f32: return "f32";
+    case Dtype::token_ids: return "token_ids";
+  }
+  return "unknown_dtype";
+}
+
+const char* to_string(InferKind k) {
+  switch (k) {
+    case InferKind::collaborative: return "collaborative";
+    case InferKind::cloud_only: return "cloud_only";
+    case InferKind::naive_split: return "naive_split";
+  }
+  return "unknown_kind";
+}
+
+const char* kind_name(const Message& m) {
+  static const char* const names[] = {"Hello",        "Welcome",    "UploadChunk", "UploadAck",
+                                      "InferRequest", "InferReply", "Bye",         "ErrorReply"};
+  static_assert(std::size(names) == std::variant_size_v<Message>);
+  return names[m.index()];
+}
+
+}  // namespace ce::wire

@@ -1,0 +1,145 @@
+#pragma once
+// The messages between edge and cloud as plain structs, and their wire codec.
+//
+// The wire format is Cap'n Proto (messages/protocol.capnp); only codec.cpp sees the
+// generated code. A frame is one std::vector<char> (a CAF built-in type), produced by
+// encode() and checked field by field by decode() before anyone trusts it.
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "messages/error.hpp"
+
+namespace ce::wire {
+
+constexpr uint32_t protocol_version = 1;
+
+// Element type of a payload. token_ids: int32 little endian.
+enum class Dtype : uint8_t { f16 = 0, f32 = 1, token_ids = 2 };
+
+// Edge -> cloud: opens a session.
+struct Hello {
+  uint32_t protocol_version = wire::protocol_version;
+  std::string model_id;
+  std::string weights_hash;
+  uint32_t split_layer = 0;
+  uint32_t hidden_dim = 0;
+  Dtype dtype = Dtype::f16;
+  std::string client_name;
+};
+
+// Cloud -> edge: accepts a Hello.
+struct Welcome {
+  uint32_t protocol_version = wire::protocol_version;
+  std::string model_id;
+  std::string weights_hash;
+  uint32_t split_layer = 0;
+  uint32_t hidden_dim = 0;
+  uint64_t idle_timeout_ms = 0;
+  uint32_t max_positions = 0;
+};
+
+// Hidden states (f16 or f32, row-major (count, hidden_dim)) or token ids (cloud-only
+// mode) of positions [first_position, first_position + count).
+struct UploadChunk {
+  uint64_t session_id = 0;
+  uint64_t chunk_id = 0;
+  uint32_t first_position = 0;
+  uint32_t count = 0;
+  Dtype dtype = Dtype::f16;
+  std::vector<uint8_t> payload;
+};
+
+// Cloud -> edge: the cloud holds positions [0, held_positions).
+struct UploadAck {
+  uint64_t session_id = 0;
+  uint64_t chunk_id = 0;
+  uint32_t held_positions = 0;
+};
+
+enum class InferKind : uint8_t { collaborative = 0, cloud_only = 1, naive_split = 2 };
+
+// Asks for the token after `position`. naive_split carries the whole sequence inline
+// (fp32, positions [0, position], row-major (inline_count, hidden_dim)) and the cloud
+// keeps nothing; other kinds leave the inline fields empty.
+struct InferRequest {
+  uint64_t session_id = 0;
+  uint64_t request_id = 0;
+  uint32_t position = 0;
+  InferKind kind = InferKind::collaborative;
+  float temperature = 0;
+  float top_p = 1;
+  uint64_t seed = 0;
+  Dtype inline_dtype = Dtype::f32;
+  uint32_t inline_count = 0;
+  std::vector<uint8_t> inline_payload;
+};
+
+// Cloud -> edge: the answer to an InferRequest.
+struct InferReply {
+  uint64_t session_id = 0;
+  uint64_t request_id = 0;
+  uint32_t position = 0;
+  int32_t token = 0;
+  float confidence = 0;
+  uint64_t cloud_compute_us = 0;
+};
+
+// Edge -> cloud: closes a session.
+struct Bye {
+  uint64_t session_id = 0;
+};
+
+// Either way: a refusal. On the wire it is the Error struct.
+struct ErrorReply {
+  error code = error::none;
+  std::string text;
+  uint64_t session_id = 0;
+  uint64_t request_id = 0;
+};
+
+using Message =
+    std::variant<Hello, Welcome, UploadChunk, UploadAck, InferRequest, InferReply, Bye, ErrorReply>;
+
+// What the receiver accepts. Zero hidden_dim / max_positions skip the checks that need them.
+struct Limits {
+  uint32_t hidden_dim = 0;
+  uint32_t max_positions = 0;
+  uint64_t max_frame_bytes = 64ull << 20;
+};
+
+struct Decoded {
+  bool ok = false;
+  Message message;
+  error code = error::none;  // bad_message when !ok
+  std::string error_text;    // names the bad field, e.g. "UploadChunk.payload: ..."
+};
+
+// Strings longer than this are refused by decode().
+constexpr size_t max_text_bytes = 4096;
+
+std::vector<char> encode(const Message& m);
+
+// Never throws and never aborts, whatever the bytes. ok=false comes with
+// code=error::bad_message and an error_text that names the offending field.
+Decoded decode(const char* data, size_t size, const Limits& limits);
+inline Decoded decode(const std::vector<char>& bytes, const Limits& limits) {
+  return decode(bytes.data(), bytes.size(), limits);
+}
+
+size_t element_bytes(Dtype d);  // f16: 2, f32: 4, token_ids: 4
+
+// IEEE binary16 <-> binary32. float_to_half rounds to nearest even, overflows to inf,
+// keeps subnormals, and keeps NaN a (quiet) NaN of the same sign.
+uint16_t float_to_half(float f);
+float half_to_float(uint16_t h);
+
+// Names for logs.
+const char* to_string(Dtype d);
+const char* to_string(InferKind k);
+const char* kind_name(const Message& m);  // "Hello", "UploadChunk", ...
+
+}  // namespace ce::wire

@@ -1,0 +1,117 @@
+@0x8e00d77c963159e9;
+# cecollm wire protocol between edge and cloud nodes.
+#
+# Evolution rules: field and union ordinals (@N) are never renumbered, reused or
+# retyped; the schema evolves only by appending fields, union members and enumerants.
+# A breaking change bumps `protocolVersion`, which peers compare in Hello/Welcome.
+# The C++ side never uses this schema directly: messages/codec.cpp translates it to the
+# plain structs of messages/codec.hpp.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("ce::schema");
+
+const protocolVersion :UInt32 = 1;
+
+# Element type of a tensor payload. tokenIds are int32 little endian.
+enum Dtype {
+  f16 @0;
+  f32 @1;
+  tokenIds @2;
+}
+
+enum InferKind {
+  collaborative @0;  # the cloud continues from the hidden states it holds
+  cloudOnly @1;      # the cloud runs the whole model on uploaded token ids
+  naiveSplit @2;     # the whole sequence travels inline; the cloud keeps nothing
+}
+
+# Edge -> cloud: opens a session.
+struct Hello {
+  protocolVersion @0 :UInt32;
+  modelId @1 :Text;
+  weightsHash @2 :Text;
+  splitLayer @3 :UInt32;
+  hiddenDim @4 :UInt32;
+  dtype @5 :Dtype;
+  clientName @6 :Text;
+}
+
+# Cloud -> edge: accepts a Hello.
+struct Welcome {
+  protocolVersion @0 :UInt32;
+  modelId @1 :Text;
+  weightsHash @2 :Text;
+  splitLayer @3 :UInt32;
+  hiddenDim @4 :UInt32;
+  idleTimeoutMs @5 :UInt64;
+  maxPositions @6 :UInt32;
+}
+
+# Edge -> cloud: hidden states (f16/f32, row-major (count, hiddenDim)) or token ids of
+# positions [firstPosition, firstPosition + count).
+struct UploadChunk {
+  sessionId @0 :UInt64;
+  chunkId @1 :UInt64;
+  firstPosition @2 :UInt32;
+  count @3 :UInt32;
+  dtype @4 :Dtype;
+  payload @5 :Data;
+}
+
+# Cloud -> edge: the cloud holds positions [0, heldPositions).
+struct UploadAck {
+  sessionId @0 :UInt64;
+  chunkId @1 :UInt64;
+  heldPositions @2 :UInt32;
+}
+
+# Edge -> cloud: asks for the token after `position`.
+struct InferRequest {
+  sessionId @0 :UInt64;
+  requestId @1 :UInt64;
+  position @2 :UInt32;
+  kind @3 :InferKind;
+  temperature @4 :Float32;
+  topP @5 :Float32;
+  seed @6 :UInt64;
+  inlineDtype @7 :Dtype;     # naiveSplit only
+  inlineCount @8 :UInt32;    # naiveSplit only: position + 1
+  inlinePayload @9 :Data;    # naiveSplit only: (inlineCount, hiddenDim) f32
+}
+
+# Cloud -> edge: the answer to an InferRequest.
+struct InferReply {
+  sessionId @0 :UInt64;
+  requestId @1 :UInt64;
+  position @2 :UInt32;
+  token @3 :Int32;
+  confidence @4 :Float32;
+  cloudComputeUs @5 :UInt64;
+}
+
+# Edge -> cloud: closes a session.
+struct Bye {
+  sessionId @0 :UInt64;
+}
+
+# Either way: a refusal. `code` is a ce::error value (messages/error.hpp).
+struct Error {
+  code @0 :UInt8;
+  text @1 :Text;
+  sessionId @2 :UInt64;
+  requestId @3 :UInt64;
+}
+
+# The one root type of every message on the wire.
+struct Frame {
+  union {
+    hello @0 :Hello;
+    welcome @1 :Welcome;
+    uploadChunk @2 :UploadChunk;
+    uploadAck @3 :UploadAck;
+    inferRequest @4 :InferRequest;
+    inferReply @5 :InferReply;
+    bye @6 :Bye;
+    error @7 :Error;
+  }
+}

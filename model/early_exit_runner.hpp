@@ -1,0 +1,63 @@
+#pragma once
+// Token-by-token early-exit inference over layers [0, layer_end) of one session: the edge's
+// partition (layer_end = split) or a whole model run locally (layer_end = L).
+//
+// A token that leaves at an exit still owes the deeper layers of the range: their KV for later
+// tokens, and its state at layer_end (the split-layer state the cloud needs). Those rows wait in
+// `pending_` at the depth where they stopped and ride along, in one batch, with the next token
+// that goes deeper (EE-LLM's KV recomputation); flush() completes them at the end.
+// Torch-free header: actors hold it through this interface.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/runtime.hpp"
+#include "model/sampler.hpp"
+
+namespace ce {
+
+struct ExitRule {
+  double threshold = 0.8;      // leave at the first exit whose confidence >= threshold
+  bool evaluate_exits = true;  // false: only run layers (filling KV and split states)
+  SamplingParams sampling;
+};
+
+struct StepOutcome {
+  int32_t position = -1;       // position whose next token this decides
+  bool resolved = false;       // decided on this node (an exit, or the final layer when layer_end = L)
+  int32_t token = -1;
+  float confidence = 0;
+  int32_t exit_layer = -1;     // exit layer that resolved it; L for the final layer
+  int32_t fallback_token = -1; // the deepest evaluated exit's choice (standalone fallback)
+  float fallback_confidence = 0;
+  int32_t fallback_layer = -1;
+};
+
+// Split-layer states of positions [first_position, first_position + count), fp16 bits, row-major.
+struct CompletedRows {
+  uint32_t first_position = 0;
+  uint32_t count = 0;
+  std::vector<uint16_t> fp16;
+};
+
+class EarlyExitRunner {
+ public:
+  EarlyExitRunner(std::shared_ptr<const Model> model, int64_t layer_end);
+  ~EarlyExitRunner();
+
+  // Feeds `tokens` at the next positions and decides the token after the last one.
+  StepOutcome advance(const std::vector<int32_t>& tokens, const ExitRule& rule);
+  // Runs every pending row to layer_end.
+  void flush();
+  // Rows that reached layer_end since the last call (in position order, contiguous).
+  CompletedRows take_completed();
+  int64_t positions() const;        // tokens fed so far
+  int64_t completed_positions() const;  // positions that reached layer_end
+  int64_t layer_end() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace ce

@@ -1,0 +1,42 @@
+#pragma once
+// SentencePiece BPE tokenizer, read from a tokenizer.model file (the ModelProto written by
+// spm_train). Implemented here rather than linking libsentencepiece: Debian's build embeds its own
+// protobuf-lite, which collides with libtorch's protobuf and crashes at start-up.
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ce {
+
+class Tokenizer {
+ public:
+  explicit Tokenizer(const std::string& model_file);  // throws ModelError naming the file
+  std::vector<int32_t> encode(const std::string& text) const;
+  std::string decode(const std::vector<int32_t>& ids) const;
+  int32_t vocab_size() const { return static_cast<int32_t>(pieces_.size()); }
+  int32_t bos_id() const { return bos_id_; }
+  int32_t eos_id() const { return eos_id_; }
+  int32_t unk_id() const { return unk_id_; }
+
+ private:
+  enum class PieceType { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+  struct Piece {
+    std::string text;
+    float score = 0;
+    PieceType type = PieceType::normal;
+  };
+  void parse(const std::string& bytes, const std::string& file);
+  std::string normalize(const std::string& text) const;
+  std::vector<int32_t> encode_word(const std::vector<std::string>& chars) const;
+
+  std::vector<Piece> pieces_;
+  std::unordered_map<std::string, int32_t> ids_;  // normal and user-defined pieces
+  std::vector<std::string> user_defined_;         // matched whole, longest first
+  int32_t byte_ids_[256];
+  int32_t unk_id_ = 0, bos_id_ = 1, eos_id_ = 2;
+  bool add_dummy_prefix_ = true, remove_extra_whitespaces_ = true, escape_whitespaces_ = true;
+  bool byte_fallback_ = false;
+};
+
+}  // namespace ce

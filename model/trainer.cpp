@@ -1,0 +1,170 @@
+#include "model/trainer.hpp"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "model/decoder.hpp"
+#include "model/weights.hpp"
+
+namespace ce {
+namespace {
+
+// Batches depend only on (seed, step): a resumed run sees exactly the batches it would have seen.
+std::pair<at::Tensor, at::Tensor> sample_batch(const at::Tensor& data, int64_t batch, int64_t seq, uint64_t seed,
+                                               int64_t step) {
+  std::mt19937_64 rng(seed * 1000003ull + static_cast<uint64_t>(step));
+  std::uniform_int_distribution<int64_t> pick(0, data.size(0) - seq - 2);
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < batch; ++b) rows.push_back(data.narrow(0, pick(rng), seq + 1));
+  auto all = torch::stack(rows);  // (B, T + 1)
+  return {all.narrow(1, 0, seq), all.narrow(1, 1, seq)};
+}
+
+struct Losses {
+  at::Tensor total;
+  std::vector<at::Tensor> per_head;  // exits ascending, then final
+};
+
+Losses compute_losses(const Decoder& d, const at::Tensor& input, const at::Tensor& target, const TrainOptions& o) {
+  const auto& c = d.config();
+  auto h = torch::embedding(d.weights().embed, input);  // (B, T, dim)
+  Losses out;
+  std::vector<at::Tensor> exit_logits;
+  int64_t depth = 0;
+  for (auto e : c.exit_layers) {
+    h = d.forward_no_cache(h, depth, e);
+    depth = e;
+    exit_logits.push_back(d.exit_logits(e, h));  // (B, T, vocab)
+  }
+  h = d.forward_no_cache(h, depth, c.n_layers);
+  auto final_logits = d.final_logits(h);
+  auto ce_loss = [&](const at::Tensor& logits) {
+    return torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), target.reshape({-1}));
+  };
+  auto final_loss = ce_loss(final_logits);
+  out.total = o.freeze_backbone ? torch::zeros({}) : final_loss;
+  at::Tensor teacher;
+  if (o.distill_weight > 0) teacher = torch::softmax(final_logits.detach(), -1);
+  for (auto& logits : exit_logits) {
+    auto l = ce_loss(logits);
+    out.per_head.push_back(l.detach());
+    out.total = out.total + o.exit_weight * l;
+    if (o.distill_weight > 0) {
+      auto log_p = torch::log_softmax(logits, -1);
+      auto kl = (teacher * (torch::log(teacher + 1e-9) - log_p)).sum(-1).mean();
+      out.total = out.total + o.distill_weight * kl;
+    }
+  }
+  out.per_head.push_back(final_loss.detach());
+  return out;
+}
+
+double learning_rate(const TrainOptions& o, int64_t step) {
+  if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
+  const double progress = static_cast<double>(step - o.warmup) / std::max<int64_t>(1, o.steps - o.warmup);
+  const double cosine = 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
+  return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& o, const std::string& out_dir,
+                  const std::function<void(const TrainProgress&)>& progress) {
+  if (o.train_tokens.size() < static_cast<size_t>(o.seq + 2)) throw ModelError("train: not enough training tokens");
+  std::shared_ptr<Weights> weights;
+  const std::string ckpt = o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/weights.safetensors";
+  int64_t start_step = 0;
+  if (!ckpt.empty() && std::filesystem::exists(o.checkpoint_dir + "/state.json")) {
+    std::ifstream in(o.checkpoint_dir + "/state.json");
+    auto state = nlohmann::json::parse(in);
+    start_step = state.at("step").get<int64_t>();
+    weights = weights_from_tensors(o.config, read_safetensors(ckpt), ckpt);
+  } else if (!o.init_dir.empty()) {
+    weights = load_weights(o.init_dir);
+    if (weights->config.exit_layers != o.config.exit_layers && !o.config.exit_layers.empty())
+      throw ModelError("train: --init model's exits differ from the requested config");
+  } else {
+    weights = random_weights(o.config, o.seed);
+  }
+  Decoder decoder(weights);
+  std::vector<at::Tensor> params;
+  for (auto& [name, t] : weights->named_tensors()) {
+    const bool trainable = !o.freeze_backbone || Weights::is_exit_tensor(name);
+    t.requires_grad_(trainable);
+    if (trainable) params.push_back(t);
+  }
+  if (params.empty()) throw ModelError("train: nothing to train (tied exit heads and frozen backbone?)");
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).betas({0.9, 0.95}).weight_decay(o.weight_decay));
+  if (start_step > 0 && std::filesystem::exists(o.checkpoint_dir + "/optimizer.pt"))
+    torch::load(optimizer, o.checkpoint_dir + "/optimizer.pt");
+
+  auto train_data = torch::tensor(std::vector<int64_t>(o.train_tokens.begin(), o.train_tokens.end()), torch::kLong);
+  at::Tensor valid_data;
+  if (o.valid_tokens.size() > static_cast<size_t>(o.seq + 2))
+    valid_data = torch::tensor(std::vector<int64_t>(o.valid_tokens.begin(), o.valid_tokens.end()), torch::kLong);
+
+  auto save_checkpoint = [&](int64_t step) {
+    if (o.checkpoint_dir.empty()) return;
+    std::filesystem::create_directories(o.checkpoint_dir);
+    TensorMap t;
+    for (auto& [name, tensor] : weights->named_tensors()) t[name] = tensor.detach();
+    write_safetensors(ckpt, t);
+    torch::save(optimizer, o.checkpoint_dir + "/optimizer.pt");
+    std::ofstream(o.checkpoint_dir + "/state.json") << nlohmann::json{{"step", step}}.dump() << "\n";
+  };
+
+  TrainResult result;
+  using clock = std::chrono::steady_clock;
+  auto t0 = clock::now();
+  int64_t step = start_step;
+  for (; step < o.steps; ++step) {
+    if (o.stop_after > 0 && step - start_step >= o.stop_after) break;
+    const double lr = learning_rate(o, step);
+    for (auto& group : optimizer.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    auto [input, target] = sample_batch(train_data, o.batch, o.seq, o.seed, step);
+    auto losses = compute_losses(decoder, input, target, o);
+    optimizer.zero_grad();
+    losses.total.backward();
+    torch::nn::utils::clip_grad_norm_(params, o.clip);
+    optimizer.step();
+    result.step_losses.push_back(losses.total.item<double>());
+    const int64_t done = step + 1 - start_step;
+    const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
+    TrainProgress p;
+    p.step = step + 1;
+    p.total_steps = o.steps;
+    p.lr = lr;
+    for (auto& l : losses.per_head) p.losses.push_back(l.item<double>());
+    p.tokens_per_second = static_cast<double>(done * o.batch * o.seq) / elapsed;
+    p.eta_seconds = elapsed / static_cast<double>(done) * static_cast<double>(o.steps - step - 1);
+    if (progress) progress(p);
+    if (valid_data.defined() && o.eval_every > 0 && (step + 1) % o.eval_every == 0) {
+      torch::NoGradGuard no_grad;
+      TrainProgress ev = p;
+      ev.is_eval = true;
+      ev.losses.assign(p.losses.size(), 0.0);
+      for (int64_t b = 0; b < o.eval_batches; ++b) {
+        auto [vi, vt] = sample_batch(valid_data, o.batch, o.seq, 7777, b);  // fixed validation windows
+        auto vl = compute_losses(decoder, vi, vt, o);
+        for (size_t i = 0; i < vl.per_head.size(); ++i) ev.losses[i] += vl.per_head[i].item<double>() / o.eval_batches;
+      }
+      if (progress) progress(ev);
+    }
+    if (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0) save_checkpoint(step + 1);
+  }
+  result.steps_done = step - start_step;
+  result.finished = step >= o.steps;
+  save_checkpoint(step);
+  for (auto& t : params) t.requires_grad_(false);
+  if (!out_dir.empty()) save_weights(*weights, out_dir);
+  return result;
+}
+
+}  // namespace ce

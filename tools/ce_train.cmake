@@ -1,0 +1,1 @@
+ce_tool(ce-train ce_train.cpp)

@@ -1,0 +1,118 @@
+// ce-train: trains an early-exit LLaMA on a text file (joint training, or EE-Tuning of the exit
+// heads with --freeze-backbone), with checkpoint/resume, and writes an fp16 model directory.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "model/runtime.hpp"
+#include "model/tokenizer.hpp"
+#include "model/trainer.hpp"
+#include "tools/cli.hpp"
+
+namespace {
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ce::ModelError(path + ": cannot open");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<int32_t> tokenize_documents(const ce::Tokenizer& tok, const std::string& text, int32_t bos) {
+  // The whole corpus is one stream, BOS first; paragraphs stay apart through the newline token.
+  std::vector<int32_t> ids{bos};
+  auto all = tok.encode(text);
+  ids.insert(ids.end(), all.begin(), all.end());
+  return ids;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  ce::cli::Parser cli("ce-train", "Trains an early-exit LLaMA (C++/libtorch) and writes an fp16 safetensors model directory.");
+  cli.add("train", "FILE", "training text", "data/brown/train.txt")
+      .add("valid", "FILE", "validation text (loss reported every --eval-every steps)", "data/brown/valid.txt")
+      .add("tokenizer", "FILE", "SentencePiece BPE tokenizer.model", "data/brown/tokenizer-2048.model")
+      .add("out", "DIR", "output model directory")
+      .add("init", "DIR", "start from this model (required with --freeze-backbone)")
+      .add("checkpoint-dir", "DIR", "checkpoint directory; an existing checkpoint is resumed")
+      .add("name", "NAME", "model name in config.json", "ce-brown-8l")
+      .add("dim", "N", "hidden size", "256").add("layers", "N", "layers", "8").add("heads", "N", "attention heads", "4")
+      .add("kv-heads", "N", "key/value heads", "4").add("ffn", "N", "feed-forward size", "688")
+      .add("exits", "LIST", "exit layers", "2,4").add("split", "N", "default split layer", "4")
+      .add("max-seq", "N", "max positions", "1024").add("tie-exit-heads", "", "exit heads share lm_head")
+      .add("steps", "N", "optimizer steps", "2000").add("batch", "N", "sequences per step", "16")
+      .add("seq", "N", "tokens per sequence", "256").add("lr", "X", "peak learning rate", "0.003")
+      .add("warmup", "N", "warm-up steps", "100").add("weight-decay", "X", "AdamW weight decay", "0.1")
+      .add("exit-weight", "X", "loss weight of each exit (final = 1)", "0.5")
+      .add("distill", "X", "weight of KL(final || exit) per exit", "0")
+      .add("freeze-backbone", "", "EE-Tuning: train only the exit heads of --init")
+      .add("seed", "N", "seed for init and batches", "1").add("eval-every", "N", "validation interval", "200")
+      .add("checkpoint-every", "N", "checkpoint interval", "200")
+      .add("stop-after", "N", "stop this sitting after N steps (resume later)", "0")
+      .add("threads", "N", "torch threads, 0 = all cores", "0");
+  cli.parse(argc, argv);
+  try {
+    ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
+    ce::Tokenizer tok(cli.get("tokenizer"));
+    ce::TrainOptions o;
+    auto& c = o.config;
+    c.name = cli.get("name");
+    c.dim = cli.get_int("dim");
+    c.n_layers = cli.get_int("layers");
+    c.n_heads = cli.get_int("heads");
+    c.n_kv_heads = cli.get_int("kv-heads");
+    c.ffn_dim = cli.get_int("ffn");
+    c.vocab_size = tok.vocab_size();
+    c.bos_id = tok.bos_id();
+    c.eos_id = tok.eos_id();
+    c.max_seq = cli.get_int("max-seq");
+    c.default_split = cli.get_int("split");
+    c.tie_exit_heads = cli.has("tie-exit-heads");
+    c.exit_layers.clear();
+    std::stringstream exits(cli.get("exits"));
+    for (std::string e; std::getline(exits, e, ',');) c.exit_layers.push_back(std::stoll(e));
+    c.validate();
+    o.init_dir = cli.get("init");
+    o.freeze_backbone = cli.has("freeze-backbone");
+    if (o.freeze_backbone && o.init_dir.empty()) cli.fail("--freeze-backbone needs --init");
+    if (!o.init_dir.empty()) o.config = ce::Model::load(o.init_dir)->config();
+    o.checkpoint_dir = cli.get("checkpoint-dir");
+    o.steps = cli.get_int("steps");
+    o.batch = cli.get_int("batch");
+    o.seq = cli.get_int("seq");
+    o.lr = cli.get_double("lr");
+    o.warmup = cli.get_int("warmup");
+    o.weight_decay = cli.get_double("weight-decay");
+    o.exit_weight = cli.get_double("exit-weight");
+    o.distill_weight = cli.get_double("distill");
+    o.seed = static_cast<uint64_t>(cli.get_int("seed"));
+    o.eval_every = cli.get_int("eval-every");
+    o.checkpoint_every = cli.get_int("checkpoint-every");
+    o.stop_after = cli.get_int("stop-after");
+    std::cerr << "tokenizing " << cli.get("train") << " ...\n";
+    o.train_tokens = tokenize_documents(tok, read_file(cli.get("train")), tok.bos_id());
+    if (std::filesystem::exists(cli.get("valid")))
+      o.valid_tokens = tokenize_documents(tok, read_file(cli.get("valid")), tok.bos_id());
+    std::cerr << "train tokens " << o.train_tokens.size() << ", valid tokens " << o.valid_tokens.size() << "\n";
+    const std::string out = cli.get("out");
+    auto result = ce::train(o, out, [&](const ce::TrainProgress& p) {
+      std::fprintf(stderr, "%s step %lld/%lld lr %.2e loss", p.is_eval ? "EVAL" : "train", static_cast<long long>(p.step),
+                   static_cast<long long>(p.total_steps), p.lr);
+      for (size_t i = 0; i < p.losses.size(); ++i)
+        std::fprintf(stderr, " %s%.4f", i + 1 == p.losses.size() ? "final=" : ("exit" + std::to_string(c.exit_layers[i]) + "=").c_str(), p.losses[i]);
+      if (!p.is_eval)
+        std::fprintf(stderr, " | %.0f tok/s ETA %.0f min", p.tokens_per_second, p.eta_seconds / 60);
+      std::fprintf(stderr, "\n");
+    });
+    if (!out.empty()) {
+      std::filesystem::copy_file(cli.get("tokenizer"), out + "/tokenizer.model", std::filesystem::copy_options::overwrite_existing);
+      std::cerr << "wrote " << out << " after " << result.steps_done << " steps\n";
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "ce-train: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
