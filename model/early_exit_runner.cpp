@@ -141,11 +141,13 @@ void EarlyExitRunner::flush() {
   }
 }
 
-CompletedRows EarlyExitRunner::take_completed() {
+CompletedRows EarlyExitRunner::take_completed(bool with_fp32) {
   auto& s = *state_;
   CompletedRows out;
   if (s.done.empty()) return out;
-  auto rows = torch::cat(s.done, 0).to(torch::kHalf).contiguous();  // (n, dim) fp16
+  auto full = torch::cat(s.done, 0).contiguous();  // (n, dim) fp32
+  if (with_fp32) out.fp32.assign(full.data_ptr<float>(), full.data_ptr<float>() + full.numel());
+  auto rows = full.to(torch::kHalf).contiguous();  // (n, dim) fp16
   out.first_position = static_cast<uint32_t>(s.done_first);
   out.count = static_cast<uint32_t>(rows.size(0));
   out.fp16.resize(static_cast<size_t>(rows.numel()));

@@ -38,6 +38,7 @@ struct CompletedRows {
   uint32_t first_position = 0;
   uint32_t count = 0;
   std::vector<uint16_t> fp16;
+  std::vector<float> fp32;  // filled only when asked for (the naïve-split baseline sends fp32)
 };
 
 class EarlyExitRunner {
@@ -50,7 +51,7 @@ class EarlyExitRunner {
   // Runs every pending row to layer_end.
   void flush();
   // Rows that reached layer_end since the last call (in position order, contiguous).
-  CompletedRows take_completed();
+  CompletedRows take_completed(bool with_fp32 = false);
   int64_t positions() const;        // tokens fed so far
   int64_t completed_positions() const;  // positions that reached layer_end
   int64_t layer_end() const;

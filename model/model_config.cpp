@@ -15,6 +15,13 @@ void read_field(const json& j, const char* key, T& out, const std::string& path,
     if (required) throw ModelError(path + ": missing field '" + key + "'");
     return;
   }
+  bool integral = true;
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) integral = it->is_number_integer();
+  if constexpr (std::is_same_v<T, std::vector<int64_t>>)
+    if (it->is_array())
+      for (const auto& v : *it) integral = integral && v.is_number_integer();
+  if (!integral)
+    throw ModelError(path + ": field '" + key + "' must hold integers (" + it->dump() + ")");
   try {
     out = it->get<T>();
   } catch (const json::exception&) {
@@ -45,7 +52,7 @@ void ModelConfig::validate() const {
   require(max_seq > 0, "max_position_embeddings must be positive");
   int64_t previous = 0;
   for (auto e : exit_layers) {
-    require(e >= 1 && e < n_layers, "exit layer " + std::to_string(e) + " outside [1, " +
+    require(e >= 1 && e < n_layers, "exit_layers: exit layer " + std::to_string(e) + " outside [1, " +
                                         std::to_string(n_layers - 1) + "]");
     require(e > previous, "exit_layers must be strictly increasing");
     previous = e;

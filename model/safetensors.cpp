@@ -73,7 +73,7 @@ TensorMap read_safetensors(const std::string& path, std::map<std::string, std::s
   if (!in) fail(path, "could not read the tensor data");
 
   TensorMap out;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> ranges;
   for (auto& [name, entry] : j.items()) {
     if (name == "__metadata__") {
       if (metadata && entry.is_object())
@@ -111,14 +111,16 @@ TensorMap read_safetensors(const std::string& path, std::map<std::string, std::s
     if (end - begin != numel * dt->bytes)
       fail(path, where + ": data_offsets span " + std::to_string(end - begin) + " bytes but shape and dtype need " +
                      std::to_string(numel * dt->bytes));
-    ranges.emplace_back(begin, end);
+    ranges.emplace_back(begin, end, name);
     auto tensor = torch::empty(shape, torch::TensorOptions().dtype(dt->type));
     if (numel) std::memcpy(tensor.data_ptr(), data.data() + begin, end - begin);
     out.emplace(name, std::move(tensor));
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second) fail(path, "header has overlapping tensor data ranges");
+    if (std::get<0>(ranges[i]) < std::get<1>(ranges[i - 1]))
+      fail(path, "tensors '" + std::get<2>(ranges[i - 1]) + "' and '" + std::get<2>(ranges[i]) +
+                     "' have overlapping data ranges");
   return out;
 }
 

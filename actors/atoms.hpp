@@ -1,0 +1,98 @@
+#pragma once
+// CAF atoms and the local (same-process) message types of the node. Across nodes only one type
+// travels: (frame_atom, std::vector<char>) holding a Cap'n Proto frame from messages/codec.hpp.
+// Torch-free.
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/node_config.hpp"
+#include "model/sampler.hpp"
+
+namespace ce {
+
+using frame_atom = caf::atom_constant<caf::atom("frame")>;        // wire frame between nodes
+using generate_atom = caf::atom_constant<caf::atom("generate")>;  // start a response on the edge
+using step_atom = caf::atom_constant<caf::atom("step")>;          // edge: compute the next token
+using token_atom = caf::atom_constant<caf::atom("token")>;        // edge -> listener: a token
+using done_atom = caf::atom_constant<caf::atom("done")>;          // edge -> listener: response done
+using upload_atom = caf::atom_constant<caf::atom("upload")>;      // edge -> uploader: rows
+using infer_atom = caf::atom_constant<caf::atom("infer")>;        // edge -> uploader -> cloud
+using bye_atom = caf::atom_constant<caf::atom("bye")>;            // end of a session
+using send_atom = caf::atom_constant<caf::atom("sendnext")>;      // uploader: push queued rows
+using link_atom = caf::atom_constant<caf::atom("link")>;          // uploader: (re)connect
+using policy_atom = caf::atom_constant<caf::atom("policy")>;      // exit decider: current policy
+using cloud_state_atom = caf::atom_constant<caf::atom("cloudstate")>;
+using idle_atom = caf::atom_constant<caf::atom("idle")>;          // context manager: idle check
+using compute_atom = caf::atom_constant<caf::atom("compute")>;    // manager -> cloud inference
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+
+// Where a token came from.
+enum class TokenSource : uint8_t {
+  edge_exit,  // an edge exit was confident (or standalone mode took the last edge exit)
+  cloud,      // the cloud answered
+  degraded,   // the cloud was needed but unreachable or late: the edge's last exit stood in
+};
+const char* to_string(TokenSource s);
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt;  // token ids, BOS included
+  int max_tokens = 64;
+  double threshold = -1;        // < 0: the exit decider's θ
+  int mode = -1;                // < 0: the exit decider's mode, else an InferenceMode value
+  SamplingParams sampling;
+  caf::actor listener;          // receives (token_atom, TokenEvent) and (done_atom, GenerateResult)
+  bool stop_at_eos = true;
+};
+
+struct TokenEvent {
+  uint64_t generation = 0;
+  int32_t position = 0;  // position of the token in the sequence
+  int32_t token = 0;
+  TokenSource source = TokenSource::edge_exit;
+  int32_t layer = 0;     // exit layer, or L for the cloud's final layer
+  float confidence = 0;
+};
+
+struct GenerationStats {
+  InferenceMode mode = InferenceMode::collaborative;
+  double threshold = 0;
+  int prompt_tokens = 0;
+  int generated = 0;
+  int cloud_tokens = 0;
+  int degraded_tokens = 0;
+  uint64_t bytes_uploaded = 0;    // upload payload bytes of this response
+  uint64_t bytes_inline = 0;      // payload bytes sent inside infer requests (naive split)
+  double edge_ms = 0;             // edge compute
+  double cloud_ms = 0;            // cloud compute, as the cloud reports it
+  double wait_ms = 0;             // cloud round trips minus cloud compute: network + queueing
+  double total_ms = 0;
+  std::vector<double> token_ms;   // latency of each generated token
+};
+
+struct GenerateResult {
+  uint64_t generation = 0;
+  std::vector<int32_t> tokens;
+  std::vector<TokenSource> sources;
+  std::vector<int32_t> layers;
+  GenerationStats stats;
+  std::string error;  // non-empty when the response could not be produced at all
+};
+
+// Split-layer rows (or token ids) of positions [first_position, first_position + count).
+struct UploadRows {
+  uint32_t first_position = 0;
+  uint32_t count = 0;
+  bool token_ids = false;  // cloud-only mode uploads tokens
+  std::shared_ptr<const std::vector<uint8_t>> payload;
+};
+
+}  // namespace ce
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateRequest)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::TokenEvent)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateResult)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::UploadRows)

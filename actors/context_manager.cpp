@@ -1,0 +1,346 @@
+#include "actors/context_manager.hpp"
+
+#include <caf/all.hpp>
+
+#include <deque>
+#include <map>
+#include <set>
+
+#include "actors/atoms.hpp"
+#include "actors/cloud_inference.hpp"
+#include "actors/log.hpp"
+#include "messages/codec.hpp"
+#include "model/cloud_compute.hpp"
+#include "model/split_plan.hpp"
+
+namespace ce {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using ContextKey = std::pair<caf::node_id, uint64_t>;
+using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;
+
+struct ParkedInfer {
+  wire::InferRequest request;
+  caf::response_promise promise;
+};
+
+struct Context {
+  std::shared_ptr<CloudCompute> compute;
+  bool token_ids = false;                      // cloud-only context
+  uint32_t held = 0;                           // positions uploaded
+  uint32_t computed = 0;                       // positions whose KV is filled
+  std::vector<wire::UploadChunk> new_chunks;   // uploaded, not yet handed to cloud_inference
+  uint64_t pending_bytes = 0;
+  bool busy = false;                           // a job is with cloud_inference
+  std::deque<ParkedInfer> parked;              // waiting for uploads or for the running job
+  uint64_t last_request_id = 0;
+  std::vector<char> last_reply;                // for an idempotent retry of the last request
+  clock_type::time_point last_activity = clock_type::now();
+};
+
+struct ManagerState {
+  std::shared_ptr<const Model> model;
+  SplitPlan plan;
+  NodeConfig config;
+  caf::actor inference;
+  wire::Limits limits;
+  std::set<caf::node_id> welcomed;
+  std::map<ContextKey, Context> contexts;
+  std::set<ContextKey> ended;   // evicted or closed: a later request gets unknown_session at once
+  // Infer requests that overtook the first upload of their session; they wait up to the
+  // request deadline for it.
+  std::map<ContextKey, std::deque<ParkedInfer>> early;
+  uint64_t evictions = 0;
+  uint64_t kv_bytes_per_position = 0;
+  static inline const char* name = "context_manager";
+};
+
+using self_ptr = caf::stateful_actor<ManagerState>*;
+
+std::string hex(uint64_t v) {
+  std::ostringstream s;
+  s << std::hex << v;
+  return s.str();
+}
+
+std::vector<char> error_frame(error code, const std::string& text, uint64_t session = 0, uint64_t request = 0) {
+  return wire::encode(wire::ErrorReply{code, text, session, request});
+}
+
+uint64_t context_bytes(const ManagerState& st, const Context& c) {
+  return c.pending_bytes + static_cast<uint64_t>(c.computed) * st.kv_bytes_per_position;
+}
+
+uint64_t total_bytes(const ManagerState& st) {
+  uint64_t total = 0;
+  for (auto& [k, c] : st.contexts) total += context_bytes(st, c);
+  return total;
+}
+
+void end_context(self_ptr self, const ContextKey& key, const char* why) {
+  auto it = self->state.contexts.find(key);
+  if (it == self->state.contexts.end()) return;
+  for (auto& p : it->second.parked)
+    p.promise.deliver(error_frame(error::unknown_session, std::string("session ended: ") + why, key.second,
+                                  p.request.request_id));
+  CE_LOG(info, "context", "session " << hex(key.second) << " " << why << " (" << it->second.held << " positions)");
+  self->state.contexts.erase(it);
+  if (self->state.ended.size() > 100000) self->state.ended.clear();  // bound the tombstones
+  self->state.ended.insert(key);
+  self->state.evictions++;
+}
+
+void arm_idle_timer(self_ptr self, const ContextKey& key, std::chrono::milliseconds after) {
+  self->delayed_send(self, after, idle_atom::value, key.first, key.second);
+}
+
+void dispatch(self_ptr self, const ContextKey& key);
+
+void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parked) {
+  c.busy = true;
+  InferJob job{c.compute, std::move(c.new_chunks), parked.request};
+  c.new_chunks.clear();
+  c.pending_bytes = 0;
+  const uint32_t position = parked.request.position;
+  const uint64_t request_id = parked.request.request_id;
+  auto promise = parked.promise;
+  self->request(self->state.inference, caf::infinite, compute_atom::value, std::move(job))
+      .then(
+          [=](std::vector<char>& reply) mutable {
+            auto it = self->state.contexts.find(key);
+            if (it != self->state.contexts.end()) {
+              auto& ctx = it->second;
+              ctx.busy = false;
+              ctx.computed = std::max(ctx.computed, position + 1);
+              ctx.last_request_id = request_id;
+              ctx.last_reply = reply;
+              ctx.last_activity = clock_type::now();
+            }
+            promise.deliver(std::move(reply));
+            dispatch(self, key);
+          },
+          [=](caf::error& e) mutable {
+            if (auto it = self->state.contexts.find(key); it != self->state.contexts.end()) it->second.busy = false;
+            promise.deliver(error_frame(error::internal, self->system().render(e), key.second, request_id));
+          });
+}
+
+// Starts the first parked request whose positions are all uploaded, if no job is running.
+void dispatch(self_ptr self, const ContextKey& key) {
+  auto it = self->state.contexts.find(key);
+  if (it == self->state.contexts.end()) return;
+  auto& c = it->second;
+  if (c.busy || c.parked.empty()) return;
+  auto& next = c.parked.front();
+  if (next.request.position >= c.held) return;  // its rows are still on the way
+  ParkedInfer p = std::move(next);
+  c.parked.pop_front();
+  if (p.request.position < c.computed) {
+    if (p.request.request_id == c.last_request_id && !c.last_reply.empty()) {
+      p.promise.deliver(c.last_reply);  // a retry: same answer, no second KV append
+    } else {
+      p.promise.deliver(error_frame(error::bad_request,
+                                    "InferRequest.position " + std::to_string(p.request.position) +
+                                        " was already answered (" + std::to_string(c.computed) + " computed)",
+                                    key.second, p.request.request_id));
+    }
+    return dispatch(self, key);
+  }
+  run_job(self, key, c, std::move(p));
+}
+
+std::vector<char> on_hello(self_ptr self, const caf::node_id& node, const wire::Hello& h) {
+  auto& st = self->state;
+  const auto& cfg = st.model->config();
+  std::string why;
+  error code = error::model_mismatch;
+  if (h.protocol_version != wire::protocol_version) {
+    code = error::version_mismatch;
+    why = "protocol version " + std::to_string(h.protocol_version) + " (cloud speaks " +
+          std::to_string(wire::protocol_version) + ")";
+  } else if (h.weights_hash != st.model->weights_hash()) {
+    why = "weights hash " + h.weights_hash + " (cloud serves " + cfg.name + " with hash " + st.model->weights_hash() + ")";
+  } else if (h.split_layer != st.plan.split) {
+    why = "split layer " + std::to_string(h.split_layer) + " (cloud holds layers from " + std::to_string(st.plan.split) + ")";
+  } else if (h.hidden_dim != cfg.dim) {
+    why = "hidden dim " + std::to_string(h.hidden_dim) + " (model has " + std::to_string(cfg.dim) + ")";
+  } else if (h.dtype != wire::Dtype::f16) {
+    why = std::string("wire dtype ") + wire::to_string(h.dtype) + " (cloud takes f16)";
+  }
+  if (!why.empty()) {
+    CE_LOG(warning, "context", "refused edge '" << h.client_name << "': " << why);
+    return error_frame(code, "refused: " + why);
+  }
+  st.welcomed.insert(node);
+  CE_LOG(info, "context", "welcomed edge '" << h.client_name << "'");
+  wire::Welcome w;
+  w.model_id = cfg.name;
+  w.weights_hash = st.model->weights_hash();
+  w.split_layer = static_cast<uint32_t>(st.plan.split);
+  w.hidden_dim = static_cast<uint32_t>(cfg.dim);
+  w.idle_timeout_ms = static_cast<uint64_t>(st.config.idle_timeout.count());
+  w.max_positions = static_cast<uint32_t>(cfg.max_seq);
+  return wire::encode(w);
+}
+
+std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::UploadChunk& chunk) {
+  auto& st = self->state;
+  const ContextKey key{node, chunk.session_id};
+  const bool tokens = chunk.dtype == wire::Dtype::token_ids;
+  if (!tokens && chunk.dtype != wire::Dtype::f16)
+    return error_frame(error::bad_request, "UploadChunk.dtype must be f16 (or token_ids for cloud-only)",
+                       chunk.session_id);
+  auto it = st.contexts.find(key);
+  if (it == st.contexts.end()) {
+    if (chunk.first_position != 0)
+      return error_frame(error::unknown_session,
+                         "no context for session " + hex(chunk.session_id) + " (a new context starts at position 0)",
+                         chunk.session_id);
+    const uint64_t need = chunk.payload.size();
+    if (st.contexts.size() >= static_cast<size_t>(st.config.max_contexts) ||
+        total_bytes(st) + need > st.config.memory_cap_bytes()) {
+      CE_LOG(warning, "context", "refused session " << hex(chunk.session_id) << ": " << st.contexts.size()
+                                                     << " contexts, " << total_bytes(st) << " bytes held");
+      return error_frame(error::overloaded, "cloud at its context or memory cap; try later", chunk.session_id);
+    }
+    st.ended.erase(key);
+    Context c;
+    c.token_ids = tokens;
+    c.compute = std::make_shared<CloudCompute>(st.model, tokens ? 0 : st.plan.split);
+    if (auto early = st.early.find(key); early != st.early.end()) {
+      c.parked = std::move(early->second);
+      st.early.erase(early);
+    }
+    it = st.contexts.emplace(key, std::move(c)).first;
+    arm_idle_timer(self, key, st.config.idle_timeout);
+    CE_LOG(debug, "context", "session " << hex(chunk.session_id) << " opened");
+  }
+  auto& c = it->second;
+  c.last_activity = clock_type::now();
+  if (tokens != c.token_ids)
+    return error_frame(error::bad_request, "UploadChunk.dtype differs from the context's earlier uploads",
+                       chunk.session_id);
+  const uint32_t end = chunk.first_position + chunk.count;
+  if (chunk.first_position > c.held)
+    return error_frame(error::bad_request,
+                       "UploadChunk.first_position " + std::to_string(chunk.first_position) + " leaves a gap (" +
+                           std::to_string(c.held) + " positions held)",
+                       chunk.session_id);
+  if (end > c.held) {  // a re-sent chunk may overlap what is held: keep only the new tail
+    const uint32_t skip = c.held - chunk.first_position;
+    const size_t row = chunk.payload.size() / chunk.count;
+    if (skip) {
+      chunk.payload.erase(chunk.payload.begin(), chunk.payload.begin() + static_cast<long>(skip * row));
+      chunk.first_position += skip;
+      chunk.count -= skip;
+    }
+    c.pending_bytes += chunk.payload.size();
+    c.held = end;
+    c.new_chunks.push_back(std::move(chunk));
+  }
+  wire::UploadAck ack{key.second, 0, c.held};
+  dispatch(self, key);
+  return wire::encode(ack);
+}
+
+caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node, wire::InferRequest& req) {
+  auto& st = self->state;
+  const ContextKey key{node, req.session_id};
+  if (req.kind == wire::InferKind::naive_split) {
+    // Stateless baseline: no context, the whole sequence comes inline.
+    auto rp = self->make_response_promise<std::vector<char>>();
+    self->request(st.inference, caf::infinite, compute_atom::value, InferJob{nullptr, {}, std::move(req)})
+        .then([=](std::vector<char>& reply) mutable { rp.deliver(std::move(reply)); },
+              [=](caf::error& e) mutable { rp.deliver(error_frame(error::internal, self->system().render(e))); });
+    return rp;
+  }
+  auto it = st.contexts.find(key);
+  if (it == st.contexts.end()) {
+    if (st.ended.count(key))
+      return error_frame(error::unknown_session, "session " + hex(req.session_id) + " was evicted or closed",
+                         req.session_id, req.request_id);
+    auto rp = self->make_response_promise<std::vector<char>>();
+    st.early[key].push_back({std::move(req), rp});
+    self->delayed_send(self, st.config.request_deadline, unknown_atom::value, key.first, key.second);
+    return rp;
+  }
+  auto& c = it->second;
+  c.last_activity = clock_type::now();
+  if ((req.kind == wire::InferKind::cloud_only) != c.token_ids)
+    return error_frame(error::bad_request, "InferRequest.kind does not match the context's uploads", req.session_id,
+                       req.request_id);
+  auto rp = self->make_response_promise<std::vector<char>>();
+  c.parked.push_back({std::move(req), rp});
+  dispatch(self, key);
+  return rp;
+}
+
+caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model, NodeConfig config,
+                              caf::actor inference) {
+  auto& st = self->state;
+  const auto& mc = model->config();
+  st.plan = SplitPlan::from_config(mc, config.split_layer);
+  st.limits = {static_cast<uint32_t>(mc.dim), static_cast<uint32_t>(mc.max_seq),
+               static_cast<uint64_t>(mc.max_seq) * static_cast<uint64_t>(mc.dim) * 4 + (1u << 20)};
+  st.kv_bytes_per_position = static_cast<uint64_t>(2 * mc.n_kv_heads * mc.head_dim() * 4 * (mc.n_layers - st.plan.split));
+  st.model = std::move(model);
+  st.config = std::move(config);
+  st.inference = std::move(inference);
+  return {
+      [=](frame_atom, const std::vector<char>& bytes) -> caf::result<std::vector<char>> {
+        auto sender = self->current_sender();
+        if (!sender) return error_frame(error::bad_request, "anonymous frames are not served");
+        const caf::node_id node = sender->node();
+        auto decoded = wire::decode(bytes, self->state.limits);
+        if (!decoded.ok) {
+          CE_LOG(warning, "context", "bad frame from " << caf::to_string(node) << ": " << decoded.error_text);
+          return error_frame(decoded.code, decoded.error_text);
+        }
+        auto& msg = decoded.message;
+        if (auto* hello = std::get_if<wire::Hello>(&msg)) return on_hello(self, node, *hello);
+        if (!self->state.welcomed.count(node))
+          return error_frame(error::bad_request, std::string(wire::kind_name(msg)) + " before Hello");
+        if (auto* chunk = std::get_if<wire::UploadChunk>(&msg)) return on_upload(self, node, *chunk);
+        if (auto* req = std::get_if<wire::InferRequest>(&msg)) return on_infer(self, node, *req);
+        if (auto* bye = std::get_if<wire::Bye>(&msg)) {
+          end_context(self, {node, bye->session_id}, "closed by Bye");
+          return std::vector<char>{};
+        }
+        return error_frame(error::bad_request, std::string(wire::kind_name(msg)) + " is not a request");
+      },
+      [=](idle_atom, const caf::node_id& node, uint64_t session) {
+        const ContextKey key{node, session};
+        auto it = self->state.contexts.find(key);
+        if (it == self->state.contexts.end()) return;
+        const auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - it->second.last_activity);
+        const auto timeout = self->state.config.idle_timeout;
+        if (idle >= timeout && !it->second.busy) {
+          end_context(self, key, "evicted after inactivity");
+          return;
+        }
+        arm_idle_timer(self, key, std::max(timeout - idle, std::chrono::milliseconds(10)));
+      },
+      [=](unknown_atom, const caf::node_id& node, uint64_t session) {
+        auto it = self->state.early.find({node, session});
+        if (it == self->state.early.end()) return;
+        for (auto& p : it->second)
+          p.promise.deliver(error_frame(error::unknown_session, "session " + hex(session) + " is unknown", session,
+                                        p.request.request_id));
+        self->state.early.erase(it);
+      },
+      [=](stats_atom) {
+        return caf::make_message(static_cast<uint64_t>(self->state.contexts.size()), self->state.evictions,
+                                 total_bytes(self->state));
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
+                                 const NodeConfig& config, const caf::actor& cloud_inference) {
+  return system.spawn(context_manager, std::move(model), config, cloud_inference);
+}
+
+}  // namespace ce

@@ -1,0 +1,332 @@
+#include "actors/edge_inference.hpp"
+
+#include <chrono>
+#include <map>
+#include <random>
+
+#include "actors/atoms.hpp"
+#include "actors/exit_policy.hpp"
+#include "actors/log.hpp"
+#include "messages/codec.hpp"
+#include "model/early_exit_runner.hpp"
+#include "model/split_plan.hpp"
+
+namespace ce {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double ms_since(clock_type::time_point t) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - t).count();
+}
+
+struct Generation {
+  uint64_t id = 0;
+  uint64_t session = 0;
+  GenerateRequest request;
+  Policy policy;
+  ExitRule rule;
+  std::unique_ptr<EarlyExitRunner> runner;  // absent in cloud-only mode
+  StepOutcome outcome;                      // of the token being decided
+  int32_t position = 0;                     // position whose next token is being decided
+  std::vector<float> naive_states;          // naïve split: fp32 split states of all positions
+  uint64_t next_request_id = 1;
+  uint64_t pending_request = 0;
+  bool uses_uploader = false;
+  GenerateResult result;
+  clock_type::time_point started, token_started;
+};
+
+struct EdgeState {
+  std::shared_ptr<const Model> model;
+  SplitPlan plan;
+  NodeConfig config;
+  caf::actor uploader, decider;
+  std::map<uint64_t, std::unique_ptr<Generation>> generations;
+  uint64_t next_generation = 1;
+  std::mt19937_64 rng{std::random_device{}()};
+  static inline const char* name = "edge_inference";
+};
+
+using self_ptr = caf::stateful_actor<EdgeState>*;
+
+Generation* find(self_ptr self, uint64_t id) {
+  auto it = self->state.generations.find(id);
+  return it == self->state.generations.end() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<const std::vector<uint8_t>> as_bytes(const void* data, size_t n) {
+  auto p = static_cast<const uint8_t*>(data);
+  return std::make_shared<const std::vector<uint8_t>>(p, p + n);
+}
+
+// Hands newly completed split-layer rows to the uploader (collaborative) or keeps them (naïve).
+void ship_rows(self_ptr self, Generation& g) {
+  const bool naive = g.policy.mode == InferenceMode::naive_split;
+  auto rows = g.runner->take_completed(naive);
+  if (rows.count == 0) return;
+  if (naive) {
+    g.naive_states.insert(g.naive_states.end(), rows.fp32.begin(), rows.fp32.end());
+    return;
+  }
+  if (!g.uses_uploader) return;
+  UploadRows up{rows.first_position, rows.count, false, as_bytes(rows.fp16.data(), rows.fp16.size() * 2)};
+  self->send(self->state.uploader, upload_atom::value, g.session, std::move(up));
+}
+
+void upload_tokens(self_ptr self, Generation& g, uint32_t first, const std::vector<int32_t>& tokens) {
+  UploadRows up{first, static_cast<uint32_t>(tokens.size()), true, as_bytes(tokens.data(), tokens.size() * 4)};
+  self->send(self->state.uploader, upload_atom::value, g.session, std::move(up));
+}
+
+void finish(self_ptr self, Generation& g);
+void handle(self_ptr self, Generation& g);
+
+void deliver(self_ptr self, uint64_t id) {
+  auto* g = find(self, id);
+  if (!g) return;
+  g->result.stats.total_ms = ms_since(g->started);
+  auto& s = g->result.stats;
+  CE_LOG(info, "edge", "response " << id << " session " << std::hex << g->session << std::dec << " done: "
+                                   << s.generated << " tokens, " << s.cloud_tokens << " from cloud, "
+                                   << s.degraded_tokens << " degraded, " << s.bytes_uploaded << " B uploaded, "
+                                   << s.total_ms << " ms");
+  if (g->request.listener) self->send(g->request.listener, done_atom::value, std::move(g->result));
+  self->state.generations.erase(id);
+}
+
+void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32_t layer, float confidence) {
+  auto& r = g.result;
+  r.tokens.push_back(token);
+  r.sources.push_back(source);
+  r.layers.push_back(layer);
+  r.stats.generated++;
+  r.stats.cloud_tokens += source == TokenSource::cloud;
+  r.stats.degraded_tokens += source == TokenSource::degraded;
+  r.stats.token_ms.push_back(ms_since(g.token_started));
+  if (g.request.listener)
+    self->send(g.request.listener, token_atom::value,
+               TokenEvent{g.id, g.position + 1, token, source, layer, confidence});
+  const bool eos = g.request.stop_at_eos && token == self->state.model->config().eos_id;
+  const bool full = g.position + 2 >= self->state.model->config().max_seq;
+  if (eos || full || r.stats.generated >= g.request.max_tokens) {
+    finish(self, g);
+    return;
+  }
+  self->send(self, step_atom::value, g.id);
+}
+
+void degrade(self_ptr self, Generation& g, const std::string& why) {
+  if (!g.runner) {  // cloud-only has no edge layers to fall back on
+    g.result.error = "cloud-only response failed at position " + std::to_string(g.position) + ": " + why;
+    CE_LOG(warning, "edge", g.result.error);
+    finish(self, g);
+    return;
+  }
+  CE_LOG(info, "edge", "session " << std::hex << g.session << std::dec << " position " << g.position
+                                  << ": cloud unavailable (" << why << "), edge exit stands in");
+  auto d = fallback(g.outcome);
+  emit(self, g, d.token, TokenSource::degraded, d.layer, d.confidence);
+}
+
+void ask_cloud(self_ptr self, Generation& g) {
+  wire::InferRequest req;
+  req.session_id = g.session;
+  req.request_id = g.next_request_id++;
+  req.position = static_cast<uint32_t>(g.position);
+  req.temperature = g.request.sampling.temperature;
+  req.top_p = g.request.sampling.top_p;
+  req.seed = g.request.sampling.seed;
+  switch (g.policy.mode) {
+    case InferenceMode::cloud_only: req.kind = wire::InferKind::cloud_only; break;
+    case InferenceMode::naive_split:
+      req.kind = wire::InferKind::naive_split;
+      req.inline_dtype = wire::Dtype::f32;
+      req.inline_count = static_cast<uint32_t>(g.position + 1);
+      req.inline_payload.assign(reinterpret_cast<const uint8_t*>(g.naive_states.data()),
+                                reinterpret_cast<const uint8_t*>(g.naive_states.data() + g.naive_states.size()));
+      g.result.stats.bytes_inline += req.inline_payload.size();
+      break;
+    default: req.kind = wire::InferKind::collaborative;
+  }
+  g.pending_request = req.request_id;
+  const auto sent = clock_type::now();
+  const uint64_t id = g.id, request_id = req.request_id;
+  self->request(self->state.uploader, self->state.config.request_deadline + std::chrono::milliseconds(100),
+                infer_atom::value, g.session, wire::encode(req))
+      .then(
+          [=](const std::vector<char>& reply) {
+            auto* g = find(self, id);
+            if (!g || g->pending_request != request_id) return;
+            g->pending_request = 0;
+            const double round_trip = ms_since(sent);
+            auto decoded = wire::decode(reply, {});
+            if (!decoded.ok) return degrade(self, *g, "undecodable reply: " + decoded.error_text);
+            if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message))
+              return degrade(self, *g, std::string(to_string(err->code)) + ": " + err->text);
+            auto* ans = std::get_if<wire::InferReply>(&decoded.message);
+            if (!ans || ans->request_id != request_id) return degrade(self, *g, "unexpected reply");
+            const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
+            g->result.stats.cloud_ms += cloud_ms;
+            g->result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);
+            emit(self, *g, ans->token, TokenSource::cloud, static_cast<int32_t>(self->state.plan.n_layers),
+                 ans->confidence);
+          },
+          [=](caf::error& e) {
+            auto* g = find(self, id);
+            if (!g || g->pending_request != request_id) return;
+            g->pending_request = 0;
+            g->result.stats.wait_ms += ms_since(sent);
+            degrade(self, *g, self->system().render(e));
+          });
+}
+
+// Decides the token after g.position from g.outcome.
+void handle(self_ptr self, Generation& g) {
+  g.position = g.outcome.position;
+  auto d = decide(g.policy, g.outcome);
+  if (d.action == Action::emit_local) return emit(self, g, d.token, TokenSource::edge_exit, d.layer, d.confidence);
+  ask_cloud(self, g);
+}
+
+void run_edge(self_ptr self, Generation& g, const std::vector<int32_t>& tokens) {
+  const auto t = clock_type::now();
+  g.outcome = g.runner->advance(tokens, g.rule);
+  ship_rows(self, g);
+  g.result.stats.edge_ms += ms_since(t);
+}
+
+void start(self_ptr self, Generation& g) {
+  const auto& cfg = self->state.model->config();
+  g.started = g.token_started = clock_type::now();
+  g.rule.threshold = g.policy.threshold;
+  g.rule.sampling = g.request.sampling;
+  // Baselines run no exits: naïve split sends every token, and its edge runs all edge layers.
+  if (g.policy.mode == InferenceMode::naive_split) g.rule.threshold = 2.0;
+  g.result.generation = g.id;
+  g.result.stats.mode = g.policy.mode;
+  g.result.stats.threshold = g.policy.threshold;
+  g.result.stats.prompt_tokens = static_cast<int>(g.request.prompt.size());
+  g.uses_uploader = g.policy.mode == InferenceMode::collaborative || g.policy.mode == InferenceMode::cloud_only;
+  if (g.request.prompt.empty() || static_cast<int64_t>(g.request.prompt.size()) >= cfg.max_seq) {
+    g.result.error = "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens";
+    return deliver(self, g.id);
+  }
+  if (g.policy.mode == InferenceMode::cloud_only) {
+    upload_tokens(self, g, 0, g.request.prompt);
+    g.position = static_cast<int32_t>(g.request.prompt.size()) - 1;
+    return ask_cloud(self, g);
+  }
+  g.runner = std::make_unique<EarlyExitRunner>(self->state.model, self->state.plan.split);
+  run_edge(self, g, g.request.prompt);
+  handle(self, g);
+}
+
+void step(self_ptr self, Generation& g) {
+  g.token_started = clock_type::now();
+  const int32_t last = g.result.tokens.back();
+  if (g.policy.mode == InferenceMode::cloud_only) {
+    upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {last});
+    g.position += 1;
+    return ask_cloud(self, g);
+  }
+  run_edge(self, g, {last});
+  handle(self, g);
+}
+
+void finish(self_ptr self, Generation& g) {
+  if (!g.uses_uploader) return deliver(self, g.id);
+  // The last token's state goes up too, so the cloud's context covers the whole response
+  // (prompt + generated positions, each exactly once) and a follow-up could continue from it.
+  if (!g.result.tokens.empty() && g.result.error.empty()) {
+    const int32_t last = g.result.tokens.back();
+    if (g.runner) {
+      ExitRule run_only = g.rule;
+      run_only.evaluate_exits = false;
+      const auto t = clock_type::now();
+      g.runner->advance({last}, run_only);
+      g.runner->flush();
+      ship_rows(self, g);
+      g.result.stats.edge_ms += ms_since(t);
+    } else {
+      upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {last});
+    }
+  }
+  const uint64_t id = g.id;
+  self->request(self->state.uploader, caf::infinite, bye_atom::value, g.session)
+      .then(
+          [=](uint64_t bytes) {
+            if (auto* g = find(self, id)) g->result.stats.bytes_uploaded = bytes;
+            deliver(self, id);
+          },
+          [=](caf::error&) { deliver(self, id); });
+}
+
+caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, NodeConfig config, caf::actor uploader,
+                             caf::actor decider) {
+  auto& st = self->state;
+  st.plan = SplitPlan::from_config(model->config(), config.split_layer);
+  st.model = std::move(model);
+  st.config = std::move(config);
+  st.uploader = std::move(uploader);
+  st.decider = std::move(decider);
+  return {
+      [=](generate_atom, GenerateRequest& request) {
+        auto g = std::make_unique<Generation>();
+        g->id = self->state.next_generation++;
+        g->session = self->state.rng() | 1;  // never 0
+        g->request = std::move(request);
+        const uint64_t id = g->id;
+        self->state.generations.emplace(id, std::move(g));
+        self->request(self->state.decider, std::chrono::seconds(5), policy_atom::value)
+            .then(
+                [=](int mode, double threshold) {
+                  auto* g = find(self, id);
+                  if (!g) return;
+                  g->policy.mode = g->request.mode >= 0 ? static_cast<InferenceMode>(g->request.mode)
+                                                        : static_cast<InferenceMode>(mode);
+                  g->policy.threshold = g->request.threshold >= 0 ? g->request.threshold : threshold;
+                  try {
+                    start(self, *g);
+                  } catch (const std::exception& e) {
+                    g->result.error = e.what();
+                    deliver(self, id);
+                  }
+                },
+                [=](caf::error& e) {
+                  if (auto* g = find(self, id)) {
+                    g->result.error = "exit decider did not answer: " + self->system().render(e);
+                    deliver(self, id);
+                  }
+                });
+      },
+      [=](step_atom, uint64_t id) {
+        auto* g = find(self, id);
+        if (!g) return;
+        try {
+          step(self, *g);
+        } catch (const std::exception& e) {
+          g->result.error = e.what();
+          deliver(self, id);
+        }
+      },
+  };
+}
+
+}  // namespace
+
+const char* to_string(TokenSource s) {
+  switch (s) {
+    case TokenSource::edge_exit: return "edge";
+    case TokenSource::cloud: return "cloud";
+    case TokenSource::degraded: return "degraded";
+  }
+  return "?";
+}
+
+caf::actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model, const NodeConfig& config,
+                                const caf::actor& uploader, const caf::actor& exit_decider) {
+  return system.spawn<caf::detached>(edge_inference, std::move(model), config, uploader, exit_decider);
+}
+
+}  // namespace ce

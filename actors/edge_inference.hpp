@@ -1,0 +1,22 @@
+#pragma once
+// edge_inference (edge, detached: torch blocks its own thread). Runs each response token by
+// token over the edge layers [0, split) with their exits, asks the exit decider's policy what to
+// do with each token, hands every split-layer state to the uploader, and asks the cloud (through
+// the uploader) only for the tokens that need it. A cloud that fails or misses the deadline is
+// replaced by the edge's last exit for that token (flagged degraded); the response goes on.
+//   (generate_atom, GenerateRequest)  -> events to request.listener:
+//        (token_atom, TokenEvent) per token, then (done_atom, GenerateResult)
+#include <caf/fwd.hpp>
+
+#include <memory>
+
+#include "config/node_config.hpp"
+
+namespace ce {
+
+class Model;
+
+caf::actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model, const NodeConfig& config,
+                                const caf::actor& uploader, const caf::actor& exit_decider);
+
+}  // namespace ce

@@ -1,0 +1,32 @@
+#include "actors/log.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+
+namespace ce {
+namespace {
+std::atomic<int> current_level{static_cast<int>(LogLevel::info)};
+std::mutex write_mutex;
+}  // namespace
+
+void set_log_level(LogLevel level) { current_level = static_cast<int>(level); }
+bool log_enabled(LogLevel level) { return static_cast<int>(level) <= current_level.load(); }
+
+void log_line(LogLevel level, const std::string& component, const std::string& text) {
+  using namespace std::chrono;
+  const auto now = system_clock::now();
+  const auto t = system_clock::to_time_t(now);
+  const auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
+  std::lock_guard<std::mutex> lock(write_mutex);
+  std::fprintf(stderr, "%s.%03lld %-7s [%s] %s\n", stamp, static_cast<long long>(ms), to_string(level),
+               component.c_str(), text.c_str());
+}
+
+}  // namespace ce

@@ -1,0 +1,25 @@
+#pragma once
+// One line per event on stderr: time, level, component, then the event with its session and
+// position. Thread-safe; the level comes from ce.log.level.
+#include <sstream>
+#include <string>
+
+#include "config/node_config.hpp"
+
+namespace ce {
+
+void set_log_level(LogLevel level);
+bool log_enabled(LogLevel level);
+void log_line(LogLevel level, const std::string& component, const std::string& text);
+
+// Usage: CE_LOG(info, "uploader", "session " << id << " acked " << n);
+#define CE_LOG(level, component, expr)                                    \
+  do {                                                                    \
+    if (::ce::log_enabled(::ce::LogLevel::level)) {                       \
+      std::ostringstream ce_log_stream_;                                  \
+      ce_log_stream_ << expr;                                             \
+      ::ce::log_line(::ce::LogLevel::level, component, ce_log_stream_.str()); \
+    }                                                                     \
+  } while (false)
+
+}  // namespace ce

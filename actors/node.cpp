@@ -1,0 +1,156 @@
+#include "actors/node.hpp"
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <unistd.h>
+
+#include <thread>
+
+#include "actors/cloud_inference.hpp"
+#include "actors/context_manager.hpp"
+#include "actors/edge_inference.hpp"
+#include "actors/exit_decider.hpp"
+#include "actors/log.hpp"
+#include "actors/uploader.hpp"
+#include "messages/codec.hpp"
+#include "model/runtime.hpp"
+#include "model/split_plan.hpp"
+
+namespace ce {
+
+struct Node::Actors {
+  caf::actor context_manager, cloud_inference, exit_decider, uploader, edge_inference;
+};
+
+namespace {
+
+std::string host_name() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+}  // namespace
+
+Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_unique<Actors>()) {
+  set_log_level(config_.log_level);
+  configure_torch_threads(config_.torch_threads);
+  model_ = Model::load(config_.model_path);
+  const auto& mc = model_->config();
+  const auto plan = SplitPlan::from_config(mc, config_.split_layer);
+  if (config_.exit_threshold < 0) config_.exit_threshold = mc.default_threshold;
+  CE_LOG(info, "node", "role " << to_string(config_.role) << ", model " << mc.name << " (hash "
+                               << model_->weights_hash() << "), " << plan.describe());
+
+  caf_config_ = std::make_unique<caf::actor_system_config>();
+  caf_config_->load<caf::io::middleman>();
+  caf_config_->set("scheduler.max-threads", static_cast<size_t>(config_.actor_threads));
+  caf_config_->set("scheduler.policy", caf::atom("sharing"));
+  caf_config_->set("logger.console", caf::atom("none"));
+  caf_config_->set("logger.file-verbosity", caf::atom("quiet"));
+  system_ = std::make_unique<caf::actor_system>(*caf_config_);
+
+  const bool cloud = config_.role == Role::cloud || config_.role == Role::both;
+  const bool edge = config_.role == Role::edge || config_.role == Role::both;
+  if (cloud) {
+    actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split);
+    actors_->context_manager = spawn_context_manager(*system_, model_, config_, actors_->cloud_inference);
+    auto port = system_->middleman().publish(actors_->context_manager, config_.listen_port,
+                                             config_.listen_host.c_str(), true);
+    if (!port)
+      throw std::runtime_error("cannot listen on " + config_.listen_host + ":" + std::to_string(config_.listen_port) +
+                               ": " + system_->render(port.error()));
+    cloud_port_ = *port;
+    CE_LOG(info, "node", "cloud listening on " << config_.listen_host << ":" << cloud_port_);
+  }
+  if (edge) {
+    if (config_.role == Role::both) {
+      config_.cloud_host = config_.listen_host == "0.0.0.0" ? "127.0.0.1" : config_.listen_host;
+      config_.cloud_port = cloud_port_;
+    }
+    wire::Hello hello;
+    hello.model_id = mc.name;
+    hello.weights_hash = model_->weights_hash();
+    hello.split_layer = static_cast<uint32_t>(plan.split);
+    hello.hidden_dim = static_cast<uint32_t>(mc.dim);
+    hello.client_name = host_name();
+    actors_->exit_decider = spawn_exit_decider(*system_, {config_.mode, config_.exit_threshold});
+    actors_->uploader = spawn_uploader(*system_, config_, hello, actors_->exit_decider);
+    actors_->edge_inference =
+        spawn_edge_inference(*system_, model_, config_, actors_->uploader, actors_->exit_decider);
+  }
+}
+
+Node::~Node() {
+  if (!system_) return;
+  for (auto* a : {&actors_->edge_inference, &actors_->uploader, &actors_->exit_decider, &actors_->context_manager,
+                  &actors_->cloud_inference})
+    if (*a) caf::anon_send_exit(*a, caf::exit_reason::user_shutdown);
+  // A detached actor's thread ends only when its last handle is gone: drop ours first.
+  *actors_ = Actors{};
+  system_.reset();
+}
+
+caf::actor_system& Node::system() { return *system_; }
+caf::actor Node::edge_inference() const { return actors_->edge_inference; }
+caf::actor Node::uploader() const { return actors_->uploader; }
+caf::actor Node::exit_decider() const { return actors_->exit_decider; }
+caf::actor Node::context_manager() const { return actors_->context_manager; }
+
+bool Node::wait_for_cloud(std::chrono::milliseconds timeout) {
+  if (!actors_->uploader) return false;
+  caf::scoped_actor self{*system_};
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool up = false;
+    self->request(actors_->uploader, std::chrono::seconds(1), stats_atom::value)
+        .receive([&](bool connected, uint64_t) { up = connected; }, [&](caf::error&) {});
+    if (up) {
+      // The decider hears of the link from the uploader; let that message land first.
+      self->request(actors_->exit_decider, std::chrono::seconds(1), policy_atom::value)
+          .receive([&](int, double) {}, [&](caf::error&) {});
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+GenerateResult Node::generate(GenerateRequest request, const std::function<void(const TokenEvent&)>& on_token,
+                              std::chrono::milliseconds timeout) {
+  GenerateResult result;
+  if (!actors_->edge_inference) {
+    result.error = "this node has no edge role";
+    return result;
+  }
+  caf::scoped_actor self{*system_};
+  request.listener = caf::actor_cast<caf::actor>(self);
+  self->send(actors_->edge_inference, generate_atom::value, std::move(request));
+  bool done = false;
+  while (!done) {
+    self->receive([&](token_atom, const TokenEvent& ev) {
+                    if (on_token) on_token(ev);
+                  },
+                  [&](done_atom, GenerateResult& r) {
+                    result = std::move(r);
+                    done = true;
+                  },
+                  caf::after(timeout) >> [&] {
+                    result.error = "no answer from the edge within the response timeout";
+                    done = true;
+                  });
+  }
+  return result;
+}
+
+std::tuple<uint64_t, uint64_t, uint64_t> Node::cloud_stats() {
+  std::tuple<uint64_t, uint64_t, uint64_t> out{0, 0, 0};
+  if (!actors_->context_manager) return out;
+  caf::scoped_actor self{*system_};
+  self->request(actors_->context_manager, std::chrono::seconds(5), stats_atom::value)
+      .receive([&](uint64_t live, uint64_t evicted, uint64_t bytes) { out = {live, evicted, bytes}; },
+               [&](caf::error&) {});
+  return out;
+}
+
+}  // namespace ce

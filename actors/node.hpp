@@ -1,0 +1,56 @@
+#pragma once
+// A running cecollm node: one per machine, its role from the config. Loads the model once,
+// checks the split against it, starts CAF (middleman for remote links) and the role's actors:
+//   cloud: context_manager (published on ce.listen.host:port) + cloud_inference
+//   edge:  exit_decider + uploader (connects to ce.cloud.host:port) + edge_inference
+//   both:  all five in one process; the edge links to the local cloud over loopback.
+#include <caf/fwd.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+
+#include "actors/atoms.hpp"
+#include "config/node_config.hpp"
+
+namespace ce {
+
+class Model;
+
+class Node {
+ public:
+  explicit Node(NodeConfig config);  // throws std::runtime_error with a clear message
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  const NodeConfig& config() const { return config_; }
+  const Model& model() const { return *model_; }
+  std::shared_ptr<const Model> model_ptr() const { return model_; }
+  caf::actor_system& system();
+  uint16_t cloud_port() const { return cloud_port_; }  // the published port (cloud roles)
+
+  caf::actor edge_inference() const;
+  caf::actor uploader() const;
+  caf::actor exit_decider() const;
+  caf::actor context_manager() const;
+
+  // Edge roles: true once the cloud link is up (polls the uploader until `timeout`).
+  bool wait_for_cloud(std::chrono::milliseconds timeout);
+  // Edge roles: runs one response, calling on_token for each token as it comes. Blocking.
+  GenerateResult generate(GenerateRequest request, const std::function<void(const TokenEvent&)>& on_token = {},
+                          std::chrono::milliseconds timeout = std::chrono::minutes(10));
+  // Cloud roles: (live contexts, evicted, bytes held).
+  std::tuple<uint64_t, uint64_t, uint64_t> cloud_stats();
+
+ private:
+  struct Actors;
+  NodeConfig config_;
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<caf::actor_system_config> caf_config_;
+  std::unique_ptr<caf::actor_system> system_;
+  std::unique_ptr<Actors> actors_;
+  uint16_t cloud_port_ = 0;
+};
+
+}  // namespace ce

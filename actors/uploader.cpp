@@ -1,0 +1,284 @@
+#include "actors/uploader.hpp"
+
+#include <caf/io/all.hpp>
+
+#include <map>
+
+#include "actors/atoms.hpp"
+#include "actors/log.hpp"
+
+namespace ce {
+namespace {
+
+constexpr uint32_t max_chunks_in_flight = 2;  // enough to keep a link busy while acks return
+
+struct SessionLog {
+  std::vector<uint8_t> bytes;  // every row handed over, position order (kept for re-sends)
+  uint32_t row_bytes = 0;
+  bool token_ids = false;
+  uint32_t total = 0;   // positions handed over
+  uint32_t sent = 0;    // positions sent on the current link
+  uint32_t acked = 0;   // positions the cloud confirmed holding
+  uint32_t in_flight = 0;
+  uint64_t bytes_sent = 0;
+  bool send_scheduled = false;
+  std::vector<caf::response_promise> byes;
+};
+
+struct UploaderState {
+  NodeConfig config;
+  wire::Hello hello;
+  caf::actor decider;
+  caf::actor cloud;
+  bool connected = false;
+  bool connecting = false;
+  uint64_t link_epoch = 0;  // acks from an older link are ignored
+  std::chrono::milliseconds backoff{100};
+  uint64_t next_chunk_id = 1;
+  std::map<uint64_t, SessionLog> sessions;
+  static inline const char* name = "uploader";
+};
+
+using self_ptr = caf::stateful_actor<UploaderState>*;
+
+std::vector<char> error_frame(error code, const std::string& text, uint64_t session, uint64_t request) {
+  return wire::encode(wire::ErrorReply{code, text, session, request});
+}
+
+void pump(self_ptr self, uint64_t session, bool urgent);
+
+void finish_byes(self_ptr self, uint64_t session) {
+  auto it = self->state.sessions.find(session);
+  if (it == self->state.sessions.end()) return;
+  auto& log = it->second;
+  if (log.byes.empty()) return;
+  const bool drained = log.acked >= log.total || !self->state.connected;
+  if (!drained) return;
+  if (self->state.connected)
+    self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value,
+                  wire::encode(wire::Bye{session}))
+        .then([](const std::vector<char>&) {}, [](caf::error&) {});
+  for (auto& rp : log.byes) rp.deliver(log.bytes_sent);
+  CE_LOG(debug, "uploader", "session " << std::hex << session << std::dec << " closed after " << log.bytes_sent
+                                        << " bytes");
+  self->state.sessions.erase(it);
+}
+
+void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
+  const uint32_t count = std::min<uint32_t>(log.total - log.sent, static_cast<uint32_t>(self->state.config.upload_batch));
+  wire::UploadChunk chunk;
+  chunk.session_id = session;
+  chunk.chunk_id = self->state.next_chunk_id++;
+  chunk.first_position = log.sent;
+  chunk.count = count;
+  chunk.dtype = log.token_ids ? wire::Dtype::token_ids : wire::Dtype::f16;
+  const size_t begin = static_cast<size_t>(log.sent) * log.row_bytes;
+  chunk.payload.assign(log.bytes.begin() + static_cast<long>(begin),
+                       log.bytes.begin() + static_cast<long>(begin + static_cast<size_t>(count) * log.row_bytes));
+  log.sent += count;
+  log.in_flight++;
+  log.bytes_sent += chunk.payload.size();
+  const uint64_t epoch = self->state.link_epoch;
+  self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value, wire::encode(chunk))
+      .then(
+          [=](const std::vector<char>& reply) {
+            auto it = self->state.sessions.find(session);
+            if (it == self->state.sessions.end() || epoch != self->state.link_epoch) return;
+            auto& l = it->second;
+            l.in_flight--;
+            auto decoded = wire::decode(reply, {});
+            if (decoded.ok) {
+              if (auto* ack = std::get_if<wire::UploadAck>(&decoded.message)) {
+                l.acked = std::max(l.acked, ack->held_positions);
+              } else if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
+                CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec << " upload refused: "
+                                                       << to_string(err->code) << ": " << err->text);
+                l.acked = l.total;  // nothing more will be accepted for this context
+              }
+            }
+            pump(self, session, false);
+            finish_byes(self, session);
+          },
+          [=](caf::error& e) {
+            auto it = self->state.sessions.find(session);
+            if (it == self->state.sessions.end() || epoch != self->state.link_epoch) return;
+            it->second.in_flight--;
+            CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec
+                                                   << " upload failed: " << self->system().render(e));
+            finish_byes(self, session);
+          });
+}
+
+// Sends queued rows: at most a window of chunks in flight, or everything at once when an infer
+// request waits on them (urgent).
+void pump(self_ptr self, uint64_t session, bool urgent) {
+  auto& st = self->state;
+  auto it = st.sessions.find(session);
+  if (it == st.sessions.end() || !st.connected) return;
+  auto& log = it->second;
+  if (st.config.upload_inject_delay.count() > 0 && log.sent < log.total) {
+    if (!log.send_scheduled) {
+      log.send_scheduled = true;
+      self->delayed_send(self, st.config.upload_inject_delay, send_atom::value, session);
+    }
+    return;
+  }
+  while (log.sent < log.total && (urgent || log.in_flight < max_chunks_in_flight)) send_chunk(self, session, log);
+}
+
+void connect(self_ptr self);
+
+void link_lost(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  if (st.connected) CE_LOG(warning, "uploader", "cloud link lost: " << why);
+  st.connected = false;
+  st.connecting = false;
+  st.cloud = nullptr;
+  st.link_epoch++;
+  self->send(st.decider, cloud_state_atom::value, false);
+  for (auto& [id, log] : st.sessions) {
+    log.in_flight = 0;
+    log.send_scheduled = false;
+  }
+  for (auto it = st.sessions.begin(); it != st.sessions.end();) {
+    auto id = (it++)->first;
+    finish_byes(self, id);
+  }
+  self->delayed_send(self, st.backoff, link_atom::value);
+  st.backoff = std::min(st.backoff * 2, std::chrono::milliseconds(5000));
+}
+
+void on_welcome(self_ptr self, caf::actor cloud) {
+  auto& st = self->state;
+  st.cloud = cloud;
+  st.connected = true;
+  st.connecting = false;
+  st.backoff = std::chrono::milliseconds(100);
+  st.link_epoch++;
+  self->monitor(cloud);
+  self->send(st.decider, cloud_state_atom::value, true);
+  CE_LOG(info, "uploader", "connected to cloud " << st.config.cloud_host << ":" << st.config.cloud_port);
+  // A new link may lead to a cloud that lost every context: re-send each open session from its log.
+  for (auto& [id, log] : st.sessions) {
+    log.sent = 0;
+    log.acked = 0;
+    pump(self, id, false);
+  }
+}
+
+void handshake(self_ptr self, caf::actor cloud) {
+  self->request(cloud, std::chrono::seconds(5), frame_atom::value, wire::encode(self->state.hello))
+      .then(
+          [=](const std::vector<char>& reply) {
+            auto decoded = wire::decode(reply, {});
+            if (decoded.ok && std::holds_alternative<wire::Welcome>(decoded.message)) {
+              on_welcome(self, cloud);
+              return;
+            }
+            std::string why = decoded.ok && std::holds_alternative<wire::ErrorReply>(decoded.message)
+                                  ? std::get<wire::ErrorReply>(decoded.message).text
+                                  : "unexpected reply to Hello";
+            CE_LOG(error, "uploader", "cloud refused this edge: " << why);
+            self->state.backoff = std::chrono::milliseconds(5000);  // a mismatch will not fix itself soon
+            link_lost(self, why);
+          },
+          [=](caf::error& e) { link_lost(self, "handshake failed: " + self->system().render(e)); });
+}
+
+void connect(self_ptr self) {
+  auto& st = self->state;
+  if (st.connected || st.connecting) return;
+  st.connecting = true;
+  auto mm = self->system().middleman().actor_handle();
+  self->request(mm, std::chrono::seconds(5), caf::connect_atom::value, st.config.cloud_host, st.config.cloud_port)
+      .then(
+          [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
+            if (!ptr) {
+              link_lost(self, "no actor published at the cloud port");
+              return;
+            }
+            handshake(self, caf::actor_cast<caf::actor>(ptr));
+          },
+          [=](caf::error& e) {
+            self->state.connecting = false;
+            CE_LOG(debug, "uploader", "connect to " << self->state.config.cloud_host << ":"
+                                                    << self->state.config.cloud_port
+                                                    << " failed: " << self->system().render(e));
+            link_lost(self, self->system().render(e));
+          });
+}
+
+caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf::actor decider) {
+  self->state.config = std::move(config);
+  self->state.hello = std::move(hello);
+  self->state.decider = std::move(decider);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (self->state.cloud && dm.source == self->state.cloud.address())
+      link_lost(self, self->system().render(dm.reason));
+  });
+  self->send(self, link_atom::value);
+  return {
+      [=](link_atom) { connect(self); },
+      [=](upload_atom, uint64_t session, const UploadRows& rows) {
+        auto& log = self->state.sessions[session];
+        if (log.total == 0) {
+          log.token_ids = rows.token_ids;
+          log.row_bytes = rows.token_ids ? 4 : self->state.hello.hidden_dim * 2;
+        }
+        if (rows.first_position != log.total || rows.payload->size() != static_cast<size_t>(rows.count) * log.row_bytes) {
+          CE_LOG(error, "uploader", "session " << std::hex << session << std::dec << " rows at "
+                                               << rows.first_position << " do not follow " << log.total);
+          return;
+        }
+        log.bytes.insert(log.bytes.end(), rows.payload->begin(), rows.payload->end());
+        log.total += rows.count;
+        pump(self, session, false);
+      },
+      [=](send_atom, uint64_t session) {
+        auto it = self->state.sessions.find(session);
+        if (it == self->state.sessions.end() || !self->state.connected) return;
+        it->second.send_scheduled = false;
+        if (it->second.sent < it->second.total) send_chunk(self, session, it->second);
+        pump(self, session, false);
+      },
+      [=](infer_atom, uint64_t session, std::vector<char>& frame) -> caf::result<std::vector<char>> {
+        auto& st = self->state;
+        if (!st.connected) {
+          if (!st.connecting) connect(self);
+          return error_frame(error::cloud_unreachable, "no link to the cloud", session, 0);
+        }
+        pump(self, session, true);
+        auto rp = self->make_response_promise<std::vector<char>>();
+        self->request(st.cloud, st.config.request_deadline, frame_atom::value, std::move(frame))
+            .then([=](std::vector<char>& reply) mutable { rp.deliver(std::move(reply)); },
+                  [=](caf::error& e) mutable {
+                    rp.deliver(error_frame(e == caf::sec::request_timeout ? error::timeout : error::cloud_unreachable,
+                                           self->system().render(e), session, 0));
+                  });
+        return rp;
+      },
+      [=](bye_atom, uint64_t session) -> caf::result<uint64_t> {
+        auto it = self->state.sessions.find(session);
+        if (it == self->state.sessions.end()) return uint64_t{0};
+        auto rp = self->make_response_promise<uint64_t>();
+        it->second.byes.push_back(rp);
+        pump(self, session, true);
+        finish_byes(self, session);
+        return rp;
+      },
+      [=](stats_atom) {
+        uint64_t queued = 0;
+        for (auto& [id, log] : self->state.sessions) queued += log.total - log.acked;
+        return caf::make_message(self->state.connected, queued);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_uploader(caf::actor_system& system, const NodeConfig& config, const wire::Hello& hello,
+                          const caf::actor& exit_decider) {
+  return system.spawn(uploader, config, hello, exit_decider);
+}
+
+}  // namespace ce

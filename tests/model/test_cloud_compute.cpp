@@ -1,0 +1,200 @@
+// CloudCompute: the cloud half over uploaded fp16 split states (or tokens) gives the final-layer
+// choice of a reference over the same states; lazy filling; misuse refused; naive baseline.
+#include <boost/test/unit_test.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+#include <set>
+
+#include "model/cloud_compute.hpp"
+#include "model/decoder.hpp"
+#include "model/early_exit_runner.hpp"
+#include "tests/model/tiny_model.hpp"
+
+using namespace ce;
+using namespace ce::test;
+
+namespace {
+
+struct Fixture {
+  ModelConfig c = tiny_config(2);  // 4 layers, exits {1, 2, 3}, split 2
+  std::shared_ptr<const Model> m = tiny_model(c, 41);
+  int64_t split = c.default_split;
+  std::vector<int64_t> tokens = some_tokens(16, c.vocab_size, 12);
+  std::vector<uint16_t> fp16;  // split states of `tokens`, from the edge runner
+  at::Tensor states;           // the same as fp32, (16, dim)
+  std::vector<TokenChoice> want;     // reference: final greedy choice after each position
+  std::vector<at::Tensor> want_logits;
+
+  Fixture() {
+    // The edge: an early-exit runner over [0, split) (threshold 0.8: some rows wait as pending).
+    EarlyExitRunner edge(m, split);
+    ExitRule rule;
+    rule.threshold = 0.8;
+    for (auto t : tokens) edge.advance({static_cast<int32_t>(t)}, rule);
+    edge.flush();
+    auto rows = edge.take_completed();
+    BOOST_REQUIRE_EQUAL(rows.count, tokens.size());
+    fp16 = rows.fp16;
+    states = at::from_blob(fp16.data(), {static_cast<int64_t>(rows.count), c.dim}, at::kHalf).to(at::kFloat);
+    // Reference: layers [split, L) over the same fp16-rounded states in one batch.
+    const auto& d = m->decoder();
+    KvCache kv(c, split, c.n_layers);
+    auto h = d.forward(states, 0, split, c.n_layers, kv);
+    for (int64_t p = 0; p < h.size(0); ++p) {
+      want_logits.push_back(d.final_logits(h[p]));
+      want.push_back(Decoder::choose_greedy(want_logits.back()));
+    }
+  }
+  const uint16_t* row(int64_t p) const { return fp16.data() + p * c.dim; }
+
+  void check(const CloudChoice& got, int64_t p) const {
+    BOOST_TEST(got.token == want[static_cast<size_t>(p)].token, "position " << p);
+    // fp32, different batch shapes: confidences agree to ~1e-6; tolerance 1e-4.
+    BOOST_TEST(std::abs(got.confidence - want[static_cast<size_t>(p)].confidence) < 1e-4, "position " << p);
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(cloud_compute)
+
+BOOST_FIXTURE_TEST_CASE(one_position_at_a_time_matches_reference, Fixture) {
+  CloudCompute cloud(m, split);
+  std::set<int64_t> distinct;
+  for (int64_t p = 0; p < static_cast<int64_t>(tokens.size()); ++p) {
+    cloud.append_hidden_fp16(static_cast<uint32_t>(p), 1, row(p));
+    BOOST_TEST(cloud.held() == p + 1);
+    check(cloud.infer(static_cast<uint32_t>(p), {}), p);
+    BOOST_TEST(cloud.computed() == p + 1);
+    distinct.insert(want[static_cast<size_t>(p)].token);
+  }
+  BOOST_TEST(distinct.size() > 1u);  // the comparison is not trivially one token
+  BOOST_TEST(cloud.bytes() > 0);
+}
+
+// Uploads arrive as the edge runner completes rows (late for early-exited tokens); the cloud
+// answers the newest held position each time, filling the gap in one batch.
+BOOST_FIXTURE_TEST_CASE(uploads_as_the_runner_completes_them, Fixture) {
+  EarlyExitRunner edge(m, split);
+  ExitRule rule;
+  rule.threshold = 0.8;
+  CloudCompute cloud(m, split);
+  int answered = 0;
+  uint32_t largest_upload = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    edge.advance({static_cast<int32_t>(tokens[i])}, rule);
+    if (i + 1 == tokens.size()) edge.flush();
+    auto rows = edge.take_completed();
+    if (rows.count == 0) continue;
+    cloud.append_hidden_fp16(rows.first_position, rows.count, rows.fp16.data());
+    largest_upload = std::max(largest_upload, rows.count);
+    const auto p = cloud.held() - 1;
+    check(cloud.infer(static_cast<uint32_t>(p), {}), p);
+    ++answered;
+  }
+  BOOST_TEST(cloud.computed() == static_cast<int64_t>(tokens.size()));
+  BOOST_TEST(answered > 1);
+  BOOST_TEST(largest_upload > 1u);  // some rows arrived late, in a batch with a later one
+}
+
+BOOST_FIXTURE_TEST_CASE(lazy_fill_answers_later_positions, Fixture) {
+  CloudCompute cloud(m, split);
+  cloud.append_hidden_fp16(0, 5, row(0));
+  BOOST_TEST(cloud.held() == 5);
+  BOOST_TEST(cloud.computed() == 0);
+  check(cloud.infer(4, {}), 4);
+  BOOST_TEST(cloud.computed() == 5);
+  cloud.append_hidden_fp16(5, 3, row(5));
+  check(cloud.infer(7, {}), 7);
+  BOOST_TEST(cloud.computed() == 8);
+  // Part of a batch: answer 9 with 10 and 11 still waiting, then 11.
+  cloud.append_hidden_fp16(8, 4, row(8));
+  check(cloud.infer(9, {}), 9);
+  BOOST_TEST(cloud.computed() == 10);
+  BOOST_TEST(cloud.held() == 12);
+  check(cloud.infer(11, {}), 11);
+}
+
+BOOST_FIXTURE_TEST_CASE(gaps_overlaps_and_bad_infers_throw, Fixture) {
+  CloudCompute cloud(m, split);
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(1, 1, row(1)), ModelError);  // gap at the start
+  cloud.append_hidden_fp16(0, 5, row(0));
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(6, 1, row(6)), ModelError);  // gap
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(4, 2, row(4)), ModelError);  // overlap
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(0, 1, row(0)), ModelError);  // repeat
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(5, 0, row(5)), ModelError);  // empty
+  BOOST_TEST(cloud.held() == 5);
+  BOOST_CHECK_THROW(cloud.infer(5, {}), ModelError);  // beyond what is held
+  check(cloud.infer(3, {}), 3);
+  BOOST_CHECK_THROW(cloud.infer(3, {}), ModelError);  // twice at the same position
+  BOOST_CHECK_THROW(cloud.infer(1, {}), ModelError);  // already answered
+  check(cloud.infer(4, {}), 4);  // still usable after the refusals
+  BOOST_CHECK_THROW(cloud.append_tokens(5, 1, std::vector<int32_t>{3}.data()), ModelError);  // split context
+  // Non-finite uploads are refused.
+  std::vector<uint16_t> nan_row(static_cast<size_t>(c.dim), 0x7e00);  // fp16 NaN
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(5, 1, nan_row.data()), ModelError);
+  BOOST_TEST(cloud.held() == 5);
+  // Beyond max_seq.
+  std::vector<uint16_t> many(static_cast<size_t>(c.max_seq * c.dim), 0);
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(5, static_cast<uint32_t>(c.max_seq), many.data()), ModelError);
+  BOOST_CHECK_THROW(CloudCompute(m, c.n_layers), ModelError);
+  BOOST_CHECK_THROW(CloudCompute(m, -1), ModelError);
+}
+
+// layer_begin 0: the cloud runs the whole model from tokens.
+BOOST_FIXTURE_TEST_CASE(cloud_only_context_equals_full_model, Fixture) {
+  const auto& d = m->decoder();
+  KvCache kv(c, 0, c.n_layers);
+  auto h = d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv);
+  CloudCompute cloud(m, 0);
+  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  BOOST_CHECK_THROW(cloud.append_hidden_fp16(0, 1, row(0)), ModelError);  // takes tokens only
+  cloud.append_tokens(0, 6, ids.data());  // a prompt, answered at its end
+  auto full = [&](int64_t p) { return Decoder::choose_greedy(d.final_logits(h[p])); };
+  auto got = cloud.infer(5, {});
+  BOOST_TEST(got.token == full(5).token);
+  BOOST_TEST(std::abs(got.confidence - full(5).confidence) < 1e-4);
+  for (int64_t p = 6; p < static_cast<int64_t>(ids.size()); ++p) {
+    cloud.append_tokens(static_cast<uint32_t>(p), 1, ids.data() + p);
+    got = cloud.infer(static_cast<uint32_t>(p), {});
+    BOOST_TEST(got.token == full(p).token, "position " << p);
+    BOOST_TEST(std::abs(got.confidence - full(p).confidence) < 1e-4);
+  }
+  std::vector<int32_t> bad{static_cast<int32_t>(c.vocab_size)};
+  BOOST_CHECK_THROW(cloud.append_tokens(static_cast<uint32_t>(ids.size()), 1, bad.data()), ModelError);
+}
+
+BOOST_FIXTURE_TEST_CASE(naive_split_equals_cloud_compute, Fixture) {
+  CloudCompute cloud(m, split);
+  auto contiguous = states.contiguous();
+  for (uint32_t count : {1u, 5u, 9u, 16u}) {
+    const auto naive = naive_split_infer(*m, split, contiguous.data_ptr<float>(), count, {});
+    check(CloudChoice{naive.token, naive.confidence}, count - 1);
+  }
+  for (int64_t p = 0; p < 16; ++p) {
+    cloud.append_hidden_fp16(static_cast<uint32_t>(p), 1, row(p));
+    const auto a = cloud.infer(static_cast<uint32_t>(p), {});
+    const auto b = naive_split_infer(*m, split, contiguous.data_ptr<float>(), static_cast<uint32_t>(p + 1), {});
+    BOOST_TEST(a.token == b.token, "position " << p);
+    BOOST_TEST(std::abs(a.confidence - b.confidence) < 1e-4);
+  }
+  BOOST_CHECK_THROW(naive_split_infer(*m, split, contiguous.data_ptr<float>(), 0, {}), ModelError);
+}
+
+// With sampling, the cloud draws for the position asked, as a local run would.
+BOOST_FIXTURE_TEST_CASE(sampling_uses_the_position, Fixture) {
+  SamplingParams s;
+  s.temperature = 1.0f;
+  s.seed = 99;
+  CloudCompute cloud(m, split);
+  cloud.append_hidden_fp16(0, 16, row(0));
+  for (uint32_t p = 0; p < 16; ++p)
+    BOOST_TEST(cloud.infer(p, s).token == pick_token(want_logits[p], s, p), "position " << p);
+  BOOST_TEST(naive_split_infer(*m, split, states.contiguous().data_ptr<float>(), 16, s).token ==
+             pick_token(want_logits[15], s, 15));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

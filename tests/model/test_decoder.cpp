@@ -1,0 +1,230 @@
+// Decoder against the independent loop reference (RoPE, GQA, layouts), split equivalence, exit
+// heads and their confidence.
+#include <boost/test/unit_test.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "model/decoder.hpp"
+#include "tests/model/reference_llama.hpp"
+#include "tests/model/tiny_model.hpp"
+
+using namespace ce;
+using namespace ce::test;
+
+namespace {
+
+// dim 64, 4 heads of 16, 3 layers, exits after 1 and 2; rope_theta 500 (not the default, so a
+// decoder that ignored the config's theta would be caught).
+ModelConfig reference_config(int64_t n_kv_heads) {
+  ModelConfig c;
+  c.dim = 64;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = n_kv_heads;
+  c.ffn_dim = 128;
+  c.vocab_size = 96;
+  c.max_seq = 64;
+  c.rope_theta = 500.0;
+  c.norm_eps = 1e-5;
+  c.exit_layers = {1, 2};
+  c.default_split = 2;
+  return c;
+}
+
+double max_diff(const at::Tensor& t, const Rows& r) {
+  BOOST_REQUIRE_EQUAL(t.size(0), static_cast<int64_t>(r.size()));
+  auto a = t.to(at::kDouble).contiguous();
+  double m = 0;
+  for (size_t i = 0; i < r.size(); ++i) {
+    BOOST_REQUIRE_EQUAL(a.size(1), static_cast<int64_t>(r[i].size()));
+    const double* p = a[static_cast<int64_t>(i)].data_ptr<double>();
+    for (size_t j = 0; j < r[i].size(); ++j) m = std::max(m, std::abs(p[j] - r[i][j]));
+  }
+  return m;
+}
+
+Rows map_rows(const Rows& h, const std::function<Vec(const Vec&)>& f) {
+  Rows out;
+  for (auto& r : h) out.push_back(f(r));
+  return out;
+}
+
+// Logits of the whole model at every position, and of each exit, decoder vs reference.
+void check_against_reference(int64_t n_kv_heads) {
+  const auto c = reference_config(n_kv_heads);
+  auto w = scaled_weights(c, 11 + static_cast<uint64_t>(n_kv_heads), 0.15, /*random_norms=*/true);
+  Decoder d(w);
+  ReferenceLlama ref(*w);
+  const auto tokens = some_tokens(24, c.vocab_size, 5, 0);
+
+  KvCache kv(c, 0, c.n_layers);
+  auto h = d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv);
+  const Rows rh = ref.layers(ref.embed(tokens), 0, c.n_layers);
+  const Rows rl = map_rows(rh, [&](const Vec& v) { return ref.final_logits(v); });
+  auto logits = d.final_logits(h);
+  // The logits have a spread of several units; fp32 against a double loop agrees to ~1e-5.
+  const double diff = max_diff(logits, rl);
+  BOOST_TEST_MESSAGE("n_kv_heads " << n_kv_heads << ": max |logit - reference| = " << diff);
+  BOOST_TEST(diff < 1e-4);
+  // The comparison is meaningful: logits differ between positions by far more than the tolerance.
+  BOOST_TEST(max_diff(logits.narrow(0, 0, 1), {rl[5]}) > 0.1);
+
+  for (auto e : c.exit_layers) {
+    KvCache kv_e(c, 0, e);
+    auto he = d.forward(d.embed(token_tensor(tokens)), 0, 0, e, kv_e);
+    const Rows re = ref.layers(ref.embed(tokens), 0, e);
+    BOOST_TEST(max_diff(he, re) < 1e-4);  // hidden states, same tolerance
+    const Rows rel = map_rows(re, [&](const Vec& v) { return ref.exit_logits(e, v); });
+    BOOST_TEST(max_diff(d.exit_logits(e, he), rel) < 1e-4);
+  }
+
+  // The training form (batched, no cache) gives the same states for each sequence of a batch.
+  const auto other = some_tokens(24, c.vocab_size, 99, 0);
+  auto batch = at::stack({d.embed(token_tensor(tokens)), d.embed(token_tensor(other))});  // (2, T, dim)
+  auto hb = d.forward_no_cache(batch, 0, c.n_layers);
+  BOOST_TEST(max_diff(hb[0], rh) < 1e-4);
+  BOOST_TEST(max_diff(hb[1], ref.layers(ref.embed(other), 0, c.n_layers)) < 1e-4);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(decoder)
+
+BOOST_AUTO_TEST_CASE(matches_reference_with_grouped_query_attention) { check_against_reference(2); }
+
+BOOST_AUTO_TEST_CASE(matches_reference_with_full_attention) { check_against_reference(4); }
+
+BOOST_AUTO_TEST_CASE(matches_reference_with_single_kv_head) { check_against_reference(1); }
+
+// The reference's deliberately wrong variants are far from the decoder: the tolerance above
+// would catch interleaved RoPE or a modulo head-to-KV mapping.
+BOOST_AUTO_TEST_CASE(reference_comparison_detects_rope_and_gqa_mistakes) {
+  const auto c = reference_config(2);
+  auto w = scaled_weights(c, 13, 0.15, true);
+  Decoder d(w);
+  const auto tokens = some_tokens(24, c.vocab_size, 5, 0);
+  KvCache kv(c, 0, c.n_layers);
+  auto logits = d.final_logits(d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv));
+  for (int variant = 0; variant < 2; ++variant) {
+    RefVariant v;
+    (variant == 0 ? v.interleaved_rope : v.gqa_modulo) = true;
+    ReferenceLlama wrong(*w, v);
+    const Rows rh = wrong.layers(wrong.embed(tokens), 0, c.n_layers);
+    const Rows rl = map_rows(rh, [&](const Vec& x) { return wrong.final_logits(x); });
+    BOOST_TEST(max_diff(logits, rl) > 1e-2, "variant " << variant << " not distinguished");
+  }
+}
+
+// Layers [0, k) then [k, L) over two caches give the states and logits of [0, L) in one call.
+BOOST_AUTO_TEST_CASE(split_ranges_equal_full_range) {
+  const auto c = tiny_config(2);
+  auto w = scaled_weights(c, 3, 0.1, true);  // std 0.1: O(1) states, so tol 1e-5 absolute is tight
+  Decoder d(w);
+  const auto tokens = some_tokens(20, c.vocab_size, 8);
+  auto x = d.embed(token_tensor(tokens));
+  KvCache full(c, 0, c.n_layers);
+  auto h_full = d.forward(x, 0, 0, c.n_layers, full);
+  for (int64_t k = 1; k < c.n_layers; ++k) {
+    KvCache edge(c, 0, k), cloud(c, k, c.n_layers);
+    auto h_edge = d.forward(x, 0, 0, k, edge);
+    auto h_cloud = d.forward(h_edge, 0, k, c.n_layers, cloud);
+    // Same operations on the same shapes: equal up to fp32 reassociation, tol 1e-5.
+    BOOST_TEST(max_abs_diff(h_cloud, h_full) < 1e-5, "split " << k);
+    BOOST_TEST(max_abs_diff(d.final_logits(h_cloud), d.final_logits(h_full)) < 1e-5, "split " << k);
+    // And position by position after a shared prefix: prefill 12 on both halves, then 1 at a time.
+    KvCache e2(c, 0, k), c2(c, k, c.n_layers);
+    d.forward(d.forward(x.narrow(0, 0, 12), 0, 0, k, e2), 0, k, c.n_layers, c2);
+    for (int64_t p = 12; p < 20; ++p) {
+      auto row = d.forward(d.forward(x.narrow(0, p, 1), p, 0, k, e2), p, k, c.n_layers, c2);
+      BOOST_TEST(max_abs_diff(row, h_full.narrow(0, p, 1)) < 1e-5, "split " << k << " position " << p);
+    }
+  }
+}
+
+// An exit head whose row for one token is aligned with the normed state makes that token
+// dominate: confidence exp(a) / (exp(a) + V - 1) for logit margin a.
+BOOST_AUTO_TEST_CASE(peaked_exit_head_gives_high_confidence) {
+  const auto c = tiny_config(2);
+  auto w = scaled_weights(c, 4, 0.3);
+  Decoder d(w);
+  const auto tokens = some_tokens(6, c.vocab_size, 2);
+  KvCache kv(c, 0, 2);
+  auto h = d.forward(d.embed(token_tensor(tokens)), 0, 0, 2, kv)[-1];  // state after layer 2
+  // normed state as the exit sees it: x * rsqrt(mean(x^2) + eps) * norm_weight
+  auto& exit = w->exits.at(2);
+  auto normed = h * at::rsqrt(h.pow(2).mean() + c.norm_eps) * exit.norm;
+  const int64_t token = 37;
+  const double margin = 8.0;  // logit of `token`; every other logit 0
+  exit.head.zero_();
+  exit.head[token].copy_(normed * (margin / normed.pow(2).sum().item<double>()));
+  auto logits = d.exit_logits(2, h);
+  BOOST_TEST(std::abs(logits[token].item<double>() - margin) < 1e-4);
+  auto choice = Decoder::choose_greedy(logits);
+  BOOST_TEST(choice.token == token);
+  const double expected = std::exp(margin) / (std::exp(margin) + static_cast<double>(c.vocab_size - 1));
+  BOOST_TEST(choice.confidence > 0.9);
+  BOOST_TEST(std::abs(choice.confidence - expected) < 1e-4);  // fp32 softmax, tol 1e-4
+
+  // The other exit is untouched by the construction.
+  KvCache kv1(c, 0, 1);
+  auto h1 = d.forward(d.embed(token_tensor(tokens)), 0, 0, 1, kv1)[-1];
+  BOOST_TEST(Decoder::choose_greedy(d.exit_logits(1, h1)).confidence < 0.9);
+}
+
+BOOST_AUTO_TEST_CASE(flat_exit_head_gives_uniform_confidence) {
+  const auto c = tiny_config(2);
+  auto w = scaled_weights(c, 4, 0.3);
+  w->exits.at(1).head.zero_();
+  Decoder d(w);
+  KvCache kv(c, 0, 1);
+  auto h = d.forward(d.embed(token_tensor({5, 6, 7})), 0, 0, 1, kv);
+  auto choice = Decoder::choose_greedy(d.exit_logits(1, h[-1]));
+  BOOST_TEST(std::abs(choice.confidence - 1.0 / static_cast<double>(c.vocab_size)) < 1e-6);
+  BOOST_TEST(choice.token >= 0);
+  BOOST_TEST(choice.token < c.vocab_size);
+}
+
+BOOST_AUTO_TEST_CASE(choose_greedy_is_argmax_and_max_softmax) {
+  auto logits = at::tensor(std::vector<float>{1.0f, 3.0f, 2.0f, -1.0f});
+  auto choice = Decoder::choose_greedy(logits);
+  BOOST_TEST(choice.token == 1);
+  const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + std::exp(-1.0);
+  BOOST_TEST(std::abs(choice.confidence - std::exp(3.0) / z) < 1e-6);
+  // fp16 logits are accepted and give the same answer.
+  BOOST_TEST(Decoder::choose_greedy(logits.to(at::kHalf)).token == 1);
+}
+
+// Tied exit heads use lm_head with the exit's own norm.
+BOOST_AUTO_TEST_CASE(tied_exit_heads_read_lm_head_with_their_own_norm) {
+  auto c = tiny_config(2);
+  c.tie_exit_heads = true;
+  auto w = scaled_weights(c, 5, 0.3, true);
+  BOOST_TEST(w->exits.at(1).head.is_same(w->lm_head));
+  Decoder d(w);
+  ReferenceLlama ref(*w);
+  const auto tokens = some_tokens(10, c.vocab_size, 3);
+  KvCache kv(c, 0, 1);
+  auto h = d.forward(d.embed(token_tensor(tokens)), 0, 0, 1, kv);
+  const Rows rh = ref.layers(ref.embed(tokens), 0, 1);
+  BOOST_TEST(max_diff(d.exit_logits(1, h), map_rows(rh, [&](const Vec& v) { return ref.exit_logits(1, v); })) < 1e-4);
+  // Not the final norm: with random norms the two differ.
+  BOOST_TEST(max_abs_diff(d.exit_logits(1, h), d.final_logits(h)) > 1e-2);
+}
+
+BOOST_AUTO_TEST_CASE(bad_inputs_throw) {
+  const auto c = tiny_config(2);
+  Decoder d(scaled_weights(c, 6, 0.3));
+  BOOST_CHECK_THROW(d.embed(token_tensor({1, c.vocab_size})), ModelError);
+  BOOST_CHECK_THROW(d.embed(token_tensor({-1})), ModelError);
+  BOOST_CHECK_THROW(d.exit_logits(4, at::zeros({c.dim})), ModelError);  // no exit after layer 4
+  KvCache kv(c, 0, 2);
+  BOOST_CHECK_THROW(d.forward(at::zeros({3, c.dim + 1}), 0, 0, 2, kv), ModelError);             // bad width
+  BOOST_CHECK_THROW(d.forward(at::zeros({3, c.dim}, at::kDouble), 0, 0, 2, kv), ModelError);   // not fp32
+  BOOST_CHECK_THROW(d.forward(at::zeros({3, c.dim}), 0, 0, 3, kv), ModelError);                // beyond cache
+  BOOST_CHECK_THROW(d.forward(at::zeros({3, c.dim}), 0, 2, 1, kv), ModelError);                // reversed
+  BOOST_TEST(kv.length(0) == 0);  // nothing cached by the failed calls
+}
+
+BOOST_AUTO_TEST_SUITE_END()

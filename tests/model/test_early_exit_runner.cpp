@@ -1,0 +1,342 @@
+// EarlyExitRunner against an eager reference that runs every layer for every position and reads
+// the exits in order: same tokens, exit layers, confidences and fallbacks; after flush() the
+// completed split-layer states equal the eager ones (KV recomputation of early-exited rows).
+#include <boost/test/unit_test.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "model/decoder.hpp"
+#include "model/early_exit_runner.hpp"
+#include "tests/model/tiny_model.hpp"
+
+using namespace ce;
+using namespace ce::test;
+
+namespace {
+
+// What the eager reference decides for one position.
+struct Expected {
+  int64_t position = -1;
+  bool resolved = false;
+  int64_t token = -1;
+  double confidence = 0;
+  int64_t exit_layer = -1;
+  int64_t fallback_token = -1;
+  double fallback_confidence = 0;
+  int64_t fallback_layer = -1;
+};
+
+// Runs all L layers for each new position, one position and one layer at a time over its own
+// KvCache, keeping the state after every layer and every exit's greedy choice.
+class EagerReference {
+ public:
+  explicit EagerReference(const Model& m) : d_(m.decoder()), c_(m.config()), kv_(c_, 0, c_.n_layers) {}
+
+  struct Step {
+    std::map<int64_t, TokenChoice> exits;  // exit layer -> choice
+    std::map<int64_t, at::Tensor> exit_logits;
+    TokenChoice final;
+    at::Tensor final_logits;
+    std::vector<at::Tensor> states;  // states[l]: (dim) after layers [0, l), l = 0..L
+  };
+
+  Step feed(int64_t token) {
+    Step s;
+    auto x = d_.embed(token_tensor({token}));  // (1, dim)
+    s.states.push_back(x[0]);
+    for (int64_t l = 0; l < c_.n_layers; ++l) {
+      x = d_.forward(x, pos_, l, l + 1, kv_);
+      s.states.push_back(x[0]);
+      if (d_.weights().exits.count(l + 1)) {
+        s.exit_logits[l + 1] = d_.exit_logits(l + 1, x[0]);
+        s.exits[l + 1] = Decoder::choose_greedy(s.exit_logits[l + 1]);
+      }
+    }
+    s.final_logits = d_.final_logits(x[0]);
+    s.final = Decoder::choose_greedy(s.final_logits);
+    ++pos_;
+    return s;
+  }
+
+ private:
+  const Decoder& d_;
+  const ModelConfig& c_;
+  KvCache kv_;
+  int64_t pos_ = 0;
+};
+
+// The rule: the first exit inside [1, layer_end] whose confidence >= theta, else the final layer
+// when layer_end = L, else unresolved. The fallback is the deepest exit read: every edge exit is
+// read when theta <= 1, only the last one when theta > 1 (no exit can fire).
+Expected decide(const EagerReference::Step& s, int64_t position, double theta, int64_t layer_end, int64_t n_layers) {
+  Expected e;
+  e.position = position;
+  std::vector<int64_t> exits;
+  for (auto& [layer, choice] : s.exits)
+    if (layer <= layer_end) exits.push_back(layer);
+  for (auto layer : exits) {
+    if (theta > 1 && layer != exits.back()) continue;
+    const auto& ch = s.exits.at(layer);
+    e.fallback_token = ch.token;
+    e.fallback_confidence = ch.confidence;
+    e.fallback_layer = layer;
+    if (ch.confidence >= theta) {
+      e.resolved = true;
+      e.token = ch.token;
+      e.confidence = ch.confidence;
+      e.exit_layer = layer;
+      return e;
+    }
+  }
+  if (layer_end == n_layers) {
+    e.resolved = true;
+    e.token = s.final.token;
+    e.confidence = s.final.confidence;
+    e.exit_layer = n_layers;
+  }
+  return e;
+}
+
+// A whole greedy generation by the eager reference: a 3-token prompt, then `steps` tokens fed
+// back (an unresolved token is answered by the final layer, as the cloud would).
+struct EagerRun {
+  std::vector<int64_t> tokens;         // every token fed, by position
+  std::vector<Expected> decisions;     // positions 2 .. 2 + steps
+  std::vector<at::Tensor> end_states;  // state after [0, layer_end), by position
+  double min_margin = 1e9;             // closest evaluated confidence to theta
+};
+
+const std::vector<int64_t> prompt{1, 17, 42};
+
+EagerRun run_eager(const Model& m, double theta, int64_t layer_end, int steps) {
+  EagerReference ref(m);
+  EagerRun r;
+  const auto L = m.config().n_layers;
+  auto record = [&](int64_t token) {
+    const auto s = ref.feed(token);
+    r.tokens.push_back(token);
+    r.end_states.push_back(s.states[static_cast<size_t>(layer_end)]);
+    return s;
+  };
+  for (size_t i = 0; i + 1 < prompt.size(); ++i) record(prompt[i]);
+  int64_t next = prompt.back();
+  for (int i = 0; i <= steps; ++i) {
+    const auto s = record(next);
+    const auto e = decide(s, static_cast<int64_t>(r.tokens.size()) - 1, theta, layer_end, L);
+    for (auto& [layer, ch] : s.exits) r.min_margin = std::min(r.min_margin, std::abs(ch.confidence - theta));
+    r.decisions.push_back(e);
+    next = e.resolved ? e.token : s.final.token;
+  }
+  return r;
+}
+
+at::Tensor rows_to_float(const CompletedRows& rows, int64_t dim) {
+  BOOST_REQUIRE_EQUAL(rows.fp16.size(), static_cast<size_t>(rows.count) * static_cast<size_t>(dim));
+  return at::from_blob(const_cast<uint16_t*>(rows.fp16.data()), {static_cast<int64_t>(rows.count), dim}, at::kHalf)
+      .to(at::kFloat);
+}
+
+// Drives the runner with the eager run's tokens and checks every outcome, then the completed
+// states. Returns the runner's completed states (fp32 from fp16), by position.
+at::Tensor check_runner(std::shared_ptr<const Model> m, const EagerRun& eager, double theta, int64_t layer_end,
+                        SamplingParams sampling = {}) {
+  const auto dim = m->config().dim;
+  EarlyExitRunner runner(m, layer_end);
+  BOOST_TEST(runner.layer_end() == layer_end);
+  ExitRule rule;
+  rule.threshold = theta;
+  rule.sampling = sampling;
+  std::vector<at::Tensor> chunks;
+  uint32_t next_first = 0;
+  auto take = [&] {
+    auto rows = runner.take_completed();
+    if (rows.count == 0) return;
+    BOOST_TEST(rows.first_position == next_first);  // contiguous, from 0
+    next_first = rows.first_position + rows.count;
+    chunks.push_back(rows_to_float(rows, dim));
+  };
+  for (size_t i = 0; i < eager.decisions.size(); ++i) {
+    const auto& want = eager.decisions[i];
+    std::vector<int32_t> feed;
+    if (i == 0)
+      feed.assign(prompt.begin(), prompt.end());
+    else
+      feed.push_back(static_cast<int32_t>(eager.tokens[static_cast<size_t>(want.position)]));
+    const auto got = runner.advance(feed, rule);
+    BOOST_TEST_CONTEXT("theta " << theta << " layer_end " << layer_end << " position " << want.position) {
+      BOOST_TEST(got.position == want.position);
+      BOOST_TEST(got.resolved == want.resolved);
+      BOOST_TEST(got.token == want.token);
+      BOOST_TEST(got.exit_layer == want.exit_layer);
+      BOOST_TEST(std::abs(got.confidence - want.confidence) < 1e-4);  // fp32, batched vs single row
+      BOOST_TEST(got.fallback_token == want.fallback_token);
+      BOOST_TEST(got.fallback_layer == want.fallback_layer);
+      BOOST_TEST(std::abs(got.fallback_confidence - want.fallback_confidence) < 1e-4);
+    }
+    BOOST_TEST(runner.positions() == want.position + 1);
+    BOOST_TEST(runner.completed_positions() <= runner.positions());
+    if (i % 3 == 0) take();  // taking in between must not break contiguity
+  }
+  runner.flush();
+  BOOST_TEST(runner.completed_positions() == runner.positions());
+  take();
+  BOOST_TEST(runner.take_completed().count == 0u);  // nothing left after taking everything
+  BOOST_REQUIRE(!chunks.empty());
+  auto got = at::cat(chunks, 0);
+  BOOST_REQUIRE_EQUAL(got.size(0), static_cast<int64_t>(eager.end_states.size()));
+  auto want = at::stack(eager.end_states);
+  // fp16 rounding is at most 2^-11 relative; tolerance 2e-3 relative plus 1e-5 absolute for
+  // values near zero (and fp32 differences between batched and single-row runs, ~1e-6).
+  auto excess = (got - want).abs() - (2e-3 * want.abs() + 1e-5);
+  BOOST_TEST_MESSAGE("layer_end " << layer_end << " theta " << theta << ": max |state| "
+                                   << want.abs().max().item<double>() << ", max |runner - eager| "
+                                   << (got - want).abs().max().item<double>());
+  BOOST_TEST(excess.max().item<double>() <= 0.0, "layer_end " << layer_end << " theta " << theta);
+  return got;
+}
+
+struct Fixture {
+  ModelConfig c = tiny_config(2);  // 4 layers, exits {1, 2, 3}, split 2
+  std::shared_ptr<const Model> m = tiny_model(c, 31);
+  int64_t split = c.default_split;
+  static constexpr int steps = 20;
+
+  // The first threshold at which tokens leave at two or more different exits and at the final
+  // layer, with no confidence within 1e-3 of it (so fp32 noise cannot flip a decision).
+  double mixing_threshold() const {
+    for (double theta = 0.05; theta < 1.0; theta += 0.025) {
+      const auto r = run_eager(*m, theta, c.n_layers, steps);
+      std::set<int64_t> layers;
+      for (auto& d : r.decisions) layers.insert(d.exit_layer);
+      if (layers.size() >= 3 && layers.count(c.n_layers) && r.min_margin > 1e-3) return theta;
+    }
+    BOOST_FAIL("no threshold mixes exits and the final layer for this model");
+    return 0;
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(early_exit_runner)
+
+BOOST_FIXTURE_TEST_CASE(mixed_exits_match_eager_reference_full_model, Fixture) {
+  const double theta = mixing_threshold();
+  const auto eager = run_eager(*m, theta, c.n_layers, steps);
+  std::map<int64_t, int> histogram;
+  for (auto& d : eager.decisions) ++histogram[d.exit_layer];
+  for (auto& [layer, n] : histogram) BOOST_TEST_MESSAGE("theta " << theta << ": exit " << layer << " x" << n);
+  check_runner(m, eager, theta, c.n_layers);
+}
+
+BOOST_FIXTURE_TEST_CASE(mixed_exits_match_eager_reference_edge, Fixture) {
+  const double theta = mixing_threshold();
+  const auto eager = run_eager(*m, theta, split, steps);
+  int resolved = 0;
+  for (auto& d : eager.decisions) resolved += d.resolved;
+  // The edge resolves some tokens and leaves the others to the cloud.
+  BOOST_TEST(resolved > 0);
+  BOOST_TEST(resolved < static_cast<int>(eager.decisions.size()));
+  check_runner(m, eager, theta, split);
+}
+
+BOOST_FIXTURE_TEST_CASE(threshold_zero_takes_every_token_from_the_first_exit, Fixture) {
+  for (int64_t layer_end : {c.n_layers, split}) {
+    const auto eager = run_eager(*m, 0.0, layer_end, steps);
+    for (auto& d : eager.decisions) {
+      BOOST_TEST(d.resolved);
+      BOOST_TEST(d.exit_layer == c.exit_layers.front());
+    }
+    check_runner(m, eager, 0.0, layer_end);
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(threshold_above_one_never_exits_early, Fixture) {
+  const double theta = 1.5;
+  const auto full = run_eager(*m, theta, c.n_layers, steps);
+  for (auto& d : full.decisions) {
+    BOOST_TEST(d.exit_layer == c.n_layers);
+    BOOST_TEST(d.fallback_layer == c.exit_layers.back());
+  }
+  check_runner(m, full, theta, c.n_layers);
+  const auto edge = run_eager(*m, theta, split, steps);
+  for (auto& d : edge.decisions) {
+    BOOST_TEST(!d.resolved);
+    BOOST_TEST(d.fallback_layer == split);  // the last edge exit (exit 2 = split here)
+  }
+  check_runner(m, edge, theta, split);
+}
+
+// The last edge exit below the split: the fallback comes from exit 1, and the split state of an
+// exited token is still computed (layers [1, 2) are owed).
+BOOST_AUTO_TEST_CASE(edge_with_exit_below_split) {
+  auto c = tiny_config(2);
+  c.exit_layers = {1, 3};
+  c.default_split = 2;
+  auto m = tiny_model(c, 32);
+  for (double theta : {0.0, 1.5}) {
+    const auto eager = run_eager(*m, theta, 2, Fixture::steps);
+    for (auto& d : eager.decisions) BOOST_TEST(d.fallback_layer == 1);
+    check_runner(m, eager, theta, 2);
+  }
+}
+
+// With sampling, the token is drawn for the position being decided.
+BOOST_FIXTURE_TEST_CASE(sampled_tokens_use_the_decided_position, Fixture) {
+  SamplingParams sampling;
+  sampling.temperature = 1.0f;
+  sampling.seed = 1234;
+  EagerReference ref(*m);
+  EarlyExitRunner runner(m, c.n_layers);
+  ExitRule rule;
+  rule.threshold = 0.0;  // always the first exit
+  rule.sampling = sampling;
+  int64_t token = 7;
+  std::set<int64_t> seen;
+  for (int64_t p = 0; p < 20; ++p) {
+    const auto s = ref.feed(token);
+    const auto got = runner.advance({static_cast<int32_t>(token)}, rule);
+    const auto want = pick_token(s.exit_logits.at(1), sampling, static_cast<uint64_t>(p));
+    BOOST_TEST(got.token == want, "position " << p);
+    BOOST_TEST(got.exit_layer == 1);
+    seen.insert(want);
+    token = want;
+  }
+  BOOST_TEST(seen.size() > 3u);  // really sampled, not stuck on one token
+}
+
+BOOST_FIXTURE_TEST_CASE(run_only_fills_states_without_deciding, Fixture) {
+  EarlyExitRunner runner(m, split);
+  ExitRule rule;
+  rule.evaluate_exits = false;
+  const auto out = runner.advance({1, 2, 3, 4}, rule);
+  BOOST_TEST(out.position == 3);
+  BOOST_TEST(!out.resolved);
+  BOOST_TEST(out.fallback_layer == -1);
+  BOOST_TEST(runner.completed_positions() == 4);  // nothing pending: every row ran to layer_end
+  const auto rows = runner.take_completed();
+  BOOST_TEST(rows.first_position == 0u);
+  BOOST_TEST(rows.count == 4u);
+  EarlyExitRunner full(m, c.n_layers);
+  BOOST_TEST(!full.advance({1, 2}, rule).resolved);  // no final-layer decision either
+}
+
+BOOST_FIXTURE_TEST_CASE(misuse_throws, Fixture) {
+  BOOST_CHECK_THROW(EarlyExitRunner(m, 0), ModelError);
+  BOOST_CHECK_THROW(EarlyExitRunner(m, c.n_layers + 1), ModelError);
+  EarlyExitRunner runner(m, split);
+  ExitRule rule;
+  BOOST_CHECK_THROW(runner.advance({}, rule), ModelError);
+  BOOST_CHECK_THROW(runner.advance({static_cast<int32_t>(c.vocab_size)}, rule), ModelError);
+  std::vector<int32_t> long_prompt(static_cast<size_t>(c.max_seq), 5);
+  BOOST_CHECK_THROW(runner.advance(std::vector<int32_t>(static_cast<size_t>(c.max_seq) + 1, 5), rule), ModelError);
+  BOOST_TEST(runner.positions() == 0);
+  runner.advance(long_prompt, rule);  // exactly max_seq positions: fine
+  BOOST_CHECK_THROW(runner.advance({5}, rule), ModelError);
+  BOOST_TEST(runner.positions() == c.max_seq);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

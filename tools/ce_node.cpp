@@ -1,0 +1,173 @@
+// ce-node: one cecollm node (edge, cloud, or both in one process) from a config file.
+#include <csignal>
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/log.hpp"
+#include "actors/node.hpp"
+#include "model/runtime.hpp"
+#include "model/tokenizer.hpp"
+#include "tools/cli.hpp"
+
+namespace {
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
+}
+
+nlohmann::json to_json(const ce::GenerateResult& r, const std::string& text) {
+  const auto& s = r.stats;
+  std::vector<std::string> sources;
+  for (auto src : r.sources) sources.push_back(ce::to_string(src));
+  return {{"text", text},
+          {"tokens", r.tokens},
+          {"sources", sources},
+          {"layers", r.layers},
+          {"error", r.error},
+          {"stats",
+           {{"mode", ce::to_string(s.mode)},
+            {"threshold", s.threshold},
+            {"prompt_tokens", s.prompt_tokens},
+            {"generated", s.generated},
+            {"cloud_tokens", s.cloud_tokens},
+            {"degraded_tokens", s.degraded_tokens},
+            {"bytes_uploaded", s.bytes_uploaded},
+            {"bytes_inline", s.bytes_inline},
+            {"edge_ms", s.edge_ms},
+            {"cloud_ms", s.cloud_ms},
+            {"wait_ms", s.wait_ms},
+            {"total_ms", s.total_ms},
+            {"token_ms_p50", percentile(s.token_ms, 0.5)},
+            {"token_ms_p99", percentile(s.token_ms, 0.99)}}}};
+}
+
+void print_stats(const ce::GenerateResult& r) {
+  const auto& s = r.stats;
+  const double share = s.generated ? 100.0 * (s.cloud_tokens + s.degraded_tokens) / s.generated : 0;
+  std::cout << std::fixed << std::setprecision(1) << "\n--- " << ce::to_string(s.mode) << ", θ " << std::setprecision(2)
+            << s.threshold << std::setprecision(1) << " ---\n"
+            << "tokens " << s.generated << " (prompt " << s.prompt_tokens << "), to the cloud " << s.cloud_tokens
+            << " (" << share << "% offloaded), degraded " << s.degraded_tokens << "\n"
+            << "uploaded " << s.bytes_uploaded << " B";
+  if (s.bytes_inline) std::cout << ", inline " << s.bytes_inline << " B";
+  std::cout << "\nedge " << s.edge_ms << " ms, cloud " << s.cloud_ms << " ms, wait " << s.wait_ms << " ms, total "
+            << s.total_ms << " ms, per token p50 " << std::setprecision(2) << percentile(s.token_ms, 0.5) << " ms p99 "
+            << percentile(s.token_ms, 0.99) << " ms\n";
+  if (!r.error.empty()) std::cout << "error: " << r.error << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ce::cli::Parser cli("ce-node",
+                      "Runs one cecollm node from a config file: a cloud (serves edges), an edge (answers prompts,\n"
+                      "asking the cloud for low-confidence tokens), or both in one process.\n\nConfig keys:\n" +
+                          ce::config_keys_help());
+  cli.add("config", "FILE", "node config (INI), e.g. config/local.ini")
+      .add("set", "KEY=VALUE", "override a config key (repeatable), e.g. --set ce.mode=standalone")
+      .add("prompt", "TEXT", "edge: answer this prompt and exit (repeatable)")
+      .add("stdin", "", "edge: answer each line of standard input as a prompt")
+      .add("max-tokens", "N", "edge: tokens per response (default: ce.generate.max-tokens)")
+      .add("wait-cloud", "MS", "edge: wait this long for the cloud link before the first prompt", "3000")
+      .add("json", "", "edge: print one JSON object per response instead of text")
+      .add("trace", "", "edge: print one line per token (position, id, source, layer, confidence)")
+      .add("ready-file", "FILE", "write the listening port into FILE once the node is up")
+      .add("print-config", "", "print the effective configuration and exit");
+  cli.parse(argc, argv);
+  try {
+    auto config = ce::load_node_config(cli.require("config"));
+    const std::string base = config.source_path.substr(0, config.source_path.find_last_of('/') + 1);
+    for (auto& assignment : cli.all("set")) ce::apply_override(config, assignment, base.empty() ? "." : base);
+    config.validate();
+    if (cli.has("print-config")) {
+      std::cout << ce::describe(config);
+      return 0;
+    }
+    // A cloud blocks the stop signals before CAF starts its threads, so only sigwait below sees
+    // them and the node shuts down cleanly; an edge keeps the default (Ctrl-C ends it).
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    if (config.role == ce::Role::cloud) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+    ce::Node node(config);
+    if (cli.has("ready-file")) {
+      FILE* f = std::fopen(cli.get("ready-file").c_str(), "w");
+      if (f) {
+        std::fprintf(f, "%u\n", node.cloud_port());
+        std::fclose(f);
+      }
+    }
+    const bool edge = config.role != ce::Role::cloud;
+    if (!edge) {
+      int sig = 0;
+      sigwait(&stop_signals, &sig);
+      CE_LOG(info, "node", "stopping on signal " << sig);
+      return 0;
+    }
+    std::unique_ptr<ce::Tokenizer> tokenizer = std::make_unique<ce::Tokenizer>(node.model().tokenizer_path());
+    const auto& mc = node.model().config();
+    if (config.mode != ce::InferenceMode::standalone &&
+        !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
+      CE_LOG(warning, "node", "no cloud link yet: responses run standalone until it comes up");
+
+    std::vector<std::string> prompts = cli.all("prompt");
+    const bool from_stdin = cli.has("stdin") || prompts.empty();
+    const bool tty = isatty(STDOUT_FILENO);
+    auto answer = [&](const std::string& prompt) {
+      ce::GenerateRequest req;
+      req.prompt.push_back(static_cast<int32_t>(mc.bos_id));
+      for (auto id : tokenizer->encode(prompt)) req.prompt.push_back(id);
+      req.max_tokens = cli.has("max-tokens") ? static_cast<int>(cli.get_int("max-tokens")) : config.max_tokens;
+      req.sampling = {static_cast<float>(config.temperature), static_cast<float>(config.top_p),
+                      static_cast<uint64_t>(config.seed)};
+      std::vector<int32_t> generated;
+      std::string printed;
+      const bool json = cli.has("json"), trace = cli.has("trace");
+      if (!json && !trace) std::cout << prompt << std::flush;
+      auto result = node.generate(req, [&](const ce::TokenEvent& ev) {
+        generated.push_back(ev.token);
+        if (trace) {
+          std::cout << "pos " << ev.position << " token " << ev.token << " " << ce::to_string(ev.source) << " layer "
+                    << ev.layer << " conf " << ev.confidence << "\n";
+          return;
+        }
+        if (json) return;
+        auto text = tokenizer->decode(generated);
+        if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+          const std::string piece = text.substr(printed.size());
+          if (tty && ev.source == ce::TokenSource::cloud) std::cout << "\033[1;36m" << piece << "\033[0m";
+          else if (tty && ev.source == ce::TokenSource::degraded) std::cout << "\033[33m" << piece << "\033[0m";
+          else std::cout << piece;
+          std::cout << std::flush;
+          printed = text;
+        }
+      });
+      const std::string text = tokenizer->decode(result.tokens);
+      if (json) {
+        std::cout << to_json(result, text).dump() << std::endl;
+      } else {
+        if (tty) std::cout << "\n(edge tokens plain, \033[1;36mcloud tokens in cyan\033[0m, \033[33mdegraded in yellow\033[0m)";
+        print_stats(result);
+      }
+      return result.error.empty();
+    };
+    bool ok = true;
+    for (auto& p : prompts) ok = answer(p) && ok;
+    if (from_stdin && prompts.empty()) {
+      for (std::string line; std::getline(std::cin, line);)
+        if (!line.empty()) ok = answer(line) && ok;
+    }
+    return ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::cerr << "ce-node: " << e.what() << "\n";
+    return 1;
+  }
+}
