@@ -305,7 +305,7 @@ caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model,
         if (auto* req = std::get_if<wire::InferRequest>(&msg)) return on_infer(self, node, *req);
         if (auto* bye = std::get_if<wire::Bye>(&msg)) {
           end_context(self, {node, bye->session_id}, "closed by Bye");
-          return std::vector<char>{};
+          return wire::encode(wire::Bye{bye->session_id});  // echoed as the acknowledgement
         }
         return error_frame(error::bad_request, std::string(wire::kind_name(msg)) + " is not a request");
       },

@@ -6,7 +6,7 @@
 // silence (a timer per context); new ones are refused with `overloaded` past the context count
 // or memory cap. Infer requests wait until the positions they name are uploaded, then go to
 // cloud_inference one at a time per context.
-//   (frame_atom, bytes)  -> reply frame bytes (none for Bye)
+//   (frame_atom, bytes)  -> reply frame bytes (a Bye is echoed back)
 //   (stats_atom)         -> (uint64 live contexts, uint64 evicted, uint64 bytes held)
 #include <caf/fwd.hpp>
 
