@@ -37,7 +37,16 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
+// Creates the parent folder of an output file when it is missing.
+void make_parent(const std::string& path) {
+  const fs::path parent = fs::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty() && !fs::is_directory(parent)) fs::create_directories(parent, ec);
+  if (ec) throw Failure(parent.string() + ": cannot create folder (" + ec.message() + ")");
+}
+
 void write_file(const std::string& path, const std::string& text) {
+  make_parent(path);
   std::ofstream out(path, std::ios::binary);
   if (!out || !(out << text) || !(out.flush())) throw Failure(path + ": cannot write");
 }
@@ -79,6 +88,7 @@ void plot(const std::string& csv, const std::string& png) {
   const std::string python = "/usr/bin/python3";
   require_file(python, "python3 (needed for --out-png)");
   const std::string script = find_plot_script();
+  make_parent(png);
   std::vector<std::string> args{python, script, csv, png};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());

@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
       });
       const std::string text = tokenizer->decode(result.tokens);
       if (json) {
-        std::cout << to_json(result, text).dump() << std::endl;
+        std::cout << to_json(result, text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
       } else {
         if (tty) std::cout << "\n(edge tokens plain, \033[1;36mcloud tokens in cyan\033[0m, \033[33mdegraded in yellow\033[0m)";
         print_stats(result);

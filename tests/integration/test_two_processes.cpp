@@ -1,0 +1,146 @@
+// The shipped binaries as a user runs them: a cloud ce-node and an edge ce-node as two
+// processes on loopback, from config files, compared with ce-generate and the in-process oracle.
+#include <boost/test/unit_test.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "model/tokenizer.hpp"
+#include "tests/actors/fixtures.hpp"
+
+using namespace ce;
+using namespace ce::test;
+
+namespace {
+
+const std::string bin = std::string(CE_BINARY_DIR) + "/tools/";
+const std::string tokenizer_file = std::string(CE_SOURCE_DIR) + "/data/brown/tokenizer-2048.model";
+
+std::string run_capture(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  BOOST_REQUIRE(p);
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+// A cloud ce-node child process; stopped with SIGTERM (its clean shutdown path) on destruction.
+struct CloudProcess {
+  pid_t pid = -1;
+  uint16_t port = 0;
+  CloudProcess(const std::string& config, const std::string& ready_file) {
+    std::remove(ready_file.c_str());
+    pid = fork();
+    if (pid == 0) {
+      execl((bin + "ce-node").c_str(), "ce-node", "--config", config.c_str(), "--ready-file", ready_file.c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 300 && port == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::ifstream in(ready_file);
+      unsigned p = 0;
+      if (in >> p) port = static_cast<uint16_t>(p);
+    }
+    BOOST_REQUIRE_MESSAGE(port != 0, "cloud node did not come up");
+  }
+  int stop() {
+    if (pid <= 0) return -1;
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  ~CloudProcess() { stop(); }
+};
+
+struct Deployment {
+  TempDir dir;
+  std::string model_path;
+  Deployment() { model_path = write_model(dir, collab_config(2048), 5, tokenizer_file); }
+  std::string write_config(const std::string& name, const std::string& body) const {
+    const std::string path = dir.file(name);
+    std::ofstream(path) << "[ce]\nmodel.path = \"" << model_path << "\"\nthreads = 1\n" << body;
+    return path;
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(two_processes)
+
+BOOST_AUTO_TEST_CASE(edge_and_cloud_processes_answer_like_one_process) {
+  Deployment d;
+  CloudProcess cloud(d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = 0\n"), d.dir.file("port"));
+  const std::string edge = d.write_config(
+      "edge.ini", "role = \"edge\"\n[ce.cloud]\nport = " + std::to_string(cloud.port) + "\n");
+  const std::string prompt = "The jury said";
+  auto model = Model::load(d.model_path);
+  Tokenizer tok(d.model_path + "/tokenizer.model");
+  std::vector<int32_t> ids{static_cast<int32_t>(model->config().bos_id)};
+  for (auto id : tok.encode(prompt)) ids.push_back(id);
+  const int n = 16;
+
+  for (double theta : {0.0, 2.0, 0.6}) {
+    auto out = run_capture(bin + "ce-node --config " + edge + " --json --max-tokens " + std::to_string(n) +
+                           " --set ce.exit.threshold=" + std::to_string(theta) + " --prompt '" + prompt + "' 2>/dev/null");
+    auto j = nlohmann::json::parse(out);
+    BOOST_TEST(j["error"].get<std::string>() == "");
+    auto tokens = j["tokens"].get<std::vector<int32_t>>();
+    auto want = oracle(*model, ids, theta, n);
+    expect_matches_oracle(tokens, want, theta);
+    BOOST_TEST(j["stats"]["degraded_tokens"].get<int>() == 0);
+    BOOST_TEST(j["stats"]["bytes_uploaded"].get<uint64_t>() == (ids.size() + n) * 32u * 2u);
+    if (theta > 1) BOOST_TEST(j["stats"]["cloud_tokens"].get<int>() == n);
+    if (theta == 0.0) {
+      // θ = 0 is ce-generate's early-exit output: every token from the first exit.
+      auto gen = run_capture(bin + "ce-generate --model " + d.model_path + " --threshold 0 --threads 1 --max-tokens " +
+                             std::to_string(n) + " --prompt '" + prompt + "'");
+      std::string listed;
+      for (auto t : tokens) listed += std::to_string(t) + "@1 ";
+      listed.pop_back();
+      BOOST_TEST(gen.find(listed) != std::string::npos, "ce-generate printed:\n" << gen);
+    }
+  }
+  BOOST_TEST(cloud.stop() == 0);  // SIGTERM: clean exit
+}
+
+BOOST_AUTO_TEST_CASE(a_wrong_model_is_refused_and_the_edge_answers_standalone) {
+  Deployment d;
+  TempDir other;
+  const std::string other_model = write_model(other, collab_config(2048), 99, tokenizer_file);
+  CloudProcess cloud(d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = 0\n"), d.dir.file("port"));
+  const std::string edge = d.dir.file("edge-other.ini");
+  std::ofstream(edge) << "[ce]\nrole = \"edge\"\nmodel.path = \"" << other_model << "\"\nthreads = 1\n[ce.cloud]\nport = "
+                      << cloud.port << "\n";
+  const std::string log = d.dir.file("edge.log");
+  auto out = run_capture(bin + "ce-node --config " + edge + " --json --max-tokens 6 --wait-cloud 1500 --prompt 'The' 2>" + log);
+  const std::string errors = read_file(log);
+  BOOST_TEST(errors.find("weights hash") != std::string::npos, errors);
+  auto j = nlohmann::json::parse(out);
+  BOOST_TEST(j["tokens"].size() == 6u);
+  BOOST_TEST(j["stats"]["mode"].get<std::string>() == "standalone");
+}
+
+BOOST_AUTO_TEST_CASE(bad_configs_are_refused_before_anything_starts) {
+  Deployment d;
+  auto cfg = d.write_config("bad.ini", "role = \"edge\"\n[ce.cloud]\nprot = 7700\n");
+  auto out = run_capture(bin + "ce-node --config " + cfg + " --prompt x 2>&1; echo rc=$?");
+  BOOST_TEST(out.find("ce.cloud.prot") != std::string::npos, out);
+  BOOST_TEST(out.find("rc=1") != std::string::npos, out);
+  auto split = d.write_config("split.ini", "role = \"edge\"\n[ce.split]\nlayer = 9\n");
+  out = run_capture(bin + "ce-node --config " + split + " --prompt x 2>&1; echo rc=$?");
+  BOOST_TEST(out.find("split layer 9") != std::string::npos, out);
+  BOOST_TEST(out.find("rc=1") != std::string::npos, out);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
