@@ -22,6 +22,7 @@ using done_atom = caf::atom_constant<caf::atom("done")>;          // edge -> lis
 using upload_atom = caf::atom_constant<caf::atom("upload")>;      // edge -> uploader: rows
 using infer_atom = caf::atom_constant<caf::atom("infer")>;        // edge -> uploader -> cloud
 using bye_atom = caf::atom_constant<caf::atom("bye")>;            // end of a session
+using resync_atom = caf::atom_constant<caf::atom("resync")>;      // re-send a session from its log
 using send_atom = caf::atom_constant<caf::atom("sendnext")>;      // uploader: push queued rows
 using link_atom = caf::atom_constant<caf::atom("link")>;          // uploader: (re)connect
 using policy_atom = caf::atom_constant<caf::atom("policy")>;      // exit decider: current policy

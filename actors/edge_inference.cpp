@@ -33,6 +33,8 @@ struct Generation {
   uint64_t next_request_id = 1;
   uint64_t pending_request = 0;
   bool uses_uploader = false;
+  bool resynced = false;    // the context was rebuilt once after the cloud lost it
+  bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
   GenerateResult result;
   clock_type::time_point started, token_started;
 };
@@ -123,8 +125,13 @@ void degrade(self_ptr self, Generation& g, const std::string& why) {
     finish(self, g);
     return;
   }
-  CE_LOG(info, "edge", "session " << std::hex << g.session << std::dec << " position " << g.position
-                                  << ": cloud unavailable (" << why << "), edge exit stands in");
+  if (!g.cloud_lost)
+    CE_LOG(warning, "edge", "session " << std::hex << g.session << std::dec << " position " << g.position
+                                       << ": cloud unavailable (" << why
+                                       << "); the edge's last exit stands in for the rest of this response");
+  // One failure ends cloud use for this response: waiting out the deadline token after token
+  // would stall it. The next response asks the cloud again.
+  g.cloud_lost = true;
   auto d = fallback(g.outcome);
   emit(self, g, d.token, TokenSource::degraded, d.layer, d.confidence);
 }
@@ -162,8 +169,15 @@ void ask_cloud(self_ptr self, Generation& g) {
             const double round_trip = ms_since(sent);
             auto decoded = wire::decode(reply, {});
             if (!decoded.ok) return degrade(self, *g, "undecodable reply: " + decoded.error_text);
-            if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message))
+            if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
+              if (err->code == error::unknown_session && g->uses_uploader && !g->resynced) {
+                // Evicted for inactivity or a restarted cloud: rebuild the context, ask again.
+                g->resynced = true;
+                self->send(self->state.uploader, resync_atom::value, g->session);
+                return ask_cloud(self, *g);
+              }
               return degrade(self, *g, std::string(to_string(err->code)) + ": " + err->text);
+            }
             auto* ans = std::get_if<wire::InferReply>(&decoded.message);
             if (!ans || ans->request_id != request_id) return degrade(self, *g, "unexpected reply");
             const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
@@ -186,6 +200,7 @@ void handle(self_ptr self, Generation& g) {
   g.position = g.outcome.position;
   auto d = decide(g.policy, g.outcome);
   if (d.action == Action::emit_local) return emit(self, g, d.token, TokenSource::edge_exit, d.layer, d.confidence);
+  if (g.cloud_lost) return degrade(self, g, "cloud lost earlier in this response");
   ask_cloud(self, g);
 }
 
@@ -253,7 +268,7 @@ void finish(self_ptr self, Generation& g) {
     }
   }
   const uint64_t id = g.id;
-  self->request(self->state.uploader, caf::infinite, bye_atom::value, g.session)
+  self->request(self->state.uploader, self->state.config.request_deadline * 2, bye_atom::value, g.session)
       .then(
           [=](uint64_t bytes) {
             if (auto* g = find(self, id)) g->result.stats.bytes_uploaded = bytes;

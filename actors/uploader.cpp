@@ -22,6 +22,7 @@ struct SessionLog {
   uint32_t in_flight = 0;
   uint64_t bytes_sent = 0;
   bool send_scheduled = false;
+  bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
   std::vector<caf::response_promise> byes;
 };
 
@@ -52,7 +53,7 @@ void finish_byes(self_ptr self, uint64_t session) {
   if (it == self->state.sessions.end()) return;
   auto& log = it->second;
   if (log.byes.empty()) return;
-  const bool drained = log.acked >= log.total || !self->state.connected;
+  const bool drained = log.acked >= log.total || log.failed || !self->state.connected;
   if (!drained) return;
   if (self->state.connected)
     self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value,
@@ -103,6 +104,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             auto it = self->state.sessions.find(session);
             if (it == self->state.sessions.end() || epoch != self->state.link_epoch) return;
             it->second.in_flight--;
+            it->second.failed = true;
             CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec
                                                    << " upload failed: " << self->system().render(e));
             finish_byes(self, session);
@@ -233,6 +235,17 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         log.bytes.insert(log.bytes.end(), rows.payload->begin(), rows.payload->end());
         log.total += rows.count;
         pump(self, session, false);
+      },
+      [=](resync_atom, uint64_t session) {
+        // The cloud lost this session's context (evicted or restarted): rebuild it from the log.
+        auto it = self->state.sessions.find(session);
+        if (it == self->state.sessions.end()) return;
+        CE_LOG(info, "uploader", "session " << std::hex << session << std::dec << " re-sent from its log ("
+                                            << it->second.total << " positions)");
+        it->second.sent = 0;
+        it->second.acked = 0;
+        it->second.failed = false;
+        pump(self, session, true);
       },
       [=](send_atom, uint64_t session) {
         auto it = self->state.sessions.find(session);

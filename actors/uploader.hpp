@@ -5,6 +5,7 @@
 // forwards infer requests after the rows they depend on.
 //   (upload_atom, session, UploadRows)      rows of a session, in position order
 //   (infer_atom, session, frame bytes)      -> reply frame bytes (InferReply or ErrorReply)
+//   (resync_atom, session)                  the cloud lost the context: re-send it from the log
 //   (bye_atom, session)                     -> uint64 payload bytes uploaded; ends the session
 //   (stats_atom)                            -> (bool connected, uint64 queued positions)
 #include <caf/fwd.hpp>

@@ -140,6 +140,16 @@ BOOST_AUTO_TEST_CASE(baselines_match_the_full_model) {
   BOOST_TEST(naive.stats.bytes_inline == rows * static_cast<uint64_t>(c.edge->model().config().dim) * 4);
 }
 
+BOOST_AUTO_TEST_CASE(both_roles_in_one_process_match_the_oracle) {
+  TempDir dir;
+  auto path = write_model(dir, collab_config(), 7);
+  Node both(node_config(Role::both, path));
+  BOOST_REQUIRE(both.wait_for_cloud(std::chrono::seconds(10)));
+  auto want = oracle(both.model(), prompt_b(), 0.6, 12);
+  auto got = run(both, prompt_b(), 0.6, 12);
+  expect_matches_oracle(got.tokens, want, 0.6);
+}
+
 BOOST_AUTO_TEST_CASE(standalone_needs_no_cloud) {
   TempDir dir;
   auto path = write_model(dir, collab_config(), 7);

@@ -1,0 +1,5 @@
+if(TARGET ce_linkem)
+  add_executable(ce-bench ce_bench.cpp)
+  target_link_libraries(ce-bench PRIVATE ce_actors ce_linkem)
+  target_include_directories(ce-bench PRIVATE ${PROJECT_SOURCE_DIR})
+endif()
