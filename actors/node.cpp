@@ -2,6 +2,7 @@
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 #include <unistd.h>
 
 #include <thread>
@@ -44,6 +45,14 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
 
   caf_config_ = std::make_unique<caf::actor_system_config>();
   caf_config_->load<caf::io::middleman>();
+  if (config_.tls_enabled()) {
+    // Mutual TLS: CAF's OpenSSL module presents our certificate and accepts only peers whose
+    // certificate the CA file vouches for; no unauthenticated byte reaches BASP.
+    caf_config_->load<caf::openssl::manager>();
+    caf_config_->set("openssl.certificate", config_.tls_certificate);
+    caf_config_->set("openssl.key", config_.tls_key);
+    caf_config_->set("openssl.cafile", config_.tls_ca);
+  }
   caf_config_->set("scheduler.max-threads", static_cast<size_t>(config_.actor_threads));
   caf_config_->set("scheduler.policy", caf::atom("sharing"));
   caf_config_->set("logger.console", caf::atom("none"));
@@ -55,13 +64,17 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   if (cloud) {
     actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split);
     actors_->context_manager = spawn_context_manager(*system_, model_, config_, actors_->cloud_inference);
-    auto port = system_->middleman().publish(actors_->context_manager, config_.listen_port,
-                                             config_.listen_host.c_str(), true);
+    auto port = config_.tls_enabled()
+                    ? caf::openssl::publish(actors_->context_manager, config_.listen_port,
+                                            config_.listen_host.c_str(), true)
+                    : system_->middleman().publish(actors_->context_manager, config_.listen_port,
+                                                   config_.listen_host.c_str(), true);
     if (!port)
       throw std::runtime_error("cannot listen on " + config_.listen_host + ":" + std::to_string(config_.listen_port) +
                                ": " + system_->render(port.error()));
     cloud_port_ = *port;
-    CE_LOG(info, "node", "cloud listening on " << config_.listen_host << ":" << cloud_port_);
+    CE_LOG(info, "node", "cloud listening on " << config_.listen_host << ":" << cloud_port_
+                                               << (config_.tls_enabled() ? " (mutual TLS)" : " (plain TCP)"));
   }
   if (edge) {
     if (config_.role == Role::both) {

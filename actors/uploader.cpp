@@ -1,6 +1,7 @@
 #include "actors/uploader.hpp"
 
 #include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 
 #include <map>
 
@@ -191,7 +192,8 @@ void connect(self_ptr self) {
   auto& st = self->state;
   if (st.connected || st.connecting) return;
   st.connecting = true;
-  auto mm = self->system().middleman().actor_handle();
+  auto mm = st.config.tls_enabled() ? self->system().openssl_manager().actor_handle()
+                                     : self->system().middleman().actor_handle();
   self->request(mm, std::chrono::seconds(5), caf::connect_atom::value, st.config.cloud_host, st.config.cloud_port)
       .then(
           [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {

@@ -143,4 +143,32 @@ BOOST_AUTO_TEST_CASE(bad_configs_are_refused_before_anything_starts) {
   BOOST_TEST(out.find("rc=1") != std::string::npos, out);
 }
 
+BOOST_AUTO_TEST_CASE(mutual_tls_admits_only_edges_with_a_certificate_from_the_ca) {
+  Deployment d;
+  const std::string certs = d.dir.file("certs");
+  run_capture("bash " + std::string(CE_SOURCE_DIR) + "/deploy/make-certs " + certs + " cloud edge >/dev/null 2>&1");
+  run_capture("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rogue -keyout " + certs +
+              "/rogue.key -out " + certs + "/rogue.pem >/dev/null 2>&1");
+  auto tls = [&](const std::string& name, const std::string& ca) {
+    return "[ce.tls]\ncertificate = \"" + certs + "/" + name + ".pem\"\nkey = \"" + certs + "/" + name +
+           ".key\"\nca = \"" + certs + "/" + ca + ".pem\"\n";
+  };
+  CloudProcess cloud(d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = 0\n" + tls("cloud", "ca")),
+                     d.dir.file("port"));
+  auto edge_run = [&](const std::string& name, const std::string& extra) {
+    const std::string cfg = d.write_config(
+        name + ".ini", "role = \"edge\"\n[ce.cloud]\nport = " + std::to_string(cloud.port) + "\n" + extra);
+    auto out = run_capture(bin + "ce-node --config " + cfg +
+                           " --json --max-tokens 4 --wait-cloud 2000 --set ce.exit.threshold=2 --prompt 'The' 2>/dev/null");
+    return nlohmann::json::parse(out);
+  };
+  auto good = edge_run("good", tls("edge", "ca"));
+  BOOST_TEST(good["stats"]["cloud_tokens"].get<int>() == 4);
+  auto rogue = edge_run("rogue", tls("rogue", "rogue"));  // self-signed, not from the cloud's CA
+  BOOST_TEST(rogue["stats"]["cloud_tokens"].get<int>() == 0);
+  BOOST_TEST(rogue["stats"]["mode"].get<std::string>() == "standalone");
+  auto plain = edge_run("plain", "");  // no TLS at all
+  BOOST_TEST(plain["stats"]["cloud_tokens"].get<int>() == 0);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

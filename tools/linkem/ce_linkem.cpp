@@ -138,6 +138,8 @@ std::pair<std::string, uint16_t> parse_target(const ce::cli::Parser& cli, const 
   return {host, static_cast<uint16_t>(port)};
 }
 
+extern "C" void on_stop_signal(int) {}  // never runs: the signals are blocked and sigwait()ed
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -167,7 +169,11 @@ int main(int argc, char** argv) {
   }
 
   // SIGINT/SIGTERM are taken by sigwait in this thread; every thread started below inherits
-  // the blocked mask. SIGPIPE: a closed stdout must not kill the proxy.
+  // the blocked mask. A handler is installed first because a signal whose disposition is
+  // SIG_IGN (as for SIGINT in a background job of a non-interactive shell) is discarded
+  // and would never reach sigwait. SIGPIPE: a closed stdout must not kill the proxy.
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGPIPE, SIG_IGN);
   sigset_t stop_signals;
   sigemptyset(&stop_signals);

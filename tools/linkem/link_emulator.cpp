@@ -181,7 +181,8 @@ LinkProfile load_profile(const std::string& ini_path) {
     const std::string about = where + "key '" + key + "': ";
     if (!in_link) throw std::runtime_error(about + "appears before the [link] section");
     if (key != "name" && key != "delay" && key != "jitter" && key != "bandwidth")
-      throw std::runtime_error(where + "unknown key '" + key + "' in [link] (known keys: name, delay, jitter, bandwidth)");
+      throw std::runtime_error(where + "unknown key '" + key +
+                               "' in [link] (known keys: name, delay, jitter, bandwidth)");
     if (auto it = seen.find(key); it != seen.end())
       throw std::runtime_error(about + "set twice (first on line " + std::to_string(it->second) + ")");
     seen[key] = line_no;

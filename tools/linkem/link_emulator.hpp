@@ -27,11 +27,12 @@
 // open and new ones are still accepted and connected. When switched off, the held bytes
 // are forwarded in order: a chunk that was read while the blackhole was on is stamped as
 // if read at the moment it was lifted; chunks already queued keep their release times
-// (those that are overdue go out at once).
+// (those that are overdue go out at once). A write already under way when the blackhole is
+// switched on (at most one chunk per direction) still completes.
 //
 // Threading: all network work runs on one background thread (one io_context). Every public
 // member may be called from any other thread; none may be called from inside the
-// emulator's own thread (there are no callbacks, so this only matters to the destructor).
+// emulator's own thread (it makes no callbacks into user code, so this cannot arise).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -77,9 +78,10 @@ void check_profile(const LinkProfile& profile);
 
 class LinkEmulator {
  public:
-  // Resolves target_host now (throws std::runtime_error if it cannot), binds
-  // 127.0.0.1:listen_port (0 = ephemeral; throws if the port is taken) and starts the
-  // background thread. Connections to the target are made per accepted client.
+  // Checks the profile (std::invalid_argument), resolves target_host now and binds
+  // 127.0.0.1:listen_port (0 = ephemeral); std::runtime_error if either fails (e.g. the
+  // port is taken). Then starts the background thread. Connections to the target are made
+  // per accepted client.
   LinkEmulator(LinkProfile profile, std::string target_host, uint16_t target_port,
                uint16_t listen_port = 0);
   // Stops accepting, closes every connection (queued bytes are discarded), joins the thread.
@@ -90,6 +92,7 @@ class LinkEmulator {
   uint16_t port() const;  // the listening port
 
   // Applies to chunks read from now on; chunks already queued keep their release times.
+  // Throws std::invalid_argument (see check_profile) and then changes nothing.
   void set_profile(const LinkProfile& profile);
   LinkProfile profile() const;
 
