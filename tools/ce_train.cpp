@@ -9,7 +9,7 @@
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "model/trainer.hpp"
-#include "tools/cli.hpp"
+#include "tools/architecture_flags.hpp"
 
 namespace {
 std::string read_file(const std::string& path) {
@@ -38,10 +38,6 @@ int main(int argc, char** argv) {
       .add("init", "DIR", "start from this model (required with --freeze-backbone)")
       .add("checkpoint-dir", "DIR", "checkpoint directory; an existing checkpoint is resumed")
       .add("name", "NAME", "model name in config.json", "ce-brown-8l")
-      .add("dim", "N", "hidden size", "256").add("layers", "N", "layers", "8").add("heads", "N", "attention heads", "4")
-      .add("kv-heads", "N", "key/value heads", "4").add("ffn", "N", "feed-forward size", "688")
-      .add("exits", "LIST", "exit layers", "2,4").add("split", "N", "default split layer", "4")
-      .add("max-seq", "N", "max positions", "1024").add("tie-exit-heads", "", "exit heads share lm_head")
       .add("steps", "N", "optimizer steps", "2000").add("batch", "N", "sequences per step", "16")
       .add("seq", "N", "tokens per sequence", "256").add("lr", "X", "peak learning rate", "0.003")
       .add("warmup", "N", "warm-up steps", "100").add("weight-decay", "X", "AdamW weight decay", "0.1")
@@ -52,28 +48,15 @@ int main(int argc, char** argv) {
       .add("checkpoint-every", "N", "checkpoint interval", "200")
       .add("stop-after", "N", "stop this sitting after N steps (resume later)", "0")
       .add("threads", "N", "torch threads, 0 = all cores", "0");
+  ce::cli::add_architecture_flags(cli);
   cli.parse(argc, argv);
   try {
     ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
     ce::Tokenizer tok(cli.get("tokenizer"));
     ce::TrainOptions o;
-    auto& c = o.config;
-    c.name = cli.get("name");
-    c.dim = cli.get_int("dim");
-    c.n_layers = cli.get_int("layers");
-    c.n_heads = cli.get_int("heads");
-    c.n_kv_heads = cli.get_int("kv-heads");
-    c.ffn_dim = cli.get_int("ffn");
-    c.vocab_size = tok.vocab_size();
-    c.bos_id = tok.bos_id();
-    c.eos_id = tok.eos_id();
-    c.max_seq = cli.get_int("max-seq");
-    c.default_split = cli.get_int("split");
-    c.tie_exit_heads = cli.has("tie-exit-heads");
-    c.exit_layers.clear();
-    std::stringstream exits(cli.get("exits"));
-    for (std::string e; std::getline(exits, e, ',');) c.exit_layers.push_back(std::stoll(e));
-    c.validate();
+    o.config = ce::cli::architecture_from_flags(cli, &tok, tok.vocab_size());
+    o.config.name = cli.get("name");
+    const auto& c = o.config;
     o.init_dir = cli.get("init");
     o.freeze_backbone = cli.has("freeze-backbone");
     if (o.freeze_backbone && o.init_dir.empty()) cli.fail("--freeze-backbone needs --init");
