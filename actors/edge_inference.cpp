@@ -35,6 +35,8 @@ struct Generation {
   bool uses_uploader = false;
   bool resynced = false;    // the context was rebuilt once after the cloud lost it
   bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
+  bool paused = false;      // the uploader's backlog is over its limit
+  bool step_waiting = false;  // a step is due once the pause ends
   GenerateResult result;
   clock_type::time_point started, token_started;
 };
@@ -105,7 +107,10 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
   r.stats.generated++;
   r.stats.cloud_tokens += source == TokenSource::cloud;
   r.stats.degraded_tokens += source == TokenSource::degraded;
+  // Per-token latency as the user sees it: from the previous token (or the request) to this one,
+  // pauses for upload backpressure included.
   r.stats.token_ms.push_back(ms_since(g.token_started));
+  g.token_started = clock_type::now();
   if (g.request.listener)
     self->send(g.request.listener, token_atom::value,
                TokenEvent{g.id, g.position + 1, token, source, layer, confidence});
@@ -113,6 +118,10 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
   const bool full = g.position + 2 >= self->state.model->config().max_seq;
   if (eos || full || r.stats.generated >= g.request.max_tokens) {
     finish(self, g);
+    return;
+  }
+  if (g.paused) {
+    g.step_waiting = true;
     return;
   }
   self->send(self, step_atom::value, g.id);
@@ -238,7 +247,6 @@ void start(self_ptr self, Generation& g) {
 }
 
 void step(self_ptr self, Generation& g) {
-  g.token_started = clock_type::now();
   const int32_t last = g.result.tokens.back();
   if (g.policy.mode == InferenceMode::cloud_only) {
     upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {last});
@@ -314,6 +322,16 @@ caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, 
                     deliver(self, id);
                   }
                 });
+      },
+      [=](backlog_atom, uint64_t session, bool pause) {
+        for (auto& [id, g] : self->state.generations) {
+          if (g->session != session) continue;
+          g->paused = pause;
+          if (!pause && g->step_waiting) {
+            g->step_waiting = false;
+            self->send(self, step_atom::value, id);
+          }
+        }
       },
       [=](step_atom, uint64_t id) {
         auto* g = find(self, id);

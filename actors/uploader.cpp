@@ -24,6 +24,8 @@ struct SessionLog {
   uint64_t bytes_sent = 0;
   bool send_scheduled = false;
   bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
+  caf::actor owner;     // the edge_inference that feeds this session (told about backlog)
+  bool throttled = false;
   std::vector<caf::response_promise> byes;
 };
 
@@ -48,6 +50,29 @@ std::vector<char> error_frame(error code, const std::string& text, uint64_t sess
 }
 
 void pump(self_ptr self, uint64_t session, bool urgent);
+
+// Backpressure: a session whose unacknowledged rows pass ce.upload.queue-limit pauses its
+// producer until the backlog halves, so a slow link slows the edge instead of growing memory.
+void check_backlog(self_ptr self, uint64_t session, SessionLog& log) {
+  const auto limit = static_cast<uint32_t>(self->state.config.upload_queue_limit);
+  const uint32_t backlog = log.total - std::min(log.acked, log.total);
+  if (!log.owner || !self->state.connected) return;
+  if (!log.throttled && backlog > limit) {
+    log.throttled = true;
+    CE_LOG(info, "uploader", "session " << std::hex << session << std::dec << " backlog " << backlog
+                                        << " positions: pausing the edge");
+    self->send(log.owner, backlog_atom::value, session, true);
+  } else if (log.throttled && backlog <= limit / 2) {
+    log.throttled = false;
+    self->send(log.owner, backlog_atom::value, session, false);
+  }
+}
+
+void release_throttle(self_ptr self, uint64_t session, SessionLog& log) {
+  if (!log.throttled) return;
+  log.throttled = false;
+  self->send(log.owner, backlog_atom::value, session, false);
+}
 
 void finish_byes(self_ptr self, uint64_t session) {
   auto it = self->state.sessions.find(session);
@@ -92,6 +117,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             if (decoded.ok) {
               if (auto* ack = std::get_if<wire::UploadAck>(&decoded.message)) {
                 l.acked = std::max(l.acked, ack->held_positions);
+                check_backlog(self, session, l);
               } else if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
                 CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec << " upload refused: "
                                                        << to_string(err->code) << ": " << err->text);
@@ -106,6 +132,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             if (it == self->state.sessions.end() || epoch != self->state.link_epoch) return;
             it->second.in_flight--;
             it->second.failed = true;
+            release_throttle(self, session, it->second);
             CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec
                                                    << " upload failed: " << self->system().render(e));
             finish_byes(self, session);
@@ -142,6 +169,7 @@ void link_lost(self_ptr self, const std::string& why) {
   for (auto& [id, log] : st.sessions) {
     log.in_flight = 0;
     log.send_scheduled = false;
+    release_throttle(self, id, log);  // with no link the edge answers alone: never hold it
   }
   for (auto it = st.sessions.begin(); it != st.sessions.end();) {
     auto id = (it++)->first;
@@ -236,7 +264,9 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         }
         log.bytes.insert(log.bytes.end(), rows.payload->begin(), rows.payload->end());
         log.total += rows.count;
+        if (!log.owner) log.owner = caf::actor_cast<caf::actor>(self->current_sender());
         pump(self, session, false);
+        check_backlog(self, session, log);
       },
       [=](resync_atom, uint64_t session) {
         // The cloud lost this session's context (evicted or restarted): rebuild it from the log.

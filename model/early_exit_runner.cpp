@@ -53,7 +53,9 @@ struct EarlyExitRunner::State {
 
   // Carries `group` down from its depth, merging pending rows as it reaches them; stops early at
   // an exit that resolves the last row. Returns the outcome for the last row.
-  StepOutcome descend(RowGroup cur, const ExitRule& rule) {
+  // run_to_end: a prompt's rows all go to layer_end even when an exit decides its last token, so
+  // their split states can be uploaded while the first tokens are generated.
+  StepOutcome descend(RowGroup cur, const ExitRule& rule, bool run_to_end = false) {
     StepOutcome out;
     out.position = static_cast<int32_t>(cur.first_pos + cur.rows.size(0) - 1);
     const int64_t last_exit = exits.empty() ? -1 : exits.back();
@@ -71,7 +73,8 @@ struct EarlyExitRunner::State {
       cur.depth = stop;
       const bool at_exit = std::find(exits.begin(), exits.end(), stop) != exits.end();
       // With no chance of leaving early (threshold > 1) only the last exit is read, as fallback.
-      const bool read_exit = rule.evaluate_exits && at_exit && (rule.threshold <= 1.0 || stop == last_exit);
+      const bool read_exit =
+          rule.evaluate_exits && !out.resolved && at_exit && (rule.threshold <= 1.0 || stop == last_exit);
       if (!read_exit) continue;
       auto logits = decoder.exit_logits(stop, cur.rows[-1]);  // (vocab)
       auto choice = Decoder::choose_greedy(logits);
@@ -84,6 +87,7 @@ struct EarlyExitRunner::State {
         out.token = token;
         out.confidence = choice.confidence;
         out.exit_layer = static_cast<int32_t>(stop);
+        if (run_to_end) continue;
         if (stop == layer_end)
           complete(cur.rows);
         else
@@ -93,7 +97,7 @@ struct EarlyExitRunner::State {
     }
     complete(cur.rows);
     const auto& c = model->config();
-    if (layer_end == c.n_layers && rule.evaluate_exits) {
+    if (layer_end == c.n_layers && rule.evaluate_exits && !out.resolved) {
       auto logits = decoder.final_logits(cur.rows[-1]);
       auto choice = Decoder::choose_greedy(logits);
       out.resolved = true;
@@ -126,7 +130,7 @@ StepOutcome EarlyExitRunner::advance(const std::vector<int32_t>& tokens, const E
   auto x = s.decoder.embed(torch::tensor(ids, torch::kLong));  // (T, dim)
   RowGroup cur{0, s.next_pos, x};
   s.next_pos += static_cast<int64_t>(tokens.size());
-  return s.descend(std::move(cur), rule);
+  return s.descend(std::move(cur), rule, tokens.size() > 1);
 }
 
 void EarlyExitRunner::flush() {

@@ -46,7 +46,8 @@ class EarlyExitRunner {
   EarlyExitRunner(std::shared_ptr<const Model> model, int64_t layer_end);
   ~EarlyExitRunner();
 
-  // Feeds `tokens` at the next positions and decides the token after the last one.
+  // Feeds `tokens` at the next positions and decides the token after the last one. A prompt
+  // (more than one token) runs to layer_end whole, so its states are complete at once.
   StepOutcome advance(const std::vector<int32_t>& tokens, const ExitRule& rule);
   // Runs every pending row to layer_end.
   void flush();

@@ -175,6 +175,27 @@ BOOST_AUTO_TEST_CASE(upload_delay_does_not_slow_edge_resolved_tokens) {
   BOOST_TEST(r.stats.bytes_uploaded == (prompt_a().size() + 10) * static_cast<uint64_t>(c.edge->model().config().dim) * 2);
 }
 
+BOOST_AUTO_TEST_CASE(a_slow_upload_link_pauses_the_edge_instead_of_queueing_without_bound) {
+  const int n = 40;
+  Cluster fast;
+  auto reference = run(*fast.edge, prompt_a(), 0.0, n);
+  // One position per 20 ms upload, at most 4 unacknowledged: the edge must wait for the link.
+  Cluster slow([](NodeConfig& e) {
+    e.upload_inject_delay = std::chrono::milliseconds(20);
+    e.upload_batch = 1;
+    e.upload_queue_limit = 4;
+  });
+  auto r = run(*slow.edge, prompt_a(), 0.0, n);
+  BOOST_TEST(r.tokens == reference.tokens, boost::test_tools::per_element());
+  BOOST_TEST(r.stats.bytes_uploaded == reference.stats.bytes_uploaded);
+  // The prompt alone (8 positions) is over the limit: some token waits until the backlog halves
+  // (at least two 20 ms uploads); without the limit no token waits on the link at all.
+  auto slowest = [](const GenerateResult& g) { return *std::max_element(g.stats.token_ms.begin(), g.stats.token_ms.end()); };
+  BOOST_TEST_MESSAGE("slowest token: throttled " << slowest(r) << " ms, unthrottled " << slowest(reference) << " ms");
+  BOOST_TEST(slowest(r) > 35.0);
+  BOOST_TEST(slowest(reference) < 35.0);
+}
+
 BOOST_AUTO_TEST_CASE(two_edges_share_one_cloud_without_seeing_each_other) {
   Cluster c;
   auto edge2 = c.make_edge();
