@@ -40,6 +40,10 @@ struct UploaderState {
   std::chrono::milliseconds backoff{100};
   uint64_t next_chunk_id = 1;
   std::map<uint64_t, SessionLog> sessions;
+  // Infer requests forwarded on the current link, answered at once with cloud_unreachable if the
+  // link drops (a dead peer's replies would otherwise be awaited until the deadline).
+  std::map<uint64_t, caf::response_promise> forwarded;
+  uint64_t next_forward = 1;
   static inline const char* name = "uploader";
 };
 
@@ -175,6 +179,9 @@ void link_lost(self_ptr self, const std::string& why) {
     auto id = (it++)->first;
     finish_byes(self, id);
   }
+  auto forwarded = std::move(st.forwarded);
+  st.forwarded.clear();
+  for (auto& [id, rp] : forwarded) rp.deliver(error_frame(error::cloud_unreachable, "cloud link lost: " + why, 0, 0));
   self->delayed_send(self, st.backoff, link_atom::value);
   st.backoff = std::min(st.backoff * 2, std::chrono::milliseconds(5000));
 }
@@ -294,11 +301,19 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         }
         pump(self, session, true);
         auto rp = self->make_response_promise<std::vector<char>>();
+        const uint64_t key = st.next_forward++;
+        st.forwarded.emplace(key, rp);
+        auto answer = [=](std::vector<char> reply) {
+          auto it = self->state.forwarded.find(key);
+          if (it == self->state.forwarded.end()) return;  // already failed with the link
+          it->second.deliver(std::move(reply));
+          self->state.forwarded.erase(it);
+        };
         self->request(st.cloud, st.config.request_deadline, frame_atom::value, std::move(frame))
-            .then([=](std::vector<char>& reply) mutable { rp.deliver(std::move(reply)); },
-                  [=](caf::error& e) mutable {
-                    rp.deliver(error_frame(e == caf::sec::request_timeout ? error::timeout : error::cloud_unreachable,
-                                           self->system().render(e), session, 0));
+            .then([=](std::vector<char>& reply) { answer(std::move(reply)); },
+                  [=](caf::error& e) {
+                    answer(error_frame(e == caf::sec::request_timeout ? error::timeout : error::cloud_unreachable,
+                                       self->system().render(e), session, 0));
                   });
         return rp;
       },
