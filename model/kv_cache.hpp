@@ -17,7 +17,6 @@ class KvCache {
   int64_t layer_begin() const { return layer_begin_; }
   int64_t layer_end() const { return layer_end_; }
   int64_t length(int64_t layer) const;  // positions [0, length) are cached for this layer
-  int64_t max_seq() const { return max_seq_; }
 
   // Stores keys/values (n_kv_heads, T, head_dim) for positions [length, length + T) and returns
   // views of all cached positions (n_kv_heads, length + T, head_dim).
