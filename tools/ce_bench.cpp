@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "actors/node.hpp"
+#include "model/blas_kernel.hpp"
 #include "model/evaluation.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
@@ -105,6 +106,7 @@ Summary summarize(const std::string& link, const ModeSpec& m, const std::vector<
 }  // namespace
 
 int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
   cli::Parser cli("ce-bench",
                   "Benchmarks cloud-only, naive-split, standalone and collaborative inference over emulated links\n"
                   "(cloud and edge nodes in this process, linked over loopback TCP through ce-linkem).");

@@ -14,6 +14,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "model/blas_kernel.hpp"
 #include "model/evaluation.hpp"
 #include "model/split_plan.hpp"
 #include "model/tokenizer.hpp"
@@ -132,6 +133,7 @@ std::string pick_markdown(const ce::EvalReport& rep, const ce::ThresholdPick& pi
 }  // namespace
 
 int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
   ce::cli::Parser cli("ce-eval",
                       "Evaluates an early-exit LLaMA on a text file: per-head cross-entropy, bits per character and "
                       "perplexity, and a sweep of the exit threshold θ (share resolved at each edge exit and at the "

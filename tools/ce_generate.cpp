@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "model/blas_kernel.hpp"
 #include "model/early_exit_runner.hpp"
 #include "model/split_plan.hpp"
 #include "model/tokenizer.hpp"
@@ -24,6 +25,7 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
   ce::cli::Parser cli("ce-generate", "Generates text locally with an early-exit LLaMA model and reports which exit produced each token.");
   cli.add("model", "DIR", "model directory (config.json, model.safetensors, tokenizer.model)", "models/ce-brown-8l")
       .add("prompt", "TEXT", "prompt text")

@@ -4,12 +4,14 @@
 #include <iostream>
 #include <memory>
 
+#include "model/blas_kernel.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "model/weights.hpp"
 #include "tools/architecture_flags.hpp"
 
 int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
   ce::cli::Parser cli("ce-model", "Writes a random early-exit LLaMA model directory (--random-out) or describes one (--info).");
   cli.add("random-out", "DIR", "write a randomly initialised model into DIR")
       .add("info", "DIR", "print the config, split, parameter count and weights hash of a model")
@@ -27,6 +29,7 @@ int main(int argc, char** argv) {
       for (auto e : c.exit_layers) std::cout << " " << e;
       std::cout << ", default split " << c.default_split << ", default threshold " << c.default_threshold
                 << "\nweights hash " << model->weights_hash() << "\n";
+      if (auto kernel = ce::blas_kernel_name(); !kernel.empty()) std::cout << "OpenBLAS kernel " << kernel << "\n";
       return 0;
     }
     const std::string out = cli.require("random-out");

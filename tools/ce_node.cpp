@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/blas_kernel.hpp"
 #include "actors/log.hpp"
 #include "actors/node.hpp"
 #include "model/runtime.hpp"
@@ -65,6 +66,7 @@ void print_stats(const ce::GenerateResult& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
   ce::cli::Parser cli("ce-node",
                       "Runs one cecollm node from a config file: a cloud (serves edges), an edge (answers prompts,\n"
                       "asking the cloud for low-confidence tokens), or both in one process.\n\nConfig keys:\n" +

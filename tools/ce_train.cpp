@@ -6,6 +6,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "model/blas_kernel.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "model/trainer.hpp"
@@ -30,6 +31,7 @@ std::vector<int32_t> tokenize_documents(const ce::Tokenizer& tok, const std::str
 }  // namespace
 
 int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
   ce::cli::Parser cli("ce-train", "Trains an early-exit LLaMA (C++/libtorch) and writes an fp16 safetensors model directory.");
   cli.add("train", "FILE", "training text", "data/brown/train.txt")
       .add("valid", "FILE", "validation text (loss reported every --eval-every steps)", "data/brown/valid.txt")

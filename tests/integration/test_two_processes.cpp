@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "model/blas_kernel.hpp"
 #include "model/tokenizer.hpp"
 #include "tests/actors/fixtures.hpp"
 
@@ -169,6 +170,24 @@ BOOST_AUTO_TEST_CASE(mutual_tls_admits_only_edges_with_a_certificate_from_the_ca
   BOOST_TEST(rogue["stats"]["mode"].get<std::string>() == "standalone");
   auto plain = edge_run("plain", "");  // no TLS at all
   BOOST_TEST(plain["stats"]["cloud_tokens"].get<int>() == 0);
+}
+
+// The binaries re-execute themselves with OPENBLAS_CORETYPE when OpenBLAS would run kernels weaker
+// than the CPU supports (it falls back to SSE3 "Prescott" on CPUs it does not recognise).
+BOOST_AUTO_TEST_CASE(binaries_run_the_blas_kernel_the_cpu_supports) {
+  const auto preferred = preferred_blas_kernel();
+  if (preferred.empty() || blas_kernel_name().empty()) return;  // not x86 with AVX2, or not OpenBLAS
+  const std::string model = std::string(CE_SOURCE_DIR) + "/models/ce-brown-8l";
+  auto out = run_capture("env -u OPENBLAS_CORETYPE " + bin + "ce-model --info " + model);
+  const auto at = out.find("OpenBLAS kernel ");
+  BOOST_REQUIRE_MESSAGE(at != std::string::npos, out);
+  const auto kernel = out.substr(at + 16, out.find('\n', at) - at - 16);
+  BOOST_TEST_MESSAGE("preferred " << preferred << ", ce-model runs " << kernel);
+  BOOST_TEST(kernel != "Prescott");
+  if (blas_kernel_name() == "Prescott") BOOST_TEST(kernel == preferred);  // this process shows the fallback
+  // A user's explicit choice stands.
+  out = run_capture("OPENBLAS_CORETYPE=Haswell " + bin + "ce-model --info " + model);
+  BOOST_TEST(out.find("OpenBLAS kernel Haswell") != std::string::npos, out);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
