@@ -31,6 +31,8 @@ using cloud_state_atom = caf::atom_constant<caf::atom("cloudstate")>;
 using idle_atom = caf::atom_constant<caf::atom("idle")>;          // context manager: idle check
 using compute_atom = caf::atom_constant<caf::atom("compute")>;    // manager -> cloud inference
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;     // edge: end a response early
+using clients_atom = caf::atom_constant<caf::atom("clients")>;   // cloud: requests per client
 
 // Where a token came from.
 enum class TokenSource : uint8_t {
@@ -39,6 +41,16 @@ enum class TokenSource : uint8_t {
   degraded,   // the cloud was needed but unreachable or late: the edge's last exit stood in
 };
 const char* to_string(TokenSource s);
+
+// Why a response ended.
+enum class FinishReason : uint8_t {
+  length,     // max_tokens generated
+  eos,        // the model produced end-of-sequence
+  context,    // the sequence reached the model's max_seq
+  cancelled,  // the listener asked it to stop (cancel_atom)
+  error,      // see GenerateResult::error
+};
+const char* to_string(FinishReason r);
 
 struct GenerateRequest {
   std::vector<int32_t> prompt;  // token ids, BOS included
@@ -66,6 +78,7 @@ struct GenerationStats {
   int generated = 0;
   int cloud_tokens = 0;
   int degraded_tokens = 0;
+  int resyncs = 0;                // contexts rebuilt after the cloud lost them (evicted, restarted)
   uint64_t bytes_uploaded = 0;    // upload payload bytes of this response
   uint64_t bytes_inline = 0;      // payload bytes sent inside infer requests (naive split)
   double edge_ms = 0;             // edge compute
@@ -81,6 +94,7 @@ struct GenerateResult {
   std::vector<TokenSource> sources;
   std::vector<int32_t> layers;
   GenerationStats stats;
+  FinishReason finish_reason = FinishReason::length;
   std::string error;  // non-empty when the response could not be produced at all
 };
 

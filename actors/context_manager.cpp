@@ -46,6 +46,8 @@ struct ManagerState {
   caf::actor inference;
   wire::Limits limits;
   std::set<caf::node_id> welcomed;
+  std::map<caf::node_id, std::string> client_names;  // from each edge's Hello
+  std::map<std::string, uint64_t> infer_requests;    // per client name, for /metrics
   std::map<ContextKey, Context> contexts;
   std::set<ContextKey> ended;   // evicted or closed: a later request gets unknown_session at once
   // Infer requests that overtook the first upload of their session; they wait up to the
@@ -173,6 +175,11 @@ std::vector<char> on_hello(self_ptr self, const caf::node_id& node, const wire::
     return error_frame(code, "refused: " + why);
   }
   st.welcomed.insert(node);
+  // Client names are the edges' own words: bound how many distinct ones the metrics keep.
+  constexpr size_t max_named_clients = 256;
+  st.client_names[node] =
+      st.infer_requests.count(h.client_name) || st.infer_requests.size() < max_named_clients ? h.client_name : "other";
+  st.infer_requests.emplace(st.client_names[node], 0);
   CE_LOG(info, "context", "welcomed edge '" << h.client_name << "'");
   wire::Welcome w;
   w.model_id = cfg.name;
@@ -246,6 +253,7 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
 
 caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node, wire::InferRequest& req) {
   auto& st = self->state;
+  st.infer_requests[st.client_names[node]]++;
   const ContextKey key{node, req.session_id};
   if (req.kind == wire::InferKind::naive_split) {
     // Stateless baseline: no context, the whole sequence comes inline.
@@ -332,6 +340,15 @@ caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model,
       [=](stats_atom) {
         return caf::make_message(static_cast<uint64_t>(self->state.contexts.size()), self->state.evictions,
                                  total_bytes(self->state));
+      },
+      [=](clients_atom) {
+        std::vector<std::string> names;
+        std::vector<uint64_t> requests;
+        for (const auto& [name, count] : self->state.infer_requests) {
+          names.push_back(name);
+          requests.push_back(count);
+        }
+        return caf::make_message(std::move(names), std::move(requests));
       },
   };
 }

@@ -37,6 +37,7 @@ struct Generation {
   bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
   bool paused = false;      // the uploader's backlog is over its limit
   bool step_waiting = false;  // a step is due once the pause ends
+  bool cancel_requested = false;  // the listener wants no more tokens
   GenerateResult result;
   clock_type::time_point started, token_started;
 };
@@ -95,6 +96,7 @@ void deliver(self_ptr self, uint64_t id) {
                                    << s.generated << " tokens, " << s.cloud_tokens << " from cloud, "
                                    << s.degraded_tokens << " degraded, " << s.bytes_uploaded << " B uploaded, "
                                    << s.total_ms << " ms");
+  if (!g->result.error.empty()) g->result.finish_reason = FinishReason::error;
   if (g->request.listener) self->send(g->request.listener, done_atom::value, std::move(g->result));
   self->state.generations.erase(id);
 }
@@ -116,7 +118,11 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
                TokenEvent{g.id, g.position + 1, token, source, layer, confidence});
   const bool eos = g.request.stop_at_eos && token == self->state.model->config().eos_id;
   const bool full = g.position + 2 >= self->state.model->config().max_seq;
-  if (eos || full || r.stats.generated >= g.request.max_tokens) {
+  if (eos || full || g.cancel_requested || r.stats.generated >= g.request.max_tokens) {
+    r.finish_reason = eos ? FinishReason::eos
+                      : g.cancel_requested ? FinishReason::cancelled
+                      : r.stats.generated >= g.request.max_tokens ? FinishReason::length
+                                                                   : FinishReason::context;
     finish(self, g);
     return;
   }
@@ -182,6 +188,7 @@ void ask_cloud(self_ptr self, Generation& g) {
               if (err->code == error::unknown_session && g->uses_uploader && !g->resynced) {
                 // Evicted for inactivity or a restarted cloud: rebuild the context, ask again.
                 g->resynced = true;
+                g->result.stats.resyncs++;
                 self->send(self->state.uploader, resync_atom::value, g->session);
                 return ask_cloud(self, *g);
               }
@@ -333,6 +340,16 @@ caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, 
           }
         }
       },
+      [=](cancel_atom, uint64_t id) {
+        auto* g = find(self, id);
+        if (!g || g->cancel_requested) return;
+        g->cancel_requested = true;  // honoured at the next token; one paused for backpressure ends now
+        if (g->step_waiting) {
+          g->step_waiting = false;
+          g->result.finish_reason = FinishReason::cancelled;
+          finish(self, *g);
+        }
+      },
       [=](step_atom, uint64_t id) {
         auto* g = find(self, id);
         if (!g) return;
@@ -347,6 +364,17 @@ caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, 
 }
 
 }  // namespace
+
+const char* to_string(FinishReason r) {
+  switch (r) {
+    case FinishReason::length: return "length";
+    case FinishReason::eos: return "eos";
+    case FinishReason::context: return "context";
+    case FinishReason::cancelled: return "cancelled";
+    case FinishReason::error: return "error";
+  }
+  return "?";
+}
 
 const char* to_string(TokenSource s) {
   switch (s) {

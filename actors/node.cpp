@@ -110,15 +110,21 @@ caf::actor Node::uploader() const { return actors_->uploader; }
 caf::actor Node::exit_decider() const { return actors_->exit_decider; }
 caf::actor Node::context_manager() const { return actors_->context_manager; }
 
+std::pair<bool, uint64_t> Node::link_stats() {
+  std::pair<bool, uint64_t> out{false, 0};
+  if (!actors_->uploader) return out;
+  caf::scoped_actor self{*system_};
+  self->request(actors_->uploader, std::chrono::seconds(1), stats_atom::value)
+      .receive([&](bool connected, uint64_t queued) { out = {connected, queued}; }, [&](caf::error&) {});
+  return out;
+}
+
 bool Node::wait_for_cloud(std::chrono::milliseconds timeout) {
   if (!actors_->uploader) return false;
   caf::scoped_actor self{*system_};
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    bool up = false;
-    self->request(actors_->uploader, std::chrono::seconds(1), stats_atom::value)
-        .receive([&](bool connected, uint64_t) { up = connected; }, [&](caf::error&) {});
-    if (up) {
+    if (link_stats().first) {
       // The decider hears of the link from the uploader; let that message land first.
       self->request(actors_->exit_decider, std::chrono::seconds(1), policy_atom::value)
           .receive([&](int, double) {}, [&](caf::error&) {});
@@ -129,7 +135,7 @@ bool Node::wait_for_cloud(std::chrono::milliseconds timeout) {
   return false;
 }
 
-GenerateResult Node::generate(GenerateRequest request, const std::function<void(const TokenEvent&)>& on_token,
+GenerateResult Node::generate(GenerateRequest request, const std::function<bool(const TokenEvent&)>& on_token,
                               std::chrono::milliseconds timeout) {
   GenerateResult result;
   if (!actors_->edge_inference) {
@@ -139,10 +145,12 @@ GenerateResult Node::generate(GenerateRequest request, const std::function<void(
   caf::scoped_actor self{*system_};
   request.listener = caf::actor_cast<caf::actor>(self);
   self->send(actors_->edge_inference, generate_atom::value, std::move(request));
-  bool done = false;
+  bool done = false, cancelled = false;
   while (!done) {
     self->receive([&](token_atom, const TokenEvent& ev) {
-                    if (on_token) on_token(ev);
+                    if (cancelled || !on_token || on_token(ev)) return;
+                    cancelled = true;
+                    self->send(actors_->edge_inference, cancel_atom::value, ev.generation);
                   },
                   [&](done_atom, GenerateResult& r) {
                     result = std::move(r);
@@ -154,6 +162,19 @@ GenerateResult Node::generate(GenerateRequest request, const std::function<void(
                   });
   }
   return result;
+}
+
+std::vector<std::pair<std::string, uint64_t>> Node::cloud_requests_by_client() {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  if (!actors_->context_manager) return out;
+  caf::scoped_actor self{*system_};
+  self->request(actors_->context_manager, std::chrono::seconds(5), clients_atom::value)
+      .receive(
+          [&](const std::vector<std::string>& names, const std::vector<uint64_t>& requests) {
+            for (size_t i = 0; i < names.size() && i < requests.size(); ++i) out.emplace_back(names[i], requests[i]);
+          },
+          [&](caf::error&) {});
+  return out;
 }
 
 std::tuple<uint64_t, uint64_t, uint64_t> Node::cloud_stats() {

@@ -9,6 +9,9 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "actors/atoms.hpp"
 #include "config/node_config.hpp"
@@ -37,11 +40,17 @@ class Node {
 
   // Edge roles: true once the cloud link is up (polls the uploader until `timeout`).
   bool wait_for_cloud(std::chrono::milliseconds timeout);
-  // Edge roles: runs one response, calling on_token for each token as it comes. Blocking.
-  GenerateResult generate(GenerateRequest request, const std::function<void(const TokenEvent&)>& on_token = {},
+  // Edge roles: runs one response, calling on_token for each token as it comes; on_token returning
+  // false ends the response early (FinishReason::cancelled; a token already under way may still
+  // arrive in the result). Blocking; safe to call from several threads at once.
+  GenerateResult generate(GenerateRequest request, const std::function<bool(const TokenEvent&)>& on_token = {},
                           std::chrono::milliseconds timeout = std::chrono::minutes(10));
   // Cloud roles: (live contexts, evicted, bytes held).
   std::tuple<uint64_t, uint64_t, uint64_t> cloud_stats();
+  // Cloud roles: infer requests served per client (the name in each edge's Hello).
+  std::vector<std::pair<std::string, uint64_t>> cloud_requests_by_client();
+  // Edge roles: (cloud link up, positions queued for upload and not yet acknowledged).
+  std::pair<bool, uint64_t> link_stats();
 
  private:
   struct Actors;

@@ -379,6 +379,13 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(int_key("ce.listen.port", &C::listen_port, 0, 65535, "port the cloud listens on; 0 = ephemeral"));
   t.push_back(bool_key("ce.listen.allow-plain-remote", &C::allow_plain_remote,
                        "allow a plaintext listener on a non-loopback address (trusted networks only)"));
+  t.push_back(string_key("ce.http.host", &C::http_host, false, not_empty("must not be empty"),
+                         "address of the HTTP API (edge: OpenAI-style completions; both roles: /health, /metrics)"));
+  t.push_back(int_key("ce.http.port", &C::http_port, 0, 65535, "port of the HTTP API; 0 = no HTTP server"));
+  t.push_back(int_key("ce.http.max-concurrent", &C::http_max_concurrent, 1, 1024,
+                      "completions served at once; more get 429"));
+  t.push_back(string_key("ce.http.api-key", &C::http_api_key, false, anything(),
+                         "when set, completions need 'Authorization: Bearer KEY'"));
   t.push_back(duration_key("ce.session.idle-timeout", &C::idle_timeout, defaults::min_idle_timeout,
                            "cloud evicts a session silent this long"));
   t.push_back(int_key("ce.session.max-contexts", &C::max_contexts, 1, no_limit, "most sessions the cloud holds"));

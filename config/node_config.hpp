@@ -51,6 +51,11 @@ struct NodeConfig {
   std::uint16_t listen_port = defaults::listen_port;  // ce.listen.port, 0 = ephemeral
   bool allow_plain_remote = defaults::allow_plain_remote;  // ce.listen.allow-plain-remote
 
+  std::string http_host = defaults::http_host;            // ce.http.host
+  std::uint16_t http_port = defaults::http_port;          // ce.http.port, 0 = no HTTP server
+  int http_max_concurrent = defaults::http_max_concurrent;  // ce.http.max-concurrent
+  std::string http_api_key;                               // ce.http.api-key, empty = no auth
+
   std::chrono::milliseconds idle_timeout = defaults::idle_timeout;  // ce.session.idle-timeout
   int max_contexts = defaults::max_contexts;                        // ce.session.max-contexts
   std::int64_t memory_cap_mib = defaults::memory_cap_mib;           // ce.session.memory-cap

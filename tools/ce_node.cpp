@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/blas_kernel.hpp"
+#include "actors/http_api.hpp"
 #include "actors/log.hpp"
 #include "actors/node.hpp"
 #include "model/runtime.hpp"
@@ -48,6 +49,17 @@ nlohmann::json to_json(const ce::GenerateResult& r, const std::string& text) {
             {"token_ms_p99", percentile(s.token_ms, 0.99)}}}};
 }
 
+// "CLOUD_PORT HTTP_PORT\n" (0 where the node has none), written once the node serves, so that
+// scripts and tests can wait for it and learn ephemeral ports.
+void write_ready_file(const std::string& path, unsigned cloud_port, unsigned http_port) {
+  const std::string tmp = path + ".tmp";
+  if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+    std::fprintf(f, "%u %u\n", cloud_port, http_port);
+    std::fclose(f);
+    std::rename(tmp.c_str(), path.c_str());
+  }
+}
+
 void print_stats(const ce::GenerateResult& r) {
   const auto& s = r.stats;
   const double share = s.generated ? 100.0 * (s.cloud_tokens + s.degraded_tokens) / s.generated : 0;
@@ -79,7 +91,7 @@ int main(int argc, char** argv) {
       .add("wait-cloud", "MS", "edge: wait this long for the cloud link before the first prompt", "3000")
       .add("json", "", "edge: print one JSON object per response instead of text")
       .add("trace", "", "edge: print one line per token (position, id, source, layer, confidence)")
-      .add("ready-file", "FILE", "write the listening port into FILE once the node is up")
+      .add("ready-file", "FILE", "write 'CLOUD_PORT HTTP_PORT' into FILE once the node serves (0 = none)")
       .add("print-config", "", "print the effective configuration and exit");
   cli.parse(argc, argv);
   try {
@@ -91,36 +103,40 @@ int main(int argc, char** argv) {
       std::cout << ce::describe(config);
       return 0;
     }
-    // A cloud blocks the stop signals before CAF starts its threads, so only sigwait below sees
-    // them and the node shuts down cleanly; an edge keeps the default (Ctrl-C ends it).
+    // A serving node (a cloud, or an edge serving HTTP) blocks the stop signals before CAF and
+    // the HTTP server start their threads, so only sigwait below sees them and the node shuts
+    // down cleanly; an edge answering prompts keeps the default (Ctrl-C ends it).
+    const bool edge = config.role != ce::Role::cloud;
+    std::vector<std::string> prompts = cli.all("prompt");
+    const bool serve_http = config.http_port != 0 && (!edge || (prompts.empty() && !cli.has("stdin")));
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
-    if (config.role == ce::Role::cloud) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    if (!edge || serve_http) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
     ce::Node node(config);
-    if (cli.has("ready-file")) {
-      FILE* f = std::fopen(cli.get("ready-file").c_str(), "w");
-      if (f) {
-        std::fprintf(f, "%u\n", node.cloud_port());
-        std::fclose(f);
+    if (!edge || serve_http) {
+      std::unique_ptr<ce::HttpApi> http;
+      if (serve_http) {
+        if (edge && config.mode != ce::InferenceMode::standalone &&
+            !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
+          CE_LOG(warning, "node", "no cloud link yet: completions run standalone until it comes up");
+        http = std::make_unique<ce::HttpApi>(node);
       }
-    }
-    const bool edge = config.role != ce::Role::cloud;
-    if (!edge) {
+      if (cli.has("ready-file")) write_ready_file(cli.get("ready-file"), node.cloud_port(), http ? http->port() : 0);
       int sig = 0;
       sigwait(&stop_signals, &sig);
       CE_LOG(info, "node", "stopping on signal " << sig);
       return 0;
     }
+    if (cli.has("ready-file")) write_ready_file(cli.get("ready-file"), node.cloud_port(), 0);
     std::unique_ptr<ce::Tokenizer> tokenizer = std::make_unique<ce::Tokenizer>(node.model().tokenizer_path());
     const auto& mc = node.model().config();
     if (config.mode != ce::InferenceMode::standalone &&
         !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
       CE_LOG(warning, "node", "no cloud link yet: responses run standalone until it comes up");
 
-    std::vector<std::string> prompts = cli.all("prompt");
     const bool from_stdin = cli.has("stdin") || prompts.empty();
     const bool tty = isatty(STDOUT_FILENO);
     auto answer = [&](const std::string& prompt) {
@@ -139,9 +155,9 @@ int main(int argc, char** argv) {
         if (trace) {
           std::cout << "pos " << ev.position << " token " << ev.token << " " << ce::to_string(ev.source) << " layer "
                     << ev.layer << " conf " << ev.confidence << "\n";
-          return;
+          return true;
         }
-        if (json) return;
+        if (json) return true;
         auto text = tokenizer->decode(generated);
         if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
           const std::string piece = text.substr(printed.size());
@@ -151,6 +167,7 @@ int main(int argc, char** argv) {
           std::cout << std::flush;
           printed = text;
         }
+        return true;
       });
       const std::string text = tokenizer->decode(result.tokens);
       if (json) {

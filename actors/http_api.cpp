@@ -1,0 +1,480 @@
+#include "actors/http_api.hpp"
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <ctime>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "actors/atoms.hpp"
+#include "actors/completion_request.hpp"
+#include "actors/log.hpp"
+#include "actors/metrics.hpp"
+#include "actors/node.hpp"
+#include "model/runtime.hpp"
+#include "model/tokenizer.hpp"
+
+namespace ce {
+namespace {
+
+using json = nlohmann::json;
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(to_json(e), "application/json");
+}
+
+std::string completion_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "cmpl-%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+InferenceMode mode_named(const std::string& name) {
+  for (auto m : {InferenceMode::standalone, InferenceMode::collaborative, InferenceMode::cloud_only,
+                 InferenceMode::naive_split})
+    if (name == to_string(m)) return m;
+  throw std::logic_error("unknown mode " + name);  // parse_completion_request admits only the four
+}
+
+const char* openai_finish_reason(FinishReason r, bool stop_string_hit) {
+  if (stop_string_hit) return "stop";
+  switch (r) {
+    case FinishReason::eos: return "stop";
+    case FinishReason::error: return "error";
+    default: return "length";
+  }
+}
+
+json token_json(const TokenEvent& ev) {
+  return {{"id", ev.token}, {"source", to_string(ev.source)}, {"layer", ev.layer}, {"confidence", ev.confidence}};
+}
+
+// One completion as it is generated: the decoded continuation, the stop strings, and how much
+// of it has been streamed.
+struct CompletionRun {
+  const Tokenizer& tokenizer;
+  std::vector<int32_t> sequence;  // prompt, then generated tokens
+  size_t prompt_length;
+  std::string prompt_text;        // decode(prompt): the continuation is what decode adds to it
+  std::vector<std::string> stop;
+  std::vector<TokenEvent> events;
+  std::string text;               // the completion so far (cut at a stop string once one appears)
+  bool stop_hit = false;
+  size_t streamed = 0;            // bytes of text already sent
+  size_t events_streamed = 0;
+
+  CompletionRun(const Tokenizer& t, std::vector<int32_t> prompt, std::vector<std::string> stops)
+      : tokenizer(t), sequence(std::move(prompt)), prompt_length(sequence.size()),
+        prompt_text(t.decode(sequence)), stop(std::move(stops)) {}
+
+  // Returns false when a stop string ends the response.
+  bool add(const TokenEvent& ev) {
+    if (stop_hit) return false;
+    events.push_back(ev);
+    sequence.push_back(ev.token);
+    const std::string full = tokenizer.decode(sequence);
+    text = full.size() > prompt_text.size() ? full.substr(prompt_text.size()) : std::string();
+    if (auto at = find_stop(text, stop); at != std::string::npos) {
+      text.resize(at);
+      stop_hit = true;
+      return false;
+    }
+    return true;
+  }
+  // How far the text can be streamed now: whole UTF-8 characters, nothing that may yet turn
+  // out to be the start of a stop string.
+  size_t streamable() const {
+    if (stop_hit) return text.size();
+    size_t end = complete_utf8_prefix(text);
+    end -= stop_prefix_overlap(text.substr(0, end), stop);
+    return std::max(end, streamed);
+  }
+  size_t completion_tokens() const { return events.size(); }
+};
+
+constexpr const char* kTokens = "ce_tokens_total";
+constexpr const char* kResponses = "ce_responses_total";
+constexpr const char* kUploadBytes = "ce_upload_bytes_total";
+constexpr const char* kInlineBytes = "ce_inline_bytes_total";
+constexpr const char* kOffload = "ce_offload_share";
+constexpr const char* kRoundTrip = "ce_cloud_round_trip_seconds";
+constexpr const char* kFallbackTokens = "ce_fallback_tokens_total";
+constexpr const char* kFallbackResponses = "ce_fallback_responses_total";
+constexpr const char* kEvictionsSeen = "ce_evictions_seen_total";
+constexpr const char* kRequests = "ce_http_requests_total";
+constexpr const char* kInFlight = "ce_http_requests_in_flight";
+
+}  // namespace
+
+struct HttpApi::Impl {
+  Node& node;
+  const NodeConfig& config;
+  const bool edge, cloud;
+  std::unique_ptr<Tokenizer> tokenizer;
+  CompletionDefaults defaults;
+  Metrics metrics;
+  std::atomic<int> in_flight{0};
+  std::atomic<uint64_t> tokens_total{0}, tokens_offloaded{0};
+  const int64_t created = static_cast<int64_t>(std::time(nullptr));
+  httplib::Server server;
+  std::thread thread;
+  uint16_t port = 0;
+
+  explicit Impl(Node& n)
+      : node(n), config(n.config()), edge(n.config().role != Role::cloud), cloud(n.config().role != Role::edge) {
+    const auto& mc = node.model().config();
+    if (edge) {
+      tokenizer = std::make_unique<Tokenizer>(node.model().tokenizer_path());
+      defaults = {mc.name, config.max_tokens, config.temperature, config.top_p, config.seed,
+                  static_cast<int>(mc.vocab_size)};
+    }
+    declare_metrics();
+    routes();
+    const int workers = config.http_max_concurrent + 4;  // room to answer 429 and /metrics while busy
+    server.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
+    server.set_payload_max_length(1 << 20);
+    // httplib's default adds SO_REUSEPORT, which lets a second node bind the same port and
+    // silently take half the requests; a taken port must be an error instead.
+    server.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
+    server.set_read_timeout(30, 0);
+    int bound = config.http_port == 0 ? server.bind_to_any_port(config.http_host)
+                                      : (server.bind_to_port(config.http_host, config.http_port) ? config.http_port : -1);
+    if (bound <= 0)
+      throw std::runtime_error("cannot serve HTTP on " + config.http_host + ":" + std::to_string(config.http_port) +
+                               " (ce.http.host / ce.http.port): address in use or not available");
+    port = static_cast<uint16_t>(bound);
+    thread = std::thread([this] { server.listen_after_bind(); });
+    // Server::stop() is a no-op until the accept loop runs: wait for it, so that a quick
+    // destruction cannot leave the thread in accept() forever.
+    for (int i = 0; i < 500 && !server.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    CE_LOG(info, "http", "HTTP API on http://" << config.http_host << ":" << port
+                                               << (edge ? " (/v1/completions, /v1/models, " : " (")
+                                               << "/health, /metrics)");
+    if (edge && config.http_api_key.empty() && config.http_host != "127.0.0.1" && config.http_host != "localhost")
+      CE_LOG(warning, "http", "the completions API listens on " << config.http_host
+                                                               << " without ce.http.api-key: anyone who reaches it can use it");
+  }
+
+  ~Impl() {
+    server.stop();
+    if (thread.joinable()) thread.join();
+  }
+
+  void declare_metrics() {
+    metrics.declare_counter(kRequests, "HTTP requests served, by path and status code");
+    metrics.declare_gauge("ce_process_resident_bytes", "resident memory of this node process");
+    if (edge) {
+      metrics.declare_gauge(kInFlight, "completions being generated now");
+      metrics.declare_counter(kResponses, "completions finished, by inference mode and how they ended (length, eos, "
+                                          "stop string, cancelled by a client that left, error)");
+      metrics.declare_counter(kTokens, "generated tokens by where they came from (edge exit layer, cloud, degraded)");
+      metrics.declare_gauge(kOffload, "share of generated tokens that needed the cloud (cloud + degraded) since start");
+      metrics.declare_counter(kUploadBytes, "split-layer state bytes uploaded to the cloud");
+      metrics.declare_counter(kInlineBytes, "bytes sent inside infer requests (naive-split baseline)");
+      metrics.declare_gauge("ce_upload_backlog_positions", "positions uploaded and not yet acknowledged by the cloud");
+      metrics.declare_gauge("ce_cloud_connected", "1 when the link to the cloud node is up");
+      metrics.declare_histogram(kRoundTrip, "latency of tokens answered by the cloud (edge compute + round trip)",
+                                {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+      metrics.declare_counter(kFallbackTokens, "tokens the edge's last exit produced because the cloud failed");
+      metrics.declare_counter(kFallbackResponses, "completions that fell back to standalone for some tokens");
+      metrics.declare_counter(kEvictionsSeen, "times the cloud had lost a session (evicted, restarted) and the edge rebuilt it");
+    }
+    if (cloud) {
+      metrics.declare_gauge("ce_cloud_contexts_live", "client contexts held");
+      metrics.declare_counter("ce_cloud_evictions_total", "contexts ended (inactivity, Bye)");
+      metrics.declare_gauge("ce_cloud_context_bytes", "bytes held by client contexts (hidden states + KV cache)");
+      metrics.declare_counter("ce_cloud_infer_requests_total", "infer requests by client (the edge's Hello name)");
+    }
+  }
+
+  bool authorized(const httplib::Request& req) const {
+    if (config.http_api_key.empty()) return true;
+    return req.get_header_value("Authorization") == "Bearer " + config.http_api_key;
+  }
+
+  void routes() {
+    server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      static const std::set<std::string> known = {"/v1/completions", "/v1/models", "/health", "/metrics"};
+      metrics.add(kRequests, 1, {{"path", known.count(req.path) ? req.path : "other"}, {"code", std::to_string(res.status)}});
+    });
+    server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      ApiError e{res.status, "", res.status == 404 ? "invalid_request_error" : "server_error", "", ""};
+      e.message = res.status == 404 ? "Unknown endpoint: " + req.method + " " + req.path
+                                    : "HTTP " + std::to_string(res.status);
+      res.set_content(to_json(e), "application/json");
+    });
+    server.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+      std::string what = "unknown error";
+      try {
+        if (ep) std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      CE_LOG(error, "http", req.method << " " << req.path << " failed: " << what);
+      send_error(res, ApiError{500, "internal error: " + what, "server_error", "", ""});
+    });
+    server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(dump(health()), "application/json");
+    });
+    server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    if (!edge) return;
+    server.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+      if (!authorized(req)) return unauthorized(res);
+      const auto& mc = node.model().config();
+      json model = {{"id", mc.name},
+                    {"object", "model"},
+                    {"created", created},
+                    {"owned_by", "cecollm"},
+                    {"x_ce",
+                     {{"layers", mc.n_layers},
+                      {"exit_layers", mc.exit_layers},
+                      {"split_layer", config.split_layer > 0 ? config.split_layer : mc.default_split},
+                      {"weights_hash", node.model().weights_hash()},
+                      {"max_context", mc.max_seq},
+                      {"default_threshold", config.exit_threshold},
+                      {"mode", to_string(config.mode)}}}};
+      res.set_content(dump({{"object", "list"}, {"data", json::array({model})}}), "application/json");
+    });
+    server.Post("/v1/completions",
+                [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
+  }
+
+  void unauthorized(httplib::Response& res) {
+    send_error(res, ApiError{401, "Incorrect API key provided (send 'Authorization: Bearer KEY')",
+                             "invalid_request_error", "", "invalid_api_key"});
+  }
+
+  // "degraded" when an edge that needs the cloud has no link: it still answers, standalone.
+  json health() {
+    json out = {{"status", "ok"}, {"role", to_string(config.role)}, {"model", node.model().config().name}};
+    if (cloud) {
+      auto [live, evicted, bytes] = node.cloud_stats();
+      out["contexts"] = {{"live", live}, {"evicted", evicted}, {"bytes", bytes}};
+    }
+    if (edge) {
+      auto [connected, backlog] = node.link_stats();
+      if (!connected && config.mode != InferenceMode::standalone) out["status"] = "degraded";
+      out["mode"] = to_string(config.mode);
+      out["threshold"] = config.exit_threshold;
+      out["cloud"] = {{"address", config.cloud_host + ":" + std::to_string(config.cloud_port)},
+                      {"connected", connected},
+                      {"upload_backlog", backlog}};
+      out["requests_in_flight"] = in_flight.load();
+    }
+    return out;
+  }
+
+  std::string metrics_text() {
+    metrics.set("ce_process_resident_bytes", static_cast<double>(resident_memory_bytes()));
+    if (edge) {
+      auto [connected, backlog] = node.link_stats();
+      metrics.set("ce_cloud_connected", connected ? 1 : 0);
+      metrics.set("ce_upload_backlog_positions", static_cast<double>(backlog));
+      metrics.set(kInFlight, in_flight.load());
+    }
+    if (cloud) {
+      auto [live, evicted, bytes] = node.cloud_stats();
+      metrics.set("ce_cloud_contexts_live", static_cast<double>(live));
+      metrics.set("ce_cloud_evictions_total", static_cast<double>(evicted));
+      metrics.set("ce_cloud_context_bytes", static_cast<double>(bytes));
+      for (const auto& [client, requests] : node.cloud_requests_by_client())
+        metrics.set("ce_cloud_infer_requests_total", static_cast<double>(requests), {{"client", client}});
+    }
+    return metrics.render();
+  }
+
+  void record(const GenerateResult& r, const CompletionRun& run) {
+    const auto& s = r.stats;
+    const auto layers = node.model().config().n_layers;
+    for (const auto& ev : run.events)
+      metrics.add(kTokens, 1, {{"source", to_string(ev.source)}, {"layer", std::to_string(ev.layer)}});
+    for (size_t i = 0; i < r.sources.size() && i < s.token_ms.size(); ++i)
+      if (r.sources[i] == TokenSource::cloud && r.layers[i] == layers) metrics.observe(kRoundTrip, s.token_ms[i] / 1000.0);
+    uint64_t offloaded = 0;
+    for (const auto& ev : run.events) offloaded += ev.source != TokenSource::edge_exit;
+    const uint64_t total = tokens_total += run.events.size();
+    const uint64_t needed_cloud = tokens_offloaded += offloaded;
+    if (total) metrics.set(kOffload, static_cast<double>(needed_cloud) / static_cast<double>(total));
+    metrics.add(kUploadBytes, static_cast<double>(s.bytes_uploaded));
+    metrics.add(kInlineBytes, static_cast<double>(s.bytes_inline));
+    metrics.add(kFallbackTokens, s.degraded_tokens);
+    if (s.degraded_tokens) metrics.add(kFallbackResponses);
+    metrics.add(kEvictionsSeen, s.resyncs);
+    metrics.add(kResponses, 1, {{"mode", to_string(s.mode)}, {"finish", run.stop_hit ? "stop" : to_string(r.finish_reason)}});
+  }
+
+  json summary(const GenerateResult& r, const CompletionRun& run) {
+    const auto& s = r.stats;
+    size_t cloud = 0, degraded = 0;
+    for (const auto& ev : run.events) {
+      cloud += ev.source == TokenSource::cloud;
+      degraded += ev.source == TokenSource::degraded;
+    }
+    json out = {{"mode", to_string(s.mode)},
+                {"threshold", s.threshold},
+                {"cloud_tokens", cloud},
+                {"degraded_tokens", degraded},
+                {"offload_share", run.events.empty() ? 0.0 : double(cloud + degraded) / double(run.events.size())},
+                {"bytes_uploaded", s.bytes_uploaded},
+                {"bytes_inline", s.bytes_inline},
+                {"edge_ms", s.edge_ms},
+                {"cloud_ms", s.cloud_ms},
+                {"wait_ms", s.wait_ms},
+                {"total_ms", s.total_ms},
+                {"resyncs", s.resyncs}};
+    if (!r.error.empty()) out["error"] = r.error;
+    return out;
+  }
+
+  json usage(const CompletionRun& run) const {
+    const auto completion = run.completion_tokens();
+    return {{"prompt_tokens", run.prompt_length},
+            {"completion_tokens", completion},
+            {"total_tokens", run.prompt_length + completion}};
+  }
+
+  json chunk(const std::string& id, const std::string& model, const std::string& text, const char* finish_reason) const {
+    return {{"id", id},
+            {"object", "text_completion"},
+            {"created", static_cast<int64_t>(std::time(nullptr))},
+            {"model", model},
+            {"choices",
+             json::array({{{"text", text},
+                           {"index", 0},
+                           {"logprobs", nullptr},
+                           {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}}})}};
+  }
+
+  void completions(const httplib::Request& http_request, httplib::Response& res) {
+    if (!authorized(http_request)) return unauthorized(res);
+    auto parsed = parse_completion_request(http_request.body, defaults);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
+    auto request = std::get<CompletionRequest>(std::move(parsed));
+    const auto& mc = node.model().config();
+
+    std::vector<int32_t> prompt;
+    if (request.prompt_ids.empty() || request.prompt_ids.front() != mc.bos_id)
+      prompt.push_back(static_cast<int32_t>(mc.bos_id));
+    const auto body = request.prompt_ids.empty() ? tokenizer->encode(request.prompt) : request.prompt_ids;
+    prompt.insert(prompt.end(), body.begin(), body.end());
+    const auto limit = static_cast<size_t>(mc.max_seq);
+    if (prompt.size() >= limit)
+      return send_error(res, {400, "The prompt has " + std::to_string(prompt.size()) + " tokens; this model's context is " +
+                                       std::to_string(limit) + " tokens",
+                              "invalid_request_error", "prompt", "context_length_exceeded"});
+    if (prompt.size() + static_cast<size_t>(request.max_tokens) > limit)
+      return send_error(res, {400, "This model's maximum context length is " + std::to_string(limit) +
+                                       " tokens; the prompt has " + std::to_string(prompt.size()) +
+                                       " and max_tokens asks for " + std::to_string(request.max_tokens) +
+                                       " more (at most " + std::to_string(limit - prompt.size()) + ")",
+                              "invalid_request_error", "max_tokens", "context_length_exceeded"});
+
+    if (in_flight.fetch_add(1) >= config.http_max_concurrent) {
+      in_flight.fetch_sub(1);
+      res.set_header("Retry-After", "1");
+      return send_error(res, {429, "Too many concurrent completions (ce.http.max-concurrent = " +
+                                       std::to_string(config.http_max_concurrent) + "); retry shortly",
+                              "rate_limit_error", "", "rate_limit_exceeded"});
+    }
+    // Frees the slot when the response (a streamed one included) is done with.
+    auto slot = std::shared_ptr<void>(nullptr, [this](void*) { in_flight.fetch_sub(1); });
+
+    GenerateRequest generate;
+    generate.prompt = prompt;
+    generate.max_tokens = request.max_tokens;
+    generate.sampling = {static_cast<float>(request.temperature), static_cast<float>(request.top_p),
+                         static_cast<uint64_t>(request.seed)};
+    if (request.threshold) generate.threshold = *request.threshold;
+    if (request.mode) generate.mode = static_cast<int>(mode_named(*request.mode));
+    auto run = std::make_shared<CompletionRun>(*tokenizer, std::move(prompt), request.stop);
+    const std::string id = completion_id();
+
+    if (!request.stream) {
+      auto result = node.generate(generate, [&](const TokenEvent& ev) { return run->add(ev); });
+      record(result, *run);
+      if (!result.error.empty() && run->events.empty())
+        return send_error(res, {503, "no completion: " + result.error, "server_error", "", ""});
+      json out = chunk(id, mc.name, run->text, openai_finish_reason(result.finish_reason, run->stop_hit));
+      out["usage"] = usage(*run);
+      out["x_ce"] = summary(result, *run);
+      json tokens = json::array();
+      for (const auto& ev : run->events) tokens.push_back(token_json(ev));
+      out["x_ce"]["tokens"] = std::move(tokens);
+      res.set_content(dump(out), "application/json");
+      return;
+    }
+
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    const bool include_usage = request.include_usage;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, slot, run, generate, id, include_usage](size_t, httplib::DataSink& sink) {
+          const std::string model = node.model().config().name;
+          bool client_gone = false;
+          auto send = [&](const json& event) {
+            const std::string line = "data: " + dump(event) + "\n\n";
+            if (!client_gone && !sink.write(line.data(), line.size())) client_gone = true;
+            return !client_gone;
+          };
+          auto pending_tokens = [&] {
+            json tokens = json::array();
+            for (; run->events_streamed < run->events.size(); ++run->events_streamed)
+              tokens.push_back(token_json(run->events[run->events_streamed]));
+            return tokens;
+          };
+          auto result = node.generate(generate, [&](const TokenEvent& ev) {
+            const bool more = run->add(ev);
+            const size_t end = run->streamable();
+            if (end > run->streamed) {
+              json c = chunk(id, model, run->text.substr(run->streamed, end - run->streamed), nullptr);
+              c["x_ce"] = {{"tokens", pending_tokens()}};
+              run->streamed = end;
+              if (!send(c)) return false;  // the client left: stop generating for it
+            }
+            return more;
+          });
+          record(result, *run);
+          if (client_gone) return false;
+          if (!result.error.empty() && run->events.empty()) {
+            send({{"error", {{"message", "no completion: " + result.error}, {"type", "server_error"}}}});
+          } else {
+            json last = chunk(id, model, run->text.substr(std::min(run->streamed, run->text.size())),
+                              openai_finish_reason(result.finish_reason, run->stop_hit));
+            last["x_ce"] = summary(result, *run);
+            last["x_ce"]["tokens"] = pending_tokens();
+            send(last);
+            if (include_usage) {
+              json u = chunk(id, model, "", nullptr);
+              u["choices"] = json::array();
+              u["usage"] = usage(*run);
+              send(u);
+            }
+          }
+          const std::string done = "data: [DONE]\n\n";
+          sink.write(done.data(), done.size());
+          sink.done();
+          return true;
+        });
+  }
+};
+
+HttpApi::HttpApi(Node& node) : impl_(std::make_unique<Impl>(node)) {}
+HttpApi::~HttpApi() = default;
+uint16_t HttpApi::port() const { return impl_->port; }
+
+}  // namespace ce

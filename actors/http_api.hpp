@@ -1,0 +1,32 @@
+#pragma once
+// The node's HTTP API (cpp-httplib, its own worker threads), started when ce.http.port is set:
+//   edge roles:  POST /v1/completions (OpenAI-compatible, server-sent events with "stream"),
+//                GET /v1/models, GET /health, GET /metrics
+//   cloud role:  GET /health, GET /metrics (contexts, evictions, memory, requests per client)
+// Each completion is one generation session on the edge node (Node::generate); at most
+// ce.http.max-concurrent run at once and further ones get 429. Errors are OpenAI-style JSON
+// bodies naming the field at fault; nothing a client sends can crash the node.
+#include <cstdint>
+#include <memory>
+
+namespace ce {
+
+class Node;
+
+class HttpApi {
+ public:
+  // Binds node.config().http_host:http_port (0: an ephemeral port) and starts serving.
+  // Throws std::runtime_error naming the address when it cannot bind.
+  explicit HttpApi(Node& node);
+  ~HttpApi();  // stops accepting, waits for running requests
+  HttpApi(const HttpApi&) = delete;
+  HttpApi& operator=(const HttpApi&) = delete;
+
+  uint16_t port() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ce

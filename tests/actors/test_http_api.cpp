@@ -1,0 +1,325 @@
+// The HTTP API of a node over real sockets: OpenAI-style completions (plain and streamed)
+// against Node::generate, stop strings, errors, the concurrency limit, clients that leave,
+// API keys, /health and /metrics.
+#include <boost/test/unit_test.hpp>
+
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <future>
+#include <nlohmann/json.hpp>
+
+#include "actors/http_api.hpp"
+#include "actors/node.hpp"
+#include "model/tokenizer.hpp"
+#include "tests/actors/fixtures.hpp"
+
+using namespace ce;
+using namespace ce::test;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string tokenizer_file = std::string(CE_SOURCE_DIR) + "/data/brown/tokenizer-2048.model";
+
+// One process holding cloud and edge (linked over loopback) and the HTTP API, on a tiny
+// random model with the shipped tokenizer.
+struct Server {
+  TempDir dir;
+  std::unique_ptr<Node> node;
+  std::unique_ptr<HttpApi> api;
+  explicit Server(const std::function<void(NodeConfig&)>& tweak = {}, Role role = Role::both) {
+    auto c = node_config(role, write_model(dir, collab_config(2048), 11, tokenizer_file));
+    c.max_tokens = 16;
+    if (tweak) tweak(c);
+    node = std::make_unique<Node>(c);
+    if (role != Role::cloud) BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
+    api = std::make_unique<HttpApi>(*node);
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", api->port());
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+  httplib::Result post(const json& body, const httplib::Headers& headers = {}) const {
+    return client().Post("/v1/completions", headers, body.dump(), "application/json");
+  }
+  json get_json(const std::string& path) const {
+    auto r = client().Get(path.c_str());
+    BOOST_REQUIRE(r);
+    BOOST_TEST(r->status == 200);
+    return json::parse(r->body);
+  }
+  // GenerateResult of the same request straight from the node.
+  GenerateResult direct(const std::string& prompt, int max_tokens, double threshold, float temperature = 0,
+                        uint64_t seed = 0) {
+    Tokenizer tok(tokenizer_file);
+    GenerateRequest req;
+    req.prompt = {static_cast<int32_t>(node->model().config().bos_id)};
+    for (auto id : tok.encode(prompt)) req.prompt.push_back(id);
+    req.max_tokens = max_tokens;
+    req.threshold = threshold;
+    req.sampling = {temperature, 1.0f, seed};
+    return node->generate(req);
+  }
+};
+
+std::vector<int32_t> ids_of(const json& tokens) {
+  std::vector<int32_t> out;
+  for (const auto& t : tokens) out.push_back(t["id"].get<int32_t>());
+  return out;
+}
+
+// The events of a server-sent-event body, [DONE] excluded.
+std::vector<json> sse_events(const std::string& body, bool* saw_done = nullptr) {
+  std::vector<json> out;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    BOOST_REQUIRE(end != std::string::npos);
+    const std::string data = body.substr(at + 6, end - at - 6);
+    if (data == "[DONE]") {
+      if (saw_done) *saw_done = true;
+    } else {
+      out.push_back(json::parse(data));
+    }
+    at = end + 2;
+  }
+  return out;
+}
+
+double metric(const std::string& text, const std::string& sample) {
+  const auto at = text.find("\n" + sample + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + sample.size() + 2));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(http_api)
+
+BOOST_AUTO_TEST_CASE(a_completion_equals_the_nodes_own_generation) {
+  Server s;
+  for (double theta : {0.0, 0.05, 2.0}) {
+    auto r = s.post({{"prompt", "The jury said"}, {"max_tokens", 12}, {"x_ce", {{"threshold", theta}}}});
+    BOOST_REQUIRE(r);
+    BOOST_TEST(r->status == 200);
+    auto j = json::parse(r->body);
+    auto want = s.direct("The jury said", 12, theta);
+    BOOST_TEST(ids_of(j["x_ce"]["tokens"]) == want.tokens);
+    BOOST_TEST(j["object"] == "text_completion");
+    BOOST_TEST(j["usage"]["completion_tokens"].get<size_t>() == want.tokens.size());
+    BOOST_TEST(j["usage"]["prompt_tokens"].get<int>() == want.stats.prompt_tokens);
+    BOOST_TEST(j["x_ce"]["cloud_tokens"].get<int>() == want.stats.cloud_tokens);
+    BOOST_TEST(j["x_ce"]["bytes_uploaded"].get<uint64_t>() == want.stats.bytes_uploaded);
+    if (theta == 2.0) BOOST_TEST(j["x_ce"]["offload_share"].get<double>() == 1.0);
+    if (theta == 0.0) BOOST_TEST(j["x_ce"]["cloud_tokens"].get<int>() == 0);
+  }
+  // Sampling: the same seed gives the same tokens, through HTTP or not.
+  auto r = s.post({{"prompt", "It was"}, {"max_tokens", 10}, {"temperature", 0.9}, {"seed", 42}});
+  BOOST_REQUIRE(r);
+  BOOST_TEST(ids_of(json::parse(r->body)["x_ce"]["tokens"]) == s.direct("It was", 10, -1, 0.9f, 42).tokens);
+  // Standalone on request: no cloud tokens, nothing uploaded.
+  r = s.post({{"prompt", "It was"}, {"max_tokens", 10}, {"x_ce", {{"mode", "standalone"}, {"threshold", 2}}}});
+  BOOST_REQUIRE(r);
+  auto j = json::parse(r->body);
+  BOOST_TEST(j["x_ce"]["mode"] == "standalone");
+  BOOST_TEST(j["x_ce"]["cloud_tokens"].get<int>() == 0);
+  BOOST_TEST(j["x_ce"]["bytes_uploaded"].get<int>() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_streamed_completion_carries_the_same_text_and_tokens) {
+  Server s;
+  const json body = {{"prompt", "The jury said"}, {"max_tokens", 14}, {"x_ce", {{"threshold", 0.05}}}};
+  auto plain = json::parse(s.post(body)->body);
+  json streamed_body = body;
+  streamed_body["stream"] = true;
+  streamed_body["stream_options"] = {{"include_usage", true}};
+  auto r = s.post(streamed_body);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->status == 200);
+  BOOST_TEST(r->get_header_value("Content-Type").find("text/event-stream") == 0u);
+  bool done = false;
+  auto events = sse_events(r->body, &done);
+  BOOST_TEST(done);
+  BOOST_REQUIRE(events.size() >= 3u);
+  std::string text;
+  json tokens = json::array();
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const auto& e = events[i];
+    BOOST_TEST(e["id"] == events[0]["id"]);
+    text += e["choices"][0]["text"].get<std::string>();
+    for (const auto& t : e["x_ce"]["tokens"]) tokens.push_back(t);
+    const bool last = i + 2 == events.size();
+    BOOST_TEST(e["choices"][0]["finish_reason"].is_null() == !last);
+  }
+  BOOST_TEST(text == plain["choices"][0]["text"].get<std::string>());
+  BOOST_TEST(ids_of(tokens) == ids_of(plain["x_ce"]["tokens"]));
+  BOOST_TEST(events.back()["choices"].empty());
+  BOOST_TEST(events.back()["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"]);
+}
+
+BOOST_AUTO_TEST_CASE(a_stop_string_ends_the_text_before_it) {
+  Server s;
+  auto full = json::parse(s.post({{"prompt", "The"}, {"max_tokens", 16}, {"x_ce", {{"threshold", 2}}}})->body);
+  const std::string text = full["choices"][0]["text"];
+  BOOST_REQUIRE(text.size() > 6u);
+  const std::string stop = text.substr(text.size() / 2, 2);
+  const auto cut = text.find(stop);
+  for (bool stream : {false, true}) {
+    auto r = s.post({{"prompt", "The"}, {"max_tokens", 16}, {"x_ce", {{"threshold", 2}}}, {"stop", {stop}}, {"stream", stream}});
+    BOOST_REQUIRE(r);
+    std::string got;
+    std::string finish;
+    if (stream) {
+      for (const auto& e : sse_events(r->body)) {
+        got += e["choices"][0]["text"].get<std::string>();
+        if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+      }
+    } else {
+      auto j = json::parse(r->body);
+      got = j["choices"][0]["text"];
+      finish = j["choices"][0]["finish_reason"];
+    }
+    BOOST_TEST(got == text.substr(0, cut), "stream " << stream);
+    BOOST_TEST(finish == "stop");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_requests_get_openai_style_errors_and_the_server_keeps_serving) {
+  Server s;
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"{", 400}, {"null", 400}, {R"({"prompt": ""})", 400}, {R"({"prompt": "x", "max_tokens": 100000})", 400},
+      {R"({"prompt": "x", "max_tokens": 127})", 400},  // 128-position model: prompt + 127 > context
+      {R"({"prompt": "x", "temperature": "warm"})", 400}, {R"({"prompt": "x", "model": "other"})", 404},
+      {std::string(2 << 20, 'x'), 413}};
+  for (const auto& [body, status] : cases) {
+    auto r = s.client().Post("/v1/completions", body, "application/json");
+    BOOST_REQUIRE(r);
+    BOOST_TEST(r->status == status, body.substr(0, 60));
+    if (status != 413) BOOST_TEST(json::parse(r->body)["error"]["message"].get<std::string>().size() > 5u);
+  }
+  auto r = s.client().Get("/v1/nothing");
+  BOOST_TEST(r->status == 404);
+  BOOST_TEST(json::parse(r->body)["error"]["message"].get<std::string>().find("/v1/nothing") != std::string::npos);
+  r = s.post({{"prompt", "Still"}, {"max_tokens", 3}});
+  BOOST_TEST(r->status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(beyond_the_concurrency_limit_requests_get_429_and_a_client_that_leaves_frees_its_slot) {
+  // Each cloud token waits for an upload delayed by 40 ms: a 40-token response takes > 1.6 s.
+  Server s([](NodeConfig& c) {
+    c.http_max_concurrent = 1;
+    c.upload_inject_delay = std::chrono::milliseconds(40);
+  });
+  const json slow = {{"prompt", "The"}, {"max_tokens", 40}, {"x_ce", {{"threshold", 2}}}, {"stream", true}};
+  // A raw client that reads the first event and then hangs up.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(s.api->port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  const std::string body = slow.dump();
+  const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body;
+  BOOST_REQUIRE(write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size()));
+  char buf[4096];
+  std::string got;
+  while (got.find("data: ") == std::string::npos) {
+    auto n = read(fd, buf, sizeof buf);
+    BOOST_REQUIRE(n > 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  // The slot is taken: a second request is refused.
+  auto r = s.post({{"prompt", "x"}, {"max_tokens", 2}});
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->status == 429);
+  BOOST_TEST(r->get_header_value("Retry-After") == "1");
+  BOOST_TEST(json::parse(r->body)["error"]["code"] == "rate_limit_exceeded");
+  const auto left = std::chrono::steady_clock::now();
+  close(fd);
+  // The generation stops at the next token it cannot deliver, long before its 40 tokens.
+  int in_flight = 1;
+  while (in_flight && std::chrono::steady_clock::now() - left < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    in_flight = s.get_json("/health")["requests_in_flight"];
+  }
+  const double freed_after = std::chrono::duration<double>(std::chrono::steady_clock::now() - left).count();
+  BOOST_TEST_MESSAGE("slot freed " << freed_after << " s after the client left");
+  BOOST_TEST(in_flight == 0);
+  BOOST_TEST(freed_after < 1.0);
+  const auto metrics = s.client().Get("/metrics")->body;
+  BOOST_TEST(metric(metrics, R"(ce_responses_total{mode="collaborative",finish="cancelled"})") == 1);
+  r = s.post({{"prompt", "x"}, {"max_tokens", 2}});
+  BOOST_TEST(r->status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(metrics_move_as_requests_are_served) {
+  Server s;
+  auto before = s.client().Get("/metrics")->body;
+  BOOST_TEST(before.find("# TYPE ce_tokens_total counter") != std::string::npos);
+  BOOST_TEST(metric(before, "ce_cloud_connected") == 1);
+  BOOST_TEST(metric(before, "ce_cloud_contexts_live") == 0);
+  int cloud = 0, edge = 0;
+  for (double theta : {0.0, 2.0}) {
+    auto j = json::parse(s.post({{"prompt", "A"}, {"max_tokens", 5}, {"x_ce", {{"threshold", theta}}}})->body);
+    cloud += j["x_ce"]["cloud_tokens"].get<int>();
+    edge += 5 - j["x_ce"]["cloud_tokens"].get<int>();
+  }
+  s.post({{"prompt", ""}});
+  auto after = s.client().Get("/metrics")->body;
+  BOOST_TEST(metric(after, R"(ce_http_requests_total{path="/v1/completions",code="200"})") == 2);
+  BOOST_TEST(metric(after, R"(ce_http_requests_total{path="/v1/completions",code="400"})") == 1);
+  BOOST_TEST(metric(after, R"(ce_tokens_total{source="cloud",layer="4"})") == cloud);
+  BOOST_TEST(cloud == 5);
+  BOOST_TEST(metric(after, "ce_cloud_round_trip_seconds_count") == cloud);
+  BOOST_TEST(metric(after, "ce_offload_share") == 0.5);
+  BOOST_TEST(metric(after, "ce_upload_bytes_total") > 0);
+  BOOST_TEST(metric(after, R"(ce_cloud_infer_requests_total{client=")" + [] {
+                       char h[256] = {0};
+                       gethostname(h, sizeof h - 1);
+                       return std::string(h);
+                     }() + "\"}") == cloud);
+  BOOST_TEST(metric(after, "ce_cloud_evictions_total") == 2);  // both sessions closed by Bye
+  BOOST_TEST(metric(after, "ce_process_resident_bytes") > 1e6);
+  auto health = s.get_json("/health");
+  BOOST_TEST(health["status"] == "ok");
+  BOOST_TEST(health["cloud"]["connected"] == true);
+}
+
+BOOST_AUTO_TEST_CASE(an_api_key_guards_the_completions) {
+  Server s([](NodeConfig& c) { c.http_api_key = "sesame"; });
+  auto r = s.post({{"prompt", "x"}, {"max_tokens", 2}});
+  BOOST_TEST(r->status == 401);
+  BOOST_TEST(json::parse(r->body)["error"]["code"] == "invalid_api_key");
+  r = s.post({{"prompt", "x"}, {"max_tokens", 2}}, {{"Authorization", "Bearer wrong"}});
+  BOOST_TEST(r->status == 401);
+  r = s.post({{"prompt", "x"}, {"max_tokens", 2}}, {{"Authorization", "Bearer sesame"}});
+  BOOST_TEST(r->status == 200);
+  BOOST_TEST(s.client().Get("/health")->status == 200);  // health and metrics stay open for probes
+}
+
+BOOST_AUTO_TEST_CASE(a_cloud_node_serves_health_and_metrics_only) {
+  Server s({}, Role::cloud);
+  auto health = s.get_json("/health");
+  BOOST_TEST(health["role"] == "cloud");
+  BOOST_TEST(health["contexts"]["live"] == 0);
+  BOOST_TEST(s.client().Get("/metrics")->body.find("ce_cloud_contexts_live 0") != std::string::npos);
+  auto r = s.post({{"prompt", "x"}});
+  BOOST_TEST(r->status == 404);
+}
+
+BOOST_AUTO_TEST_CASE(a_taken_port_is_a_clear_error) {
+  Server s;
+  const uint16_t taken = s.api->port();
+  BOOST_CHECK_EXCEPTION(Server([&](NodeConfig& c) { c.http_port = taken; }), std::runtime_error,
+                        [&](const std::runtime_error& e) {
+                          return std::string(e.what()).find(":" + std::to_string(taken)) != std::string::npos;
+                        });
+}
+
+BOOST_AUTO_TEST_SUITE_END()
