@@ -15,7 +15,7 @@ class Node;
 
 class HttpApi {
  public:
-  // Binds node.config().http_host:http_port (0: an ephemeral port) and starts serving.
+  // Binds node.config().http_host:http_port (an ephemeral port when it is 0 or -1) and serves.
   // Throws std::runtime_error naming the address when it cannot bind.
   explicit HttpApi(Node& node);
   ~HttpApi();  // stops accepting, waits for running requests

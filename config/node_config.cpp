@@ -381,7 +381,8 @@ std::vector<KeyDescriptor> build_key_table() {
                        "allow a plaintext listener on a non-loopback address (trusted networks only)"));
   t.push_back(string_key("ce.http.host", &C::http_host, false, not_empty("must not be empty"),
                          "address of the HTTP API (edge: OpenAI-style completions; both roles: /health, /metrics)"));
-  t.push_back(int_key("ce.http.port", &C::http_port, 0, 65535, "port of the HTTP API; 0 = no HTTP server"));
+  t.push_back(int_key("ce.http.port", &C::http_port, -1, 65535,
+                      "port of the HTTP API; -1 = no HTTP server, 0 = an ephemeral one (see ce-node --ready-file)"));
   t.push_back(int_key("ce.http.max-concurrent", &C::http_max_concurrent, 1, 1024,
                       "completions served at once; more get 429"));
   t.push_back(string_key("ce.http.api-key", &C::http_api_key, false, anything(),

@@ -52,7 +52,7 @@ struct NodeConfig {
   bool allow_plain_remote = defaults::allow_plain_remote;  // ce.listen.allow-plain-remote
 
   std::string http_host = defaults::http_host;            // ce.http.host
-  std::uint16_t http_port = defaults::http_port;          // ce.http.port, 0 = no HTTP server
+  int http_port = defaults::http_port;                    // ce.http.port, -1 = none, 0 = ephemeral
   int http_max_concurrent = defaults::http_max_concurrent;  // ce.http.max-concurrent
   std::string http_api_key;                               // ce.http.api-key, empty = no auth
 

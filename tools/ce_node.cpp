@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
     // down cleanly; an edge answering prompts keeps the default (Ctrl-C ends it).
     const bool edge = config.role != ce::Role::cloud;
     std::vector<std::string> prompts = cli.all("prompt");
-    const bool serve_http = config.http_port != 0 && (!edge || (prompts.empty() && !cli.has("stdin")));
+    const bool serve_http = config.http_port >= 0 && (!edge || (prompts.empty() && !cli.has("stdin")));
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);

@@ -228,7 +228,7 @@ BOOST_AUTO_TEST_CASE(http_keys_parse_and_are_range_checked) {
   BOOST_TEST(c.http_port == 8080);
   BOOST_TEST(c.http_max_concurrent == 8);
   BOOST_TEST(c.http_api_key == "k");
-  BOOST_TEST(ce::NodeConfig{}.http_port == 0);  // no HTTP server unless asked for
+  BOOST_TEST(ce::NodeConfig{}.http_port == -1);  // no HTTP server unless asked for
   check_contains(parse_error(minimal + "[ce.http]\nport = 70000\n"), {"t.ini:5:", "ce.http.port", "65535"});
   check_contains(parse_error(minimal + "[ce.http]\nmax-concurrent = 0\n"), {"t.ini:5:", "ce.http.max-concurrent"});
 }
