@@ -7,6 +7,7 @@
 
 #include <thread>
 
+#include "actors/basp_guard.hpp"
 #include "actors/cloud_inference.hpp"
 #include "actors/context_manager.hpp"
 #include "actors/edge_inference.hpp"
@@ -64,17 +65,27 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   if (cloud) {
     actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split);
     actors_->context_manager = spawn_context_manager(*system_, model_, config_, actors_->cloud_inference);
+    // CAF listens on loopback only; the guard owns the public address (see basp_guard.hpp).
     auto port = config_.tls_enabled()
-                    ? caf::openssl::publish(actors_->context_manager, config_.listen_port,
-                                            config_.listen_host.c_str(), true)
-                    : system_->middleman().publish(actors_->context_manager, config_.listen_port,
-                                                   config_.listen_host.c_str(), true);
-    if (!port)
-      throw std::runtime_error("cannot listen on " + config_.listen_host + ":" + std::to_string(config_.listen_port) +
-                               ": " + system_->render(port.error()));
-    cloud_port_ = *port;
+                    ? caf::openssl::publish(actors_->context_manager, 0, "127.0.0.1", true)
+                    : system_->middleman().publish(actors_->context_manager, 0, "127.0.0.1", true);
+    if (!port) throw std::runtime_error("cannot publish the context manager: " + system_->render(port.error()));
+    BaspGuard::Options guard;
+    guard.listen_host = config_.listen_host;
+    guard.listen_port = config_.listen_port;
+    guard.target_port = *port;
+    guard.inspect_basp = !config_.tls_enabled();
+    // The largest frame a client may send (a naive-split request inlines the whole sequence in
+    // fp32) plus room for CAF's own message envelope.
+    guard.max_payload = static_cast<uint32_t>(static_cast<uint64_t>(mc.max_seq) * static_cast<uint64_t>(mc.dim) * 4 +
+                                              (4u << 20));
+    guard.max_connections = config_.max_connections;
+    guard.handshake_timeout = config_.handshake_timeout;
+    guard_ = std::make_unique<BaspGuard>(guard);
+    cloud_port_ = guard_->port();
     CE_LOG(info, "node", "cloud listening on " << config_.listen_host << ":" << cloud_port_
-                                               << (config_.tls_enabled() ? " (mutual TLS)" : " (plain TCP)"));
+                                               << (config_.tls_enabled() ? " (mutual TLS)" : " (plain TCP)")
+                                               << ", at most " << config_.max_connections << " connections");
   }
   if (edge) {
     if (config_.role == Role::both) {
@@ -95,6 +106,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
 }
 
 Node::~Node() {
+  guard_.reset();  // no new connections while the actors stop
   if (!system_) return;
   for (auto* a : {&actors_->edge_inference, &actors_->uploader, &actors_->exit_decider, &actors_->context_manager,
                   &actors_->cloud_inference})

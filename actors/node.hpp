@@ -1,7 +1,8 @@
 #pragma once
 // A running cecollm node: one per machine, its role from the config. Loads the model once,
 // checks the split against it, starts CAF (middleman for remote links) and the role's actors:
-//   cloud: context_manager (published on ce.listen.host:port) + cloud_inference
+//   cloud: context_manager (published by CAF on an ephemeral loopback port, reached through the
+//          BaspGuard relay on ce.listen.host:port) + cloud_inference
 //   edge:  exit_decider + uploader (connects to ce.cloud.host:port) + edge_inference
 //   both:  all five in one process; the edge links to the local cloud over loopback.
 #include <caf/fwd.hpp>
@@ -19,6 +20,7 @@
 namespace ce {
 
 class Model;
+class BaspGuard;
 
 class Node {
  public:
@@ -31,7 +33,7 @@ class Node {
   const Model& model() const { return *model_; }
   std::shared_ptr<const Model> model_ptr() const { return model_; }
   caf::actor_system& system();
-  uint16_t cloud_port() const { return cloud_port_; }  // the published port (cloud roles)
+  uint16_t cloud_port() const { return cloud_port_; }  // the public port (cloud roles)
 
   caf::actor edge_inference() const;
   caf::actor uploader() const;
@@ -59,6 +61,7 @@ class Node {
   std::unique_ptr<caf::actor_system_config> caf_config_;
   std::unique_ptr<caf::actor_system> system_;
   std::unique_ptr<Actors> actors_;
+  std::unique_ptr<BaspGuard> guard_;  // cloud roles: the public listener in front of CAF's
   uint16_t cloud_port_ = 0;
 };
 

@@ -379,6 +379,10 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(int_key("ce.listen.port", &C::listen_port, 0, 65535, "port the cloud listens on; 0 = ephemeral"));
   t.push_back(bool_key("ce.listen.allow-plain-remote", &C::allow_plain_remote,
                        "allow a plaintext listener on a non-loopback address (trusted networks only)"));
+  t.push_back(int_key("ce.listen.max-connections", &C::max_connections, 1, 65536,
+                      "most edge connections the cloud holds at once; more are closed at once"));
+  t.push_back(duration_key("ce.listen.handshake-timeout", &C::handshake_timeout, milliseconds(10),
+                           "a connection without a protocol handshake this long is closed"));
   t.push_back(string_key("ce.http.host", &C::http_host, false, not_empty("must not be empty"),
                          "address of the HTTP API (edge: OpenAI-style completions; both roles: /health, /metrics)"));
   t.push_back(int_key("ce.http.port", &C::http_port, -1, 65535,

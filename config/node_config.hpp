@@ -50,6 +50,8 @@ struct NodeConfig {
   std::string listen_host = defaults::listen_host;    // ce.listen.host (cloud listens here)
   std::uint16_t listen_port = defaults::listen_port;  // ce.listen.port, 0 = ephemeral
   bool allow_plain_remote = defaults::allow_plain_remote;  // ce.listen.allow-plain-remote
+  int max_connections = defaults::max_connections;         // ce.listen.max-connections
+  std::chrono::milliseconds handshake_timeout = defaults::handshake_timeout;  // ce.listen.handshake-timeout
 
   std::string http_host = defaults::http_host;            // ce.http.host
   int http_port = defaults::http_port;                    // ce.http.port, -1 = none, 0 = ephemeral

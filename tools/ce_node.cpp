@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
         generated.push_back(ev.token);
         if (trace) {
           std::cout << "pos " << ev.position << " token " << ev.token << " " << ce::to_string(ev.source) << " layer "
-                    << ev.layer << " conf " << ev.confidence << "\n";
+                    << ev.layer << " conf " << ev.confidence << std::endl;  // a line per token, as it comes
           return true;
         }
         if (json) return true;

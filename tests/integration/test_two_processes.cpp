@@ -13,69 +13,11 @@
 
 #include "model/blas_kernel.hpp"
 #include "model/tokenizer.hpp"
-#include "tests/actors/fixtures.hpp"
+#include "tests/integration/processes.hpp"
 
 using namespace ce;
 using namespace ce::test;
 
-namespace {
-
-const std::string bin = std::string(CE_BINARY_DIR) + "/tools/";
-const std::string tokenizer_file = std::string(CE_SOURCE_DIR) + "/data/brown/tokenizer-2048.model";
-
-std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  BOOST_REQUIRE(p);
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  pclose(p);
-  return out;
-}
-
-// A cloud ce-node child process; stopped with SIGTERM (its clean shutdown path) on destruction.
-struct CloudProcess {
-  pid_t pid = -1;
-  uint16_t port = 0;
-  CloudProcess(const std::string& config, const std::string& ready_file) {
-    std::remove(ready_file.c_str());
-    pid = fork();
-    if (pid == 0) {
-      execl((bin + "ce-node").c_str(), "ce-node", "--config", config.c_str(), "--ready-file", ready_file.c_str(),
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    for (int i = 0; i < 300 && port == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      std::ifstream in(ready_file);
-      unsigned p = 0;
-      if (in >> p) port = static_cast<uint16_t>(p);
-    }
-    BOOST_REQUIRE_MESSAGE(port != 0, "cloud node did not come up");
-  }
-  int stop() {
-    if (pid <= 0) return -1;
-    kill(pid, SIGTERM);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  ~CloudProcess() { stop(); }
-};
-
-struct Deployment {
-  TempDir dir;
-  std::string model_path;
-  Deployment() { model_path = write_model(dir, collab_config(2048), 5, tokenizer_file); }
-  std::string write_config(const std::string& name, const std::string& body) const {
-    const std::string path = dir.file(name);
-    std::ofstream(path) << "[ce]\nmodel.path = \"" << model_path << "\"\nthreads = 1\n" << body;
-    return path;
-  }
-};
-
-}  // namespace
 
 BOOST_AUTO_TEST_SUITE(two_processes)
 

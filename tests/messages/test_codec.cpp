@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -659,6 +662,31 @@ BOOST_AUTO_TEST_CASE(bit_flips_and_truncations_never_crash) {
       }
     }
   }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Inputs that once crashed the fuzzer (tests/fuzz/run-fuzz saves them there) stay fixed.
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+
+BOOST_AUTO_TEST_SUITE(fuzz_regressions)
+
+BOOST_AUTO_TEST_CASE(every_saved_fuzzer_input_is_handled) {
+  namespace fs = std::filesystem;
+  size_t replayed = 0;
+  for (const auto& entry : fs::directory_iterator(std::string(CE_SOURCE_DIR) + "/tests/fuzz/regressions")) {
+    if (!entry.is_regular_file() || entry.path().filename().string().front() == '.') continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    BOOST_TEST(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()) == 0);
+    ++replayed;
+  }
+  BOOST_TEST_MESSAGE("replayed " << replayed << " saved fuzzer inputs");
+  // The property itself on a valid frame and on junk (abort() would end the test binary).
+  auto frame = ce::wire::encode(ce::wire::Bye{5});
+  BOOST_TEST(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(frame.data()), frame.size()) == 0);
+  const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 1, 2, 3};
+  BOOST_TEST(LLVMFuzzerTestOneInput(junk, sizeof junk) == 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
