@@ -252,6 +252,11 @@ struct HttpApi::Impl {
     });
     server.Post("/v1/completions",
                 [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
+    server.Post("/v1/chat/completions", [](const httplib::Request&, httplib::Response& res) {
+      send_error(res, ApiError{404, "This server has /v1/completions only: the model is a base model without a chat "
+                                    "template. Send the conversation as a plain-text prompt.",
+                               "invalid_request_error", "", "unsupported_endpoint"});
+    });
   }
 
   void unauthorized(httplib::Response& res) {

@@ -205,6 +205,9 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_openai_style_errors_and_the_server_keeps_s
   auto r = s.client().Get("/v1/nothing");
   BOOST_TEST(r->status == 404);
   BOOST_TEST(json::parse(r->body)["error"]["message"].get<std::string>().find("/v1/nothing") != std::string::npos);
+  r = s.client().Post("/v1/chat/completions", R"({"messages": []})", "application/json");
+  BOOST_TEST(r->status == 404);
+  BOOST_TEST(json::parse(r->body)["error"]["message"].get<std::string>().find("/v1/completions") != std::string::npos);
   r = s.post({{"prompt", "Still"}, {"max_tokens", 3}});
   BOOST_TEST(r->status == 200);
 }
