@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   }
   using namespace ce::wire;
   const std::string dir = argv[1];
-  Hello hello{protocol_version, "ce-brown-8l", "b66acccd7c413aff", 4, 256, Dtype::f16, "edge"};
+  Hello hello{protocol_version, "ce-brown-8l", "54d9f2db8aebeadc", 4, 256, Dtype::f16, "edge"};
   UploadChunk chunk{7, 1, 0, 2, Dtype::f16, std::vector<uint8_t>(2 * 256 * 2, 0x3c)};
   InferRequest infer;
   infer.session_id = 7;
