@@ -109,9 +109,13 @@ struct BaspGuard::Impl : std::enable_shared_from_this<BaspGuard::Impl> {
                                            << self->guard.options.handshake_timeout.count() << " ms");
         self->close();
       });
+      boost::system::error_code ignored;
+      client.set_option(tcp::no_delay(true), ignored);  // Nagle + delayed ACKs cost ~40 ms per token
       upstream.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), guard.options.target_port),
                              [self](boost::system::error_code ec) {
                                if (ec) return self->close();
+                               boost::system::error_code ignored;
+                               self->upstream.set_option(tcp::no_delay(true), ignored);
                                self->read_client();
                                self->read_upstream();
                              });

@@ -7,10 +7,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/blas_kernel.hpp"
 #include "actors/http_api.hpp"
 #include "actors/log.hpp"
 #include "actors/node.hpp"
+#include "model/blas_kernel.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
