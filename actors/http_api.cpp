@@ -147,6 +147,8 @@ struct HttpApi::Impl {
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     });
     server.set_read_timeout(30, 0);
+    // An idle keep-alive connection holds a worker thread: keep that short.
+    server.set_keep_alive_timeout(2);
     // A node whose config has no HTTP port (-1) still gets one when a caller builds the API.
     int bound = config.http_port <= 0 ? server.bind_to_any_port(config.http_host)
                                       : (server.bind_to_port(config.http_host, config.http_port) ? config.http_port : -1);
