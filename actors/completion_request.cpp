@@ -75,8 +75,6 @@ const std::set<std::string> known_fields = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n",
     "best_of", "echo", "logprobs", "suffix", "user", "presence_penalty", "frequency_penalty", "logit_bias", "x_ce"};
 
-const std::set<std::string> modes = {"standalone", "collaborative", "cloud-only", "naive-split"};
-
 }  // namespace
 
 std::string to_json(const ApiError& e) {
@@ -181,9 +179,8 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
           return bad("x_ce.threshold", "'x_ce.threshold' must be a number in [0, 2] (> 1: never exit early)");
         r.threshold = it->get<double>();
       } else if (it.key() == "mode") {
-        if (!it->is_string() || !modes.count(it->get<std::string>()))
-          return bad("x_ce.mode", "'x_ce.mode' must be one of standalone, collaborative, cloud-only, naive-split");
-        r.mode = it->get<std::string>();
+        if (it->is_string()) r.mode = inference_mode_named(it->get<std::string>());
+        if (!r.mode) return bad("x_ce.mode", "'x_ce.mode' must be one of " + inference_mode_names());
       } else {
         return bad("x_ce." + it.key(), "Unrecognized x_ce option: " + it.key() + " (known: threshold, mode)");
       }

@@ -8,6 +8,8 @@
 #include <variant>
 #include <vector>
 
+#include "config/node_config.hpp"
+
 namespace ce {
 
 struct ApiError {
@@ -42,7 +44,7 @@ struct CompletionRequest {
   bool stream = false;
   bool include_usage = false;              // stream_options.include_usage
   std::optional<double> threshold;         // x_ce.threshold
-  std::optional<std::string> mode;         // x_ce.mode: standalone | collaborative | cloud-only | naive-split
+  std::optional<InferenceMode> mode;       // x_ce.mode, spelled as in config files
 };
 
 std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& body,

@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <ctime>
 #include <random>
@@ -34,13 +35,6 @@ std::string completion_id() {
   char buf[32];
   std::snprintf(buf, sizeof buf, "cmpl-%016llx", static_cast<unsigned long long>(rng()));
   return buf;
-}
-
-InferenceMode mode_named(const std::string& name) {
-  for (auto m : {InferenceMode::standalone, InferenceMode::collaborative, InferenceMode::cloud_only,
-                 InferenceMode::naive_split})
-    if (name == to_string(m)) return m;
-  throw std::logic_error("unknown mode " + name);  // parse_completion_request admits only the four
 }
 
 const char* openai_finish_reason(FinishReason r, bool stop_string_hit) {
@@ -97,6 +91,12 @@ struct CompletionRun {
     return std::max(end, streamed);
   }
   size_t completion_tokens() const { return events.size(); }
+  size_t tokens_from(TokenSource source) const {
+    return static_cast<size_t>(
+        std::count_if(events.begin(), events.end(), [source](const TokenEvent& ev) { return ev.source == source; }));
+  }
+  // Tokens that needed the cloud: answered by it, or by the edge standing in for it.
+  size_t offloaded() const { return events.size() - tokens_from(TokenSource::edge_exit); }
 };
 
 constexpr const char* kTokens = "ce_tokens_total";
@@ -312,10 +312,8 @@ struct HttpApi::Impl {
       metrics.add(kTokens, 1, {{"source", to_string(ev.source)}, {"layer", std::to_string(ev.layer)}});
     for (size_t i = 0; i < r.sources.size() && i < s.token_ms.size(); ++i)
       if (r.sources[i] == TokenSource::cloud && r.layers[i] == layers) metrics.observe(kRoundTrip, s.token_ms[i] / 1000.0);
-    uint64_t offloaded = 0;
-    for (const auto& ev : run.events) offloaded += ev.source != TokenSource::edge_exit;
     const uint64_t total = tokens_total += run.events.size();
-    const uint64_t needed_cloud = tokens_offloaded += offloaded;
+    const uint64_t needed_cloud = tokens_offloaded += run.offloaded();
     if (total) metrics.set(kOffload, static_cast<double>(needed_cloud) / static_cast<double>(total));
     metrics.add(kUploadBytes, static_cast<double>(s.bytes_uploaded));
     metrics.add(kInlineBytes, static_cast<double>(s.bytes_inline));
@@ -327,16 +325,11 @@ struct HttpApi::Impl {
 
   json summary(const GenerateResult& r, const CompletionRun& run) {
     const auto& s = r.stats;
-    size_t cloud = 0, degraded = 0;
-    for (const auto& ev : run.events) {
-      cloud += ev.source == TokenSource::cloud;
-      degraded += ev.source == TokenSource::degraded;
-    }
     json out = {{"mode", to_string(s.mode)},
                 {"threshold", s.threshold},
-                {"cloud_tokens", cloud},
-                {"degraded_tokens", degraded},
-                {"offload_share", run.events.empty() ? 0.0 : double(cloud + degraded) / double(run.events.size())},
+                {"cloud_tokens", run.tokens_from(TokenSource::cloud)},
+                {"degraded_tokens", run.tokens_from(TokenSource::degraded)},
+                {"offload_share", run.events.empty() ? 0.0 : double(run.offloaded()) / double(run.events.size())},
                 {"bytes_uploaded", s.bytes_uploaded},
                 {"bytes_inline", s.bytes_inline},
                 {"edge_ms", s.edge_ms},
@@ -407,7 +400,7 @@ struct HttpApi::Impl {
     generate.sampling = {static_cast<float>(request.temperature), static_cast<float>(request.top_p),
                          static_cast<uint64_t>(request.seed)};
     if (request.threshold) generate.threshold = *request.threshold;
-    if (request.mode) generate.mode = static_cast<int>(mode_named(*request.mode));
+    if (request.mode) generate.mode = static_cast<int>(*request.mode);
     auto run = std::make_shared<CompletionRun>(*tokenizer, std::move(prompt), request.stop);
     const std::string id = completion_id();
 

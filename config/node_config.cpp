@@ -619,6 +619,13 @@ const char* to_string(Role role) { return name_of(role_choices, role); }
 const char* to_string(InferenceMode mode) { return name_of(mode_choices, mode); }
 const char* to_string(LogLevel level) { return name_of(log_level_choices, level); }
 
+std::optional<InferenceMode> inference_mode_named(const std::string& name) {
+  for (const auto& c : mode_choices)
+    if (name == c.name) return c.value;
+  return std::nullopt;
+}
+std::string inference_mode_names() { return choice_list(mode_choices); }
+
 void NodeConfig::validate() const {
   const std::string where = (source_path.empty() ? std::string("config") : source_path) + ": ";
   for (const auto& d : key_table())

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -31,6 +32,10 @@ enum class LogLevel { error, warning, info, debug };
 const char* to_string(Role role);
 const char* to_string(InferenceMode mode);
 const char* to_string(LogLevel level);
+// The mode a config-file spelling names ("cloud-only" -> cloud_only), nullopt for anything else;
+// and the spellings, "standalone|collaborative|cloud-only|naive-split".
+std::optional<InferenceMode> inference_mode_named(const std::string& name);
+std::string inference_mode_names();
 
 // Every configuration problem is reported with this type; the message names the source
 // ("edge.ini:7: ..." or "--set ce.cloud.port=0: ...") and the key at fault.

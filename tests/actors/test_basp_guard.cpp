@@ -2,8 +2,6 @@
 // timeout and the BASP header checks close what they should, before it reaches the listener.
 #include <boost/test/unit_test.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -14,19 +12,17 @@
 #include <vector>
 
 #include "actors/basp_guard.hpp"
+#include "tests/loopback.hpp"
 
 using namespace ce;
+using namespace ce::test;
 using namespace std::chrono_literals;
 
 namespace {
 
 int connect_to(uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  BOOST_REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  int fd = connect_loopback(port);
+  BOOST_REQUIRE(fd >= 0);
   return fd;
 }
 
@@ -53,15 +49,7 @@ struct EchoServer {
   std::thread thread;
   std::atomic<bool> stop{false};
   EchoServer() {
-    listener = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    listen(listener, 64);
-    socklen_t len = sizeof addr;
-    getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
-    port = ntohs(addr.sin_port);
+    listener = listen_loopback(&port);
     thread = std::thread([this] {
       std::vector<std::thread> workers;
       while (!stop) {

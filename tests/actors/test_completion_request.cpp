@@ -48,7 +48,7 @@ BOOST_AUTO_TEST_CASE(defaults_come_from_the_node_and_fields_override_them) {
   BOOST_TEST(r.stream);
   BOOST_TEST(r.include_usage);
   BOOST_TEST(*r.threshold == 0.5);
-  BOOST_TEST(*r.mode == "standalone");
+  BOOST_TEST((*r.mode == InferenceMode::standalone));
   r = parsed(R"({"prompt": [1, 5, 99]})");
   BOOST_TEST(r.prompt_ids == (std::vector<int32_t>{1, 5, 99}));
   r = parsed(R"({"prompt": [[3, 4]], "stop": "x"})");

@@ -3,11 +3,7 @@
 // API keys, /health and /metrics.
 #include <boost/test/unit_test.hpp>
 
-#include <arpa/inet.h>
 #include <httplib.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <future>
 #include <nlohmann/json.hpp>
@@ -16,6 +12,7 @@
 #include "actors/node.hpp"
 #include "model/tokenizer.hpp"
 #include "tests/actors/fixtures.hpp"
+#include "tests/loopback.hpp"
 
 using namespace ce;
 using namespace ce::test;
@@ -220,12 +217,8 @@ BOOST_AUTO_TEST_CASE(beyond_the_concurrency_limit_requests_get_429_and_a_client_
   });
   const json slow = {{"prompt", "The"}, {"max_tokens", 40}, {"x_ce", {{"threshold", 2}}}, {"stream", true}};
   // A raw client that reads the first event and then hangs up.
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(s.api->port());
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  BOOST_REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  int fd = connect_loopback(s.api->port());
+  BOOST_REQUIRE(fd >= 0);
   const std::string body = slow.dump();
   const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
                               std::to_string(body.size()) + "\r\n\r\n" + body;

@@ -5,10 +5,8 @@
 #include <boost/test/unit_test.hpp>
 
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +18,7 @@
 #include <vector>
 
 #include "tests/actors/fixtures.hpp"
+#include "tests/loopback.hpp"
 
 namespace ce::test {
 
@@ -38,15 +37,9 @@ inline std::string run_capture(const std::string& cmd) {
 
 // A TCP port that was free a moment ago (for a cloud that must come back on the same port).
 inline uint16_t free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+  uint16_t port = 0;
+  close(listen_loopback(&port));
+  return port;
 }
 
 // Resident memory of a process in bytes (VmRSS), 0 if it is gone.
@@ -147,6 +140,13 @@ struct EdgeProcess {
       if (n <= 0) return false;
       pending.append(buf, static_cast<size_t>(n));
     }
+  }
+  // Reads trace lines until `tokens` tokens have been reported (or the time is up); returns how many.
+  int read_tokens(int tokens, std::chrono::milliseconds timeout) {
+    std::string line;
+    int traced = 0;
+    while (traced < tokens && read_line(line, timeout)) traced += line.rfind("pos ", 0) == 0;
+    return traced;
   }
   // Reads up to the response's JSON line; counts the trace lines seen on the way.
   bool read_response(std::string& json_line, std::chrono::milliseconds timeout, int* traced = nullptr) {

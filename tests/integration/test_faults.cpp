@@ -3,7 +3,6 @@
 // cloud memory measured before and after eviction.
 #include <boost/test/unit_test.hpp>
 
-#include <arpa/inet.h>
 #include <httplib.h>
 
 #include <atomic>
@@ -59,10 +58,7 @@ BOOST_AUTO_TEST_CASE(cloud_killed_mid_response_then_restarted) {
   const auto want = oracle(*model, ids, 2.0, 40);
 
   edge.send_prompt(prompt);
-  std::string line;
-  int traced = 0;
-  while (traced < 5 && edge.read_line(line, 20s)) traced += line.rfind("pos ", 0) == 0;
-  BOOST_REQUIRE_EQUAL(traced, 5);
+  BOOST_REQUIRE_EQUAL(edge.read_tokens(5, 20s), 5);
   const auto killed_at = std::chrono::steady_clock::now();
   cloud->stop(SIGKILL);
   std::string out;
@@ -115,10 +111,7 @@ BOOST_AUTO_TEST_CASE(a_blackholed_link_falls_back_within_the_deadline) {
                       "\n[ce.request]\ndeadline = 1s\n[ce.upload]\ninject-delay = 30ms\n");
   EdgeProcess edge(edge_config, {"--max-tokens", "40"}, d.dir.file("edge.log"));
   edge.send_prompt("The jury said");
-  std::string line;
-  int traced = 0;
-  while (traced < 5 && edge.read_line(line, 20s)) traced += line.rfind("pos ", 0) == 0;
-  BOOST_REQUIRE_EQUAL(traced, 5);
+  BOOST_REQUIRE_EQUAL(edge.read_tokens(5, 20s), 5);
   const auto holed = std::chrono::steady_clock::now();
   link.blackhole(true);  // bytes vanish, the connection stays open: only the deadline can tell
   std::string out;
@@ -141,12 +134,8 @@ BOOST_AUTO_TEST_CASE(garbage_on_the_cloud_port_leaves_it_serving) {
   const int connections = 1000;
   size_t bytes_sent = 0;
   for (int i = 0; i < connections; ++i) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(cloud.port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    BOOST_REQUIRE_MESSAGE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0, "connection " << i);
+    int fd = connect_loopback(cloud.port);
+    BOOST_REQUIRE_MESSAGE(fd >= 0, "connection " << i);
     std::vector<char> junk(1 + rng() % 2048);
     for (auto& c : junk) c = static_cast<char>(rng());
     if (i % 4 == 0) junk.resize(std::min<size_t>(junk.size(), 3));  // a few bytes, then hang up
@@ -221,10 +210,7 @@ BOOST_AUTO_TEST_CASE(soak_of_many_clients_returns_cloud_memory_after_eviction) {
                                                         std::to_string(cloud.port) + "\n[ce.upload]\ninject-delay = 20ms\n"),
                        {"--max-tokens", "200"}, d.dir.file("doomed.log"));
     doomed.send_prompt("This client will not say goodbye");
-    std::string line;
-    int traced = 0;
-    while (traced < 3 && doomed.read_line(line, 20s)) traced += line.rfind("pos ", 0) == 0;
-    BOOST_TEST(traced == 3);
+    BOOST_TEST(doomed.read_tokens(3, 20s) == 3);
     BOOST_TEST(cloud_health()["contexts"]["live"].get<int>() >= 1);
   }  // ~EdgeProcess: SIGKILL
   for (int i = 0; i < 200 && ok < clients * responses; ++i) {
