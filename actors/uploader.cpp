@@ -57,6 +57,12 @@ void pump(self_ptr self, uint64_t session, bool urgent);
 
 // Backpressure: a session whose unacknowledged rows pass ce.upload.queue-limit pauses its
 // producer until the backlog halves, so a slow link slows the edge instead of growing memory.
+void release_throttle(self_ptr self, uint64_t session, SessionLog& log) {
+  if (!log.throttled) return;
+  log.throttled = false;
+  self->send(log.owner, backlog_atom::value, session, false);
+}
+
 void check_backlog(self_ptr self, uint64_t session, SessionLog& log) {
   const auto limit = static_cast<uint32_t>(self->state.config.upload_queue_limit);
   const uint32_t backlog = log.total - std::min(log.acked, log.total);
@@ -66,16 +72,9 @@ void check_backlog(self_ptr self, uint64_t session, SessionLog& log) {
     CE_LOG(info, "uploader", "session " << std::hex << session << std::dec << " backlog " << backlog
                                         << " positions: pausing the edge");
     self->send(log.owner, backlog_atom::value, session, true);
-  } else if (log.throttled && backlog <= limit / 2) {
-    log.throttled = false;
-    self->send(log.owner, backlog_atom::value, session, false);
+  } else if (backlog <= limit / 2) {
+    release_throttle(self, session, log);
   }
-}
-
-void release_throttle(self_ptr self, uint64_t session, SessionLog& log) {
-  if (!log.throttled) return;
-  log.throttled = false;
-  self->send(log.owner, backlog_atom::value, session, false);
 }
 
 void finish_byes(self_ptr self, uint64_t session) {
