@@ -44,22 +44,24 @@ Losses compute_losses(const Decoder& d, const at::Tensor& input, const at::Tenso
   }
   h = d.forward_no_cache(h, depth, c.n_layers);
   auto final_logits = d.final_logits(h);
-  auto ce_loss = [&](const at::Tensor& logits) {
-    return torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), target.reshape({-1}));
+  auto ce_loss = [&](const at::Tensor& logits, const at::Tensor& labels) {
+    return torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), labels.reshape({-1}));
   };
-  auto final_loss = ce_loss(final_logits);
+  auto final_loss = ce_loss(final_logits, target);
   out.total = o.freeze_backbone ? torch::zeros({}) : final_loss;
-  at::Tensor teacher;
+  at::Tensor teacher, teacher_greedy;
   if (o.distill_weight > 0) teacher = torch::softmax(final_logits.detach(), -1);
+  if (o.greedy_distill_weight > 0) teacher_greedy = final_logits.detach().argmax(-1);  // (B, T)
   for (auto& logits : exit_logits) {
-    auto l = ce_loss(logits);
+    auto l = ce_loss(logits, target);
     out.per_head.push_back(l.detach());
-    out.total = out.total + o.exit_weight * l;
+    if (o.exit_weight > 0) out.total = out.total + o.exit_weight * l;
     if (o.distill_weight > 0) {
       auto log_p = torch::log_softmax(logits, -1);
       auto kl = (teacher * (torch::log(teacher + 1e-9) - log_p)).sum(-1).mean();
       out.total = out.total + o.distill_weight * kl;
     }
+    if (o.greedy_distill_weight > 0) out.total = out.total + o.greedy_distill_weight * ce_loss(logits, teacher_greedy);
   }
   out.per_head.push_back(final_loss.detach());
   return out;
@@ -77,6 +79,10 @@ double learning_rate(const TrainOptions& o, int64_t step) {
 TrainResult train(const TrainOptions& o, const std::string& out_dir,
                   const std::function<void(const TrainProgress&)>& progress) {
   if (o.train_tokens.size() < static_cast<size_t>(o.seq + 2)) throw ModelError("train: not enough training tokens");
+  if (o.exit_weight < 0 || o.distill_weight < 0 || o.greedy_distill_weight < 0)
+    throw ModelError("train: loss weights (exit-weight, distill, distill-greedy) must be >= 0");
+  if (o.freeze_backbone && o.exit_weight == 0 && o.distill_weight == 0 && o.greedy_distill_weight == 0)
+    throw ModelError("train: --freeze-backbone with exit-weight, distill and distill-greedy all 0 trains nothing");
   std::shared_ptr<Weights> weights;
   const std::string ckpt = o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/weights.safetensors";
   int64_t start_step = 0;

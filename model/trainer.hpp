@@ -26,6 +26,10 @@ struct TrainOptions {
   double clip = 1.0;
   double exit_weight = 0.5;     // loss weight of each exit (final layer weight 1)
   double distill_weight = 0.0;  // KL(final || exit) weight per exit, final detached
+  // CE(exit, final layer's greedy token) weight per exit, final detached. Trained on this target
+  // an exit's max softmax estimates the probability that it agrees with the final layer, which is
+  // what the exit threshold θ is compared against.
+  double greedy_distill_weight = 0.0;
   bool freeze_backbone = false; // EE-Tuning: train exits.* only
   uint64_t seed = 1;
   int64_t eval_every = 200;

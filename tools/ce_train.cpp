@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
       .add("warmup", "N", "warm-up steps", "100").add("weight-decay", "X", "AdamW weight decay", "0.1")
       .add("exit-weight", "X", "loss weight of each exit (final = 1)", "0.5")
       .add("distill", "X", "weight of KL(final || exit) per exit", "0")
+      .add("distill-greedy", "X", "weight of CE(exit, final layer's greedy token) per exit: the exit's confidence learns to estimate agreement with the final layer", "0")
       .add("freeze-backbone", "", "EE-Tuning: train only the exit heads of --init")
       .add("seed", "N", "seed for init and batches", "1").add("eval-every", "N", "validation interval", "200")
       .add("checkpoint-every", "N", "checkpoint interval", "200")
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
     o.weight_decay = cli.get_double("weight-decay");
     o.exit_weight = cli.get_double("exit-weight");
     o.distill_weight = cli.get_double("distill");
+    o.greedy_distill_weight = cli.get_double("distill-greedy");
     o.seed = static_cast<uint64_t>(cli.get_int("seed"));
     o.eval_every = cli.get_int("eval-every");
     o.checkpoint_every = cli.get_int("checkpoint-every");

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <numeric>
 
+#include "model/decoder.hpp"
 #include "model/safetensors.hpp"
 #include "model/trainer.hpp"
 #include "model/weights.hpp"
@@ -129,6 +130,40 @@ BOOST_AUTO_TEST_CASE(freeze_backbone_changes_only_exit_tensors) {
   BOOST_TEST(exit_tensors == 2);  // exits.1.norm.weight, exits.1.head.weight
 }
 
+// Share of positions of `tokens` where the exit's greedy token equals the final layer's.
+double exit_agreement(const std::string& model_dir, const std::vector<int32_t>& tokens) {
+  Decoder d(load_weights(model_dir));
+  const auto& c = d.config();
+  auto ids = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.begin() + c.max_seq), at::kLong).unsqueeze(0);
+  auto h = at::embedding(d.weights().embed, ids);  // (1, T, dim)
+  h = d.forward_no_cache(h, 0, c.exit_layers[0]);
+  auto exit_greedy = d.exit_logits(c.exit_layers[0], h).argmax(-1);
+  auto final_greedy = d.final_logits(d.forward_no_cache(h, c.exit_layers[0], c.n_layers)).argmax(-1);
+  return exit_greedy.eq(final_greedy).to(at::kDouble).mean().item<double>();
+}
+
+BOOST_AUTO_TEST_CASE(greedy_distillation_teaches_exits_the_final_layers_choice) {
+  // EE-Tuning of a random backbone: the final layer's greedy token is a fixed function of the
+  // context that the truth-CE objective knows nothing about, so only --distill-greedy learns it.
+  const auto c = train_config();
+  TempDir init, truth_tuned, greedy_tuned;
+  save_weights(*random_weights(c, 5), init.path());
+  auto o = base_options();
+  o.init_dir = init.path();
+  o.freeze_backbone = true;
+  o.steps = 40;
+  train(o, truth_tuned.path(), nullptr);
+  o.exit_weight = 0;
+  o.greedy_distill_weight = 1;
+  train(o, greedy_tuned.path(), nullptr);
+  const auto probe = synthetic_tokens(1024, 3);
+  const double before = exit_agreement(init.path(), probe), truth = exit_agreement(truth_tuned.path(), probe),
+               greedy = exit_agreement(greedy_tuned.path(), probe);
+  BOOST_TEST_MESSAGE("exit/final agreement: random " << before << ", truth-tuned " << truth << ", greedy-tuned " << greedy);
+  BOOST_TEST(greedy > before + 0.2);
+  BOOST_TEST(greedy > truth + 0.1);
+}
+
 BOOST_AUTO_TEST_CASE(resumed_run_equals_uninterrupted_run) {
   auto o = base_options();
   o.steps = 20;
@@ -187,6 +222,14 @@ BOOST_AUTO_TEST_CASE(bad_options_throw) {
   o = base_options();
   o.init_dir = init.path();
   o.steps = 1;
+  BOOST_CHECK_THROW(train(o, "", nullptr), ModelError);
+  // Negative loss weights, and EE-Tuning with every exit loss switched off.
+  o = base_options();
+  o.greedy_distill_weight = -1;
+  BOOST_CHECK_THROW(train(o, "", nullptr), ModelError);
+  o = base_options();
+  o.freeze_backbone = true;
+  o.exit_weight = 0;
   BOOST_CHECK_THROW(train(o, "", nullptr), ModelError);
 }
 
