@@ -61,7 +61,7 @@ void score_head(const at::Tensor& logits, const at::Tensor& targets, std::vector
 }  // namespace
 
 std::vector<double> default_thresholds(const ModelConfig& config) {
-  std::vector<double> v{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, config.default_threshold, 0.8};
+  std::vector<double> v{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, config.default_threshold, 0.8};
   return sorted_unique(v);
 }
 

@@ -88,7 +88,8 @@ struct EvalReport {
   TokenRecords records;
 };
 
-// 0.1, 0.2, ..., 0.9, 0.95, the model's default_threshold and 0.8; ascending, without duplicates.
+// 0.1, 0.2, ..., 0.9 with 0.85, 0.95, 0.975, 0.99 (exits tuned to agree with the final layer are
+// confident near 1, so the high end is sampled finer), the model's default_threshold and 0.8; ascending, without duplicates.
 std::vector<double> default_thresholds(const ModelConfig& config);
 
 // Runs the model over `tokens` (ids in the vocabulary, at least 2) and scores every head and θ.

@@ -146,7 +146,7 @@ int main(int argc, char** argv) {
       .add("max-tokens", "N", "evaluate only the first N tokens of the stream (BOS included), 0 = all", "0")
       .add("window", "N", "tokens per non-overlapping window, each run with a fresh KV cache (<= max_seq)", "256")
       .add("split", "N", "edge/cloud split layer, 0 = the model's default_split; edge exits are those <= N", "0")
-      .add("thresholds", "LIST", "comma-separated θ values to sweep (default: 0.1,...,0.9,0.95, the model's default θ, 0.8)")
+      .add("thresholds", "LIST", "comma-separated θ values to sweep (default: 0.1,...,0.9,0.85,0.95,0.975,0.99, the model's default θ, 0.8)")
       .add("out-md", "FILE", "also write the Markdown report to FILE")
       .add("out-csv", "FILE", "write the θ sweep as CSV")
       .add("out-png", "FILE", "plot the sweep (θ vs edge share, agreement, accuracies) with /usr/bin/python3 scripts/plot-eval.py")

@@ -279,8 +279,8 @@ BOOST_AUTO_TEST_CASE(shares_sum_to_one_and_rows_follow_the_rule) {
   o.window = 40;
   const auto rep = ce::evaluate(*model, tokens, o);
 
-  // Default sweep: 0.1 ... 0.9, 0.95 and the model's 0.75; 0.8 only once.
-  const std::vector<double> want{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95};
+  // Default sweep: 0.1 ... 0.9, 0.85, 0.95, 0.975, 0.99 and the model's 0.75; 0.8 only once.
+  const std::vector<double> want{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99};
   BOOST_REQUIRE_EQUAL(rep.sweep.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) BOOST_CHECK_CLOSE(rep.sweep[i].threshold, want[i], 1e-9);
 
