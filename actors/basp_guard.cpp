@@ -142,22 +142,22 @@ struct BaspGuard::Impl : std::enable_shared_from_this<BaspGuard::Impl> {
         } else {
           self->handshake_done = true;  // TLS: the first bytes arrived
         }
-        asio::async_write(self->upstream, asio::buffer(self->from_client.data(), n),
-                          [self](boost::system::error_code ec, size_t) {
-                            if (ec) return self->close();
-                            self->read_client();
-                          });
+        self->pass_on(self->upstream, self->from_client.data(), n, &Link::read_client);
       });
     }
     void read_upstream() {
       auto self = shared_from_this();
       upstream.async_read_some(asio::buffer(from_upstream), [self](boost::system::error_code ec, size_t n) {
         if (ec || self->closed) return self->close();
-        asio::async_write(self->client, asio::buffer(self->from_upstream.data(), n),
-                          [self](boost::system::error_code ec, size_t) {
-                            if (ec) return self->close();
-                            self->read_upstream();
-                          });
+        self->pass_on(self->client, self->from_upstream.data(), n, &Link::read_upstream);
+      });
+    }
+    // Writes the chunk just read to the other side, then reads the next one from where it came.
+    void pass_on(tcp::socket& to, const uint8_t* data, size_t n, void (Link::*read_next)()) {
+      auto self = shared_from_this();
+      asio::async_write(to, asio::buffer(data, n), [self, read_next](boost::system::error_code ec, size_t) {
+        if (ec) return self->close();
+        ((*self).*read_next)();
       });
     }
   };
