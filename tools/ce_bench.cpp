@@ -103,6 +103,91 @@ Summary summarize(const std::string& link, const ModeSpec& m, const std::vector<
   return s;
 }
 
+// The checkpoint: one line per measured response, appended as soon as it is measured, so that a
+// run of hours (the full preset is ~3 h on 2 cores) survives being stopped and resumes where it
+// left off. Its first line names the run; a checkpoint of another run is not resumed.
+std::string join_numbers(const std::vector<double>& v) {
+  std::ostringstream out;
+  out << std::setprecision(9);
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? " " : "") << v[i];
+  return out.str();
+}
+
+std::vector<double> split_numbers(const std::string& s) {
+  std::vector<double> out;
+  std::istringstream in(s);
+  for (double x; in >> x;) out.push_back(x);
+  return out;
+}
+
+std::string checkpoint_line(const Row& r) {
+  const auto& s = r.result.stats;
+  std::ostringstream out;
+  out << std::setprecision(9) << r.link << '\t' << r.mode << '\t' << r.prompt << '\t' << static_cast<int>(s.mode)
+      << '\t' << s.threshold << '\t'
+      << s.prompt_tokens << '\t' << s.generated << '\t' << s.cloud_tokens << '\t' << s.degraded_tokens << '\t'
+      << s.bytes_uploaded << '\t' << s.bytes_inline << '\t' << s.edge_ms << '\t' << s.cloud_ms << '\t' << s.wait_ms
+      << '\t' << s.total_ms << '\t'
+      << join_numbers(std::vector<double>(r.result.tokens.begin(), r.result.tokens.end())) << '\t'
+      << join_numbers(s.token_ms);
+  return out.str();
+}
+
+Row parse_checkpoint_line(const std::string& line) {
+  std::vector<std::string> f;
+  std::istringstream in(line);
+  for (std::string field; std::getline(in, field, '\t');) f.push_back(field);
+  if (f.size() == 16) f.emplace_back();  // a response without tokens has an empty last field
+  if (f.size() != 17) throw std::runtime_error("has " + std::to_string(f.size()) + " fields, expected 17");
+  Row r;
+  r.link = f[0];
+  r.mode = f[1];
+  r.prompt = std::stoi(f[2]);
+  auto& s = r.result.stats;
+  s.mode = static_cast<InferenceMode>(std::stoi(f[3]));
+  s.threshold = std::stod(f[4]);
+  s.prompt_tokens = std::stoi(f[5]);
+  s.generated = std::stoi(f[6]);
+  s.cloud_tokens = std::stoi(f[7]);
+  s.degraded_tokens = std::stoi(f[8]);
+  s.bytes_uploaded = std::stoull(f[9]);
+  s.bytes_inline = std::stoull(f[10]);
+  s.edge_ms = std::stod(f[11]);
+  s.cloud_ms = std::stod(f[12]);
+  s.wait_ms = std::stod(f[13]);
+  s.total_ms = std::stod(f[14]);
+  for (double t : split_numbers(f[15])) r.result.tokens.push_back(static_cast<int32_t>(t));
+  s.token_ms = split_numbers(f[16]);
+  if (r.result.tokens.size() != static_cast<size_t>(s.generated) || s.token_ms.size() != static_cast<size_t>(s.generated))
+    throw std::runtime_error("is incomplete (" + std::to_string(s.generated) + " tokens generated, " +
+                             std::to_string(r.result.tokens.size()) + " ids and " + std::to_string(s.token_ms.size()) +
+                             " latencies recorded)");
+  return r;
+}
+
+// Rows of `path` when its header is `run_key`; none (and a note why) otherwise.
+std::vector<Row> load_checkpoint(const std::string& path, const std::string& run_key) {
+  std::ifstream in(path);
+  if (!in) return {};
+  std::string header;
+  std::getline(in, header);
+  if (header != run_key) {
+    std::cerr << "ce-bench: " << path << " is from another run (" << header << "), starting over\n";
+    return {};
+  }
+  std::vector<Row> rows;
+  int line_no = 1;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    try {
+      rows.push_back(parse_checkpoint_line(line));
+    } catch (const std::exception& e) {  // a line cut by a kill: measure that response again
+      std::cerr << "ce-bench: " << path << " line " << line_no << " " << e.what() << "; measuring it again\n";
+    }
+  }
+  return rows;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,7 +206,9 @@ int main(int argc, char** argv) {
       .add("eval-tokens", "N", "held-out tokens for the accuracy table", "20000")
       .add("out-dir", "DIR", "where CSV, Markdown and PNG go", "docs/bench")
       .add("quick", "", "small preset for CI: 3 prompts x 16 tokens, loopback and wan, short sweep")
-      .add("threads", "N", "torch threads, 0 = all cores", "0");
+      .add("threads", "N", "torch threads, 0 = all cores", "0")
+      .add("no-resume", "", "ignore the checkpoint of an interrupted run of the same configuration and start over")
+      .add("stop-after", "N", "measure N more responses, then stop (rerun to resume from the checkpoint)", "0");
   cli.parse(argc, argv);
   try {
     const bool quick = cli.has("quick");
@@ -164,20 +251,75 @@ int main(int argc, char** argv) {
     if (std::abs(theta_default - 0.8) < 1e-9)  // the paper's θ is the model's own: run it once
       modes.erase(std::remove_if(modes.begin(), modes.end(), [](const ModeSpec& m) { return m.label == "collaborative-0.8"; }),
                   modes.end());
-    std::vector<Row> rows;
+    // The plan: every mode on every link, and the θ sweep on the sweep link.
+    std::vector<std::pair<std::string, std::vector<ModeSpec>>> plan;
+    for (auto& link : links) {
+      auto link_modes = modes;
+      if (link == cli.get("sweep-link") || (quick && link == "wan"))
+        for (double theta : sweep) {
+          std::ostringstream label;
+          label << "sweep-" << theta;
+          link_modes.push_back({label.str(), InferenceMode::collaborative, theta});
+        }
+      plan.emplace_back(link, std::move(link_modes));
+    }
+    auto planned = [&](const Row& r) {
+      if (r.prompt < 0 || r.prompt >= static_cast<int>(prompts.size())) return false;
+      for (auto& [link, link_modes] : plan)
+        for (auto& m : link_modes)
+          if (r.link == link && r.mode == m.label) return true;
+      return false;
+    };
+
+    // Responses already measured by an interrupted run of this same configuration.
+    const std::string checkpoint_path = out_dir + "/ce-bench.checkpoint";
+    std::ostringstream run_key;
+    run_key << "# ce-bench checkpoint v1 weights=" << cloud.model().weights_hash() << " theta=" << theta_default
+            << " text=" << cli.get("text") << " prompts=" << prompts.size() << " prompt_tokens="
+            << cli.get_int("prompt-tokens") << " tokens=" << n_tokens;
+    std::vector<Row> checkpointed;
+    if (!cli.has("no-resume")) checkpointed = load_checkpoint(checkpoint_path, run_key.str());
+    std::ofstream checkpoint;
+    if (checkpointed.empty()) {
+      checkpoint.open(checkpoint_path, std::ios::trunc);
+      checkpoint << run_key.str() << "\n";
+    } else {
+      checkpoint.open(checkpoint_path, std::ios::app);
+      std::ifstream tail(checkpoint_path, std::ios::binary | std::ios::ate);
+      tail.seekg(-1, std::ios::end);
+      if (tail.get() != '\n') checkpoint << "\n";  // end a line cut short, so the next response starts its own
+      std::cerr << "ce-bench: resuming from " << checkpoint_path << ": " << checkpointed.size()
+                << " responses already measured (--no-resume starts over)\n";
+    }
+    checkpoint << std::flush;
+    if (!checkpoint) throw std::runtime_error(checkpoint_path + ": cannot write");
+    std::vector<Row> rows;  // of this run's plan only (a resumed checkpoint may hold other links)
+    std::copy_if(checkpointed.begin(), checkpointed.end(), std::back_inserter(rows), planned);
+    auto measured = [&](const std::string& link, const std::string& label, int prompt) {
+      return std::any_of(rows.begin(), rows.end(),
+                         [&](const Row& r) { return r.link == link && r.mode == label && r.prompt == prompt; });
+    };
+
     std::vector<std::string> failures;
-    const int total_runs = static_cast<int>(links.size() * modes.size() * prompts.size() +
-                                            sweep.size() * prompts.size());
-    int done = 0;
+    int total_runs = 0;
+    for (auto& entry : plan) total_runs += static_cast<int>(entry.second.size() * prompts.size());
+    const long long stop_after = cli.get_int("stop-after");
+    int done = 0, measured_now = 0;
+    bool stopped = false;
     auto t_start = std::chrono::steady_clock::now();
     auto progress = [&](const std::string& what) {
       ++done;
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       std::cerr << "\r[" << std::setw(3) << (100 * done / total_runs) << "%] " << done << "/" << total_runs << " "
-                << what << ", ETA " << static_cast<int>(el / done * (total_runs - done)) << " s      " << std::flush;
+                << what << ", ETA " << static_cast<int>(el / std::max(measured_now, 1) * (total_runs - done))
+                << " s      " << std::flush;
     };
     auto run_mode = [&](Node& edge, const std::string& link, const ModeSpec& m) {
-      for (size_t i = 0; i < prompts.size(); ++i) {
+      for (size_t i = 0; i < prompts.size() && !stopped; ++i) {
+        if (measured(link, m.label, static_cast<int>(i))) {
+          ++done;
+          continue;
+        }
         GenerateRequest req;
         req.prompt = prompts[i];
         req.max_tokens = n_tokens;
@@ -185,20 +327,25 @@ int main(int argc, char** argv) {
         req.mode = static_cast<int>(m.mode);
         req.stop_at_eos = false;
         Row row{link, m.label, static_cast<int>(i), edge.generate(req)};
-        const auto& st = row.result.stats;
         if (!row.result.error.empty()) failures.push_back(link + "/" + m.label + ": " + row.result.error);
-        if (static_cast<int>(row.result.tokens.size()) != n_tokens)
-          failures.push_back(link + "/" + m.label + ": produced " + std::to_string(row.result.tokens.size()) + " tokens");
-        if (m.mode == InferenceMode::collaborative &&
-            st.bytes_uploaded != (prompts[i].size() + static_cast<size_t>(n_tokens)) * static_cast<size_t>(mc.dim) * 2)
-          failures.push_back(link + "/" + m.label + ": uploaded " + std::to_string(st.bytes_uploaded) +
-                             " B, expected (prompt + generated) x dim x 2");
+        else checkpoint << checkpoint_line(row) << "\n" << std::flush;  // a failed response is measured again
         rows.push_back(std::move(row));
+        ++measured_now;
         progress(link + " " + m.label);
+        stopped = stop_after > 0 && measured_now >= stop_after;
       }
     };
 
-    for (auto& link : links) {
+    for (auto& [link, link_modes] : plan) {
+      const bool all_measured = std::all_of(link_modes.begin(), link_modes.end(), [&](const ModeSpec& m) {
+        for (size_t i = 0; i < prompts.size(); ++i)
+          if (!measured(link, m.label, static_cast<int>(i))) return false;
+        return true;
+      });
+      if (stopped || all_measured) {
+        done += all_measured ? static_cast<int>(link_modes.size() * prompts.size()) : 0;
+        continue;
+      }
       auto profile = linkem::load_profile("bench/links/" + link + ".ini");
       linkem::LinkEmulator emulator(profile, "127.0.0.1", cloud.cloud_port());
       NodeConfig edge_cfg = cloud_cfg;
@@ -207,15 +354,27 @@ int main(int argc, char** argv) {
       edge_cfg.request_deadline = std::chrono::seconds(30);
       Node edge(edge_cfg);
       if (!edge.wait_for_cloud(std::chrono::seconds(10))) throw std::runtime_error("no cloud link over " + link);
-      for (auto& m : modes) run_mode(edge, link, m);
-      if (link == cli.get("sweep-link") || (quick && link == "wan"))
-        for (double theta : sweep) {
-          std::ostringstream label;
-          label << "sweep-" << theta;
-          run_mode(edge, link, {label.str(), InferenceMode::collaborative, theta});
-        }
+      for (auto& m : link_modes) run_mode(edge, link, m);
     }
     std::cerr << "\n";
+    if (stopped) {
+      std::cout << "stopped after " << measured_now << " responses (--stop-after); " << rows.size() << " of " << total_runs
+                << " measured, kept in " << checkpoint_path << "; rerun the same command to resume\n";
+      return 0;
+    }
+
+    // Invariants, on resumed and new responses alike.
+    for (auto& r : rows) {
+      const auto& st = r.result.stats;
+      const std::string where = r.link + "/" + r.mode + " prompt " + std::to_string(r.prompt);
+      if (static_cast<int>(r.result.tokens.size()) != n_tokens)
+        failures.push_back(where + ": produced " + std::to_string(r.result.tokens.size()) + " tokens");
+      const auto expected_upload = (prompts[static_cast<size_t>(r.prompt)].size() + static_cast<size_t>(n_tokens)) *
+                                   static_cast<size_t>(mc.dim) * 2;
+      if (st.mode == InferenceMode::collaborative && st.bytes_uploaded != expected_upload)
+        failures.push_back(where + ": uploaded " + std::to_string(st.bytes_uploaded) + " B, expected " +
+                           std::to_string(expected_upload) + " = (prompt + generated) x dim x 2");
+    }
 
     // Invariant: θ > 1 sends every token to the cloud and must equal cloud-only exactly.
     for (auto& link : links)
@@ -290,6 +449,8 @@ int main(int argc, char** argv) {
       for (auto& f : failures) std::cerr << "  " << f << "\n";
       return 1;
     }
+    checkpoint.close();
+    std::filesystem::remove(checkpoint_path);  // complete: a rerun measures afresh
     std::cout << md.str() << "\nwrote " << out_dir << "/responses.csv, summary.csv, results.md\n";
     std::cout << "invariants held: every response complete, collaborative bytes = (prompt + generated) x dim x 2, "
                  "θ > 1 equals cloud-only\n";
