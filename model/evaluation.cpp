@@ -61,7 +61,11 @@ void score_head(const at::Tensor& logits, const at::Tensor& targets, std::vector
 }  // namespace
 
 std::vector<double> default_thresholds(const ModelConfig& config) {
-  std::vector<double> v{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, config.default_threshold, 0.8};
+  // Steps of 0.01 from 0.8 to 0.9: exits trained on the final layer's choice are confident near 1,
+  // and there the edge share falls by ~1.5 points per 0.01 of θ.
+  std::vector<double> v{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75};
+  for (int hundredths = 80; hundredths <= 90; ++hundredths) v.push_back(hundredths / 100.0);
+  for (double th : {0.925, 0.95, 0.975, 0.99, config.default_threshold}) v.push_back(th);
   return sorted_unique(v);
 }
 
@@ -210,13 +214,29 @@ EvalReport evaluate(const Model& model, const std::vector<int32_t>& tokens, cons
   return rep;
 }
 
-ThresholdPick pick_threshold_detail(const EvalReport& report, double max_accuracy_drop, double min_edge_agreement) {
+double edge_agreement_lower_bound(const SweepRow& row, double confidence) {
+  if (!(confidence >= 0 && confidence < 1))
+    throw std::invalid_argument("agreement confidence must be in [0, 1), got " + std::to_string(confidence));
+  if (row.edge_tokens <= 0) return 1.0;
+  // z = Φ⁻¹(confidence) by bisection on Φ(z) = erfc(-z / √2) / 2, monotone on [-10, 10].
+  double lo = -10, hi = 10;
+  for (int i = 0; i < 200; ++i) {
+    const double mid = (lo + hi) / 2;
+    (0.5 * std::erfc(-mid / std::sqrt(2.0)) < confidence ? lo : hi) = mid;
+  }
+  const double z = confidence == 0 ? 0 : std::max(0.0, (lo + hi) / 2);
+  const double n = static_cast<double>(row.edge_tokens), p = row.edge_agreement, z2 = z * z;
+  return (p + z2 / (2 * n) - z * std::sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n);
+}
+
+ThresholdPick pick_threshold_detail(const EvalReport& report, double max_accuracy_drop, double min_edge_agreement,
+                                    double agreement_confidence) {
   constexpr double eps = 1e-12;  // shares and accuracies are ratios of counts
   ThresholdPick pick;
   for (size_t i = 0; i < report.sweep.size(); ++i) {
     const auto& r = report.sweep[i];
     const bool accurate = r.accuracy_full - r.accuracy_collaborative <= max_accuracy_drop + eps;
-    const bool agrees = r.edge_agreement + eps >= min_edge_agreement;
+    const bool agrees = edge_agreement_lower_bound(r, agreement_confidence) + eps >= min_edge_agreement;
     if (!accurate || !agrees) continue;
     if (pick.row >= 0) {
       const auto& best = report.sweep[static_cast<size_t>(pick.row)];
@@ -231,8 +251,9 @@ ThresholdPick pick_threshold_detail(const EvalReport& report, double max_accurac
   return pick;
 }
 
-double pick_threshold(const EvalReport& report, double max_accuracy_drop, double min_edge_agreement) {
-  return pick_threshold_detail(report, max_accuracy_drop, min_edge_agreement).threshold;
+double pick_threshold(const EvalReport& report, double max_accuracy_drop, double min_edge_agreement,
+                      double agreement_confidence) {
+  return pick_threshold_detail(report, max_accuracy_drop, min_edge_agreement, agreement_confidence).threshold;
 }
 
 std::string report_markdown(const EvalReport& r) {

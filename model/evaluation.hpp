@@ -102,18 +102,26 @@ SweepRow sweep_row(const TokenRecords& records, size_t edge_heads, double thresh
 
 // Picking the default θ on a validation report. A sweep row is eligible when
 //   full accuracy - collaborative accuracy <= max_accuracy_drop   (absolute), and
-//   edge agreement >= min_edge_agreement;
+//   edge agreement >= min_edge_agreement with `agreement_confidence` (the one-sided Wilson lower
+//   bound of the agreement over the row's edge_tokens; confidence 0 compares the measured ratio);
 // among eligible rows the one with the largest edge share wins, ties going to the smaller θ. The
 // edge share never grows with θ, so this is the smallest eligible θ of the sweep. When no row is
 // eligible, θ = 1 (tokens leave the edge only at certainty) and satisfied = false.
+// Why a bound: θ is picked on ~40 k validation tokens and must hold on text it has not seen; a θ
+// whose measured agreement clears the bound by a handful of tokens is a coin toss elsewhere.
 struct ThresholdPick {
   double threshold = 1.0;
   bool satisfied = false;
   int64_t row = -1;  // index into report.sweep, -1 when none was eligible
 };
 ThresholdPick pick_threshold_detail(const EvalReport& report, double max_accuracy_drop = 0.01,
-                                    double min_edge_agreement = 0.97);
-double pick_threshold(const EvalReport& report, double max_accuracy_drop = 0.01, double min_edge_agreement = 0.97);
+                                    double min_edge_agreement = 0.97, double agreement_confidence = 0.95);
+double pick_threshold(const EvalReport& report, double max_accuracy_drop = 0.01, double min_edge_agreement = 0.97,
+                      double agreement_confidence = 0.95);
+
+// One-sided lower confidence bound (Wilson score) of a row's edge agreement; 1 when no token left
+// at the edge. Throws std::invalid_argument unless 0 <= confidence < 1.
+double edge_agreement_lower_bound(const SweepRow& row, double confidence);
 
 // Unicode code points in UTF-8 text (bytes that do not continue a sequence).
 int64_t count_characters(const std::string& utf8);

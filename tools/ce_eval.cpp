@@ -105,13 +105,19 @@ void plot(const std::string& csv, const std::string& png) {
 }
 
 std::string pick_markdown(const ce::EvalReport& rep, const ce::ThresholdPick& pick, double max_drop,
-                          double min_agreement) {
+                          double min_agreement, double confidence) {
   char buf[512];
   std::string md = "\n## Picked threshold\n\nRule: the θ of the sweep with the largest edge share among those whose "
                    "collaborative accuracy is within ";
   std::snprintf(buf, sizeof buf, "%.2f points of the full model's and whose edge agreement is >= %.1f%%", 100 * max_drop,
                 100 * min_agreement);
   md += buf;
+  if (confidence > 0) {
+    std::snprintf(buf, sizeof buf,
+                  " with %.0f%% confidence (the one-sided Wilson lower bound over the tokens resolved at the edge)",
+                  100 * confidence);
+    md += buf;
+  }
   md += " (ties: the smaller θ; equivalently the smallest such θ).\n\n";
   if (!pick.satisfied) {
     md += "No θ of the sweep meets the rule.\n";
@@ -119,9 +125,11 @@ std::string pick_markdown(const ce::EvalReport& rep, const ce::ThresholdPick& pi
   }
   const auto& r = rep.sweep[static_cast<size_t>(pick.row)];
   std::snprintf(buf, sizeof buf,
-                "θ = %g: edge share %.1f%%, edge agreement %.1f%%, collaborative accuracy %.2f%% vs full %.2f%%, "
-                "standalone %.2f%%.\n",
-                pick.threshold, 100 * r.edge_share, 100 * r.edge_agreement, 100 * r.accuracy_collaborative,
+                "θ = %g: edge share %.1f%%, edge agreement %.2f%% (lower bound %.2f%% over %lld tokens), "
+                "collaborative accuracy %.2f%% vs full %.2f%%, standalone %.2f%%.\n",
+                pick.threshold, 100 * r.edge_share, 100 * r.edge_agreement,
+                100 * ce::edge_agreement_lower_bound(r, confidence), static_cast<long long>(r.edge_tokens),
+                100 * r.accuracy_collaborative,
                 100 * r.accuracy_full, 100 * r.accuracy_standalone);
   md += buf;
   if (r.edge_tokens == 0)
@@ -146,7 +154,7 @@ int main(int argc, char** argv) {
       .add("max-tokens", "N", "evaluate only the first N tokens of the stream (BOS included), 0 = all", "0")
       .add("window", "N", "tokens per non-overlapping window, each run with a fresh KV cache (<= max_seq)", "256")
       .add("split", "N", "edge/cloud split layer, 0 = the model's default_split; edge exits are those <= N", "0")
-      .add("thresholds", "LIST", "comma-separated θ values to sweep (default: 0.1,...,0.9,0.85,0.95,0.975,0.99, the model's default θ, 0.8)")
+      .add("thresholds", "LIST", "comma-separated θ values to sweep (default: 0.1,...,0.7, 0.75, 0.8, 0.81, ..., 0.9, 0.925, 0.95, 0.975, 0.99 and the model's default θ)")
       .add("out-md", "FILE", "also write the Markdown report to FILE")
       .add("out-csv", "FILE", "write the θ sweep as CSV")
       .add("out-png", "FILE", "plot the sweep (θ vs edge share, agreement, accuracies) with /usr/bin/python3 scripts/plot-eval.py")
@@ -154,6 +162,9 @@ int main(int argc, char** argv) {
       .add("write-threshold", "", "pick θ as --pick-threshold and write it as default_threshold into DIR/config.json")
       .add("max-accuracy-drop", "X", "rule for picking θ: largest allowed full - collaborative accuracy (absolute)", "0.01")
       .add("min-edge-agreement", "X", "rule for picking θ: smallest allowed edge agreement", "0.97")
+      .add("agreement-confidence", "X",
+           "rule for picking θ: confidence with which the edge agreement must reach --min-edge-agreement "
+           "(one-sided Wilson bound over the edge tokens), 0 = compare the measured ratio", "0.95")
       .add("threads", "N", "torch intra-op threads, 0 = all cores", "0");
   cli.parse(argc, argv);
 
@@ -168,6 +179,8 @@ int main(int argc, char** argv) {
   if (cli.has("thresholds")) options.thresholds = parse_thresholds(cli.get("thresholds"), cli);
   const double max_drop = cli.get_double("max-accuracy-drop");
   const double min_agreement = cli.get_double("min-edge-agreement");
+  const double agreement_confidence = cli.get_double("agreement-confidence");
+  if (!(agreement_confidence >= 0 && agreement_confidence < 1)) cli.fail("--agreement-confidence must be in [0, 1)");
   const bool write_threshold = cli.has("write-threshold");
   const bool pick = cli.has("pick-threshold") || write_threshold;
 
@@ -229,8 +242,8 @@ int main(int argc, char** argv) {
                                         "\n");
     ce::ThresholdPick picked;
     if (pick) {
-      picked = ce::pick_threshold_detail(report, max_drop, min_agreement);
-      md += pick_markdown(report, picked, max_drop, min_agreement);
+      picked = ce::pick_threshold_detail(report, max_drop, min_agreement, agreement_confidence);
+      md += pick_markdown(report, picked, max_drop, min_agreement, agreement_confidence);
     }
     std::cout << md << std::flush;
     if (cli.has("out-md")) write_file(cli.get("out-md"), md);

@@ -158,7 +158,7 @@ ce::SweepRow make_row(double theta, double edge, double agreement, double collab
   r.exit_share = {edge};
   r.edge_share = edge;
   r.cloud_share = 1 - edge;
-  r.edge_tokens = static_cast<int64_t>(edge * 1000);
+  r.edge_tokens = static_cast<int64_t>(edge * 1e8);  // so many that the agreement's bound is its ratio
   r.edge_agreement = agreement;
   r.accuracy_collaborative = collab;
   r.accuracy_full = full;
@@ -279,8 +279,10 @@ BOOST_AUTO_TEST_CASE(shares_sum_to_one_and_rows_follow_the_rule) {
   o.window = 40;
   const auto rep = ce::evaluate(*model, tokens, o);
 
-  // Default sweep: 0.1 ... 0.9, 0.85, 0.95, 0.975, 0.99 and the model's 0.75; 0.8 only once.
-  const std::vector<double> want{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99};
+  // Default sweep: 0.1 ... 0.7, 0.75, steps of 0.01 from 0.8 to 0.9, 0.925, 0.95, 0.975, 0.99; the
+  // model's own θ (0.75) only once.
+  const std::vector<double> want{0.1,  0.2,  0.3,  0.4,  0.5,  0.6,   0.7,  0.75,  0.8,  0.81, 0.82, 0.83,
+                                 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.925, 0.95, 0.975, 0.99};
   BOOST_REQUIRE_EQUAL(rep.sweep.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) BOOST_CHECK_CLOSE(rep.sweep[i].threshold, want[i], 1e-9);
 
@@ -383,6 +385,30 @@ BOOST_AUTO_TEST_CASE(pick_threshold_follows_its_rule) {
   ce::EvalReport better;
   better.sweep = {make_row(0.2, 0.6, 0.98, 0.45, 0.40), make_row(0.6, 0.2, 0.99, 0.40, 0.40)};
   BOOST_CHECK_EQUAL(ce::pick_threshold(better), 0.2);
+}
+
+BOOST_AUTO_TEST_CASE(pick_threshold_wants_the_agreement_with_confidence) {
+  // Wilson's one-sided bound, checked against values computed independently (z = 1.6449).
+  auto row = make_row(0.8, 0.4, 0.97, 0.40, 0.40);
+  row.edge_tokens = 40000;
+  BOOST_CHECK_CLOSE(ce::edge_agreement_lower_bound(row, 0.95), 0.968565, 1e-3);
+  BOOST_CHECK_EQUAL(ce::edge_agreement_lower_bound(row, 0.0), 0.97);
+  row.edge_tokens = 0;
+  BOOST_CHECK_EQUAL(ce::edge_agreement_lower_bound(row, 0.95), 1.0);  // nothing left at the edge
+  BOOST_CHECK_THROW(ce::edge_agreement_lower_bound(row, 1.0), std::invalid_argument);
+  BOOST_CHECK_THROW(ce::edge_agreement_lower_bound(row, -0.1), std::invalid_argument);
+
+  // 97.2% measured on 1,000 edge tokens: bound 96.2%, not enough at 95% confidence; the same ratio
+  // on 1,000,000 tokens is.
+  ce::EvalReport rep;
+  rep.sweep = {make_row(0.8, 0.45, 0.972, 0.40, 0.40), make_row(0.9, 0.30, 0.995, 0.40, 0.40)};
+  rep.sweep[0].edge_tokens = 1000;
+  rep.sweep[1].edge_tokens = 1000;
+  BOOST_CHECK_CLOSE(ce::edge_agreement_lower_bound(rep.sweep[0], 0.95), 0.962063, 1e-3);
+  BOOST_CHECK_EQUAL(ce::pick_threshold(rep), 0.9);
+  BOOST_CHECK_EQUAL(ce::pick_threshold(rep, 0.01, 0.97, 0.0), 0.8);
+  rep.sweep[0].edge_tokens = 1000000;
+  BOOST_CHECK_EQUAL(ce::pick_threshold(rep), 0.8);
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_is_rejected) {
