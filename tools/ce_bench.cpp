@@ -337,13 +337,15 @@ int main(int argc, char** argv) {
     };
 
     for (auto& [link, link_modes] : plan) {
+      if (stopped) break;
+      // A link measured in full by an earlier sitting needs no emulator and no edge node.
       const bool all_measured = std::all_of(link_modes.begin(), link_modes.end(), [&](const ModeSpec& m) {
         for (size_t i = 0; i < prompts.size(); ++i)
           if (!measured(link, m.label, static_cast<int>(i))) return false;
         return true;
       });
-      if (stopped || all_measured) {
-        done += all_measured ? static_cast<int>(link_modes.size() * prompts.size()) : 0;
+      if (all_measured) {
+        done += static_cast<int>(link_modes.size() * prompts.size());
         continue;
       }
       auto profile = linkem::load_profile("bench/links/" + link + ".ini");
