@@ -4,7 +4,7 @@ checked one by one (verdicts computed here, not typed), the θ sweep (Fig. 1 ana
 table (Table II analogue) and the loopback latency/overhead figures.
 
 Usage: bench-report.py [--bench-dir docs/bench] [--model models/ce-brown-8l] [--out docs/benchmarks.md]
-                       [--command "scripts/run-bench ..."] [--wall-minutes N]
+                       [--command "scripts/run-bench ..."]
 """
 import argparse
 import csv
@@ -74,12 +74,25 @@ def machine():
     return f"{cores} CPU cores ({cpu}), no GPU"
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def by_link_and_mode(summary):
+    return {(r["link"], r["mode"]): {k: (float(v) if k not in ("link", "mode") else v) for k, v in r.items()}
+            for r in summary}
+
+
+def provenance(bench_dir):
+    """Commit and date of the measurement, recorded by scripts/run-bench; HEAD and today without it."""
+    p = {}
+    path = f"{bench_dir}/provenance.txt"
+    if os.path.exists(path):
+        p = dict(line.strip().split("=", 1) for line in open(path) if "=" in line)
+    if "commit" not in p:
+        try:
+            p["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                         check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            p["commit"] = "unknown"
+    p.setdefault("finished", datetime.date.today().isoformat())
+    return p
 
 
 def parse_accuracy(results_md):
@@ -105,7 +118,6 @@ def main():
     ap.add_argument("--model", default="models/ce-brown-8l")
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--command", default="scripts/run-bench")
-    ap.add_argument("--wall-minutes", type=float, default=0)
     a = ap.parse_args()
 
     summary = read_csv(f"{a.bench_dir}/summary.csv")
@@ -117,8 +129,7 @@ def main():
     split = cfg["early_exit"]["default_split"]
     weights, eval_tokens, accuracy = parse_accuracy(f"{a.bench_dir}/results.md")
 
-    s = {(r["link"], r["mode"]): {k: (float(v) if k not in ("link", "mode") else v) for k, v in r.items()}
-         for r in summary}
+    s = by_link_and_mode(summary)
     links = [l for l in ("wan", "mobile", "lan", "loopback") if (l, "cloud-only") in s]
     if not links or not all((l, "collaborative") in s for l in links):
         fail(f"{a.bench_dir}/summary.csv lacks cloud-only or collaborative rows of the links wan/mobile/lan/loopback")
@@ -135,13 +146,20 @@ def main():
     out = []
     w = out.append
     w("# Benchmarks: the paper's comparison on our model\n")
-    wall = f" The run took {a.wall_minutes:.0f} minutes." if a.wall_minutes else ""
+    prov = provenance(a.bench_dir)
+    wall = ""
+    if prov.get("resumed") == "yes":
+        wall = (" The run was interrupted and resumed from its checkpoint (responses measured in different "
+                "sittings)." + (f" The last sitting took {prov['last_sitting_minutes']} minutes."
+                                if "last_sitting_minutes" in prov else ""))
+    elif "last_sitting_minutes" in prov:
+        wall = f" The run took {prov['last_sitting_minutes']} minutes."
     profiles = "; ".join(
         f"{LINK_NAMES.get(l, l)} {p.get('delay', '?')}"
         + (f" ± {p['jitter']}" if p.get("jitter", "0ms") not in ("0ms", "0") else "")
         + f" / {p.get('bandwidth', '?')}"
         for l in ("loopback", "lan", "wan", "mobile") for p in [link_profile(l)] if p)
-    w(f"`{a.command}` (ce-bench) on {datetime.date.today().isoformat()}, commit `{git_commit()}`: one machine "
+    w(f"`{a.command}` (ce-bench) finished {prov['finished']}, commit `{prov['commit']}`: one machine "
       f"with {machine()}, model `{cfg.get('_name_or_path', a.model)}` (weights `{weights}`: "
       f"{cfg['num_hidden_layers']} layers, dim {dim}, split after layer {split}, default θ {theta:g}), "
       f"{n_resp} prompts of {prompt_tokens - 1} tokens (+ BOS) cut from the held-out test text, {n_tokens} new "
@@ -170,6 +188,16 @@ def main():
               f"{fmt_s(r['edge_s'])} | {fmt_s(r['comm_s'])} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} | "
               f"{fmt_int(r['bytes_per_response'])} | {100 * r['cloud_share']:.1f}% |")
     w("\n" + PAPER + "\n")
+    standalone = [row(l, "standalone")["total_s"] for l in links if row(l, "standalone")]
+    if len(standalone) > 1:
+        # Standalone does identical work on every link and never touches the network: its spread is the
+        # machine's own drift between the times the links were measured.
+        lo, hi = min(standalone), max(standalone)
+        w(f"How much of a difference is noise: standalone does the same computation on every link and never "
+          f"touches the network, yet its totals range {fmt_s(lo)}–{fmt_s(hi)} s across the links "
+          f"({100 * (hi / lo - 1):.0f}% apart), measured minutes or hours apart on a shared 2-core VM. Compute "
+          f"times of rows measured at different times differ by that much without any cause in the code; the "
+          f"link's round trips, which dominate WAN and mobile, do not drift.\n")
     w("![time split](bench/time_split.png)\n")
 
     # Expected shapes, checked.
@@ -243,6 +271,29 @@ def main():
           f"save and edge and cloud compete for the same cores: collaborative {fmt_s(lo_c['total_s'])} s vs "
           f"cloud-only {fmt_s(lo_co['total_s'])} s ({signed_pct(lo_c['total_s'], lo_co['total_s'])}).\n")
     w("![bytes per response](bench/bytes_per_response.png)\n")
+
+    # A later re-measurement of some links in prompt-major order (every mode on a prompt before the next
+    # prompt), kept beside a run that measured mode after mode; scripts/run-bench drops it after a full run.
+    recheck_dir = f"{a.bench_dir}/prompt-major"
+    if os.path.exists(f"{recheck_dir}/summary.csv"):
+        again = by_link_and_mode(read_csv(f"{recheck_dir}/summary.csv"))
+        again_links = [l for l in ("wan", "mobile", "lan", "loopback") if (l, "cloud-only") in again and row(l, "cloud-only")]
+        w(f"## Re-measured in prompt-major order ({', '.join(LINK_NAMES[l] for l in again_links)})\n")
+        w("The run above measured one mode's 100 responses after another, so modes met the machine at different "
+          "speeds. ce-bench now measures every mode on a prompt before moving to the next prompt, which spreads "
+          "the drift evenly over the modes compared. These links were measured again that way (same weights, "
+          "prompts and flags; [bench/prompt-major/](bench/prompt-major/results.md)); totals in seconds, "
+          "mode-major run → prompt-major run:\n")
+        modes = [m for m, _ in labels] + ["collaborative-all-cloud"]
+        w("| link | " + " | ".join(modes) + " | collaborative vs cloud-only |")
+        w("| --- |" + " ---: |" * (len(modes) + 1))
+        for l in again_links:
+            cells = [f"{fmt_s(row(l, m)['total_s'])} → {fmt_s(again[(l, m)]['total_s'])}" if row(l, m) and (l, m) in again
+                     else "–" for m in modes]
+            gap = (f"{signed_pct(row(l, 'collaborative')['total_s'], row(l, 'cloud-only')['total_s'])} → "
+                   f"{signed_pct(again[(l, 'collaborative')]['total_s'], again[(l, 'cloud-only')]['total_s'])}")
+            w(f"| {LINK_NAMES[l]} | " + " | ".join(cells) + f" | {gap} |")
+        w("")
 
     # θ sweep.
     sweep = sorted(((float(r["threshold"]), r) for (l, m), r in s.items() if m.startswith("sweep")),

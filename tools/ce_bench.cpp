@@ -13,6 +13,7 @@
 #include <numeric>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "actors/node.hpp"
 #include "model/blas_kernel.hpp"
@@ -314,26 +315,24 @@ int main(int argc, char** argv) {
                 << what << ", ETA " << static_cast<int>(el / std::max(measured_now, 1) * (total_runs - done))
                 << " s      " << std::flush;
     };
-    auto run_mode = [&](Node& edge, const std::string& link, const ModeSpec& m) {
-      for (size_t i = 0; i < prompts.size() && !stopped; ++i) {
-        if (measured(link, m.label, static_cast<int>(i))) {
-          ++done;
-          continue;
-        }
-        GenerateRequest req;
-        req.prompt = prompts[i];
-        req.max_tokens = n_tokens;
-        req.threshold = m.threshold;
-        req.mode = static_cast<int>(m.mode);
-        req.stop_at_eos = false;
-        Row row{link, m.label, static_cast<int>(i), edge.generate(req)};
-        if (!row.result.error.empty()) failures.push_back(link + "/" + m.label + ": " + row.result.error);
-        else checkpoint << checkpoint_line(row) << "\n" << std::flush;  // a failed response is measured again
-        rows.push_back(std::move(row));
-        ++measured_now;
-        progress(link + " " + m.label);
-        stopped = stop_after > 0 && measured_now >= stop_after;
+    auto run_response = [&](Node& edge, const std::string& link, const ModeSpec& m, size_t i) {
+      if (measured(link, m.label, static_cast<int>(i))) {
+        ++done;
+        return;
       }
+      GenerateRequest req;
+      req.prompt = prompts[i];
+      req.max_tokens = n_tokens;
+      req.threshold = m.threshold;
+      req.mode = static_cast<int>(m.mode);
+      req.stop_at_eos = false;
+      Row row{link, m.label, static_cast<int>(i), edge.generate(req)};
+      if (!row.result.error.empty()) failures.push_back(link + "/" + m.label + ": " + row.result.error);
+      else checkpoint << checkpoint_line(row) << "\n" << std::flush;  // a failed response is measured again
+      rows.push_back(std::move(row));
+      ++measured_now;
+      progress(link + " " + m.label);
+      stopped = stop_after > 0 && measured_now >= stop_after;
     };
 
     for (auto& [link, link_modes] : plan) {
@@ -356,7 +355,10 @@ int main(int argc, char** argv) {
       edge_cfg.request_deadline = std::chrono::seconds(30);
       Node edge(edge_cfg);
       if (!edge.wait_for_cloud(std::chrono::seconds(10))) throw std::runtime_error("no cloud link over " + link);
-      for (auto& m : link_modes) run_mode(edge, link, m);
+      // Prompt-major order: this VM's speed drifts by tens of percent over minutes, and running every mode on
+      // a prompt before the next prompt spreads that drift evenly over the modes being compared.
+      for (size_t i = 0; i < prompts.size() && !stopped; ++i)
+        for (size_t k = 0; k < link_modes.size() && !stopped; ++k) run_response(edge, link, link_modes[k], i);
     }
     std::cerr << "\n";
     if (stopped) {
@@ -391,7 +393,19 @@ int main(int argc, char** argv) {
           failures.push_back(link + ": collaborative with θ > 1 differs from cloud-only on prompt " + std::to_string(i));
       }
 
-    // Raw and summary CSV.
+    // Raw and summary CSV, in plan order (link, mode, prompt) whatever order the responses were measured in.
+    auto plan_index = [&](const Row& r) {
+      int index = 0;
+      for (auto& [link, link_modes] : plan)
+        for (auto& m : link_modes) {
+          if (r.link == link && r.mode == m.label) return index;
+          ++index;
+        }
+      return index;
+    };
+    std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
+      return std::make_pair(plan_index(a), a.prompt) < std::make_pair(plan_index(b), b.prompt);
+    });
     std::ofstream raw(out_dir + "/responses.csv");
     raw << "link,mode,prompt,threshold,prompt_tokens,generated,cloud_tokens,degraded,bytes_uploaded,bytes_inline,edge_ms,"
            "cloud_ms,wait_ms,total_ms\n";
