@@ -279,10 +279,10 @@ def main():
         again = by_link_and_mode(read_csv(f"{recheck_dir}/summary.csv"))
         again_links = [l for l in ("wan", "mobile", "lan", "loopback") if (l, "cloud-only") in again and row(l, "cloud-only")]
         w(f"## Re-measured in prompt-major order ({', '.join(LINK_NAMES[l] for l in again_links)})\n")
-        w("The run above measured one mode's 100 responses after another, so modes met the machine at different "
+        w(f"The run above measured one mode's {n_resp} responses after another, so modes met the machine at different "
           "speeds. ce-bench now measures every mode on a prompt before moving to the next prompt, which spreads "
-          "the drift evenly over the modes compared. These links were measured again that way (same weights, "
-          "prompts and flags; [bench/prompt-major/](bench/prompt-major/results.md)); totals in seconds, "
+          "the drift evenly over the modes compared. These links were measured again that way (same weights "
+          "and prompts; [bench/prompt-major/](bench/prompt-major/results.md)); totals in seconds, "
           "mode-major run → prompt-major run:\n")
         modes = [m for m, _ in labels] + ["collaborative-all-cloud"]
         w("| link | " + " | ".join(modes) + " | collaborative vs cloud-only |")
