@@ -37,7 +37,10 @@ def pct_change(new, old):
 
 
 def signed_pct(new, old):
-    return f"{pct_change(new, old):+.0f}%".replace("-", "−")
+    change = pct_change(new, old)
+    if round(change) == 0:
+        return "±0%"  # not "−0%" for a change that rounds away
+    return f"{change:+.0f}%".replace("-", "−")
 
 
 def fmt_s(x):
@@ -259,6 +262,12 @@ def main():
     w(f"| standalone fastest and least accurate | fastest on every link ({times}); {acc_text} | "
       f"{verdict(fastest_everywhere and least)} |\n")
 
+    # A later re-measurement of some links in prompt-major order (every mode on a prompt before the next
+    # prompt), kept beside a run that measured mode after mode; scripts/run-bench drops it after a full run.
+    recheck_dir = f"{a.bench_dir}/prompt-major"
+    again = (by_link_and_mode(read_csv(f"{recheck_dir}/summary.csv"))
+             if os.path.exists(f"{recheck_dir}/summary.csv") else {})
+
     # Where the time goes.
     wan_c, wan_co = row("wan", "collaborative"), row("wan", "cloud-only")
     lo_c, lo_co = row("loopback", "collaborative"), row("loopback", "cloud-only")
@@ -269,14 +278,13 @@ def main():
           f"{cfg['num_hidden_layers'] - split} of {cfg['num_hidden_layers']} layers for the rest. The uploads "
           f"({fmt_int(c_bytes)} bytes per response) overlap edge compute. On loopback there is no network to "
           f"save and edge and cloud compete for the same cores: collaborative {fmt_s(lo_c['total_s'])} s vs "
-          f"cloud-only {fmt_s(lo_co['total_s'])} s ({signed_pct(lo_c['total_s'], lo_co['total_s'])}).\n")
+          f"cloud-only {fmt_s(lo_co['total_s'])} s ({signed_pct(lo_c['total_s'], lo_co['total_s'])}"
+          + (f"; {signed_pct(again[('loopback', 'collaborative')]['total_s'], again[('loopback', 'cloud-only')]['total_s'])}"
+             " when re-measured in prompt-major order, below" if ("loopback", "collaborative") in again else "")
+          + ").\n")
     w("![bytes per response](bench/bytes_per_response.png)\n")
 
-    # A later re-measurement of some links in prompt-major order (every mode on a prompt before the next
-    # prompt), kept beside a run that measured mode after mode; scripts/run-bench drops it after a full run.
-    recheck_dir = f"{a.bench_dir}/prompt-major"
-    if os.path.exists(f"{recheck_dir}/summary.csv"):
-        again = by_link_and_mode(read_csv(f"{recheck_dir}/summary.csv"))
+    if again:
         again_links = [l for l in ("wan", "mobile", "lan", "loopback") if (l, "cloud-only") in again and row(l, "cloud-only")]
         w(f"## Re-measured in prompt-major order ({', '.join(LINK_NAMES[l] for l in again_links)})\n")
         w(f"The run above measured one mode's {n_resp} responses after another, so modes met the machine at different "
