@@ -17,6 +17,7 @@ import sys
 
 LINK_NAMES = {"loopback": "loopback", "lan": "LAN", "wan": "WAN", "mobile": "mobile"}
 SLOW_LINKS = ("wan", "mobile")
+TABLE_LINKS = ("wan", "mobile", "lan", "loopback")  # the order of the page's tables
 PAPER = """The paper's Table I (LLaMA-7B, A100s, Alpaca, 100 prompts): cloud 370.2 s; naïve 3371.8 s (comm
 2877.0 s); standalone 201.6 s; collaborative 319.1 s with cloud cost 112.7 s (−70%) and 49.6% of
 tokens sent to the cloud; bytes per request 112,128 KB (naïve) vs 956.6 KB (CE-CoLLM)."""
@@ -41,6 +42,10 @@ def signed_pct(new, old):
     if round(change) == 0:
         return "±0%"  # not "−0%" for a change that rounds away
     return f"{change:+.0f}%".replace("-", "−")
+
+
+def collaborative_vs_cloud_only(summary, link):
+    return signed_pct(summary[(link, "collaborative")]["total_s"], summary[(link, "cloud-only")]["total_s"])
 
 
 def fmt_s(x):
@@ -83,7 +88,8 @@ def by_link_and_mode(summary):
 
 
 def provenance(bench_dir):
-    """Commit and date of the measurement, recorded by scripts/run-bench; HEAD and today without it."""
+    """How the figures came about: written by ce-bench (date, resumed responses, minutes of the last sitting)
+    and scripts/run-bench (commit); HEAD and today where the file lacks them."""
     p = {}
     path = f"{bench_dir}/provenance.txt"
     if os.path.exists(path):
@@ -133,7 +139,7 @@ def main():
     weights, eval_tokens, accuracy = parse_accuracy(f"{a.bench_dir}/results.md")
 
     s = by_link_and_mode(summary)
-    links = [l for l in ("wan", "mobile", "lan", "loopback") if (l, "cloud-only") in s]
+    links = [l for l in TABLE_LINKS if (l, "cloud-only") in s]
     if not links or not all((l, "collaborative") in s for l in links):
         fail(f"{a.bench_dir}/summary.csv lacks cloud-only or collaborative rows of the links wan/mobile/lan/loopback")
     any_link = links[0]
@@ -151,10 +157,10 @@ def main():
     w("# Benchmarks: the paper's comparison on our model\n")
     prov = provenance(a.bench_dir)
     wall = ""
-    if prov.get("resumed") == "yes":
-        wall = (" The run was interrupted and resumed from its checkpoint (responses measured in different "
-                "sittings)." + (f" The last sitting took {prov['last_sitting_minutes']} minutes."
-                                if "last_sitting_minutes" in prov else ""))
+    if int(prov.get("resumed_responses", 0)) > 0:
+        wall = (f" The run was interrupted and resumed from its checkpoint: {prov['resumed_responses']} of "
+                f"{prov['responses']} responses were measured in earlier sittings, the rest in a last sitting of "
+                f"{prov['last_sitting_minutes']} minutes.")
     elif "last_sitting_minutes" in prov:
         wall = f" The run took {prov['last_sitting_minutes']} minutes."
     profiles = "; ".join(
@@ -278,14 +284,14 @@ def main():
           f"{cfg['num_hidden_layers'] - split} of {cfg['num_hidden_layers']} layers for the rest. The uploads "
           f"({fmt_int(c_bytes)} bytes per response) overlap edge compute. On loopback there is no network to "
           f"save and edge and cloud compete for the same cores: collaborative {fmt_s(lo_c['total_s'])} s vs "
-          f"cloud-only {fmt_s(lo_co['total_s'])} s ({signed_pct(lo_c['total_s'], lo_co['total_s'])}"
-          + (f"; {signed_pct(again[('loopback', 'collaborative')]['total_s'], again[('loopback', 'cloud-only')]['total_s'])}"
-             " when re-measured in prompt-major order, below" if ("loopback", "collaborative") in again else "")
+          f"cloud-only {fmt_s(lo_co['total_s'])} s ({collaborative_vs_cloud_only(s, 'loopback')}"
+          + (f"; {collaborative_vs_cloud_only(again, 'loopback')} when re-measured in prompt-major order, below"
+             if ("loopback", "collaborative") in again else "")
           + ").\n")
     w("![bytes per response](bench/bytes_per_response.png)\n")
 
     if again:
-        again_links = [l for l in ("wan", "mobile", "lan", "loopback") if (l, "cloud-only") in again and row(l, "cloud-only")]
+        again_links = [l for l in links if (l, "cloud-only") in again]
         w(f"## Re-measured in prompt-major order ({', '.join(LINK_NAMES[l] for l in again_links)})\n")
         w(f"The run above measured one mode's {n_resp} responses after another, so modes met the machine at different "
           "speeds. ce-bench now measures every mode on a prompt before moving to the next prompt, which spreads "
@@ -298,8 +304,7 @@ def main():
         for l in again_links:
             cells = [f"{fmt_s(row(l, m)['total_s'])} → {fmt_s(again[(l, m)]['total_s'])}" if row(l, m) and (l, m) in again
                      else "–" for m in modes]
-            gap = (f"{signed_pct(row(l, 'collaborative')['total_s'], row(l, 'cloud-only')['total_s'])} → "
-                   f"{signed_pct(again[(l, 'collaborative')]['total_s'], again[(l, 'cloud-only')]['total_s'])}")
+            gap = f"{collaborative_vs_cloud_only(s, l)} → {collaborative_vs_cloud_only(again, l)}"
             w(f"| {LINK_NAMES[l]} | " + " | ".join(cells) + f" | {gap} |")
         w("")
 

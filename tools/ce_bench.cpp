@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -264,12 +265,18 @@ int main(int argc, char** argv) {
         }
       plan.emplace_back(link, std::move(link_modes));
     }
-    auto planned = [&](const Row& r) {
-      if (r.prompt < 0 || r.prompt >= static_cast<int>(prompts.size())) return false;
+    // Where a (link, mode) stands in the plan, -1 when the plan has no such pair.
+    auto plan_index = [&](const Row& r) {
+      int index = 0;
       for (auto& [link, link_modes] : plan)
-        for (auto& m : link_modes)
-          if (r.link == link && r.mode == m.label) return true;
-      return false;
+        for (auto& m : link_modes) {
+          if (r.link == link && r.mode == m.label) return index;
+          ++index;
+        }
+      return -1;
+    };
+    auto planned = [&](const Row& r) {
+      return r.prompt >= 0 && r.prompt < static_cast<int>(prompts.size()) && plan_index(r) >= 0;
     };
 
     // Responses already measured by an interrupted run of this same configuration.
@@ -296,6 +303,7 @@ int main(int argc, char** argv) {
     if (!checkpoint) throw std::runtime_error(checkpoint_path + ": cannot write");
     std::vector<Row> rows;  // of this run's plan only (a resumed checkpoint may hold other links)
     std::copy_if(checkpointed.begin(), checkpointed.end(), std::back_inserter(rows), planned);
+    const size_t resumed_rows = rows.size();
     auto measured = [&](const std::string& link, const std::string& label, int prompt) {
       return std::any_of(rows.begin(), rows.end(),
                          [&](const Row& r) { return r.link == link && r.mode == label && r.prompt == prompt; });
@@ -394,15 +402,6 @@ int main(int argc, char** argv) {
       }
 
     // Raw and summary CSV, in plan order (link, mode, prompt) whatever order the responses were measured in.
-    auto plan_index = [&](const Row& r) {
-      int index = 0;
-      for (auto& [link, link_modes] : plan)
-        for (auto& m : link_modes) {
-          if (r.link == link && r.mode == m.label) return index;
-          ++index;
-        }
-      return index;
-    };
     std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
       return std::make_pair(plan_index(a), a.prompt) < std::make_pair(plan_index(b), b.prompt);
     });
@@ -467,7 +466,15 @@ int main(int argc, char** argv) {
     }
     checkpoint.close();
     std::filesystem::remove(checkpoint_path);  // complete: a rerun measures afresh
-    std::cout << md.str() << "\nwrote " << out_dir << "/responses.csv, summary.csv, results.md\n";
+    // How the figures came about, for the report (scripts/run-bench adds the commit).
+    const std::time_t now = std::time(nullptr);
+    char finished[16];
+    std::strftime(finished, sizeof finished, "%F", std::gmtime(&now));
+    std::ofstream(out_dir + "/provenance.txt")
+        << "finished=" << finished << "\nresumed_responses=" << resumed_rows << "\nresponses=" << rows.size()
+        << "\nlast_sitting_minutes="
+        << std::chrono::duration_cast<std::chrono::minutes>(std::chrono::steady_clock::now() - t_start).count() << "\n";
+    std::cout << md.str() << "\nwrote " << out_dir << "/responses.csv, summary.csv, results.md, provenance.txt\n";
     std::cout << "invariants held: every response complete, collaborative bytes = (prompt + generated) x dim x 2, "
                  "θ > 1 equals cloud-only\n";
   } catch (const std::exception& e) {
