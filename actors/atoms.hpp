@@ -79,6 +79,7 @@ struct GenerationStats {
   int cloud_tokens = 0;
   int degraded_tokens = 0;
   int resyncs = 0;                // contexts rebuilt after the cloud lost them (evicted, restarted)
+  int backpressure_pauses = 0;    // steps held until the upload backlog halved
   uint64_t bytes_uploaded = 0;    // upload payload bytes of this response
   uint64_t bytes_inline = 0;      // payload bytes sent inside infer requests (naive split)
   double edge_ms = 0;             // edge compute
@@ -98,6 +99,16 @@ struct GenerateResult {
   std::string error;  // non-empty when the response could not be produced at all
 };
 
+// A cloud node's contexts, as its context manager counts them.
+struct CloudStats {
+  uint64_t live = 0;                // contexts held now
+  uint64_t evicted = 0;             // contexts ended: Bye, inactivity, failure
+  uint64_t bytes = 0;               // memory the live contexts hold (KV + pending states)
+  uint64_t positions_received = 0;  // uploaded positions taken into a context, all contexts so far
+  uint64_t positions_repeated = 0;  // uploaded positions a context already held (re-sent rows)
+  uint64_t sessions_refused = 0;    // new contexts refused at the context-count or memory cap
+};
+
 // Split-layer rows (or token ids) of positions [first_position, first_position + count).
 struct UploadRows {
   uint32_t first_position = 0;
@@ -112,3 +123,4 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateRequest)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::TokenEvent)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateResult)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::UploadRows)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::CloudStats)

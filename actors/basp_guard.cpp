@@ -1,5 +1,6 @@
 #include "actors/basp_guard.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <boost/asio.hpp>
@@ -80,6 +81,8 @@ struct BaspGuard::Impl : std::enable_shared_from_this<BaspGuard::Impl> {
   asio::io_context io;
   tcp::acceptor acceptor{io};
   std::thread thread;
+  struct Link;
+  std::vector<std::weak_ptr<Link>> links;  // io thread only: closed when the guard goes
 
   // One relayed connection: client <-> CAF.
   struct Link : std::enable_shared_from_this<Link> {
@@ -176,7 +179,12 @@ struct BaspGuard::Impl : std::enable_shared_from_this<BaspGuard::Impl> {
         } else {
           self->live++;
           self->accepted++;
-          std::make_shared<Link>(*self, std::move(socket))->start();
+          auto link = std::make_shared<Link>(*self, std::move(socket));
+          self->links.erase(std::remove_if(self->links.begin(), self->links.end(),
+                                           [](const std::weak_ptr<Link>& l) { return l.expired(); }),
+                            self->links.end());
+          self->links.push_back(link);
+          link->start();
         }
       }
       self->accept();
@@ -203,10 +211,16 @@ BaspGuard::BaspGuard(Options options) : impl_(std::make_shared<Impl>()) {
 }
 
 BaspGuard::~BaspGuard() {
+  // Close the relayed connections too, so that peers see the node go (a process exit would do
+  // it; a node stopped inside a running process must as well). Their aborted handlers run
+  // before the stop posted after them.
   asio::post(impl_->io, [impl = impl_] {
     boost::system::error_code ignored;
     impl->acceptor.close(ignored);
-    impl->io.stop();
+    for (auto& weak : impl->links)
+      if (auto link = weak.lock()) link->close();
+    impl->links.clear();
+    asio::post(impl->io, [impl] { impl->io.stop(); });
   });
   if (impl_->thread.joinable()) impl_->thread.join();
 }

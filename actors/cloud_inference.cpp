@@ -17,7 +17,7 @@ struct CloudInferenceState {
   static inline const char* name = "cloud_inference";
 };
 
-std::vector<char> run_job(const CloudInferenceState& st, InferJob& job) {
+caf::result<bool, std::vector<char>> run_job(const CloudInferenceState& st, InferJob& job) {
   const auto& req = job.request;
   const auto t0 = std::chrono::steady_clock::now();
   SamplingParams sampling{req.temperature, req.top_p, req.seed};
@@ -40,11 +40,11 @@ std::vector<char> run_job(const CloudInferenceState& st, InferJob& job) {
   } catch (const std::exception& e) {
     CE_LOG(warning, "cloud", "session " << std::hex << req.session_id << std::dec << " position " << req.position
                                         << ": " << e.what());
-    return wire::encode(wire::ErrorReply{error::bad_request, e.what(), req.session_id, req.request_id});
+    return {false, wire::encode(wire::ErrorReply{error::bad_request, e.what(), req.session_id, req.request_id})};
   }
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-  return wire::encode(wire::InferReply{req.session_id, req.request_id, req.position, choice.token, choice.confidence,
-                                       static_cast<uint64_t>(us)});
+  return {true, wire::encode(wire::InferReply{req.session_id, req.request_id, req.position, choice.token,
+                                             choice.confidence, static_cast<uint64_t>(us)})};
 }
 
 caf::behavior cloud_inference(caf::stateful_actor<CloudInferenceState>* self, std::shared_ptr<const Model> model,

@@ -2,7 +2,9 @@
 // cloud_inference (cloud, detached: torch blocks its own thread). Takes one job at a time from
 // the context manager: appends the context's newly uploaded states, fills the missing KV of the
 // cloud layers in one batch, and answers the requested position with one token.
-//   (compute_atom, InferJob) -> reply frame bytes (InferReply or ErrorReply)
+//   (compute_atom, InferJob) -> (bool computed, reply frame bytes): true with an InferReply, false
+//                               with an ErrorReply when the job failed part-way (the context's
+//                               compute state is then unknown and the context must not be reused)
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/fwd.hpp>
 

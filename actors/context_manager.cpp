@@ -50,10 +50,14 @@ struct ManagerState {
   std::map<std::string, uint64_t> infer_requests;    // per client name, for /metrics
   std::map<ContextKey, Context> contexts;
   std::set<ContextKey> ended;   // evicted or closed: a later request gets unknown_session at once
+  std::set<ContextKey> refused;  // first upload refused as overloaded: its requests get overloaded at once
   // Infer requests that overtook the first upload of their session; they wait up to the
   // request deadline for it.
   std::map<ContextKey, std::deque<ParkedInfer>> early;
   uint64_t evictions = 0;
+  uint64_t positions_received = 0;  // uploaded positions taken into a context, over all contexts
+  uint64_t positions_repeated = 0;  // uploaded positions a context already held (re-sends)
+  uint64_t sessions_refused = 0;    // new contexts refused at the count or memory cap
   uint64_t kv_bytes_per_position = 0;
   static inline const char* name = "context_manager";
 };
@@ -80,11 +84,11 @@ uint64_t total_bytes(const ManagerState& st) {
   return total;
 }
 
-void end_context(self_ptr self, const ContextKey& key, const char* why) {
+void end_context(self_ptr self, const ContextKey& key, const std::string& why) {
   auto it = self->state.contexts.find(key);
   if (it == self->state.contexts.end()) return;
   for (auto& p : it->second.parked)
-    p.promise.deliver(error_frame(error::unknown_session, std::string("session ended: ") + why, key.second,
+    p.promise.deliver(error_frame(error::unknown_session, "session ended: " + why, key.second,
                                   p.request.request_id));
   CE_LOG(info, "context", "session " << hex(key.second) << " " << why << " (" << it->second.held << " positions)");
   self->state.contexts.erase(it);
@@ -99,6 +103,14 @@ void arm_idle_timer(self_ptr self, const ContextKey& key, std::chrono::milliseco
 
 void dispatch(self_ptr self, const ContextKey& key);
 
+// The job failed part-way: the cloud cannot tell which of its uploads the compute state took in,
+// so the context is ended. Its request gets the failure; requests queued behind it and later
+// ones get unknown_session at once, which makes the edge rebuild the context from its log.
+void fail_context(self_ptr self, const ContextKey& key, const std::string& why) {
+  CE_LOG(warning, "context", "session " << hex(key.second) << " failed: " << why);
+  end_context(self, key, "failed: " + why);
+}
+
 void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parked) {
   c.busy = true;
   InferJob job{c.compute, std::move(c.new_chunks), parked.request};
@@ -109,8 +121,13 @@ void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parke
   auto promise = parked.promise;
   self->request(self->state.inference, caf::infinite, compute_atom::value, std::move(job))
       .then(
-          [=](std::vector<char>& reply) mutable {
+          [=](bool computed, std::vector<char>& reply) mutable {
             auto it = self->state.contexts.find(key);
+            if (!computed) {
+              promise.deliver(std::move(reply));
+              if (it != self->state.contexts.end()) fail_context(self, key, "its inference job failed");
+              return;
+            }
             if (it != self->state.contexts.end()) {
               auto& ctx = it->second;
               ctx.busy = false;
@@ -123,8 +140,9 @@ void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parke
             dispatch(self, key);
           },
           [=](caf::error& e) mutable {
-            if (auto it = self->state.contexts.find(key); it != self->state.contexts.end()) it->second.busy = false;
-            promise.deliver(error_frame(error::internal, self->system().render(e), key.second, request_id));
+            const std::string why = self->system().render(e);
+            promise.deliver(error_frame(error::internal, "cloud inference failed: " + why, key.second, request_id));
+            if (self->state.contexts.count(key)) fail_context(self, key, "cloud inference failed: " + why);
           });
 }
 
@@ -209,9 +227,20 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
         total_bytes(st) + need > st.config.memory_cap_bytes()) {
       CE_LOG(warning, "context", "refused session " << hex(chunk.session_id) << ": " << st.contexts.size()
                                                      << " contexts, " << total_bytes(st) << " bytes held");
-      return error_frame(error::overloaded, "cloud at its context or memory cap; try later", chunk.session_id);
+      st.sessions_refused++;
+      const std::string why = "cloud at its context or memory cap; try later";
+      // Requests of this session would otherwise wait a deadline for a context that never comes.
+      if (st.refused.size() > 100000) st.refused.clear();  // bound the tombstones
+      st.refused.insert(key);
+      if (auto early = st.early.find(key); early != st.early.end()) {
+        for (auto& p : early->second)
+          p.promise.deliver(error_frame(error::overloaded, why, key.second, p.request.request_id));
+        st.early.erase(early);
+      }
+      return error_frame(error::overloaded, why, chunk.session_id);
     }
     st.ended.erase(key);
+    st.refused.erase(key);
     Context c;
     c.token_ids = tokens;
     c.compute = std::make_shared<CloudCompute>(st.model, tokens ? 0 : st.plan.split);
@@ -242,9 +271,13 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
       chunk.first_position += skip;
       chunk.count -= skip;
     }
+    st.positions_repeated += skip;
+    st.positions_received += chunk.count;
     c.pending_bytes += chunk.payload.size();
     c.held = end;
     c.new_chunks.push_back(std::move(chunk));
+  } else {
+    st.positions_repeated += chunk.count;
   }
   wire::UploadAck ack{key.second, 0, c.held};
   dispatch(self, key);
@@ -259,7 +292,7 @@ caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node,
     // Stateless baseline: no context, the whole sequence comes inline.
     auto rp = self->make_response_promise<std::vector<char>>();
     self->request(st.inference, caf::infinite, compute_atom::value, InferJob{nullptr, {}, std::move(req)})
-        .then([=](std::vector<char>& reply) mutable { rp.deliver(std::move(reply)); },
+        .then([=](bool, std::vector<char>& reply) mutable { rp.deliver(std::move(reply)); },
               [=](caf::error& e) mutable { rp.deliver(error_frame(error::internal, self->system().render(e))); });
     return rp;
   }
@@ -267,6 +300,9 @@ caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node,
   if (it == st.contexts.end()) {
     if (st.ended.count(key))
       return error_frame(error::unknown_session, "session " + hex(req.session_id) + " was evicted or closed",
+                         req.session_id, req.request_id);
+    if (st.refused.count(key))
+      return error_frame(error::overloaded, "session " + hex(req.session_id) + " was refused: cloud at its cap",
                          req.session_id, req.request_id);
     auto rp = self->make_response_promise<std::vector<char>>();
     st.early[key].push_back({std::move(req), rp});
@@ -338,8 +374,15 @@ caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model,
         self->state.early.erase(it);
       },
       [=](stats_atom) {
-        return caf::make_message(static_cast<uint64_t>(self->state.contexts.size()), self->state.evictions,
-                                 total_bytes(self->state));
+        const auto& st = self->state;
+        CloudStats s;
+        s.live = st.contexts.size();
+        s.evicted = st.evictions;
+        s.bytes = total_bytes(st);
+        s.positions_received = st.positions_received;
+        s.positions_repeated = st.positions_repeated;
+        s.sessions_refused = st.sessions_refused;
+        return s;
       },
       [=](clients_atom) {
         std::vector<std::string> names;

@@ -7,7 +7,7 @@
 // or memory cap. Infer requests wait until the positions they name are uploaded, then go to
 // cloud_inference one at a time per context.
 //   (frame_atom, bytes)  -> reply frame bytes (a Bye is echoed back)
-//   (stats_atom)         -> (uint64 live contexts, uint64 evicted, uint64 bytes held)
+//   (stats_atom)         -> CloudStats
 #include <caf/fwd.hpp>
 
 #include <memory>

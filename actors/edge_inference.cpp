@@ -128,6 +128,7 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
   }
   if (g.paused) {
     g.step_waiting = true;
+    r.stats.backpressure_pauses++;
     return;
   }
   self->send(self, step_atom::value, g.id);
@@ -196,6 +197,12 @@ void ask_cloud(self_ptr self, Generation& g) {
             }
             auto* ans = std::get_if<wire::InferReply>(&decoded.message);
             if (!ans || ans->request_id != request_id) return degrade(self, *g, "unexpected reply");
+            // The cloud is another machine: its token must name a vocabulary entry, for this position.
+            const int64_t vocab = self->state.model->config().vocab_size;
+            if (ans->token < 0 || ans->token >= vocab || ans->position != static_cast<uint32_t>(g->position))
+              return degrade(self, *g, "cloud answered token " + std::to_string(ans->token) + " for position " +
+                                           std::to_string(ans->position) + " (want a token in [0, " +
+                                           std::to_string(vocab) + ") for position " + std::to_string(g->position) + ")");
             const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
             g->result.stats.cloud_ms += cloud_ms;
             g->result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);

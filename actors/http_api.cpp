@@ -194,7 +194,11 @@ struct HttpApi::Impl {
     }
     if (cloud) {
       metrics.declare_gauge("ce_cloud_contexts_live", "client contexts held");
-      metrics.declare_counter("ce_cloud_evictions_total", "contexts ended (inactivity, Bye)");
+      metrics.declare_counter("ce_cloud_evictions_total", "contexts ended (inactivity, Bye, failure)");
+      metrics.declare_counter("ce_cloud_sessions_refused_total", "new contexts refused at the context-count or memory cap");
+      metrics.declare_counter("ce_cloud_upload_positions_total", "uploaded positions taken into a context");
+      metrics.declare_counter("ce_cloud_upload_positions_repeated_total",
+                              "uploaded positions a context already held (re-sent after a lost link)");
       metrics.declare_gauge("ce_cloud_context_bytes", "bytes held by client contexts (hidden states + KV cache)");
       metrics.declare_counter("ce_cloud_infer_requests_total", "infer requests by client (the edge's Hello name)");
     }
@@ -270,8 +274,8 @@ struct HttpApi::Impl {
   json health() {
     json out = {{"status", "ok"}, {"role", to_string(config.role)}, {"model", node.model().config().name}};
     if (cloud) {
-      auto [live, evicted, bytes] = node.cloud_stats();
-      out["contexts"] = {{"live", live}, {"evicted", evicted}, {"bytes", bytes}};
+      const auto s = node.cloud_stats();
+      out["contexts"] = {{"live", s.live}, {"evicted", s.evicted}, {"bytes", s.bytes}, {"refused", s.sessions_refused}};
     }
     if (edge) {
       auto [connected, backlog] = node.link_stats();
@@ -295,10 +299,13 @@ struct HttpApi::Impl {
       metrics.set(kInFlight, in_flight.load());
     }
     if (cloud) {
-      auto [live, evicted, bytes] = node.cloud_stats();
-      metrics.set("ce_cloud_contexts_live", static_cast<double>(live));
-      metrics.set("ce_cloud_evictions_total", static_cast<double>(evicted));
-      metrics.set("ce_cloud_context_bytes", static_cast<double>(bytes));
+      const auto s = node.cloud_stats();
+      metrics.set("ce_cloud_contexts_live", static_cast<double>(s.live));
+      metrics.set("ce_cloud_evictions_total", static_cast<double>(s.evicted));
+      metrics.set("ce_cloud_context_bytes", static_cast<double>(s.bytes));
+      metrics.set("ce_cloud_sessions_refused_total", static_cast<double>(s.sessions_refused));
+      metrics.set("ce_cloud_upload_positions_total", static_cast<double>(s.positions_received));
+      metrics.set("ce_cloud_upload_positions_repeated_total", static_cast<double>(s.positions_repeated));
       for (const auto& [client, requests] : node.cloud_requests_by_client())
         metrics.set("ce_cloud_infer_requests_total", static_cast<double>(requests), {{"client", client}});
     }
@@ -336,7 +343,8 @@ struct HttpApi::Impl {
                 {"cloud_ms", s.cloud_ms},
                 {"wait_ms", s.wait_ms},
                 {"total_ms", s.total_ms},
-                {"resyncs", s.resyncs}};
+                {"resyncs", s.resyncs},
+                {"backpressure_pauses", s.backpressure_pauses}};
     if (!r.error.empty()) out["error"] = r.error;
     return out;
   }

@@ -121,6 +121,7 @@ caf::actor Node::edge_inference() const { return actors_->edge_inference; }
 caf::actor Node::uploader() const { return actors_->uploader; }
 caf::actor Node::exit_decider() const { return actors_->exit_decider; }
 caf::actor Node::context_manager() const { return actors_->context_manager; }
+caf::actor Node::cloud_inference() const { return actors_->cloud_inference; }
 
 std::pair<bool, uint64_t> Node::link_stats() {
   std::pair<bool, uint64_t> out{false, 0};
@@ -189,13 +190,12 @@ std::vector<std::pair<std::string, uint64_t>> Node::cloud_requests_by_client() {
   return out;
 }
 
-std::tuple<uint64_t, uint64_t, uint64_t> Node::cloud_stats() {
-  std::tuple<uint64_t, uint64_t, uint64_t> out{0, 0, 0};
+CloudStats Node::cloud_stats() {
+  CloudStats out;
   if (!actors_->context_manager) return out;
   caf::scoped_actor self{*system_};
   self->request(actors_->context_manager, std::chrono::seconds(5), stats_atom::value)
-      .receive([&](uint64_t live, uint64_t evicted, uint64_t bytes) { out = {live, evicted, bytes}; },
-               [&](caf::error&) {});
+      .receive([&](const CloudStats& s) { out = s; }, [&](caf::error&) {});
   return out;
 }
 

@@ -39,6 +39,7 @@ class Node {
   caf::actor uploader() const;
   caf::actor exit_decider() const;
   caf::actor context_manager() const;
+  caf::actor cloud_inference() const;
 
   // Edge roles: true once the cloud link is up (polls the uploader until `timeout`).
   bool wait_for_cloud(std::chrono::milliseconds timeout);
@@ -47,8 +48,8 @@ class Node {
   // arrive in the result). Blocking; safe to call from several threads at once.
   GenerateResult generate(GenerateRequest request, const std::function<bool(const TokenEvent&)>& on_token = {},
                           std::chrono::milliseconds timeout = std::chrono::minutes(10));
-  // Cloud roles: (live contexts, evicted, bytes held).
-  std::tuple<uint64_t, uint64_t, uint64_t> cloud_stats();
+  // Cloud roles: the context manager's counts.
+  CloudStats cloud_stats();
   // Cloud roles: infer requests served per client (the name in each edge's Hello).
   std::vector<std::pair<std::string, uint64_t>> cloud_requests_by_client();
   // Edge roles: (cloud link up, positions queued for upload and not yet acknowledged).

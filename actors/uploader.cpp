@@ -24,6 +24,7 @@ struct SessionLog {
   uint64_t bytes_sent = 0;
   bool send_scheduled = false;
   bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
+  bool refused = false; // the cloud refused an upload (overloaded, lost context): send no more until a resync
   caf::actor owner;     // the edge_inference that feeds this session (told about backlog)
   bool throttled = false;
   std::vector<caf::response_promise> byes;
@@ -82,7 +83,7 @@ void finish_byes(self_ptr self, uint64_t session) {
   if (it == self->state.sessions.end()) return;
   auto& log = it->second;
   if (log.byes.empty()) return;
-  const bool drained = log.acked >= log.total || log.failed || !self->state.connected;
+  const bool drained = log.acked >= log.total || log.failed || log.refused || !self->state.connected;
   if (!drained) return;
   if (self->state.connected)
     self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value,
@@ -125,6 +126,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
                 CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec << " upload refused: "
                                                        << to_string(err->code) << ": " << err->text);
                 l.acked = l.total;  // nothing more will be accepted for this context
+                l.refused = true;
               }
             }
             pump(self, session, false);
@@ -149,6 +151,7 @@ void pump(self_ptr self, uint64_t session, bool urgent) {
   auto it = st.sessions.find(session);
   if (it == st.sessions.end() || !st.connected) return;
   auto& log = it->second;
+  if (log.refused) return;
   if (st.config.upload_inject_delay.count() > 0 && log.sent < log.total) {
     if (!log.send_scheduled) {
       log.send_scheduled = true;
@@ -199,6 +202,7 @@ void on_welcome(self_ptr self, caf::actor cloud) {
   for (auto& [id, log] : st.sessions) {
     log.sent = 0;
     log.acked = 0;
+    log.refused = false;
     pump(self, id, false);
   }
 }
@@ -283,13 +287,14 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         it->second.sent = 0;
         it->second.acked = 0;
         it->second.failed = false;
+        it->second.refused = false;
         pump(self, session, true);
       },
       [=](send_atom, uint64_t session) {
         auto it = self->state.sessions.find(session);
         if (it == self->state.sessions.end() || !self->state.connected) return;
         it->second.send_scheduled = false;
-        if (it->second.sent < it->second.total) send_chunk(self, session, it->second);
+        if (!it->second.refused && it->second.sent < it->second.total) send_chunk(self, session, it->second);
         pump(self, session, false);
       },
       [=](infer_atom, uint64_t session, std::vector<char>& frame) -> caf::result<std::vector<char>> {

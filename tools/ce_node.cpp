@@ -39,6 +39,8 @@ nlohmann::json to_json(const ce::GenerateResult& r, const std::string& text) {
             {"generated", s.generated},
             {"cloud_tokens", s.cloud_tokens},
             {"degraded_tokens", s.degraded_tokens},
+            {"resyncs", s.resyncs},
+            {"backpressure_pauses", s.backpressure_pauses},
             {"bytes_uploaded", s.bytes_uploaded},
             {"bytes_inline", s.bytes_inline},
             {"edge_ms", s.edge_ms},
