@@ -1,5 +1,6 @@
 #include "model/model_config.hpp"
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -65,7 +66,9 @@ void ModelConfig::validate() const {
   require(eos_id >= 0 && eos_id < vocab_size, "eos_token_id outside the vocabulary");
 }
 
-ModelConfig load_model_config(const std::string& path) {
+namespace {
+
+json read_config_json(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ModelError(path + ": cannot open model config");
   json j;
@@ -75,6 +78,13 @@ ModelConfig load_model_config(const std::string& path) {
     throw ModelError(path + ": not valid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) throw ModelError(path + ": top level must be a JSON object");
+  return j;
+}
+
+}  // namespace
+
+ModelConfig load_model_config(const std::string& path) {
+  const json j = read_config_json(path);
   ModelConfig c;
   read_field(j, "hidden_size", c.dim, path, true);
   read_field(j, "num_hidden_layers", c.n_layers, path, true);
@@ -138,6 +148,28 @@ void save_model_config(const ModelConfig& c, const std::string& path) {
   std::ofstream out(path);
   if (!out) throw ModelError(path + ": cannot write model config");
   out << j.dump(2) << "\n";
+}
+
+void write_default_threshold(const std::string& path, double threshold) {
+  json j = read_config_json(path);
+  auto ee = j.find("early_exit");
+  if (ee == j.end() || !ee->is_object())
+    throw ModelError(path + ": no 'early_exit' section (a model without exits has no threshold)");
+  (*ee)["default_threshold"] = threshold;
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    if (!out) throw ModelError(tmp + ": cannot write model config");
+    out << j.dump(2) << "\n";
+    if (!out.flush()) throw ModelError(tmp + ": write failed");
+  }
+  try {
+    load_model_config(tmp);  // the edited file must still be a valid config
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw ModelError(path + ": cannot replace it with " + tmp);
 }
 
 }  // namespace ce

@@ -40,5 +40,9 @@ struct ModelConfig {
 
 ModelConfig load_model_config(const std::string& path);
 void save_model_config(const ModelConfig& config, const std::string& path);
+// Sets early_exit.default_threshold in the config.json at `path` and keeps every other field as
+// it stands, fields this project does not read included. The result is checked to load, written
+// to a temporary file and renamed over the original: a failure leaves the old file whole.
+void write_default_threshold(const std::string& path, double threshold);
 
 }  // namespace ce

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,57 @@
 
 namespace ce {
 namespace {
+
+// The options that decide a run's trajectory: a checkpoint resumes only under the same ones.
+// (checkpoint_every, stop_after and the evaluation settings do not change the weights.)
+nlohmann::json run_identity(const TrainOptions& o) {
+  auto digest = [](const std::vector<int32_t>& tokens) {  // FNV-1a over the token ids
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t t : tokens) h = (h ^ static_cast<uint32_t>(t)) * 1099511628211ull;
+    return std::to_string(tokens.size()) + ":" + std::to_string(h);
+  };
+  const auto& c = o.config;
+  return {{"model", {c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size, c.max_seq,
+                     c.exit_layers, c.tie_word_embeddings, c.tie_exit_heads}},
+          {"train_tokens", digest(o.train_tokens)},
+          {"init_dir", o.init_dir},
+          {"steps", o.steps},
+          {"batch", o.batch},
+          {"seq", o.seq},
+          {"lr", o.lr},
+          {"min_lr_ratio", o.min_lr_ratio},
+          {"warmup", o.warmup},
+          {"weight_decay", o.weight_decay},
+          {"clip", o.clip},
+          {"exit_weight", o.exit_weight},
+          {"distill_weight", o.distill_weight},
+          {"greedy_distill_weight", o.greedy_distill_weight},
+          {"freeze_backbone", o.freeze_backbone},
+          {"seed", o.seed}};
+}
+
+void write_json_atomically(const std::string& path, const nlohmann::json& j) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << "\n";
+    if (!out.flush()) throw ModelError(tmp + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw ModelError(path + ": cannot rename " + tmp);
+}
+
+nlohmann::json read_state(const std::string& checkpoint_dir) {
+  const std::string path = checkpoint_dir + "/state.json";
+  std::ifstream in(path);
+  try {
+    auto state = nlohmann::json::parse(in);
+    state.at("step").get<int64_t>();
+    state.at("checkpoint").get<std::string>();
+    return state;
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(path + ": not a checkpoint state written by ce-train (" + e.what() + ")");
+  }
+}
 
 // Batches depend only on (seed, step): a resumed run sees exactly the batches it would have seen.
 std::pair<at::Tensor, at::Tensor> sample_batch(const at::Tensor& data, int64_t batch, int64_t seq, uint64_t seed,
@@ -84,13 +136,22 @@ TrainResult train(const TrainOptions& o, const std::string& out_dir,
   if (o.freeze_backbone && o.exit_weight == 0 && o.distill_weight == 0 && o.greedy_distill_weight == 0)
     throw ModelError("train: --freeze-backbone with exit-weight, distill and distill-greedy all 0 trains nothing");
   std::shared_ptr<Weights> weights;
-  const std::string ckpt = o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/weights.safetensors";
   int64_t start_step = 0;
-  if (!ckpt.empty() && std::filesystem::exists(o.checkpoint_dir + "/state.json")) {
-    std::ifstream in(o.checkpoint_dir + "/state.json");
-    auto state = nlohmann::json::parse(in);
-    start_step = state.at("step").get<int64_t>();
-    weights = weights_from_tensors(o.config, read_safetensors(ckpt), ckpt);
+  const auto identity = run_identity(o);
+  std::string resumed_from;  // the committed checkpoint folder, when resuming
+  if (!o.checkpoint_dir.empty() && std::filesystem::exists(o.checkpoint_dir + "/state.json")) {
+    const auto state = read_state(o.checkpoint_dir);
+    const auto& made_with = state.contains("options") ? state["options"] : nlohmann::json::object();
+    for (auto& [key, value] : identity.items())
+      if (!made_with.contains(key) || made_with[key] != value)
+        throw ModelError("train: the checkpoint in " + o.checkpoint_dir + " was made with " + key + " = " +
+                         (made_with.contains(key) ? made_with[key].dump() : std::string("(not recorded)")) +
+                         ", this run asks " + value.dump() +
+                         "; resume with the same options or use another --checkpoint-dir");
+    start_step = state["step"].get<int64_t>();
+    resumed_from = o.checkpoint_dir + "/" + state["checkpoint"].get<std::string>();
+    const std::string file = resumed_from + "/weights.safetensors";
+    weights = weights_from_tensors(o.config, read_safetensors(file), file);
   } else if (!o.init_dir.empty()) {
     weights = load_weights(o.init_dir);
     if (weights->config.exit_layers != o.config.exit_layers && !o.config.exit_layers.empty())
@@ -107,22 +168,35 @@ TrainResult train(const TrainOptions& o, const std::string& out_dir,
   }
   if (params.empty()) throw ModelError("train: nothing to train (tied exit heads and frozen backbone?)");
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).betas({0.9, 0.95}).weight_decay(o.weight_decay));
-  if (start_step > 0 && std::filesystem::exists(o.checkpoint_dir + "/optimizer.pt"))
-    torch::load(optimizer, o.checkpoint_dir + "/optimizer.pt");
+  if (!resumed_from.empty()) torch::load(optimizer, resumed_from + "/optimizer.pt");
 
   auto train_data = torch::tensor(std::vector<int64_t>(o.train_tokens.begin(), o.train_tokens.end()), torch::kLong);
   at::Tensor valid_data;
   if (o.valid_tokens.size() > static_cast<size_t>(o.seq + 2))
     valid_data = torch::tensor(std::vector<int64_t>(o.valid_tokens.begin(), o.valid_tokens.end()), torch::kLong);
 
+  // A checkpoint is written into a fresh folder, which state.json then names in one rename: a
+  // run killed at any moment leaves the previous checkpoint whole and named.
   auto save_checkpoint = [&](int64_t step) {
     if (o.checkpoint_dir.empty()) return;
-    std::filesystem::create_directories(o.checkpoint_dir);
+    namespace fs = std::filesystem;
+    char name[32];
+    std::snprintf(name, sizeof name, "step-%07lld", static_cast<long long>(step));
+    const fs::path root(o.checkpoint_dir), folder = root / name, staging = root / (std::string(name) + ".tmp");
+    fs::create_directories(root);
+    fs::remove_all(staging);
+    fs::create_directories(staging);
     TensorMap t;
-    for (auto& [name, tensor] : weights->named_tensors()) t[name] = tensor.detach();
-    write_safetensors(ckpt, t);
-    torch::save(optimizer, o.checkpoint_dir + "/optimizer.pt");
-    std::ofstream(o.checkpoint_dir + "/state.json") << nlohmann::json{{"step", step}}.dump() << "\n";
+    for (auto& [tensor_name, tensor] : weights->named_tensors()) t[tensor_name] = tensor.detach();
+    write_safetensors((staging / "weights.safetensors").string(), t);
+    torch::save(optimizer, (staging / "optimizer.pt").string());
+    fs::remove_all(folder);
+    fs::rename(staging, folder);
+    write_json_atomically((root / "state.json").string(), {{"step", step}, {"checkpoint", name}, {"options", identity}});
+    for (const auto& entry : fs::directory_iterator(root))  // older checkpoints and leftovers of a crash
+      if (entry.is_directory() && entry.path().filename() != name &&
+          entry.path().filename().string().rfind("step-", 0) == 0)
+        fs::remove_all(entry.path());
   };
 
   TrainResult result;
@@ -171,6 +245,10 @@ TrainResult train(const TrainOptions& o, const std::string& out_dir,
   for (auto& t : params) t.requires_grad_(false);
   if (!out_dir.empty()) save_weights(*weights, out_dir);
   return result;
+}
+
+std::string checkpoint_weights_file(const std::string& checkpoint_dir) {
+  return checkpoint_dir + "/" + read_state(checkpoint_dir)["checkpoint"].get<std::string>() + "/weights.safetensors";
 }
 
 }  // namespace ce

@@ -15,7 +15,9 @@ struct TrainOptions {
   std::vector<int32_t> valid_tokens;
   ModelConfig config;
   std::string init_dir;         // start from this model instead of random weights
-  std::string checkpoint_dir;   // checkpoint.pt + optimizer.pt + state.json; resumed when present
+  // state.json names the last committed checkpoint (a step-NNNNNNN/ folder with weights and
+  // optimizer) and the options that made it; resumed when present, refused when they differ.
+  std::string checkpoint_dir;
   int64_t steps = 1000;
   int64_t batch = 16;
   int64_t seq = 256;
@@ -52,6 +54,10 @@ struct TrainResult {
   std::vector<double> step_losses;  // total loss of every step of this sitting
   bool finished = false;
 };
+
+// The fp32 weights file of the last committed checkpoint in `checkpoint_dir`; throws ModelError
+// when there is none.
+std::string checkpoint_weights_file(const std::string& checkpoint_dir);
 
 // Trains and returns; the weights are written by save_weights on `out_dir` when non-empty.
 TrainResult train(const TrainOptions& options, const std::string& out_dir,

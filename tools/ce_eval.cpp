@@ -278,9 +278,7 @@ int main(int argc, char** argv) {
       std::cout << "\npicked threshold: " << picked.threshold << "\n";
       if (write_threshold) {
         const std::string config_path = dir + "/config.json";
-        auto c = ce::load_model_config(config_path);
-        c.default_threshold = picked.threshold;
-        ce::save_model_config(c, config_path);
+        ce::write_default_threshold(config_path, picked.threshold);
         std::cerr << "ce-eval: wrote default_threshold " << picked.threshold << " to " << config_path << "\n";
       }
     }

@@ -2,6 +2,8 @@
 // validation errors that name the file and the field.
 #include <boost/test/unit_test.hpp>
 
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "model/model_config.hpp"
@@ -94,6 +96,29 @@ BOOST_AUTO_TEST_CASE(early_exit_object_is_read) {
   const auto d = load_model_config(dir.file("config.json"));
   BOOST_TEST(d.default_split == 4);
   BOOST_TEST(!d.tie_exit_heads);
+}
+
+BOOST_AUTO_TEST_CASE(writing_the_default_threshold_keeps_every_other_field) {
+  TempDir dir;
+  const std::string path = dir.file("config.json");
+  write_file(path, hf_config(R"(, "early_exit": {"exit_layers": [2, 4], "default_threshold": 0.5, "note": "ours"},
+                              "rope_scaling": null, "transformers_version": "4.44.0", "my_field": [1, 2])"));
+  const auto before = nlohmann::json::parse(read_file(path));
+  write_default_threshold(path, 0.83);
+  const auto after = nlohmann::json::parse(read_file(path));
+  BOOST_TEST(after["early_exit"]["default_threshold"].get<double>() == 0.83);
+  auto expected = before;
+  expected["early_exit"]["default_threshold"] = 0.83;
+  BOOST_TEST(after == expected, "fields changed or dropped: " << after.dump());
+  BOOST_TEST(load_model_config(path).default_threshold == 0.83);
+  BOOST_TEST(!std::filesystem::exists(path + ".tmp"));
+  // Out of range, or a model without exits: refused, and the file is left as it was.
+  const auto kept = read_file(path);
+  BOOST_TEST(model_error_text([&] { write_default_threshold(path, 1.7); }).find("default_threshold") !=
+             std::string::npos);
+  BOOST_TEST(read_file(path) == kept);
+  write_file(path, hf_config());
+  BOOST_TEST(model_error_text([&] { write_default_threshold(path, 0.5); }).find("early_exit") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(save_then_load_round_trips) {

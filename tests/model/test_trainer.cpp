@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <filesystem>
 #include <numeric>
 
@@ -193,8 +194,8 @@ BOOST_AUTO_TEST_CASE(resumed_run_equals_uninterrupted_run) {
     BOOST_TEST(std::abs(resumed[i] - whole.step_losses[i]) < 1e-5, "step " << i);  // tolerance 1e-5
 
   // Final weights: the fp32 checkpoints agree to 1e-5, the fp16 exports as well.
-  const auto a = read_safetensors(split_ckpt.file("weights.safetensors"));
-  const auto b = read_safetensors(whole_ckpt.file("weights.safetensors"));
+  const auto a = read_safetensors(checkpoint_weights_file(split_ckpt.path()));
+  const auto b = read_safetensors(checkpoint_weights_file(whole_ckpt.path()));
   BOOST_REQUIRE_EQUAL(a.size(), b.size());
   for (auto& [name, t] : a) {
     BOOST_TEST(t.scalar_type() == at::kFloat);
@@ -207,6 +208,62 @@ BOOST_AUTO_TEST_CASE(resumed_run_equals_uninterrupted_run) {
   const auto init = random_weights(o.config, o.seed)->named_tensors();
   BOOST_TEST(max_abs_diff(init.at("model.layers.0.mlp.up_proj.weight"), a.at("model.layers.0.mlp.up_proj.weight")) >
              1e-3);
+}
+
+BOOST_AUTO_TEST_CASE(a_checkpoint_resumes_only_under_the_options_that_made_it) {
+  auto o = base_options();
+  o.steps = 6;
+  o.checkpoint_every = 2;
+  o.stop_after = 2;
+  TempDir ckpt;
+  o.checkpoint_dir = ckpt.path();
+  train(o, "", nullptr);
+  for (auto [field, change] : std::vector<std::pair<std::string, std::function<void(TrainOptions&)>>>{
+           {"lr", [](TrainOptions& x) { x.lr *= 2; }},
+           {"seed", [](TrainOptions& x) { x.seed += 1; }},
+           {"steps", [](TrainOptions& x) { x.steps += 10; }},
+           {"freeze_backbone", [](TrainOptions& x) { x.freeze_backbone = true; }},
+           {"train_tokens", [](TrainOptions& x) { x.train_tokens[5] ^= 1; }}}) {
+    auto other = o;
+    change(other);
+    const auto text = model_error_text([&] { train(other, "", nullptr); });
+    BOOST_TEST(text.find("made with " + field + " = ") != std::string::npos, text);
+  }
+  // Settings of a sitting may change: a longer sitting and another checkpoint interval resume.
+  auto sitting = o;
+  sitting.stop_after = 0;
+  sitting.checkpoint_every = 3;
+  BOOST_TEST(train(sitting, "", nullptr).steps_done == 4);
+}
+
+BOOST_AUTO_TEST_CASE(a_checkpoint_cut_short_leaves_the_previous_one_resumable) {
+  auto o = base_options();
+  o.steps = 8;
+  o.checkpoint_every = 4;
+  TempDir whole_ckpt, split_ckpt;
+  o.checkpoint_dir = whole_ckpt.path();
+  const auto whole = train(o, "", nullptr);
+  o.checkpoint_dir = split_ckpt.path();
+  o.stop_after = 4;
+  train(o, "", nullptr);
+  // What a kill during the next checkpoint leaves: its folder half written, state.json untouched.
+  std::filesystem::create_directories(split_ckpt.file("step-0000008.tmp"));
+  write_file(split_ckpt.file("step-0000008.tmp/weights.safetensors"), "truncated");
+  const auto state_before = read_file(split_ckpt.file("state.json"));
+  BOOST_TEST(state_before.find("\"step\": 4") != std::string::npos);
+  o.stop_after = 0;
+  const auto second = train(o, "", nullptr);
+  BOOST_TEST(second.steps_done == 4);  // resumed at step 4
+  const auto a = read_safetensors(checkpoint_weights_file(split_ckpt.path()));
+  const auto b = read_safetensors(checkpoint_weights_file(whole_ckpt.path()));
+  for (auto& [name, t] : a) BOOST_TEST(max_abs_diff(t, b.at(name)) < 1e-5, name);
+  // Only the committed checkpoint is left.
+  int folders = 0;
+  for (const auto& e : std::filesystem::directory_iterator(split_ckpt.path())) folders += e.is_directory();
+  BOOST_TEST(folders == 1);
+  // A state.json that is not ours is a clear error, not a crash.
+  write_file(split_ckpt.file("state.json"), "{\"step\": \"x\"}");
+  BOOST_TEST(model_error_text([&] { train(o, "", nullptr); }).find("state.json") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(bad_options_throw) {

@@ -83,6 +83,48 @@ BOOST_AUTO_TEST_CASE(from_tensors_places_every_tensor) {
   BOOST_TEST(w->hash.size() == 16u);
 }
 
+// Every Hugging Face name lands in its own decoder slot. q/o and gate/up have equal shapes, so
+// a swap in the loader's table would survive shape checks and a save/load round trip; this table
+// is written out here, independently of the loader's, and checked on the file itself.
+BOOST_AUTO_TEST_CASE(every_hugging_face_name_is_pinned_to_its_decoder_slot) {
+  auto c = tiny_config(2);
+  c.tie_word_embeddings = false;
+  c.tie_exit_heads = false;
+  TempDir dir;
+  save_weights(*weights_from_tensors(c, good_tensors(c), "test"), dir.path(), /*keep_fp32=*/true);  // norms random too
+  const auto file = read_safetensors(dir.file("model.safetensors"));
+  auto w = load_weights(dir.path());
+  using Slot = at::Tensor LayerWeights::*;
+  const std::vector<std::pair<std::string, Slot>> layer_slots = {
+      {"input_layernorm.weight", &LayerWeights::attn_norm}, {"self_attn.q_proj.weight", &LayerWeights::wq},
+      {"self_attn.k_proj.weight", &LayerWeights::wk},        {"self_attn.v_proj.weight", &LayerWeights::wv},
+      {"self_attn.o_proj.weight", &LayerWeights::wo},        {"post_attention_layernorm.weight", &LayerWeights::ffn_norm},
+      {"mlp.gate_proj.weight", &LayerWeights::w_gate},       {"mlp.up_proj.weight", &LayerWeights::w_up},
+      {"mlp.down_proj.weight", &LayerWeights::w_down}};
+  size_t pinned = 0;
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    for (auto& [leaf, slot] : layer_slots) {
+      const std::string name = "model.layers." + std::to_string(i) + "." + leaf;
+      const auto& in_slot = w->layers[static_cast<size_t>(i)].*slot;
+      BOOST_TEST(at::equal(in_slot, file.at(name)), name);
+      // ... and in no other slot of the layer (the random values differ between tensors).
+      for (auto& [other_leaf, other_slot] : layer_slots)
+        if (other_slot != slot && (w->layers[static_cast<size_t>(i)].*other_slot).sizes() == in_slot.sizes())
+          BOOST_TEST(!at::equal(w->layers[static_cast<size_t>(i)].*other_slot, file.at(name)), name << " vs " << other_leaf);
+      ++pinned;
+    }
+  BOOST_TEST(at::equal(w->embed, file.at("model.embed_tokens.weight")));
+  BOOST_TEST(at::equal(w->final_norm, file.at("model.norm.weight")));
+  BOOST_TEST(at::equal(w->lm_head, file.at("lm_head.weight")));
+  BOOST_TEST(!at::equal(w->lm_head, w->embed));
+  for (auto e : c.exit_layers) {
+    BOOST_TEST(at::equal(w->exits.at(e).norm, file.at("exits." + std::to_string(e) + ".norm.weight")));
+    BOOST_TEST(at::equal(w->exits.at(e).head, file.at("exits." + std::to_string(e) + ".head.weight")));
+    pinned += 2;
+  }
+  BOOST_TEST(pinned + 3 == file.size());  // every tensor in the file was checked
+}
+
 BOOST_AUTO_TEST_CASE(missing_extra_and_misshaped_tensors_are_named) {
   const auto c = tiny_config(2);
   {
