@@ -107,6 +107,8 @@ struct CloudStats {
   uint64_t positions_received = 0;  // uploaded positions taken into a context, all contexts so far
   uint64_t positions_repeated = 0;  // uploaded positions a context already held (re-sent rows)
   uint64_t sessions_refused = 0;    // new contexts refused at the context-count or memory cap
+  uint64_t edges_welcomed = 0;      // Hellos answered with a Welcome
+  uint64_t edges_refused = 0;       // Hellos refused (model, version, split, dim, dtype mismatch)
 };
 
 // Split-layer rows (or token ids) of positions [first_position, first_position + count).

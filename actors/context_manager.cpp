@@ -58,6 +58,7 @@ struct ManagerState {
   uint64_t positions_received = 0;  // uploaded positions taken into a context, over all contexts
   uint64_t positions_repeated = 0;  // uploaded positions a context already held (re-sends)
   uint64_t sessions_refused = 0;    // new contexts refused at the count or memory cap
+  uint64_t edges_welcomed = 0, edges_refused = 0;
   uint64_t kv_bytes_per_position = 0;
   static inline const char* name = "context_manager";
 };
@@ -190,6 +191,7 @@ std::vector<char> on_hello(self_ptr self, const caf::node_id& node, const wire::
   }
   if (!why.empty()) {
     CE_LOG(warning, "context", "refused edge '" << h.client_name << "': " << why);
+    st.edges_refused++;
     return error_frame(code, "refused: " + why);
   }
   st.welcomed.insert(node);
@@ -199,6 +201,7 @@ std::vector<char> on_hello(self_ptr self, const caf::node_id& node, const wire::
       st.infer_requests.count(h.client_name) || st.infer_requests.size() < max_named_clients ? h.client_name : "other";
   st.infer_requests.emplace(st.client_names[node], 0);
   CE_LOG(info, "context", "welcomed edge '" << h.client_name << "'");
+  st.edges_welcomed++;
   wire::Welcome w;
   w.model_id = cfg.name;
   w.weights_hash = st.model->weights_hash();
@@ -382,6 +385,8 @@ caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model,
         s.positions_received = st.positions_received;
         s.positions_repeated = st.positions_repeated;
         s.sessions_refused = st.sessions_refused;
+        s.edges_welcomed = st.edges_welcomed;
+        s.edges_refused = st.edges_refused;
         return s;
       },
       [=](clients_atom) {

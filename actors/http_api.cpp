@@ -196,6 +196,11 @@ struct HttpApi::Impl {
       metrics.declare_gauge("ce_cloud_contexts_live", "client contexts held");
       metrics.declare_counter("ce_cloud_evictions_total", "contexts ended (inactivity, Bye, failure)");
       metrics.declare_counter("ce_cloud_sessions_refused_total", "new contexts refused at the context-count or memory cap");
+      metrics.declare_counter("ce_cloud_hellos_total", "edge handshakes by result (welcomed, refused)");
+      metrics.declare_counter("ce_cloud_connections_total",
+                              "connections on the public port by how they went (accepted, over_limit, bad_header, "
+                              "handshake_timeout)");
+      metrics.declare_gauge("ce_cloud_connections_live", "connections relayed now");
       metrics.declare_counter("ce_cloud_upload_positions_total", "uploaded positions taken into a context");
       metrics.declare_counter("ce_cloud_upload_positions_repeated_total",
                               "uploaded positions a context already held (re-sent after a lost link)");
@@ -306,6 +311,15 @@ struct HttpApi::Impl {
       metrics.set("ce_cloud_sessions_refused_total", static_cast<double>(s.sessions_refused));
       metrics.set("ce_cloud_upload_positions_total", static_cast<double>(s.positions_received));
       metrics.set("ce_cloud_upload_positions_repeated_total", static_cast<double>(s.positions_repeated));
+      metrics.set("ce_cloud_hellos_total", static_cast<double>(s.edges_welcomed), {{"result", "welcomed"}});
+      metrics.set("ce_cloud_hellos_total", static_cast<double>(s.edges_refused), {{"result", "refused"}});
+      const auto l = node.listener_stats();
+      metrics.set("ce_cloud_connections_total", static_cast<double>(l.accepted), {{"result", "accepted"}});
+      metrics.set("ce_cloud_connections_total", static_cast<double>(l.refused_over_limit), {{"result", "over_limit"}});
+      metrics.set("ce_cloud_connections_total", static_cast<double>(l.closed_bad_header), {{"result", "bad_header"}});
+      metrics.set("ce_cloud_connections_total", static_cast<double>(l.closed_handshake_timeout),
+                  {{"result", "handshake_timeout"}});
+      metrics.set("ce_cloud_connections_live", static_cast<double>(l.live));
       for (const auto& [client, requests] : node.cloud_requests_by_client())
         metrics.set("ce_cloud_infer_requests_total", static_cast<double>(requests), {{"client", client}});
     }

@@ -190,6 +190,8 @@ std::vector<std::pair<std::string, uint64_t>> Node::cloud_requests_by_client() {
   return out;
 }
 
+BaspGuard::Stats Node::listener_stats() const { return guard_ ? guard_->stats() : BaspGuard::Stats{}; }
+
 CloudStats Node::cloud_stats() {
   CloudStats out;
   if (!actors_->context_manager) return out;

@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "actors/atoms.hpp"
+#include "actors/basp_guard.hpp"
 #include "config/node_config.hpp"
 
 namespace ce {
 
 class Model;
-class BaspGuard;
 
 class Node {
  public:
@@ -50,6 +50,8 @@ class Node {
                           std::chrono::milliseconds timeout = std::chrono::minutes(10));
   // Cloud roles: the context manager's counts.
   CloudStats cloud_stats();
+  // Cloud roles: connections on the public port, as its guard counts them.
+  BaspGuard::Stats listener_stats() const;
   // Cloud roles: infer requests served per client (the name in each edge's Hello).
   std::vector<std::pair<std::string, uint64_t>> cloud_requests_by_client();
   // Edge roles: (cloud link up, positions queued for upload and not yet acknowledged).

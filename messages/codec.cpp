@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <tuple>
 #include <iterator>
 #include <utility>
 
@@ -415,6 +417,48 @@ Decoded decode(const char* data, size_t size, const Limits& limits) {
   } catch (...) {
     return fail("Frame: malformed");
   }
+}
+
+namespace {
+
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// One tuple of fields per message kind; floats as their bits so that equal means identical.
+auto fields(const Hello& m) {
+  return std::tie(m.protocol_version, m.model_id, m.weights_hash, m.split_layer, m.hidden_dim, m.dtype, m.client_name);
+}
+auto fields(const Welcome& m) {
+  return std::tie(m.protocol_version, m.model_id, m.weights_hash, m.split_layer, m.hidden_dim, m.idle_timeout_ms,
+                  m.max_positions);
+}
+auto fields(const UploadChunk& m) {
+  return std::tie(m.session_id, m.chunk_id, m.first_position, m.count, m.dtype, m.payload);
+}
+auto fields(const UploadAck& m) { return std::tie(m.session_id, m.chunk_id, m.held_positions); }
+auto fields(const InferRequest& m) {
+  return std::make_tuple(m.session_id, m.request_id, m.position, m.kind, bits(m.temperature), bits(m.top_p), m.seed,
+                         m.inline_dtype, m.inline_count, std::cref(m.inline_payload));
+}
+auto fields(const InferReply& m) {
+  return std::make_tuple(m.session_id, m.request_id, m.position, m.token, bits(m.confidence), m.cloud_compute_us);
+}
+auto fields(const Bye& m) { return std::tie(m.session_id); }
+auto fields(const ErrorReply& m) { return std::tie(m.code, m.text, m.session_id, m.request_id); }
+
+}  // namespace
+
+bool same_fields(const Message& a, const Message& b) {
+  if (a.index() != b.index()) return false;
+  return std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        return fields(x) == fields(std::get<T>(b));
+      },
+      a);
 }
 
 size_t element_bytes(Dtype d) {

@@ -132,6 +132,9 @@ inline Decoded decode(const std::vector<char>& bytes, const Limits& limits) {
 
 size_t element_bytes(Dtype d);  // f16: 2, f32: 4, token_ids: 4
 
+// Same kind and every field equal (floats bit for bit): what decode(encode(m)) must give back.
+bool same_fields(const Message& a, const Message& b);
+
 // IEEE binary16 <-> binary32. float_to_half rounds to nearest even, overflows to inf,
 // keeps subnormals, and keeps NaN a (quiet) NaN of the same sign.
 uint16_t float_to_half(float f);

@@ -23,6 +23,10 @@ PAPER = """The paper's Table I (LLaMA-7B, A100s, Alpaca, 100 prompts): cloud 370
 tokens sent to the cloud; bytes per request 112,128 KB (naïve) vs 956.6 KB (CE-CoLLM)."""
 
 
+# The expected shapes the page checks, by the names --require takes.
+SHAPES = ["collaborative_faster", "cloud_compute_halved", "naive_slowest", "bytes_exact",
+          "standalone_fastest_least_accurate"]
+
 def fail(msg):
     sys.exit(f"bench-report: {msg}")
 
@@ -127,7 +131,13 @@ def main():
     ap.add_argument("--model", default="models/ce-brown-8l")
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--command", default="scripts/run-bench")
+    ap.add_argument("--require", default="",
+                    help="comma-separated shapes that must hold, else exit 1: " + ", ".join(SHAPES))
     a = ap.parse_args()
+    required = [x for x in a.require.split(",") if x]
+    for name in required:
+        if name not in SHAPES:
+            sys.exit(f"bench-report: --require {name}: no such shape (known: {', '.join(SHAPES)})")
 
     summary = read_csv(f"{a.bench_dir}/summary.csv")
     responses = read_csv(f"{a.bench_dir}/responses.csv")
@@ -212,10 +222,10 @@ def main():
     # Expected shapes, checked.
     w("## Does the expected shape hold?\n")
     w("| expectation | here | holds? |\n| --- | --- | --- |")
-    verdicts = []
+    verdicts = {}
 
-    def verdict(ok):
-        verdicts.append(ok)
+    def verdict(shape, ok):
+        verdicts[shape] = bool(ok)
         return "yes" if ok else "**no**"
 
     parts, ok = [], True
@@ -226,7 +236,7 @@ def main():
             parts.append(f"{LINK_NAMES[link]} {fmt_s(c['total_s'])} vs {fmt_s(co['total_s'])} s "
                          f"({signed_pct(c['total_s'], co['total_s'])})")
     w(f"| collaborative (default θ) beats cloud-only in total time on WAN and mobile | {'; '.join(parts)} | "
-      f"{verdict(ok and bool(parts))} |")
+      f"{verdict('collaborative_faster', ok and bool(parts))} |")
     parts, ok = [], True
     for link in SLOW_LINKS:
         c, co = row(link, "collaborative"), row(link, "cloud-only")
@@ -234,7 +244,7 @@ def main():
             ok &= c["cloud_s"] < 0.5 * co["cloud_s"]
             parts.append(f"{LINK_NAMES[link]} {fmt_s(c['cloud_s'])} vs {fmt_s(co['cloud_s'])} s "
                          f"({signed_pct(c['cloud_s'], co['cloud_s'])})")
-    w(f"| … and cuts cloud compute by more than half | {'; '.join(parts)} | {verdict(ok and bool(parts))} |")
+    w(f"| … and cuts cloud compute by more than half | {'; '.join(parts)} | {verdict('cloud_compute_halved', ok and bool(parts))} |")
     parts, ok = [], True
     for link in SLOW_LINKS:
         modes_here = {m: r for (l, m), r in s.items() if l == link and not m.startswith("sweep")}
@@ -250,12 +260,12 @@ def main():
     ok &= n_bytes >= 100 * c_bytes
     parts.append(f"{fmt_int(n_bytes)} vs {fmt_int(c_bytes)} bytes per response ({n_bytes / c_bytes:.0f}×)")
     w(f"| naïve split slowest by far on slow links, bytes orders of magnitude above | {'; '.join(parts)} | "
-      f"{verdict(ok)} |")
+      f"{verdict('naive_slowest', ok)} |")
     collab = [r for r in responses if r["mode"].startswith("collaborative") or r["mode"].startswith("sweep")]
     exact = all(int(r["bytes_uploaded"]) == (int(r["prompt_tokens"]) + int(r["generated"])) * dim * 2 for r in collab)
     w(f"| collaborative bytes = (prompt + generated) × dim × 2, exactly once | every one of {len(collab)} "
       f"collaborative responses: {fmt_int((prompt_tokens + n_tokens) * dim * 2)} = ({prompt_tokens} + {n_tokens}) × "
-      f"{dim} × 2 | {verdict(exact)} |")
+      f"{dim} × 2 | {verdict('bytes_exact', exact)} |")
     fastest_everywhere = all(
         min((r for (l, m), r in s.items() if l == link and not m.startswith("sweep")),
             key=lambda r: r["total_s"]) is row(link, "standalone") for link in links if row(link, "standalone"))
@@ -266,7 +276,7 @@ def main():
     times = ", ".join(f"{LINK_NAMES[l]} {fmt_s(row(l, 'standalone')['total_s'])} s" for l in links
                       if row(l, "standalone"))
     w(f"| standalone fastest and least accurate | fastest on every link ({times}); {acc_text} | "
-      f"{verdict(fastest_everywhere and least)} |\n")
+      f"{verdict('standalone_fastest_least_accurate', fastest_everywhere and least)} |\n")
 
     # A later re-measurement of some links in prompt-major order (every mode on a prompt before the next
     # prompt), kept beside a run that measured mode after mode; scripts/run-bench drops it after a full run.
@@ -356,7 +366,12 @@ def main():
           f"{per_request(lo_all):.2f} ms with every token sent.\n")
 
     open(a.out, "w").write("\n".join(out))
-    print(f"wrote {a.out}: {sum(verdicts)} of {len(verdicts)} expected shapes hold")
+    print(f"wrote {a.out}: {sum(verdicts.values())} of {len(verdicts)} expected shapes hold")
+    for shape, ok in verdicts.items():
+        print(f"shape {shape}: {'holds' if ok else 'does not hold'}")
+    broken = [x for x in required if not verdicts.get(x, False)]
+    if broken:
+        sys.exit(f"bench-report: required shapes do not hold: {', '.join(broken)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <httplib.h>
+
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,6 +16,7 @@
 #include "model/blas_kernel.hpp"
 #include "model/tokenizer.hpp"
 #include "tests/integration/processes.hpp"
+#include "tests/prometheus.hpp"
 
 using namespace ce;
 using namespace ce::test;
@@ -96,8 +99,18 @@ BOOST_AUTO_TEST_CASE(mutual_tls_admits_only_edges_with_a_certificate_from_the_ca
     return "[ce.tls]\ncertificate = \"" + certs + "/" + name + ".pem\"\nkey = \"" + certs + "/" + name +
            ".key\"\nca = \"" + certs + "/" + ca + ".pem\"\n";
   };
-  CloudProcess cloud(d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = 0\n" + tls("cloud", "ca")),
+  CloudProcess cloud(d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = 0\n[ce.http]\nport = 0\n" +
+                                                     tls("cloud", "ca")),
                      d.dir.file("port"));
+  BOOST_REQUIRE(cloud.http_port != 0);
+  // How far each edge got: connections the cloud's port took, and Hellos that reached the cloud.
+  auto counts = [&] {
+    httplib::Client http("127.0.0.1", cloud.http_port);
+    auto r = http.Get("/metrics");
+    BOOST_REQUIRE(r);
+    return std::pair{metric(r->body, R"(ce_cloud_connections_total{result="accepted"})"),
+                     metric(r->body, R"(ce_cloud_hellos_total{result="welcomed"})")};
+  };
   auto edge_run = [&](const std::string& name, const std::string& extra) {
     const std::string cfg = d.write_config(
         name + ".ini", "role = \"edge\"\n[ce.cloud]\nport = " + std::to_string(cloud.port) + "\n" + extra);
@@ -107,11 +120,21 @@ BOOST_AUTO_TEST_CASE(mutual_tls_admits_only_edges_with_a_certificate_from_the_ca
   };
   auto good = edge_run("good", tls("edge", "ca"));
   BOOST_TEST(good["stats"]["cloud_tokens"].get<int>() == 4);
-  auto rogue = edge_run("rogue", tls("rogue", "rogue"));  // self-signed, not from the cloud's CA
-  BOOST_TEST(rogue["stats"]["cloud_tokens"].get<int>() == 0);
-  BOOST_TEST(rogue["stats"]["mode"].get<std::string>() == "standalone");
-  auto plain = edge_run("plain", "");  // no TLS at all
-  BOOST_TEST(plain["stats"]["cloud_tokens"].get<int>() == 0);
+  auto [connections, welcomed] = counts();
+  BOOST_TEST(connections >= 1);
+  BOOST_TEST(welcomed == 1);
+  // A self-signed edge and a plain-TCP edge reach the port (the connection is accepted) and are
+  // turned away in the TLS handshake: no Hello of theirs reaches the cloud, they answer standalone.
+  for (auto [name, extra] : std::vector<std::pair<std::string, std::string>>{{"rogue", tls("rogue", "rogue")},
+                                                                              {"plain", ""}}) {
+    auto refused = edge_run(name, extra);
+    BOOST_TEST(refused["stats"]["cloud_tokens"].get<int>() == 0, name);
+    BOOST_TEST(refused["stats"]["mode"].get<std::string>() == "standalone", name);
+    auto [connections_after, welcomed_after] = counts();
+    BOOST_TEST(connections_after > connections, name << ": its connection never reached the cloud's port");
+    BOOST_TEST(welcomed_after == 1, name);
+    connections = connections_after;
+  }
 }
 
 // The binaries re-execute themselves with OPENBLAS_CORETYPE when OpenBLAS would run kernels weaker
