@@ -21,8 +21,10 @@ Decision decide(const Policy& policy, const StepOutcome& o) {
 }
 
 InferenceMode effective_mode(InferenceMode configured, bool cloud_up) {
-  if (cloud_up || configured == InferenceMode::standalone) return configured;
-  return InferenceMode::standalone;
+  // The baselines stay what they are: cloud-only fails clearly without its cloud, naïve split
+  // flags the tokens its edge stood in for. Neither silently turns into standalone.
+  if (!cloud_up && configured == InferenceMode::collaborative) return InferenceMode::standalone;
+  return configured;
 }
 
 }  // namespace ce

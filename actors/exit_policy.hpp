@@ -30,7 +30,7 @@ Decision decide(const Policy& policy, const StepOutcome& outcome);
 Decision fallback(const StepOutcome& outcome);
 
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
-// standalone up front rather than timing out token by token.
+// standalone up front rather than timing out token by token; the baselines keep their mode.
 InferenceMode effective_mode(InferenceMode configured, bool cloud_up);
 
 }  // namespace ce

@@ -32,6 +32,7 @@ nlohmann::json to_json(const ce::GenerateResult& r, const std::string& text) {
           {"sources", sources},
           {"layers", r.layers},
           {"error", r.error},
+          {"finish_reason", ce::to_string(r.finish_reason)},
           {"stats",
            {{"mode", ce::to_string(s.mode)},
             {"threshold", s.threshold},
@@ -75,6 +76,15 @@ void print_stats(const ce::GenerateResult& r) {
             << s.total_ms << " ms, per token p50 " << std::setprecision(2) << percentile(s.token_ms, 0.5) << " ms p99 "
             << percentile(s.token_ms, 0.99) << " ms\n";
   if (!r.error.empty()) std::cout << "error: " << r.error << "\n";
+}
+
+// What responses do until the cloud link comes up (see effective_mode in actors/exit_policy.hpp).
+const char* without_cloud(ce::InferenceMode mode) {
+  switch (mode) {
+    case ce::InferenceMode::cloud_only: return "cloud-only responses fail until it comes up";
+    case ce::InferenceMode::naive_split: return "naive-split tokens come from the edge's last exit (degraded) until it comes up";
+    default: return "responses run standalone until it comes up";
+  }
 }
 
 }  // namespace
@@ -123,7 +133,7 @@ int main(int argc, char** argv) {
       if (serve_http) {
         if (edge && config.mode != ce::InferenceMode::standalone &&
             !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
-          CE_LOG(warning, "node", "no cloud link yet: completions run standalone until it comes up");
+          CE_LOG(warning, "node", "no cloud link yet: " << without_cloud(config.mode));
         http = std::make_unique<ce::HttpApi>(node);
       }
       if (cli.has("ready-file")) write_ready_file(cli.get("ready-file"), node.cloud_port(), http ? http->port() : 0);
@@ -137,7 +147,7 @@ int main(int argc, char** argv) {
     const auto& mc = node.model().config();
     if (config.mode != ce::InferenceMode::standalone &&
         !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
-      CE_LOG(warning, "node", "no cloud link yet: responses run standalone until it comes up");
+      CE_LOG(warning, "node", "no cloud link yet: " << without_cloud(config.mode));
 
     const bool from_stdin = cli.has("stdin") || prompts.empty();
     const bool tty = isatty(STDOUT_FILENO);

@@ -70,6 +70,9 @@ BOOST_AUTO_TEST_CASE(a_down_link_degrades_new_responses_to_standalone) {
              static_cast<int>(InferenceMode::collaborative));
   BOOST_TEST(static_cast<int>(effective_mode(InferenceMode::standalone, true)) ==
              static_cast<int>(InferenceMode::standalone));
+  // Baselines are measured as what they are: never silently standalone.
+  for (auto baseline : {InferenceMode::cloud_only, InferenceMode::naive_split})
+    BOOST_TEST(static_cast<int>(effective_mode(baseline, false)) == static_cast<int>(baseline));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -29,12 +29,12 @@ struct Server {
   TempDir dir;
   std::unique_ptr<Node> node;
   std::unique_ptr<HttpApi> api;
-  explicit Server(const std::function<void(NodeConfig&)>& tweak = {}, Role role = Role::both) {
+  explicit Server(const std::function<void(NodeConfig&)>& tweak = {}, Role role = Role::both, bool with_cloud = true) {
     auto c = node_config(role, write_model(dir, collab_config(2048), 11, tokenizer_file));
     c.max_tokens = 16;
     if (tweak) tweak(c);
     node = std::make_unique<Node>(c);
-    if (role != Role::cloud) BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
+    if (role != Role::cloud && with_cloud) BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
     api = std::make_unique<HttpApi>(*node);
   }
   httplib::Client client() const {
@@ -302,6 +302,25 @@ BOOST_AUTO_TEST_CASE(an_api_key_guards_the_completions) {
   r = s.post({{"prompt", "x"}, {"max_tokens", 2}}, {{"Authorization", "Bearer sesame"}});
   BOOST_TEST(r->status == 200);
   BOOST_TEST(s.client().Get("/health")->status == 200);  // health and metrics stay open for probes
+}
+
+BOOST_AUTO_TEST_CASE(an_edge_without_its_cloud_answers_503_for_cloud_only_and_degrades_the_rest) {
+  uint16_t nobody = 0;
+  close(listen_loopback(&nobody));  // a port nothing listens on
+  Server s([&](NodeConfig& c) { c.cloud_port = nobody; }, Role::edge, /*with_cloud=*/false);
+  BOOST_TEST(s.get_json("/health")["status"] == "degraded");
+  auto r = s.post({{"prompt", "The"}, {"max_tokens", 4}, {"x_ce", {{"mode", "cloud-only"}}}});
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->status == 503);
+  const auto error = json::parse(r->body)["error"];
+  BOOST_TEST(error["message"].get<std::string>().find("cloud-only response failed") != std::string::npos, r->body);
+  BOOST_TEST(error["type"] == "server_error");
+  // Collaborative and naïve split still answer, from the edge's last exit.
+  for (const char* mode : {"collaborative", "naive-split"}) {
+    r = s.post({{"prompt", "The"}, {"max_tokens", 4}, {"x_ce", {{"mode", mode}, {"threshold", 2}}}});
+    BOOST_TEST(r->status == 200, mode);
+    BOOST_TEST(json::parse(r->body)["x_ce"]["degraded_tokens"] == 4, mode);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_cloud_node_serves_health_and_metrics_only) {

@@ -184,7 +184,9 @@ struct EdgeProcess {
 struct Deployment {
   TempDir dir;
   std::string model_path;
-  Deployment() { model_path = write_model(dir, collab_config(2048), 5, tokenizer_file); }
+  explicit Deployment(const ModelConfig& model = collab_config(2048)) {
+    model_path = write_model(dir, model, 5, tokenizer_file);
+  }
   std::string write_config(const std::string& name, const std::string& body) const {
     const std::string path = dir.file(name);
     std::ofstream(path) << "[ce]\nmodel.path = \"" << model_path << "\"\nthreads = 1\n" << body;
