@@ -46,14 +46,19 @@ struct Cluster {
 std::vector<int32_t> prompt_a() { return {1, 17, 33, 5, 61, 8, 22, 90}; }
 std::vector<int32_t> prompt_b() { return {1, 44, 3, 71, 12}; }
 
-GenerateResult run(Node& node, std::vector<int32_t> prompt, double theta, int n,
-                   InferenceMode mode = InferenceMode::collaborative) {
+GenerateRequest request_for(std::vector<int32_t> prompt, double theta, int n) {
   GenerateRequest req;
   req.prompt = std::move(prompt);
   req.max_tokens = n;
   req.threshold = theta;
-  req.mode = static_cast<int>(mode);
   req.stop_at_eos = false;
+  return req;
+}
+
+GenerateResult run(Node& node, std::vector<int32_t> prompt, double theta, int n,
+                   InferenceMode mode = InferenceMode::collaborative) {
+  auto req = request_for(std::move(prompt), theta, n);
+  req.mode = static_cast<int>(mode);
   auto r = node.generate(req);
   BOOST_TEST(r.error == "");
   return r;
@@ -364,14 +369,6 @@ struct Occupant {
   }
 };
 
-GenerateRequest request_for(std::vector<int32_t> prompt, double theta, int n) {
-  GenerateRequest req;
-  req.prompt = std::move(prompt);
-  req.max_tokens = n;
-  req.threshold = theta;
-  req.stop_at_eos = false;
-  return req;
-}
 
 }  // namespace
 
@@ -542,13 +539,16 @@ BOOST_AUTO_TEST_CASE(a_response_paused_for_upload_backpressure_can_be_cancelled)
     e.upload_batch = 1;
     e.upload_queue_limit = 2;
   });
+  // (Whether the edge had already held a step when the cancel lands is a race with its own step
+  // messages, so the test asserts the backlog the cancel met, not the held-step count.)
+  bool over_limit_at_cancel = false;
   auto r = c.edge->generate(request_for(prompt_a(), 0.0, 40), [&](const TokenEvent&) {
-    eventually([&] { return c.edge->link_stats().second > 2; }, 5s);
+    over_limit_at_cancel = eventually([&] { return c.edge->link_stats().second > 2; }, 5s);
     return false;
   }, 20s);
   BOOST_TEST(r.error == "");
+  BOOST_TEST(over_limit_at_cancel);
   BOOST_TEST(to_string(r.finish_reason) == std::string("cancelled"));
-  BOOST_TEST(r.stats.backpressure_pauses >= 1);
   BOOST_TEST(r.tokens.size() < 40u);
 }
 
