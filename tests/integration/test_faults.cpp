@@ -187,10 +187,11 @@ BOOST_AUTO_TEST_CASE(soak_of_many_clients_returns_cloud_memory_after_eviction) {
   std::atomic<int> ok{0}, degraded{0}, cloud_tokens{0};
   // A round of `clients` edge processes, `n` responses each: half send every token to the cloud
   // (θ 2), half mostly exit early (θ 0.3). A response is whole when it ran to max_tokens or eos.
+  // The threads outlive this call: n and tag are copied into them, the rest is the test's own.
   auto round = [&](int n, const std::string& tag) {
     std::vector<std::thread> threads;
     for (int c = 0; c < clients; ++c)
-      threads.emplace_back([&, c] {
+      threads.emplace_back([&, c, n, tag] {
         EdgeProcess edge(edge_config, {"--max-tokens", "48", "--set", c % 2 ? "ce.exit.threshold=2" : "ce.exit.threshold=0.3"},
                          d.dir.file(tag + std::to_string(c) + ".log"));
         for (int r = 0; r < n; ++r) {
