@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "config/node_config.hpp"
-#include "model/sampler.hpp"
+#include "model/sampling.hpp"
 
 namespace ce {
 

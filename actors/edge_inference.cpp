@@ -1,5 +1,6 @@
 #include "actors/edge_inference.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <random>
@@ -35,7 +36,9 @@ struct Generation {
   bool uses_uploader = false;
   bool resynced = false;    // the context was rebuilt once after the cloud lost it
   bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
-  bool paused = false;      // the uploader's backlog is over its limit
+  uint32_t shipped = 0;     // positions handed to the uploader
+  uint32_t released = 0;    // of those, positions the uploader no longer holds against the limit
+  bool paused = false;      // shipped - released passed ce.upload.queue-limit and has not halved yet
   bool step_waiting = false;  // a step is due once the pause ends
   bool cancel_requested = false;  // the listener wants no more tokens
   GenerateResult result;
@@ -65,6 +68,26 @@ std::shared_ptr<const std::vector<uint8_t>> as_bytes(const void* data, size_t n)
   return std::make_shared<const std::vector<uint8_t>>(p, p + n);
 }
 
+// Backpressure: the edge pauses as soon as what it handed over and the uploader still holds
+// passes ce.upload.queue-limit, and resumes once that has halved (hysteresis), so a slow link
+// slows the edge instead of growing memory, whatever the lag of the uploader's messages.
+void update_pause(Generation& g, uint32_t limit) {
+  const uint32_t backlog = g.shipped - std::min(g.released, g.shipped);
+  if (!g.paused && backlog > limit) {
+    g.paused = true;
+    CE_LOG(debug, "edge", "session " << std::hex << g.session << std::dec << " upload backlog " << backlog
+                                     << " positions: pausing");
+  } else if (g.paused && backlog <= limit / 2) {
+    g.paused = false;
+  }
+}
+
+void hand_to_uploader(self_ptr self, Generation& g, UploadRows rows) {
+  g.shipped += rows.count;
+  update_pause(g, static_cast<uint32_t>(self->state.config.upload_queue_limit));
+  self->send(self->state.uploader, upload_atom::value, g.session, std::move(rows));
+}
+
 // Hands newly completed split-layer rows to the uploader (collaborative) or keeps them (naïve).
 void ship_rows(self_ptr self, Generation& g) {
   const bool naive = g.policy.mode == InferenceMode::naive_split;
@@ -75,13 +98,11 @@ void ship_rows(self_ptr self, Generation& g) {
     return;
   }
   if (!g.uses_uploader) return;
-  UploadRows up{rows.first_position, rows.count, false, as_bytes(rows.fp16.data(), rows.fp16.size() * 2)};
-  self->send(self->state.uploader, upload_atom::value, g.session, std::move(up));
+  hand_to_uploader(self, g, {rows.first_position, rows.count, false, as_bytes(rows.fp16.data(), rows.fp16.size() * 2)});
 }
 
 void upload_tokens(self_ptr self, Generation& g, uint32_t first, const std::vector<int32_t>& tokens) {
-  UploadRows up{first, static_cast<uint32_t>(tokens.size()), true, as_bytes(tokens.data(), tokens.size() * 4)};
-  self->send(self->state.uploader, upload_atom::value, g.session, std::move(up));
+  hand_to_uploader(self, g, {first, static_cast<uint32_t>(tokens.size()), true, as_bytes(tokens.data(), tokens.size() * 4)});
 }
 
 void finish(self_ptr self, Generation& g);
@@ -337,11 +358,12 @@ caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, 
                   }
                 });
       },
-      [=](backlog_atom, uint64_t session, bool pause) {
+      [=](backlog_atom, uint64_t session, uint32_t released) {
         for (auto& [id, g] : self->state.generations) {
           if (g->session != session) continue;
-          g->paused = pause;
-          if (!pause && g->step_waiting) {
+          g->released = std::max(g->released, released);
+          update_pause(*g, static_cast<uint32_t>(self->state.config.upload_queue_limit));
+          if (!g->paused && g->step_waiting) {
             g->step_waiting = false;
             self->send(self, step_atom::value, id);
           }

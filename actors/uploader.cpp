@@ -25,8 +25,8 @@ struct SessionLog {
   bool send_scheduled = false;
   bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
   bool refused = false; // the cloud refused an upload (overloaded, lost context): send no more until a resync
-  caf::actor owner;     // the edge_inference that feeds this session (told about backlog)
-  bool throttled = false;
+  caf::actor owner;     // the edge_inference that feeds this session (told what is released)
+  uint32_t released_reported = 0;
   std::vector<caf::response_promise> byes;
 };
 
@@ -56,26 +56,17 @@ std::vector<char> error_frame(error code, const std::string& text, uint64_t sess
 
 void pump(self_ptr self, uint64_t session, bool urgent);
 
-// Backpressure: a session whose unacknowledged rows pass ce.upload.queue-limit pauses its
-// producer until the backlog halves, so a slow link slows the edge instead of growing memory.
-void release_throttle(self_ptr self, uint64_t session, SessionLog& log) {
-  if (!log.throttled) return;
-  log.throttled = false;
-  self->send(log.owner, backlog_atom::value, session, false);
-}
-
-void check_backlog(self_ptr self, uint64_t session, SessionLog& log) {
-  const auto limit = static_cast<uint32_t>(self->state.config.upload_queue_limit);
-  const uint32_t backlog = log.total - std::min(log.acked, log.total);
-  if (!log.owner || !self->state.connected) return;
-  if (!log.throttled && backlog > limit) {
-    log.throttled = true;
-    CE_LOG(info, "uploader", "session " << std::hex << session << std::dec << " backlog " << backlog
-                                        << " positions: pausing the edge");
-    self->send(log.owner, backlog_atom::value, session, true);
-  } else if (backlog <= limit / 2) {
-    release_throttle(self, session, log);
-  }
+// Backpressure is counted by the producer (edge_inference), which knows at once what it handed
+// over; the uploader tells it how many of a session's positions no longer count against
+// ce.upload.queue-limit: those the cloud acknowledged, or all of them when none will be sent
+// (no link, a lost chunk, a refusal), so that a dead link never holds the edge.
+void report_released(self_ptr self, uint64_t session, SessionLog& log) {
+  if (!log.owner) return;
+  const bool sending = self->state.connected && !log.failed && !log.refused;
+  const uint32_t released = sending ? std::min(log.acked, log.total) : log.total;
+  if (released == log.released_reported) return;
+  log.released_reported = released;
+  self->send(log.owner, backlog_atom::value, session, released);
 }
 
 void finish_byes(self_ptr self, uint64_t session) {
@@ -121,7 +112,6 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             if (decoded.ok) {
               if (auto* ack = std::get_if<wire::UploadAck>(&decoded.message)) {
                 l.acked = std::max(l.acked, ack->held_positions);
-                check_backlog(self, session, l);
               } else if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
                 CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec << " upload refused: "
                                                        << to_string(err->code) << ": " << err->text);
@@ -129,6 +119,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
                 l.refused = true;
               }
             }
+            report_released(self, session, l);
             pump(self, session, false);
             finish_byes(self, session);
           },
@@ -137,7 +128,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             if (it == self->state.sessions.end() || epoch != self->state.link_epoch) return;
             it->second.in_flight--;
             it->second.failed = true;
-            release_throttle(self, session, it->second);
+            report_released(self, session, it->second);
             CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec
                                                    << " upload failed: " << self->system().render(e));
             finish_byes(self, session);
@@ -175,7 +166,7 @@ void link_lost(self_ptr self, const std::string& why) {
   for (auto& [id, log] : st.sessions) {
     log.in_flight = 0;
     log.send_scheduled = false;
-    release_throttle(self, id, log);  // with no link the edge answers alone: never hold it
+    report_released(self, id, log);  // with no link the edge answers alone: never hold it
   }
   for (auto it = st.sessions.begin(); it != st.sessions.end();) {
     auto id = (it++)->first;
@@ -276,7 +267,7 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         log.total += rows.count;
         if (!log.owner) log.owner = caf::actor_cast<caf::actor>(self->current_sender());
         pump(self, session, false);
-        check_backlog(self, session, log);
+        report_released(self, session, log);
       },
       [=](resync_atom, uint64_t session) {
         // The cloud lost this session's context (evicted or restarted): rebuild it from the log.

@@ -8,8 +8,9 @@
 //   (resync_atom, session)                  the cloud lost the context: re-send it from the log
 //   (bye_atom, session)                     -> uint64 payload bytes uploaded; ends the session
 //   (stats_atom)                            -> (bool connected, uint64 queued positions)
-// It tells a session's producer (backlog_atom, session, bool pause) when the unacknowledged rows
-// pass ce.upload.queue-limit and when they have halved again.
+// It tells a session's producer (backlog_atom, session, uint32 released): how many of the
+// session's positions no longer count against ce.upload.queue-limit (acknowledged by the cloud,
+// or all of them while none can be sent); the producer pauses itself on what it handed over.
 #include <caf/fwd.hpp>
 
 #include "config/node_config.hpp"

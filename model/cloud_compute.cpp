@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "model/decoder.hpp"
+#include "model/sampler.hpp"
 
 namespace ce {
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "model/runtime.hpp"
-#include "model/sampler.hpp"
+#include "model/sampling.hpp"
 
 namespace ce {
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "model/decoder.hpp"
+#include "model/sampler.hpp"
 
 namespace ce {
 

@@ -6,13 +6,9 @@
 
 #include <cstdint>
 
-namespace ce {
+#include "model/sampling.hpp"
 
-struct SamplingParams {
-  float temperature = 0;  // 0: greedy
-  float top_p = 1;
-  uint64_t seed = 0;
-};
+namespace ce {
 
 int64_t pick_token(const at::Tensor& logits, const SamplingParams& params, uint64_t position);  // logits: (vocab)
 

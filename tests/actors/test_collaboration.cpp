@@ -539,8 +539,8 @@ BOOST_AUTO_TEST_CASE(a_response_paused_for_upload_backpressure_can_be_cancelled)
     e.upload_batch = 1;
     e.upload_queue_limit = 2;
   });
-  // (Whether the edge had already held a step when the cancel lands is a race with its own step
-  // messages, so the test asserts the backlog the cancel met, not the held-step count.)
+  // The edge counts what it handed over, so the prompt's 8 rows pause it before its first token
+  // is out: the cancel lands on a held step.
   bool over_limit_at_cancel = false;
   auto r = c.edge->generate(request_for(prompt_a(), 0.0, 40), [&](const TokenEvent&) {
     over_limit_at_cancel = eventually([&] { return c.edge->link_stats().second > 2; }, 5s);
@@ -548,6 +548,7 @@ BOOST_AUTO_TEST_CASE(a_response_paused_for_upload_backpressure_can_be_cancelled)
   }, 20s);
   BOOST_TEST(r.error == "");
   BOOST_TEST(over_limit_at_cancel);
+  BOOST_TEST(r.stats.backpressure_pauses >= 1);
   BOOST_TEST(to_string(r.finish_reason) == std::string("cancelled"));
   BOOST_TEST(r.tokens.size() < 40u);
 }

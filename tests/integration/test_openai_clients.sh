@@ -21,7 +21,7 @@ prompt="The jury said that"
 "$build/tools/ce-node" --config "$src/config/local.ini" --set ce.listen.port=0 --set ce.http.port=0 \
   --set ce.log.level=warning --ready-file "$work/ready" 2>"$work/node.log" &
 node_pid=$!
-for _ in $(seq 300); do [ -s "$work/ready" ] && break; sleep 0.1; done
+for _ in $(seq 1200); do [ -s "$work/ready" ] && break; sleep 0.1; done  # a generous cap: CI runs it beside other tests
 [ -s "$work/ready" ] || { cat "$work/node.log"; fail "ce-node did not come up"; }
 read -r cloud_port http_port <"$work/ready"
 base="http://127.0.0.1:$http_port"

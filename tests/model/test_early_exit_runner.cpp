@@ -11,6 +11,7 @@
 
 #include "model/decoder.hpp"
 #include "model/early_exit_runner.hpp"
+#include "model/sampler.hpp"
 #include "tests/model/tiny_model.hpp"
 
 using namespace ce;

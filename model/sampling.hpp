@@ -1,0 +1,14 @@
+#pragma once
+// How a token is chosen from logits: the parameters only (torch-free; the choice itself is
+// model/sampler.hpp). Greedy at temperature 0, else seeded temperature + top-p sampling.
+#include <cstdint>
+
+namespace ce {
+
+struct SamplingParams {
+  float temperature = 0;  // 0: greedy
+  float top_p = 1;
+  uint64_t seed = 0;
+};
+
+}  // namespace ce
