@@ -1,16 +1,17 @@
 #pragma once
-// CAF atoms and the local (same-process) message types of the node. Across nodes only one type
-// travels: (frame_atom, std::vector<char>) holding a Cap'n Proto frame from messages/codec.hpp.
-// Torch-free.
+// CAF atoms and the local (same-process) message types shared by the node's parts; the typed
+// interfaces that use them are actors/edge/protocol.hpp and actors/cloud/protocol.hpp. Across
+// nodes only one message travels: (frame_atom, std::vector<char>) holding a Cap'n Proto frame
+// from messages/codec.hpp. Torch-free.
 #include <caf/all.hpp>
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/node_config.hpp"
-#include "model/sampling.hpp"
 
 namespace ce {
 
@@ -33,6 +34,7 @@ using compute_atom = caf::atom_constant<caf::atom("compute")>;    // manager -> 
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;     // edge: end a response early
 using clients_atom = caf::atom_constant<caf::atom("clients")>;   // cloud: requests per client
+using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;  // cloud: an early request's wait ends
 
 // Where a token came from.
 enum class TokenSource : uint8_t {
@@ -51,16 +53,6 @@ enum class FinishReason : uint8_t {
   error,      // see GenerateResult::error
 };
 const char* to_string(FinishReason r);
-
-struct GenerateRequest {
-  std::vector<int32_t> prompt;  // token ids, BOS included
-  int max_tokens = 64;
-  double threshold = -1;        // < 0: the exit decider's θ
-  int mode = -1;                // < 0: the exit decider's mode, else an InferenceMode value
-  SamplingParams sampling;
-  caf::actor listener;          // receives (token_atom, TokenEvent) and (done_atom, GenerateResult)
-  bool stop_at_eos = true;
-};
 
 struct TokenEvent {
   uint64_t generation = 0;
@@ -111,6 +103,17 @@ struct CloudStats {
   uint64_t edges_refused = 0;       // Hellos refused (model, version, split, dim, dtype mismatch)
 };
 
+// Infer requests served per client (the name in each edge's Hello), for /metrics.
+struct ClientRequests {
+  std::vector<std::pair<std::string, uint64_t>> counts;
+};
+
+// An edge node's cloud link, as its uploader sees it.
+struct LinkStats {
+  bool connected = false;
+  uint64_t queued_positions = 0;  // handed to the uploader and not yet acknowledged by the cloud
+};
+
 // Split-layer rows (or token ids) of positions [first_position, first_position + count).
 struct UploadRows {
   uint32_t first_position = 0;
@@ -121,8 +124,9 @@ struct UploadRows {
 
 }  // namespace ce
 
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateRequest)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::TokenEvent)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateResult)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::UploadRows)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::CloudStats)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::ClientRequests)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::LinkStats)

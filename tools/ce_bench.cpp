@@ -16,13 +16,13 @@
 #include <thread>
 #include <utility>
 
-#include "actors/node.hpp"
+#include "actors/node/node.hpp"
 #include "model/blas_kernel.hpp"
 #include "model/evaluation.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
-#include "tools/linkem/link_emulator.hpp"
+#include "linkem/link_emulator.hpp"
 
 namespace {
 
@@ -332,7 +332,7 @@ int main(int argc, char** argv) {
       req.prompt = prompts[i];
       req.max_tokens = n_tokens;
       req.threshold = m.threshold;
-      req.mode = static_cast<int>(m.mode);
+      req.mode = m.mode;
       req.stop_at_eos = false;
       Row row{link, m.label, static_cast<int>(i), edge.generate(req)};
       if (!row.result.error.empty()) failures.push_back(link + "/" + m.label + ": " + row.result.error);

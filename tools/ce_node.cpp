@@ -7,9 +7,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/http_api.hpp"
+#include "actors/http/http_api.hpp"
 #include "actors/log.hpp"
-#include "actors/node.hpp"
+#include "actors/node/node.hpp"
 #include "model/blas_kernel.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
@@ -78,7 +78,7 @@ void print_stats(const ce::GenerateResult& r) {
   if (!r.error.empty()) std::cout << "error: " << r.error << "\n";
 }
 
-// What responses do until the cloud link comes up (see effective_mode in actors/exit_policy.hpp).
+// What responses do until the cloud link comes up (see effective_mode in actors/edge/exit_policy.hpp).
 const char* without_cloud(ce::InferenceMode mode) {
   switch (mode) {
     case ce::InferenceMode::cloud_only: return "cloud-only responses fail until it comes up";

@@ -7,12 +7,12 @@
 #include <atomic>
 #include <thread>
 
-#include "actors/node.hpp"
+#include "actors/node/node.hpp"
 #include "messages/codec.hpp"
 #include "model/early_exit_runner.hpp"
 #include "tests/actors/fixtures.hpp"
 #include "tests/loopback.hpp"
-#include "tools/linkem/link_emulator.hpp"
+#include "linkem/link_emulator.hpp"
 
 using namespace ce;
 using namespace ce::test;
@@ -58,7 +58,7 @@ GenerateRequest request_for(std::vector<int32_t> prompt, double theta, int n) {
 GenerateResult run(Node& node, std::vector<int32_t> prompt, double theta, int n,
                    InferenceMode mode = InferenceMode::collaborative) {
   auto req = request_for(std::move(prompt), theta, n);
-  req.mode = static_cast<int>(mode);
+  req.mode = mode;
   auto r = node.generate(req);
   BOOST_TEST(r.error == "");
   return r;
@@ -205,7 +205,7 @@ BOOST_AUTO_TEST_CASE(upload_delay_does_not_slow_edge_resolved_tokens) {
   req.stop_at_eos = false;
   int seen = 0;
   auto r = c.edge->generate(req, [&](const TokenEvent&) {
-    if (++seen == 10) queued_at_last = c.edge->link_stats().second;
+    if (++seen == 10) queued_at_last = c.edge->link_stats().queued_positions;
     return true;
   });
   BOOST_TEST(r.error == "");
@@ -356,7 +356,7 @@ struct Occupant {
     cfg.load<caf::io::middleman>();
     cfg.set("logger.console", caf::atom("none"));
     sys = std::make_unique<caf::actor_system>(cfg);
-    auto server = sys->middleman().remote_actor("127.0.0.1", cloud.cloud_port());
+    auto server = sys->middleman().remote_actor<cloud_front_actor>("127.0.0.1", cloud.cloud_port());
     BOOST_REQUIRE(server);
     caf::scoped_actor self{*sys};
     wire::UploadChunk rows;
@@ -463,7 +463,7 @@ BOOST_AUTO_TEST_CASE(after_a_cloud_restart_every_open_session_is_sent_again_from
   producer->send(edge.uploader(), upload_atom::value, uint64_t{12}, rows(0, 4));
   BOOST_REQUIRE(eventually([&] { return cloud->cloud_stats().positions_received == 10u; }));
   cloud.reset();  // the cloud goes away with both contexts
-  BOOST_REQUIRE(eventually([&] { return !edge.link_stats().first; }));
+  BOOST_REQUIRE(eventually([&] { return !edge.link_stats().connected; }));
   cloud = std::make_unique<Node>(cc);  // back on the same port, holding nothing
   BOOST_REQUIRE(eventually([&] { return cloud->cloud_stats().positions_received == 10u; }));
   auto s = cloud->cloud_stats();
@@ -484,14 +484,14 @@ BOOST_AUTO_TEST_CASE(baselines_without_a_cloud_link) {
   ec.cloud_port = 1;  // nothing listens there
   Node edge(ec);
   auto cloud_only = request_for(prompt_a(), 0.5, 8);
-  cloud_only.mode = static_cast<int>(InferenceMode::cloud_only);
+  cloud_only.mode = InferenceMode::cloud_only;
   auto r = edge.generate(cloud_only, {}, 20s);
   BOOST_TEST(r.error.find("cloud-only response failed") != std::string::npos, r.error);
   BOOST_TEST(to_string(r.finish_reason) == std::string("error"));
   BOOST_TEST(r.tokens.empty());
   // Naïve split has the edge layers: it answers from the last edge exit.
   auto naive = request_for(prompt_a(), 0.5, 8);
-  naive.mode = static_cast<int>(InferenceMode::naive_split);
+  naive.mode = InferenceMode::naive_split;
   r = edge.generate(naive, {}, 20s);
   BOOST_TEST(r.error == "");
   BOOST_TEST(r.stats.degraded_tokens == 8);
@@ -543,7 +543,7 @@ BOOST_AUTO_TEST_CASE(a_response_paused_for_upload_backpressure_can_be_cancelled)
   // is out: the cancel lands on a held step.
   bool over_limit_at_cancel = false;
   auto r = c.edge->generate(request_for(prompt_a(), 0.0, 40), [&](const TokenEvent&) {
-    over_limit_at_cancel = eventually([&] { return c.edge->link_stats().second > 2; }, 5s);
+    over_limit_at_cancel = eventually([&] { return c.edge->link_stats().queued_positions > 2; }, 5s);
     return false;
   }, 20s);
   BOOST_TEST(r.error == "");

@@ -12,7 +12,7 @@
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "tests/integration/processes.hpp"
-#include "tools/linkem/link_emulator.hpp"
+#include "linkem/link_emulator.hpp"
 
 using namespace ce;
 using namespace ce::test;

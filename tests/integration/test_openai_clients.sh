@@ -75,8 +75,12 @@ echo "curl stream (θ 0) = ce-generate --mode early-exit --threshold 0"
 code=$(curl -s -o "$work/err.json" -w '%{http_code}' "$base/v1/completions" -d '{"prompt":"x","max_tokens":"many"}')
 [ "$code" = 400 ] || fail "bad max_tokens gave HTTP $code"
 grep -q '"param":"max_tokens"' "$work/err.json" || fail "error body does not name max_tokens: $(cat "$work/err.json")"
-curl -sf "$base/health" | grep -q '"connected":true' || fail "/health does not show the cloud link"
-curl -sf "$base/metrics" | grep -q '^ce_tokens_total{source="cloud",layer="8"} ' || fail "/metrics has no cloud token count"
+# Bodies are read whole first: `curl | grep -q` under pipefail fails whenever grep stops reading
+# before curl has written everything (curl then dies of SIGPIPE).
+health=$(curl -sf "$base/health") || fail "/health failed"
+grep -q '"connected":true' <<<"$health" || fail "/health does not show the cloud link: $health"
+metrics=$(curl -sf "$base/metrics") || fail "/metrics failed"
+grep -q '^ce_tokens_total{source="cloud",layer="8"} ' <<<"$metrics" || fail "/metrics has no cloud token count"
 echo "errors, /health and /metrics ok"
 
 # The official openai package, unchanged.

@@ -26,7 +26,7 @@
 #include <boost/asio.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "tools/linkem/link_emulator.hpp"
+#include "linkem/link_emulator.hpp"
 
 namespace {
 

@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/completion_request.hpp"
+#include "actors/http/completion_request.hpp"
 
 using namespace ce;
 

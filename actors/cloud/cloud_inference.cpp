@@ -1,10 +1,9 @@
-#include "actors/cloud_inference.hpp"
+#include "actors/cloud/cloud_inference.hpp"
 
 #include <caf/all.hpp>
 
 #include <chrono>
 
-#include "actors/atoms.hpp"
 #include "actors/log.hpp"
 #include "model/cloud_compute.hpp"
 
@@ -47,8 +46,9 @@ caf::result<bool, std::vector<char>> run_job(const CloudInferenceState& st, Infe
                                              choice.confidence, static_cast<uint64_t>(us)})};
 }
 
-caf::behavior cloud_inference(caf::stateful_actor<CloudInferenceState>* self, std::shared_ptr<const Model> model,
-                              int64_t split) {
+cloud_inference_actor::behavior_type cloud_inference(
+    cloud_inference_actor::stateful_pointer<CloudInferenceState> self, std::shared_ptr<const Model> model,
+    int64_t split) {
   self->state.model = std::move(model);
   self->state.split = split;
   return {
@@ -58,7 +58,8 @@ caf::behavior cloud_inference(caf::stateful_actor<CloudInferenceState>* self, st
 
 }  // namespace
 
-caf::actor spawn_cloud_inference(caf::actor_system& system, std::shared_ptr<const Model> model, int64_t split) {
+cloud_inference_actor spawn_cloud_inference(caf::actor_system& system, std::shared_ptr<const Model> model,
+                                            int64_t split) {
   return system.spawn<caf::detached>(cloud_inference, std::move(model), split);
 }
 

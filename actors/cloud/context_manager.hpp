@@ -5,20 +5,20 @@
 // cloud-layer KV cache, last activity. Contexts end on Bye, or after ce.session.idle-timeout of
 // silence (a timer per context); new ones are refused with `overloaded` past the context count
 // or memory cap. Infer requests wait until the positions they name are uploaded, then go to
-// cloud_inference one at a time per context.
-//   (frame_atom, bytes)  -> reply frame bytes (a Bye is echoed back)
-//   (stats_atom)         -> CloudStats
+// cloud_inference one at a time per context. A Bye is echoed back as its acknowledgement.
+// Its messages: context_manager_actor in actors/cloud/protocol.hpp.
 #include <caf/fwd.hpp>
 
 #include <memory>
 
+#include "actors/cloud/protocol.hpp"
 #include "config/node_config.hpp"
 
 namespace ce {
 
 class Model;
 
-caf::actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                 const NodeConfig& config, const caf::actor& cloud_inference);
+context_manager_actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
+                                            const NodeConfig& config, const cloud_inference_actor& cloud_inference);
 
 }  // namespace ce

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "actors/basp_guard.hpp"
+#include "actors/node/basp_guard.hpp"
 #include "tests/loopback.hpp"
 
 using namespace ce;

@@ -1,4 +1,4 @@
-#include "actors/node.hpp"
+#include "actors/node/node.hpp"
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
@@ -7,13 +7,13 @@
 
 #include <thread>
 
-#include "actors/basp_guard.hpp"
-#include "actors/cloud_inference.hpp"
-#include "actors/context_manager.hpp"
-#include "actors/edge_inference.hpp"
-#include "actors/exit_decider.hpp"
+#include "actors/cloud/cloud_inference.hpp"
+#include "actors/cloud/context_manager.hpp"
+#include "actors/edge/edge_inference.hpp"
+#include "actors/edge/exit_decider.hpp"
+#include "actors/edge/uploader.hpp"
 #include "actors/log.hpp"
-#include "actors/uploader.hpp"
+#include "actors/node/basp_guard.hpp"
 #include "messages/codec.hpp"
 #include "model/runtime.hpp"
 #include "model/split_plan.hpp"
@@ -21,10 +21,19 @@
 namespace ce {
 
 struct Node::Actors {
-  caf::actor context_manager, cloud_inference, exit_decider, uploader, edge_inference;
+  context_manager_actor context_manager;
+  cloud_inference_actor cloud_inference;
+  exit_decider_actor exit_decider;
+  uploader_actor uploader;
+  edge_inference_actor edge_inference;
 };
 
 namespace {
+
+// A query the node could not answer is reported, not dropped: its caller gets the empty value.
+void log_dropped(caf::actor_system& system, const char* what, const caf::error& e) {
+  CE_LOG(warning, "node", what << " unavailable: " << system.render(e));
+}
 
 std::string host_name() {
   char buf[256] = {0};
@@ -108,27 +117,29 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
 Node::~Node() {
   guard_.reset();  // no new connections while the actors stop
   if (!system_) return;
-  for (auto* a : {&actors_->edge_inference, &actors_->uploader, &actors_->exit_decider, &actors_->context_manager,
-                  &actors_->cloud_inference})
-    if (*a) caf::anon_send_exit(*a, caf::exit_reason::user_shutdown);
+  auto stop = [](const auto& actor) {
+    if (actor) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+  };
+  stop(actors_->edge_inference);
+  stop(actors_->uploader);
+  stop(actors_->exit_decider);
+  stop(actors_->context_manager);
+  stop(actors_->cloud_inference);
   // A detached actor's thread ends only when its last handle is gone: drop ours first.
   *actors_ = Actors{};
   system_.reset();
 }
 
 caf::actor_system& Node::system() { return *system_; }
-caf::actor Node::edge_inference() const { return actors_->edge_inference; }
-caf::actor Node::uploader() const { return actors_->uploader; }
-caf::actor Node::exit_decider() const { return actors_->exit_decider; }
-caf::actor Node::context_manager() const { return actors_->context_manager; }
-caf::actor Node::cloud_inference() const { return actors_->cloud_inference; }
+uploader_actor Node::uploader() const { return actors_->uploader; }
+cloud_inference_actor Node::cloud_inference() const { return actors_->cloud_inference; }
 
-std::pair<bool, uint64_t> Node::link_stats() {
-  std::pair<bool, uint64_t> out{false, 0};
+LinkStats Node::link_stats() {
+  LinkStats out;
   if (!actors_->uploader) return out;
   caf::scoped_actor self{*system_};
   self->request(actors_->uploader, std::chrono::seconds(1), stats_atom::value)
-      .receive([&](bool connected, uint64_t queued) { out = {connected, queued}; }, [&](caf::error&) {});
+      .receive([&](const LinkStats& stats) { out = stats; }, [&](caf::error& e) { log_dropped(*system_, "link stats", e); });
   return out;
 }
 
@@ -137,10 +148,10 @@ bool Node::wait_for_cloud(std::chrono::milliseconds timeout) {
   caf::scoped_actor self{*system_};
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (link_stats().first) {
+    if (link_stats().connected) {
       // The decider hears of the link from the uploader; let that message land first.
       self->request(actors_->exit_decider, std::chrono::seconds(1), policy_atom::value)
-          .receive([&](int, double) {}, [&](caf::error&) {});
+          .receive([&](const Policy&) {}, [&](caf::error& e) { log_dropped(*system_, "exit decider", e); });
       return true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -156,7 +167,7 @@ GenerateResult Node::generate(GenerateRequest request, const std::function<bool(
     return result;
   }
   caf::scoped_actor self{*system_};
-  request.listener = caf::actor_cast<caf::actor>(self);
+  request.listener = caf::actor_cast<response_listener_actor>(self);
   self->send(actors_->edge_inference, generate_atom::value, std::move(request));
   bool done = false, cancelled = false;
   while (!done) {
@@ -182,11 +193,8 @@ std::vector<std::pair<std::string, uint64_t>> Node::cloud_requests_by_client() {
   if (!actors_->context_manager) return out;
   caf::scoped_actor self{*system_};
   self->request(actors_->context_manager, std::chrono::seconds(5), clients_atom::value)
-      .receive(
-          [&](const std::vector<std::string>& names, const std::vector<uint64_t>& requests) {
-            for (size_t i = 0; i < names.size() && i < requests.size(); ++i) out.emplace_back(names[i], requests[i]);
-          },
-          [&](caf::error&) {});
+      .receive([&](ClientRequests& r) { out = std::move(r.counts); },
+               [&](caf::error& e) { log_dropped(*system_, "client request counts", e); });
   return out;
 }
 
@@ -197,7 +205,7 @@ CloudStats Node::cloud_stats() {
   if (!actors_->context_manager) return out;
   caf::scoped_actor self{*system_};
   self->request(actors_->context_manager, std::chrono::seconds(5), stats_atom::value)
-      .receive([&](const CloudStats& s) { out = s; }, [&](caf::error&) {});
+      .receive([&](const CloudStats& s) { out = s; }, [&](caf::error& e) { log_dropped(*system_, "cloud stats", e); });
   return out;
 }
 

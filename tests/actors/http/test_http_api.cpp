@@ -5,11 +5,13 @@
 
 #include <httplib.h>
 
+#include <optional>
+
 #include <future>
 #include <nlohmann/json.hpp>
 
-#include "actors/http_api.hpp"
-#include "actors/node.hpp"
+#include "actors/http/http_api.hpp"
+#include "actors/node/node.hpp"
 #include "model/tokenizer.hpp"
 #include "tests/actors/fixtures.hpp"
 #include "tests/loopback.hpp"
@@ -52,7 +54,7 @@ struct Server {
     return json::parse(r->body);
   }
   // GenerateResult of the same request straight from the node.
-  GenerateResult direct(const std::string& prompt, int max_tokens, double threshold, float temperature = 0,
+  GenerateResult direct(const std::string& prompt, int max_tokens, std::optional<double> threshold, float temperature = 0,
                         uint64_t seed = 0) {
     Tokenizer tok(tokenizer_file);
     GenerateRequest req;
@@ -113,7 +115,7 @@ BOOST_AUTO_TEST_CASE(a_completion_equals_the_nodes_own_generation) {
   // Sampling: the same seed gives the same tokens, through HTTP or not.
   auto r = s.post({{"prompt", "It was"}, {"max_tokens", 10}, {"temperature", 0.9}, {"seed", 42}});
   BOOST_REQUIRE(r);
-  BOOST_TEST(ids_of(json::parse(r->body)["x_ce"]["tokens"]) == s.direct("It was", 10, -1, 0.9f, 42).tokens);
+  BOOST_TEST(ids_of(json::parse(r->body)["x_ce"]["tokens"]) == s.direct("It was", 10, std::nullopt, 0.9f, 42).tokens);
   // Standalone on request: no cloud tokens, nothing uploaded.
   r = s.post({{"prompt", "It was"}, {"max_tokens", 10}, {"x_ce", {{"mode", "standalone"}, {"threshold", 2}}}});
   BOOST_REQUIRE(r);

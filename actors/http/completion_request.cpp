@@ -1,4 +1,4 @@
-#include "actors/completion_request.hpp"
+#include "actors/http/completion_request.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,6 +1,7 @@
-#include "actors/exit_decider.hpp"
+#include "actors/edge/exit_decider.hpp"
 
-#include "actors/atoms.hpp"
+#include <caf/all.hpp>
+
 #include "actors/log.hpp"
 
 namespace ce {
@@ -12,17 +13,15 @@ struct DeciderState {
   static inline const char* name = "exit_decider";
 };
 
-caf::behavior exit_decider(caf::stateful_actor<DeciderState>* self, Policy configured) {
+exit_decider_actor::behavior_type exit_decider(exit_decider_actor::stateful_pointer<DeciderState> self,
+                                               Policy configured) {
   self->state.configured = configured;
   return {
-      [=](policy_atom) {
+      [=](policy_atom) -> Policy {
         const auto& s = self->state;
-        return caf::make_message(static_cast<int>(effective_mode(s.configured.mode, s.cloud_up)),
-                                 s.configured.threshold);
+        return {effective_mode(s.configured.mode, s.cloud_up), s.configured.threshold};
       },
-      [=](policy_atom, int mode, double threshold) {
-        self->state.configured = {static_cast<InferenceMode>(mode), threshold};
-      },
+      [=](policy_atom, const Policy& policy) { self->state.configured = policy; },
       [=](cloud_state_atom, bool up) {
         if (up != self->state.cloud_up)
           CE_LOG(info, "decider", "cloud link " << (up ? "up: collaborative responses" : "down: standalone responses"));
@@ -33,7 +32,7 @@ caf::behavior exit_decider(caf::stateful_actor<DeciderState>* self, Policy confi
 
 }  // namespace
 
-caf::actor spawn_exit_decider(caf::actor_system& system, const Policy& configured) {
+exit_decider_actor spawn_exit_decider(caf::actor_system& system, const Policy& configured) {
   return system.spawn(exit_decider, configured);
 }
 

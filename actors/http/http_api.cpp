@@ -1,4 +1,4 @@
-#include "actors/http_api.hpp"
+#include "actors/http/http_api.hpp"
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -11,10 +11,10 @@
 #include <thread>
 
 #include "actors/atoms.hpp"
-#include "actors/completion_request.hpp"
+#include "actors/http/completion_request.hpp"
 #include "actors/log.hpp"
-#include "actors/metrics.hpp"
-#include "actors/node.hpp"
+#include "actors/http/metrics.hpp"
+#include "actors/node/node.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 
@@ -421,8 +421,8 @@ struct HttpApi::Impl {
     generate.max_tokens = request.max_tokens;
     generate.sampling = {static_cast<float>(request.temperature), static_cast<float>(request.top_p),
                          static_cast<uint64_t>(request.seed)};
-    if (request.threshold) generate.threshold = *request.threshold;
-    if (request.mode) generate.mode = static_cast<int>(*request.mode);
+    generate.threshold = request.threshold;
+    generate.mode = request.mode;
     auto run = std::make_shared<CompletionRun>(*tokenizer, std::move(prompt), request.stop);
     const std::string id = completion_id();
 

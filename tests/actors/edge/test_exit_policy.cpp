@@ -1,7 +1,7 @@
 // The exit rule and mode policy, without a model.
 #include <boost/test/unit_test.hpp>
 
-#include "actors/exit_policy.hpp"
+#include "actors/edge/exit_policy.hpp"
 
 using namespace ce;
 

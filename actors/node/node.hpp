@@ -14,8 +14,9 @@
 #include <utility>
 #include <vector>
 
-#include "actors/atoms.hpp"
-#include "actors/basp_guard.hpp"
+#include "actors/cloud/protocol.hpp"
+#include "actors/edge/protocol.hpp"
+#include "actors/node/basp_guard.hpp"
 #include "config/node_config.hpp"
 
 namespace ce {
@@ -35,11 +36,9 @@ class Node {
   caf::actor_system& system();
   uint16_t cloud_port() const { return cloud_port_; }  // the public port (cloud roles)
 
-  caf::actor edge_inference() const;
-  caf::actor uploader() const;
-  caf::actor exit_decider() const;
-  caf::actor context_manager() const;
-  caf::actor cloud_inference() const;
+  // Edge roles: the uploader (tests feed it rows directly). Cloud roles: cloud_inference.
+  uploader_actor uploader() const;
+  cloud_inference_actor cloud_inference() const;
 
   // Edge roles: true once the cloud link is up (polls the uploader until `timeout`).
   bool wait_for_cloud(std::chrono::milliseconds timeout);
@@ -54,8 +53,8 @@ class Node {
   BaspGuard::Stats listener_stats() const;
   // Cloud roles: infer requests served per client (the name in each edge's Hello).
   std::vector<std::pair<std::string, uint64_t>> cloud_requests_by_client();
-  // Edge roles: (cloud link up, positions queued for upload and not yet acknowledged).
-  std::pair<bool, uint64_t> link_stats();
+  // Edge roles: the cloud link and the positions queued for upload, not yet acknowledged.
+  LinkStats link_stats();
 
  private:
   struct Actors;

@@ -1,4 +1,4 @@
-#include "actors/exit_policy.hpp"
+#include "actors/edge/exit_policy.hpp"
 
 namespace ce {
 

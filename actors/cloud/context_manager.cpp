@@ -1,4 +1,4 @@
-#include "actors/context_manager.hpp"
+#include "actors/cloud/context_manager.hpp"
 
 #include <caf/all.hpp>
 
@@ -6,8 +6,6 @@
 #include <map>
 #include <set>
 
-#include "actors/atoms.hpp"
-#include "actors/cloud_inference.hpp"
 #include "actors/log.hpp"
 #include "messages/codec.hpp"
 #include "model/cloud_compute.hpp"
@@ -18,11 +16,10 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 using ContextKey = std::pair<caf::node_id, uint64_t>;
-using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;
 
 struct ParkedInfer {
   wire::InferRequest request;
-  caf::response_promise promise;
+  caf::typed_response_promise<std::vector<char>> promise;
 };
 
 struct Context {
@@ -43,7 +40,7 @@ struct ManagerState {
   std::shared_ptr<const Model> model;
   SplitPlan plan;
   NodeConfig config;
-  caf::actor inference;
+  cloud_inference_actor inference;
   wire::Limits limits;
   std::set<caf::node_id> welcomed;
   std::map<caf::node_id, std::string> client_names;  // from each edge's Hello
@@ -63,7 +60,7 @@ struct ManagerState {
   static inline const char* name = "context_manager";
 };
 
-using self_ptr = caf::stateful_actor<ManagerState>*;
+using self_ptr = context_manager_actor::stateful_pointer<ManagerState>;
 
 std::string hex(uint64_t v) {
   std::ostringstream s;
@@ -323,8 +320,8 @@ caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node,
   return rp;
 }
 
-caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model, NodeConfig config,
-                              caf::actor inference) {
+context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_ptr<const Model> model,
+                                                     NodeConfig config, cloud_inference_actor inference) {
   auto& st = self->state;
   const auto& mc = model->config();
   st.plan = SplitPlan::from_config(mc, config.split_layer);
@@ -390,21 +387,17 @@ caf::behavior context_manager(self_ptr self, std::shared_ptr<const Model> model,
         return s;
       },
       [=](clients_atom) {
-        std::vector<std::string> names;
-        std::vector<uint64_t> requests;
-        for (const auto& [name, count] : self->state.infer_requests) {
-          names.push_back(name);
-          requests.push_back(count);
-        }
-        return caf::make_message(std::move(names), std::move(requests));
+        ClientRequests out;
+        for (const auto& [name, count] : self->state.infer_requests) out.counts.emplace_back(name, count);
+        return out;
       },
   };
 }
 
 }  // namespace
 
-caf::actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                 const NodeConfig& config, const caf::actor& cloud_inference) {
+context_manager_actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
+                                            const NodeConfig& config, const cloud_inference_actor& cloud_inference) {
   return system.spawn(context_manager, std::move(model), config, cloud_inference);
 }
 

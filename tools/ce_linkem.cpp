@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "tools/cli.hpp"
-#include "tools/linkem/link_emulator.hpp"
+#include "linkem/link_emulator.hpp"
 
 namespace {
 

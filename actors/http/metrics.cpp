@@ -1,4 +1,4 @@
-#include "actors/metrics.hpp"
+#include "actors/http/metrics.hpp"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "actors/basp_guard.hpp"
+#include "actors/node/basp_guard.hpp"
 
 #include <algorithm>
 #include <array>

@@ -1,12 +1,10 @@
-#include "actors/edge_inference.hpp"
+#include "actors/edge/edge_inference.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <map>
 #include <random>
 
-#include "actors/atoms.hpp"
-#include "actors/exit_policy.hpp"
 #include "actors/log.hpp"
 #include "messages/codec.hpp"
 #include "model/early_exit_runner.hpp"
@@ -49,14 +47,15 @@ struct EdgeState {
   std::shared_ptr<const Model> model;
   SplitPlan plan;
   NodeConfig config;
-  caf::actor uploader, decider;
+  uploader_actor uploader;
+  exit_decider_actor decider;
   std::map<uint64_t, std::unique_ptr<Generation>> generations;
   uint64_t next_generation = 1;
   std::mt19937_64 rng{std::random_device{}()};
   static inline const char* name = "edge_inference";
 };
 
-using self_ptr = caf::stateful_actor<EdgeState>*;
+using self_ptr = edge_inference_actor::stateful_pointer<EdgeState>;
 
 Generation* find(self_ptr self, uint64_t id) {
   auto it = self->state.generations.find(id);
@@ -320,8 +319,9 @@ void finish(self_ptr self, Generation& g) {
           [=](caf::error&) { deliver(self, id); });
 }
 
-caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, NodeConfig config, caf::actor uploader,
-                             caf::actor decider) {
+edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_ptr<const Model> model,
+                                                   NodeConfig config, uploader_actor uploader,
+                                                   exit_decider_actor decider) {
   auto& st = self->state;
   st.plan = SplitPlan::from_config(model->config(), config.split_layer);
   st.model = std::move(model);
@@ -338,12 +338,11 @@ caf::behavior edge_inference(self_ptr self, std::shared_ptr<const Model> model, 
         self->state.generations.emplace(id, std::move(g));
         self->request(self->state.decider, std::chrono::seconds(5), policy_atom::value)
             .then(
-                [=](int mode, double threshold) {
+                [=](const Policy& decided) {
                   auto* g = find(self, id);
                   if (!g) return;
-                  g->policy.mode = g->request.mode >= 0 ? static_cast<InferenceMode>(g->request.mode)
-                                                        : static_cast<InferenceMode>(mode);
-                  g->policy.threshold = g->request.threshold >= 0 ? g->request.threshold : threshold;
+                  g->policy.mode = g->request.mode.value_or(decided.mode);
+                  g->policy.threshold = g->request.threshold.value_or(decided.threshold);
                   try {
                     start(self, *g);
                   } catch (const std::exception& e) {
@@ -414,8 +413,9 @@ const char* to_string(TokenSource s) {
   return "?";
 }
 
-caf::actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model, const NodeConfig& config,
-                                const caf::actor& uploader, const caf::actor& exit_decider) {
+edge_inference_actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model,
+                                          const NodeConfig& config, const uploader_actor& uploader,
+                                          const exit_decider_actor& exit_decider) {
   return system.spawn<caf::detached>(edge_inference, std::move(model), config, uploader, exit_decider);
 }
 

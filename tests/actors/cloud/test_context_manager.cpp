@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "actors/atoms.hpp"
-#include "actors/node.hpp"
+#include "actors/node/node.hpp"
 #include "messages/codec.hpp"
 #include "tests/actors/fixtures.hpp"
 
@@ -24,7 +24,7 @@ struct RawClient {
   std::unique_ptr<Node> cloud;
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
-  caf::actor server;
+  cloud_front_actor server;
 
   explicit RawClient(std::function<void(NodeConfig&)> tweak = {}) {
     model_path = write_model(dir, collab_config(), 3);
@@ -35,7 +35,7 @@ struct RawClient {
     cfg.load<caf::io::middleman>();
     cfg.set("logger.console", caf::atom("none"));
     sys = std::make_unique<caf::actor_system>(cfg);
-    auto a = sys->middleman().remote_actor("127.0.0.1", cloud->cloud_port());
+    auto a = sys->middleman().remote_actor<cloud_front_actor>("127.0.0.1", cloud->cloud_port());
     BOOST_REQUIRE(a);
     server = *a;
   }

@@ -1,11 +1,12 @@
-#include "actors/uploader.hpp"
+#include "actors/edge/uploader.hpp"
 
+#include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <caf/openssl/all.hpp>
 
 #include <map>
 
-#include "actors/atoms.hpp"
+#include "actors/cloud/protocol.hpp"
 #include "actors/log.hpp"
 
 namespace ce {
@@ -25,16 +26,16 @@ struct SessionLog {
   bool send_scheduled = false;
   bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
   bool refused = false; // the cloud refused an upload (overloaded, lost context): send no more until a resync
-  caf::actor owner;     // the edge_inference that feeds this session (told what is released)
+  backlog_listener_actor owner;  // the edge_inference that feeds this session (told what is released)
   uint32_t released_reported = 0;
-  std::vector<caf::response_promise> byes;
+  std::vector<caf::typed_response_promise<uint64_t>> byes;
 };
 
 struct UploaderState {
   NodeConfig config;
   wire::Hello hello;
-  caf::actor decider;
-  caf::actor cloud;
+  exit_decider_actor decider;
+  cloud_front_actor cloud;
   bool connected = false;
   bool connecting = false;
   uint64_t link_epoch = 0;  // acks from an older link are ignored
@@ -43,12 +44,12 @@ struct UploaderState {
   std::map<uint64_t, SessionLog> sessions;
   // Infer requests forwarded on the current link, answered at once with cloud_unreachable if the
   // link drops (a dead peer's replies would otherwise be awaited until the deadline).
-  std::map<uint64_t, caf::response_promise> forwarded;
+  std::map<uint64_t, caf::typed_response_promise<std::vector<char>>> forwarded;
   uint64_t next_forward = 1;
   static inline const char* name = "uploader";
 };
 
-using self_ptr = caf::stateful_actor<UploaderState>*;
+using self_ptr = uploader_actor::stateful_pointer<UploaderState>;
 
 std::vector<char> error_frame(error code, const std::string& text, uint64_t session, uint64_t request) {
   return wire::encode(wire::ErrorReply{code, text, session, request});
@@ -179,7 +180,7 @@ void link_lost(self_ptr self, const std::string& why) {
   st.backoff = std::min(st.backoff * 2, std::chrono::milliseconds(5000));
 }
 
-void on_welcome(self_ptr self, caf::actor cloud) {
+void on_welcome(self_ptr self, cloud_front_actor cloud) {
   auto& st = self->state;
   st.cloud = cloud;
   st.connected = true;
@@ -198,7 +199,7 @@ void on_welcome(self_ptr self, caf::actor cloud) {
   }
 }
 
-void handshake(self_ptr self, caf::actor cloud) {
+void handshake(self_ptr self, cloud_front_actor cloud) {
   self->request(cloud, std::chrono::seconds(5), frame_atom::value, wire::encode(self->state.hello))
       .then(
           [=](const std::vector<char>& reply) {
@@ -230,7 +231,8 @@ void connect(self_ptr self) {
               link_lost(self, "no actor published at the cloud port");
               return;
             }
-            handshake(self, caf::actor_cast<caf::actor>(ptr));
+            // The Hello below checks what the peer is; the handle's type is the wire contract.
+            handshake(self, caf::actor_cast<cloud_front_actor>(ptr));
           },
           [=](caf::error& e) {
             self->state.connecting = false;
@@ -241,7 +243,7 @@ void connect(self_ptr self) {
           });
 }
 
-caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf::actor decider) {
+uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::Hello hello, exit_decider_actor decider) {
   self->state.config = std::move(config);
   self->state.hello = std::move(hello);
   self->state.decider = std::move(decider);
@@ -265,7 +267,7 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         }
         log.bytes.insert(log.bytes.end(), rows.payload->begin(), rows.payload->end());
         log.total += rows.count;
-        if (!log.owner) log.owner = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!log.owner) log.owner = caf::actor_cast<backlog_listener_actor>(self->current_sender());
         pump(self, session, false);
         report_released(self, session, log);
       },
@@ -322,17 +324,17 @@ caf::behavior uploader(self_ptr self, NodeConfig config, wire::Hello hello, caf:
         return rp;
       },
       [=](stats_atom) {
-        uint64_t queued = 0;
-        for (auto& [id, log] : self->state.sessions) queued += log.total - log.acked;
-        return caf::make_message(self->state.connected, queued);
+        LinkStats stats{self->state.connected, 0};
+        for (auto& [id, log] : self->state.sessions) stats.queued_positions += log.total - log.acked;
+        return stats;
       },
   };
 }
 
 }  // namespace
 
-caf::actor spawn_uploader(caf::actor_system& system, const NodeConfig& config, const wire::Hello& hello,
-                          const caf::actor& exit_decider) {
+uploader_actor spawn_uploader(caf::actor_system& system, const NodeConfig& config, const wire::Hello& hello,
+                              const exit_decider_actor& exit_decider) {
   return system.spawn(uploader, config, hello, exit_decider);
 }
 

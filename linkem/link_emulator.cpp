@@ -2,7 +2,7 @@
 // model; everything network-related runs on Engine::thread, so the per-connection state needs
 // no locking. Only the profile (mutex) and the counters and blackhole flag (atomics) are
 // touched from other threads.
-#include "tools/linkem/link_emulator.hpp"
+#include "linkem/link_emulator.hpp"
 
 #include <algorithm>
 #include <atomic>

@@ -5,7 +5,7 @@
 #include <sstream>
 #include <thread>
 
-#include "actors/metrics.hpp"
+#include "actors/http/metrics.hpp"
 
 using namespace ce;
 

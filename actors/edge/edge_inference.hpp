@@ -4,19 +4,20 @@
 // do with each token, hands every split-layer state to the uploader, and asks the cloud (through
 // the uploader) only for the tokens that need it. A cloud that fails or misses the deadline is
 // replaced by the edge's last exit for that token (flagged degraded); the response goes on.
-//   (generate_atom, GenerateRequest)  -> events to request.listener:
-//        (token_atom, TokenEvent) per token, then (done_atom, GenerateResult)
+// Its messages: edge_inference_actor in actors/edge/protocol.hpp.
 #include <caf/fwd.hpp>
 
 #include <memory>
 
+#include "actors/edge/protocol.hpp"
 #include "config/node_config.hpp"
 
 namespace ce {
 
 class Model;
 
-caf::actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model, const NodeConfig& config,
-                                const caf::actor& uploader, const caf::actor& exit_decider);
+edge_inference_actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model,
+                                          const NodeConfig& config, const uploader_actor& uploader,
+                                          const exit_decider_actor& exit_decider);
 
 }  // namespace ce

@@ -1,0 +1,45 @@
+#pragma once
+// The cloud node's actors as typed interfaces, one line per handler. Torch-free.
+//   edge uploader -> (network) -> context_manager -> cloud_inference
+// Across nodes only cloud_front_actor's one message travels: a Cap'n Proto frame in, one out.
+#include <caf/node_id.hpp>
+#include <caf/replies_to.hpp>
+#include <caf/typed_actor.hpp>
+
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "actors/atoms.hpp"
+#include "messages/codec.hpp"
+
+namespace ce {
+
+class CloudCompute;
+
+// One request for cloud_inference: the context's newly uploaded rows and the position to answer.
+struct InferJob {
+  std::shared_ptr<CloudCompute> compute;      // null for the stateless naïve-split baseline
+  std::vector<wire::UploadChunk> new_chunks;  // uploaded since the last job, position order
+  wire::InferRequest request;
+};
+
+// What an edge reaches on the network: Hello, UploadChunk, InferRequest or Bye frame -> reply frame.
+using cloud_front_actor = caf::typed_actor<
+    caf::replies_to<frame_atom, std::vector<char>>::with<std::vector<char>>>;
+
+using context_manager_actor = cloud_front_actor::extend<
+    caf::replies_to<stats_atom>::with<CloudStats>,        // context counts and memory
+    caf::replies_to<clients_atom>::with<ClientRequests>,  // infer requests per client name
+    caf::reacts_to<idle_atom, caf::node_id, uint64_t>,    // own: idle check of (edge node, session)
+    caf::reacts_to<unknown_atom, caf::node_id, uint64_t>>;  // own: an early request's wait is over
+
+using cloud_inference_actor = caf::typed_actor<
+    caf::replies_to<compute_atom, InferJob>::with<bool, std::vector<char>>>;  // -> (computed, reply
+                     // frame): false with an ErrorReply when the job failed part-way
+
+}  // namespace ce
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::InferJob)
