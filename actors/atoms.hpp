@@ -36,6 +36,11 @@ using cancel_atom = caf::atom_constant<caf::atom("cancel")>;     // edge: end a 
 using clients_atom = caf::atom_constant<caf::atom("clients")>;   // cloud: requests per client
 using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;  // cloud: an early request's wait ends
 
+// What an edge reaches across the network, the one message that travels between nodes:
+// a Hello, UploadChunk, InferRequest or Bye frame -> the reply frame.
+using cloud_front_actor = caf::typed_actor<
+    caf::replies_to<frame_atom, std::vector<char>>::with<std::vector<char>>>;
+
 // Where a token came from.
 enum class TokenSource : uint8_t {
   edge_exit,  // an edge exit was confident (or standalone mode took the last edge exit)

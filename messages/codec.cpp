@@ -391,6 +391,11 @@ std::vector<char> encode(const Message& m) {
   return out;
 }
 
+Limits limits_for(uint32_t hidden_dim, uint32_t max_positions) {
+  return {hidden_dim, max_positions,
+          static_cast<uint64_t>(max_positions) * hidden_dim * element_bytes(Dtype::f32) + (1u << 20)};
+}
+
 Decoded decode(const char* data, size_t size, const Limits& limits) {
   if (size == 0) return fail("Frame: empty");
   if (size % sizeof(capnp::word) != 0)
@@ -468,62 +473,6 @@ size_t element_bytes(Dtype d) {
     case Dtype::token_ids: return 4;
   }
   return 0;
-}
-
-// ------------------------------------------------------------------------- fp16 <-> fp32
-
-uint16_t float_to_half(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof x);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t ax = x & 0x7fffffffu;
-
-  if (ax >= 0x7f800000u) {  // inf, or NaN: keep the top payload bits, force quiet
-    if (ax == 0x7f800000u) return sign | 0x7c00u;
-    return static_cast<uint16_t>(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-  }
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds past 65504: inf
-  if (ax >= 0x38800000u) {                        // >= 2^-14: a normal half
-    const uint32_t exponent = (ax >> 23) - 127 + 15;
-    const uint32_t mantissa = ax & 0x7fffffu;
-    uint32_t h = (exponent << 10) | (mantissa >> 13);
-    const uint32_t rest = mantissa & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry bumps the exponent
-    return static_cast<uint16_t>(sign | h);
-  }
-  if (ax <= 0x33000000u) return sign;  // <= 2^-25 (half of the smallest subnormal): zero
-  // A subnormal half: value / 2^-24, rounded; shift is in [14, 24].
-  const uint32_t mantissa = (ax & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126 - (ax >> 23);
-  uint32_t h = mantissa >> shift;
-  const uint32_t rest = mantissa & ((1u << shift) - 1);
-  const uint32_t halfway = 1u << (shift - 1);
-  if (rest > halfway || (rest == halfway && (h & 1u))) ++h;  // 0x400 is the smallest normal
-  return static_cast<uint16_t>(sign | h);
-}
-
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  int32_t exponent = (h >> 10) & 0x1f;
-  uint32_t mantissa = h & 0x3ffu;
-  uint32_t x;
-  if (exponent == 0x1f) {
-    x = sign | 0x7f800000u | (mantissa << 13);  // inf or NaN
-  } else if (exponent != 0) {
-    x = sign | (static_cast<uint32_t>(exponent + 127 - 15) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    x = sign;
-  } else {  // subnormal: normalise
-    exponent = 1;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    x = sign | (static_cast<uint32_t>(exponent + 127 - 15) << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &x, sizeof f);
-  return f;
 }
 
 // ---------------------------------------------------------------------------- names

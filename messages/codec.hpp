@@ -111,6 +111,10 @@ struct Limits {
   uint64_t max_frame_bytes = 64ull << 20;
 };
 
+// The limits for a model's dim and max_seq: the largest frame a peer may send is a naïve-split
+// InferRequest inlining every position in fp32, plus 1 MiB for the rest of the frame.
+Limits limits_for(uint32_t hidden_dim, uint32_t max_positions);
+
 struct Decoded {
   bool ok = false;
   Message message;
@@ -135,10 +139,6 @@ size_t element_bytes(Dtype d);  // f16: 2, f32: 4, token_ids: 4
 // Same kind and every field equal (floats bit for bit): what decode(encode(m)) must give back.
 bool same_fields(const Message& a, const Message& b);
 
-// IEEE binary16 <-> binary32. float_to_half rounds to nearest even, overflows to inf,
-// keeps subnormals, and keeps NaN a (quiet) NaN of the same sign.
-uint16_t float_to_half(float f);
-float half_to_float(uint16_t h);
 
 // Names for logs.
 const char* to_string(Dtype d);

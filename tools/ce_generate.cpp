@@ -4,9 +4,11 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "model/blas_kernel.hpp"
+#include "model/detokenizer.hpp"
 #include "model/early_exit_runner.hpp"
 #include "model/split_plan.hpp"
 #include "model/tokenizer.hpp"
@@ -81,18 +83,16 @@ int main(int argc, char** argv) {
     auto t_prefill = clock::now();
     std::vector<int32_t> generated;
     std::vector<int32_t> exit_of;
-    std::string printed;
+    std::optional<ce::Detokenizer> text;
+    if (tokenizer) text.emplace(*tokenizer, prompt);
     for (long long i = 0; i < max_tokens; ++i) {
       const int32_t token = out.resolved ? out.token : out.fallback_token;
       const int32_t layer = out.resolved ? out.exit_layer : out.fallback_layer;
       generated.push_back(token);
       exit_of.push_back(layer);
-      if (tokenizer) {
-        auto text = tokenizer->decode(generated);
-        if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
-          std::cout << text.substr(printed.size()) << std::flush;
-          printed = text;
-        }
+      if (text) {
+        text->push(token);
+        std::cout << text->take_ready() << std::flush;
       }
       if (token == cfg.eos_id) break;
       if (i + 1 < max_tokens) out = runner.advance({token}, rule);

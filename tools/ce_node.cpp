@@ -11,6 +11,7 @@
 #include "actors/log.hpp"
 #include "actors/node/node.hpp"
 #include "model/blas_kernel.hpp"
+#include "model/detokenizer.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
@@ -158,27 +159,22 @@ int main(int argc, char** argv) {
       req.max_tokens = cli.has("max-tokens") ? static_cast<int>(cli.get_int("max-tokens")) : config.max_tokens;
       req.sampling = {static_cast<float>(config.temperature), static_cast<float>(config.top_p),
                       static_cast<uint64_t>(config.seed)};
-      std::vector<int32_t> generated;
-      std::string printed;
+      ce::Detokenizer live_text(*tokenizer, req.prompt);  // what the terminal shows as tokens come
       const bool json = cli.has("json"), trace = cli.has("trace");
       if (!json && !trace) std::cout << prompt << std::flush;
       auto result = node.generate(req, [&](const ce::TokenEvent& ev) {
-        generated.push_back(ev.token);
         if (trace) {
           std::cout << "pos " << ev.position << " token " << ev.token << " " << ce::to_string(ev.source) << " layer "
                     << ev.layer << " conf " << ev.confidence << std::endl;  // a line per token, as it comes
           return true;
         }
         if (json) return true;
-        auto text = tokenizer->decode(generated);
-        if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
-          const std::string piece = text.substr(printed.size());
-          if (tty && ev.source == ce::TokenSource::cloud) std::cout << "\033[1;36m" << piece << "\033[0m";
-          else if (tty && ev.source == ce::TokenSource::degraded) std::cout << "\033[33m" << piece << "\033[0m";
-          else std::cout << piece;
-          std::cout << std::flush;
-          printed = text;
-        }
+        live_text.push(ev.token);
+        const std::string piece = live_text.take_ready();
+        if (tty && ev.source == ce::TokenSource::cloud) std::cout << "\033[1;36m" << piece << "\033[0m";
+        else if (tty && ev.source == ce::TokenSource::degraded) std::cout << "\033[33m" << piece << "\033[0m";
+        else std::cout << piece;
+        std::cout << std::flush;
         return true;
       });
       const std::string text = tokenizer->decode(result.tokens);

@@ -325,8 +325,7 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
   auto& st = self->state;
   const auto& mc = model->config();
   st.plan = SplitPlan::from_config(mc, config.split_layer);
-  st.limits = {static_cast<uint32_t>(mc.dim), static_cast<uint32_t>(mc.max_seq),
-               static_cast<uint64_t>(mc.max_seq) * static_cast<uint64_t>(mc.dim) * 4 + (1u << 20)};
+  st.limits = wire::limits_for(static_cast<uint32_t>(mc.dim), static_cast<uint32_t>(mc.max_seq));
   st.kv_bytes_per_position = static_cast<uint64_t>(2 * mc.n_kv_heads * mc.head_dim() * 4 * (mc.n_layers - st.plan.split));
   st.model = std::move(model);
   st.config = std::move(config);

@@ -1,7 +1,7 @@
 #pragma once
 // The cloud node's actors as typed interfaces, one line per handler. Torch-free.
 //   edge uploader -> (network) -> context_manager -> cloud_inference
-// Across nodes only cloud_front_actor's one message travels: a Cap'n Proto frame in, one out.
+// The context manager is the cloud_front_actor (actors/atoms.hpp) that edges reach.
 #include <caf/node_id.hpp>
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
@@ -25,10 +25,6 @@ struct InferJob {
   std::vector<wire::UploadChunk> new_chunks;  // uploaded since the last job, position order
   wire::InferRequest request;
 };
-
-// What an edge reaches on the network: Hello, UploadChunk, InferRequest or Bye frame -> reply frame.
-using cloud_front_actor = caf::typed_actor<
-    caf::replies_to<frame_atom, std::vector<char>>::with<std::vector<char>>>;
 
 using context_manager_actor = cloud_front_actor::extend<
     caf::replies_to<stats_atom>::with<CloudStats>,        // context counts and memory

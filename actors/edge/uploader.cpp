@@ -6,7 +6,6 @@
 
 #include <map>
 
-#include "actors/cloud/protocol.hpp"
 #include "actors/log.hpp"
 
 namespace ce {

@@ -190,26 +190,6 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
   return r;
 }
 
-size_t complete_utf8_prefix(const std::string& text) {
-  // Walk back over at most 3 continuation bytes to the last lead byte; keep it only if its
-  // character is complete.
-  const size_t n = text.size();
-  size_t i = n;
-  int continuation = 0;
-  while (i > 0 && continuation < 4 && (static_cast<unsigned char>(text[i - 1]) & 0xC0) == 0x80) {
-    --i;
-    ++continuation;
-  }
-  if (i == 0) return n;
-  const auto lead = static_cast<unsigned char>(text[i - 1]);
-  size_t need = 1;
-  if ((lead & 0xE0) == 0xC0) need = 2;
-  else if ((lead & 0xF0) == 0xE0) need = 3;
-  else if ((lead & 0xF8) == 0xF0) need = 4;
-  else return n;  // ASCII or a stray byte: nothing to wait for
-  return static_cast<size_t>(continuation) + 1 >= need ? n : i - 1;
-}
-
 size_t find_stop(const std::string& text, const std::vector<std::string>& stop) {
   size_t best = std::string::npos;
   for (const auto& s : stop) best = std::min(best, text.find(s));

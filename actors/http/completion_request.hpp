@@ -50,10 +50,6 @@ struct CompletionRequest {
 std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& body,
                                                                    const CompletionDefaults& defaults);
 
-// Text that is complete UTF-8 up to the returned length (a multi-byte character cut by a
-// token boundary is held back until its last byte arrives).
-size_t complete_utf8_prefix(const std::string& text);
-
 // Where the first stop string occurs in text (npos if none), and how many trailing bytes of
 // text could still become the start of a stop string (to hold back while streaming).
 size_t find_stop(const std::string& text, const std::vector<std::string>& stop);

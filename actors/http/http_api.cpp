@@ -15,6 +15,7 @@
 #include "actors/log.hpp"
 #include "actors/http/metrics.hpp"
 #include "actors/node/node.hpp"
+#include "model/detokenizer.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 
@@ -53,10 +54,8 @@ json token_json(const TokenEvent& ev) {
 // One completion as it is generated: the decoded continuation, the stop strings, and how much
 // of it has been streamed.
 struct CompletionRun {
-  const Tokenizer& tokenizer;
-  std::vector<int32_t> sequence;  // prompt, then generated tokens
   size_t prompt_length;
-  std::string prompt_text;        // decode(prompt): the continuation is what decode adds to it
+  Detokenizer detokenizer;        // prompt as context: the text is what decoding adds to it
   std::vector<std::string> stop;
   std::vector<TokenEvent> events;
   std::string text;               // the completion so far (cut at a stop string once one appears)
@@ -65,16 +64,14 @@ struct CompletionRun {
   size_t events_streamed = 0;
 
   CompletionRun(const Tokenizer& t, std::vector<int32_t> prompt, std::vector<std::string> stops)
-      : tokenizer(t), sequence(std::move(prompt)), prompt_length(sequence.size()),
-        prompt_text(t.decode(sequence)), stop(std::move(stops)) {}
+      : prompt_length(prompt.size()), detokenizer(t, std::move(prompt)), stop(std::move(stops)) {}
 
   // Returns false when a stop string ends the response.
   bool add(const TokenEvent& ev) {
     if (stop_hit) return false;
     events.push_back(ev);
-    sequence.push_back(ev.token);
-    const std::string full = tokenizer.decode(sequence);
-    text = full.size() > prompt_text.size() ? full.substr(prompt_text.size()) : std::string();
+    detokenizer.push(ev.token);
+    text = detokenizer.text();
     if (auto at = find_stop(text, stop); at != std::string::npos) {
       text.resize(at);
       stop_hit = true;

@@ -84,10 +84,9 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
     guard.listen_port = config_.listen_port;
     guard.target_port = *port;
     guard.inspect_basp = !config_.tls_enabled();
-    // The largest frame a client may send (a naive-split request inlines the whole sequence in
-    // fp32) plus room for CAF's own message envelope.
-    guard.max_payload = static_cast<uint32_t>(static_cast<uint64_t>(mc.max_seq) * static_cast<uint64_t>(mc.dim) * 4 +
-                                              (4u << 20));
+    // The largest frame the context manager takes, plus room for CAF's own message envelope.
+    guard.max_payload = static_cast<uint32_t>(
+        wire::limits_for(static_cast<uint32_t>(mc.dim), static_cast<uint32_t>(mc.max_seq)).max_frame_bytes + (3u << 20));
     guard.max_connections = config_.max_connections;
     guard.handshake_timeout = config_.handshake_timeout;
     guard_ = std::make_unique<BaspGuard>(guard);

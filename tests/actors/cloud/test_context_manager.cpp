@@ -12,6 +12,7 @@
 #include "actors/node/node.hpp"
 #include "messages/codec.hpp"
 #include "tests/actors/fixtures.hpp"
+#include "tests/fp16_reference.hpp"
 
 using namespace ce;
 using namespace ce::test;
@@ -76,7 +77,7 @@ struct RawClient {
     c.count = count;
     c.payload.resize(static_cast<size_t>(count) * cloud->model().config().dim * 2);
     for (size_t i = 0; i < c.payload.size(); i += 2) {  // small finite fp16 values
-      const uint16_t h = wire::float_to_half(0.01f * static_cast<float>((i / 2) % 50));
+      const uint16_t h = float_to_half(0.01f * static_cast<float>((i / 2) % 50));
       c.payload[i] = static_cast<uint8_t>(h & 0xff);
       c.payload[i + 1] = static_cast<uint8_t>(h >> 8);
     }

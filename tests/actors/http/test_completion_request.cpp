@@ -105,16 +105,6 @@ BOOST_AUTO_TEST_CASE(every_bad_field_is_named_with_a_4xx) {
   BOOST_TEST(e.code == "model_not_found");
 }
 
-BOOST_AUTO_TEST_CASE(utf8_characters_cut_by_a_token_are_held_back) {
-  const std::string euro = "\xE2\x82\xAC";  // 3 bytes
-  BOOST_TEST(complete_utf8_prefix("abc") == 3u);
-  BOOST_TEST(complete_utf8_prefix("ab" + euro) == 5u);
-  BOOST_TEST(complete_utf8_prefix("ab" + euro.substr(0, 1)) == 2u);
-  BOOST_TEST(complete_utf8_prefix("ab" + euro.substr(0, 2)) == 2u);
-  BOOST_TEST(complete_utf8_prefix("\xF0\x9F\x98") == 0u);  // 4-byte emoji missing its last byte
-  BOOST_TEST(complete_utf8_prefix("a\x80") == 2u);        // a stray continuation byte is not waited on
-}
-
 BOOST_AUTO_TEST_CASE(stop_strings_are_found_and_their_prefixes_held_back) {
   const std::vector<std::string> stop = {"\n\n", "END"};
   BOOST_TEST(find_stop("abc", stop) == std::string::npos);
