@@ -8,6 +8,47 @@
 namespace ce {
 namespace {
 
+// The one table of a decoder layer's tensors: Hugging Face name, slot, and shape (rows, cols) in
+// config sizes. Loading, saving and the expected shapes all read it, so a name cannot be pinned
+// to one slot on load and another on save.
+enum class Size { none, dim, kv_dim, ffn };
+
+struct LayerTensor {
+  const char* leaf;
+  at::Tensor LayerWeights::*slot;
+  Size rows, cols;
+};
+
+constexpr LayerTensor layer_tensors[] = {
+    {"input_layernorm.weight", &LayerWeights::attn_norm, Size::dim, Size::none},
+    {"self_attn.q_proj.weight", &LayerWeights::wq, Size::dim, Size::dim},
+    {"self_attn.k_proj.weight", &LayerWeights::wk, Size::kv_dim, Size::dim},
+    {"self_attn.v_proj.weight", &LayerWeights::wv, Size::kv_dim, Size::dim},
+    {"self_attn.o_proj.weight", &LayerWeights::wo, Size::dim, Size::dim},
+    {"post_attention_layernorm.weight", &LayerWeights::ffn_norm, Size::dim, Size::none},
+    {"mlp.gate_proj.weight", &LayerWeights::w_gate, Size::ffn, Size::dim},
+    {"mlp.up_proj.weight", &LayerWeights::w_up, Size::ffn, Size::dim},
+    {"mlp.down_proj.weight", &LayerWeights::w_down, Size::dim, Size::ffn},
+};
+
+std::vector<int64_t> shape_of(const LayerTensor& t, const ModelConfig& c) {
+  auto size = [&](Size s) -> int64_t {
+    switch (s) {
+      case Size::dim: return c.dim;
+      case Size::kv_dim: return c.n_kv_heads * c.head_dim();
+      case Size::ffn: return c.ffn_dim;
+      case Size::none: break;
+    }
+    return 0;
+  };
+  if (t.cols == Size::none) return {size(t.rows)};
+  return {size(t.rows), size(t.cols)};
+}
+
+constexpr const char* embed_name = "model.embed_tokens.weight";
+constexpr const char* final_norm_name = "model.norm.weight";
+constexpr const char* lm_head_name = "lm_head.weight";
+
 std::string layer_name(int64_t i, const char* leaf) {
   return "model.layers." + std::to_string(i) + "." + leaf;
 }
@@ -18,22 +59,12 @@ std::string exit_name(int64_t e, const char* leaf) { return "exits." + std::to_s
 bool Weights::is_exit_tensor(const std::string& name) { return name.rfind("exits.", 0) == 0; }
 
 std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelConfig& c) {
-  const int64_t kv_dim = c.n_kv_heads * c.head_dim();
   std::map<std::string, std::vector<int64_t>> s;
-  s["model.embed_tokens.weight"] = {c.vocab_size, c.dim};
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    s[layer_name(i, "input_layernorm.weight")] = {c.dim};
-    s[layer_name(i, "self_attn.q_proj.weight")] = {c.dim, c.dim};
-    s[layer_name(i, "self_attn.k_proj.weight")] = {kv_dim, c.dim};
-    s[layer_name(i, "self_attn.v_proj.weight")] = {kv_dim, c.dim};
-    s[layer_name(i, "self_attn.o_proj.weight")] = {c.dim, c.dim};
-    s[layer_name(i, "post_attention_layernorm.weight")] = {c.dim};
-    s[layer_name(i, "mlp.gate_proj.weight")] = {c.ffn_dim, c.dim};
-    s[layer_name(i, "mlp.up_proj.weight")] = {c.ffn_dim, c.dim};
-    s[layer_name(i, "mlp.down_proj.weight")] = {c.dim, c.ffn_dim};
-  }
-  s["model.norm.weight"] = {c.dim};
-  if (!c.tie_word_embeddings) s["lm_head.weight"] = {c.vocab_size, c.dim};
+  s[embed_name] = {c.vocab_size, c.dim};
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    for (const auto& t : layer_tensors) s[layer_name(i, t.leaf)] = shape_of(t, c);
+  s[final_norm_name] = {c.dim};
+  if (!c.tie_word_embeddings) s[lm_head_name] = {c.vocab_size, c.dim};
   for (auto e : c.exit_layers) {
     s[exit_name(e, "norm.weight")] = {c.dim};
     if (!c.tie_exit_heads) s[exit_name(e, "head.weight")] = {c.vocab_size, c.dim};
@@ -66,22 +97,14 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
   };
   auto w = std::make_shared<Weights>();
   w->config = c;
-  w->embed = fetch("model.embed_tokens.weight");
+  w->embed = fetch(embed_name);
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LayerWeights l;
-    l.attn_norm = fetch(layer_name(i, "input_layernorm.weight"));
-    l.wq = fetch(layer_name(i, "self_attn.q_proj.weight"));
-    l.wk = fetch(layer_name(i, "self_attn.k_proj.weight"));
-    l.wv = fetch(layer_name(i, "self_attn.v_proj.weight"));
-    l.wo = fetch(layer_name(i, "self_attn.o_proj.weight"));
-    l.ffn_norm = fetch(layer_name(i, "post_attention_layernorm.weight"));
-    l.w_gate = fetch(layer_name(i, "mlp.gate_proj.weight"));
-    l.w_up = fetch(layer_name(i, "mlp.up_proj.weight"));
-    l.w_down = fetch(layer_name(i, "mlp.down_proj.weight"));
+    for (const auto& t : layer_tensors) l.*t.slot = fetch(layer_name(i, t.leaf));
     w->layers.push_back(std::move(l));
   }
-  w->final_norm = fetch("model.norm.weight");
-  w->lm_head = c.tie_word_embeddings ? w->embed : fetch("lm_head.weight");
+  w->final_norm = fetch(final_norm_name);
+  w->lm_head = c.tie_word_embeddings ? w->embed : fetch(lm_head_name);
   for (auto e : c.exit_layers) {
     ExitWeights x;
     x.norm = fetch(exit_name(e, "norm.weight"));
@@ -94,22 +117,11 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
 
 TensorMap Weights::named_tensors() const {
   TensorMap m;
-  m["model.embed_tokens.weight"] = embed;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const auto& l = layers[i];
-    const auto n = static_cast<int64_t>(i);
-    m[layer_name(n, "input_layernorm.weight")] = l.attn_norm;
-    m[layer_name(n, "self_attn.q_proj.weight")] = l.wq;
-    m[layer_name(n, "self_attn.k_proj.weight")] = l.wk;
-    m[layer_name(n, "self_attn.v_proj.weight")] = l.wv;
-    m[layer_name(n, "self_attn.o_proj.weight")] = l.wo;
-    m[layer_name(n, "post_attention_layernorm.weight")] = l.ffn_norm;
-    m[layer_name(n, "mlp.gate_proj.weight")] = l.w_gate;
-    m[layer_name(n, "mlp.up_proj.weight")] = l.w_up;
-    m[layer_name(n, "mlp.down_proj.weight")] = l.w_down;
-  }
-  m["model.norm.weight"] = final_norm;
-  if (!config.tie_word_embeddings) m["lm_head.weight"] = lm_head;
+  m[embed_name] = embed;
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (const auto& t : layer_tensors) m[layer_name(static_cast<int64_t>(i), t.leaf)] = layers[i].*t.slot;
+  m[final_norm_name] = final_norm;
+  if (!config.tie_word_embeddings) m[lm_head_name] = lm_head;
   for (auto& [e, x] : exits) {
     m[exit_name(e, "norm.weight")] = x.norm;
     if (!config.tie_exit_heads) m[exit_name(e, "head.weight")] = x.head;
