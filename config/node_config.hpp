@@ -49,6 +49,10 @@ struct NodeConfig {
   int split_layer = defaults::split_layer;           // ce.split.layer
   double exit_threshold = defaults::exit_threshold;  // ce.exit.threshold
   InferenceMode mode = InferenceMode::collaborative;  // ce.mode
+  // The θ the config asks for; nullopt where it leaves the choice to the model (the documented -1).
+  std::optional<double> threshold_override() const {
+    return exit_threshold < 0 ? std::nullopt : std::optional<double>(exit_threshold);
+  }
 
   std::string cloud_host = defaults::cloud_host;      // ce.cloud.host (edge connects here)
   std::uint16_t cloud_port = defaults::cloud_port;    // ce.cloud.port

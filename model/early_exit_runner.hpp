@@ -17,6 +17,10 @@
 namespace ce {
 
 struct ExitRule {
+  // Above any confidence: every exit is evaluated (its choice can stand in as a fallback) and
+  // none is taken.
+  static constexpr double never_exit = 2.0;
+
   double threshold = 0.8;      // leave at the first exit whose confidence >= threshold
   bool evaluate_exits = true;  // false: only run layers (filling KV and split states)
   SamplingParams sampling;

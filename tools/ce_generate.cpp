@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
 
     ce::ExitRule rule;
     rule.threshold = cli.has("threshold") ? cli.get_double("threshold") : cfg.default_threshold;
-    if (mode == "full") rule.threshold = 2.0;  // never leave early
+    if (mode == "full") rule.threshold = ce::ExitRule::never_exit;
     rule.sampling = {static_cast<float>(cli.get_double("temperature")), static_cast<float>(cli.get_double("top-p")),
                      static_cast<uint64_t>(cli.get_int("seed"))};
     const int64_t layer_end =

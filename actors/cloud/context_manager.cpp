@@ -321,10 +321,11 @@ caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node,
 }
 
 context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_ptr<const Model> model,
-                                                     NodeConfig config, cloud_inference_actor inference) {
+                                                     SplitPlan plan, NodeConfig config,
+                                                     cloud_inference_actor inference) {
   auto& st = self->state;
   const auto& mc = model->config();
-  st.plan = SplitPlan::from_config(mc, config.split_layer);
+  st.plan = std::move(plan);
   st.limits = wire::limits_for(static_cast<uint32_t>(mc.dim), static_cast<uint32_t>(mc.max_seq));
   st.kv_bytes_per_position = static_cast<uint64_t>(2 * mc.n_kv_heads * mc.head_dim() * 4 * (mc.n_layers - st.plan.split));
   st.model = std::move(model);
@@ -396,8 +397,9 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
 }  // namespace
 
 context_manager_actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                            const NodeConfig& config, const cloud_inference_actor& cloud_inference) {
-  return system.spawn(context_manager, std::move(model), config, cloud_inference);
+                                            const SplitPlan& plan, const NodeConfig& config,
+                                            const cloud_inference_actor& cloud_inference) {
+  return system.spawn(context_manager, std::move(model), plan, config, cloud_inference);
 }
 
 }  // namespace ce

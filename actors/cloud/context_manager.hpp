@@ -13,12 +13,13 @@
 
 #include "actors/cloud/protocol.hpp"
 #include "config/node_config.hpp"
+#include "model/split_plan.hpp"
 
 namespace ce {
 
 class Model;
 
 context_manager_actor spawn_context_manager(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                            const NodeConfig& config, const cloud_inference_actor& cloud_inference);
+                                            const SplitPlan& plan, const NodeConfig& config, const cloud_inference_actor& cloud_inference);
 
 }  // namespace ce

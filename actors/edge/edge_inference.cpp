@@ -19,6 +19,20 @@ double ms_since(clock_type::time_point t) {
   return std::chrono::duration<double, std::milli>(clock_type::now() - t).count();
 }
 
+// Where a response is in its life; what it waits for decides which message moves it on.
+enum class ResponseState {
+  starting,        // waiting for the exit decider's policy
+  computing,       // a step is due or running on the edge
+  awaiting_cloud,  // an InferRequest is out (pending_request names it)
+  held,            // the next step waits for the upload backlog to halve
+  closing,         // the last rows and the Bye are with the uploader
+};
+
+// Whether a mode's sessions go through the uploader (states or token ids uploaded once).
+bool uses_uploader(InferenceMode mode) {
+  return mode == InferenceMode::collaborative || mode == InferenceMode::cloud_only;
+}
+
 struct Generation {
   uint64_t id = 0;
   uint64_t session = 0;
@@ -31,13 +45,11 @@ struct Generation {
   std::vector<float> naive_states;          // naïve split: fp32 split states of all positions
   uint64_t next_request_id = 1;
   uint64_t pending_request = 0;
-  bool uses_uploader = false;
-  bool resynced = false;    // the context was rebuilt once after the cloud lost it
+  ResponseState state = ResponseState::starting;
   bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
   uint32_t shipped = 0;     // positions handed to the uploader
   uint32_t released = 0;    // of those, positions the uploader no longer holds against the limit
   bool paused = false;      // shipped - released passed ce.upload.queue-limit and has not halved yet
-  bool step_waiting = false;  // a step is due once the pause ends
   bool cancel_requested = false;  // the listener wants no more tokens
   GenerateResult result;
   clock_type::time_point started, token_started;
@@ -96,7 +108,7 @@ void ship_rows(self_ptr self, Generation& g) {
     g.naive_states.insert(g.naive_states.end(), rows.fp32.begin(), rows.fp32.end());
     return;
   }
-  if (!g.uses_uploader) return;
+  if (!uses_uploader(g.policy.mode)) return;
   hand_to_uploader(self, g, {rows.first_position, rows.count, false, as_bytes(rows.fp16.data(), rows.fp16.size() * 2)});
 }
 
@@ -147,10 +159,11 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
     return;
   }
   if (g.paused) {
-    g.step_waiting = true;
+    g.state = ResponseState::held;
     r.stats.backpressure_pauses++;
     return;
   }
+  g.state = ResponseState::computing;
   self->send(self, step_atom::value, g.id);
 }
 
@@ -193,6 +206,7 @@ void ask_cloud(self_ptr self, Generation& g) {
     default: req.kind = wire::InferKind::collaborative;
   }
   g.pending_request = req.request_id;
+  g.state = ResponseState::awaiting_cloud;
   const auto sent = clock_type::now();
   const uint64_t id = g.id, request_id = req.request_id;
   self->request(self->state.uploader, self->state.config.request_deadline + std::chrono::milliseconds(100),
@@ -206,9 +220,9 @@ void ask_cloud(self_ptr self, Generation& g) {
             auto decoded = wire::decode(reply, {});
             if (!decoded.ok) return degrade(self, *g, "undecodable reply: " + decoded.error_text);
             if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
-              if (err->code == error::unknown_session && g->uses_uploader && !g->resynced) {
-                // Evicted for inactivity or a restarted cloud: rebuild the context, ask again.
-                g->resynced = true;
+              if (err->code == error::unknown_session && uses_uploader(g->policy.mode) &&
+                  g->result.stats.resyncs == 0) {
+                // Evicted for inactivity or a restarted cloud: rebuild the context (once), ask again.
                 g->result.stats.resyncs++;
                 self->send(self->state.uploader, resync_atom::value, g->session);
                 return ask_cloud(self, *g);
@@ -260,12 +274,12 @@ void start(self_ptr self, Generation& g) {
   g.rule.threshold = g.policy.threshold;
   g.rule.sampling = g.request.sampling;
   // Baselines run no exits: naïve split sends every token, and its edge runs all edge layers.
-  if (g.policy.mode == InferenceMode::naive_split) g.rule.threshold = 2.0;
+  if (g.policy.mode == InferenceMode::naive_split) g.rule.threshold = ExitRule::never_exit;
   g.result.generation = g.id;
   g.result.stats.mode = g.policy.mode;
   g.result.stats.threshold = g.policy.threshold;
   g.result.stats.prompt_tokens = static_cast<int>(g.request.prompt.size());
-  g.uses_uploader = g.policy.mode == InferenceMode::collaborative || g.policy.mode == InferenceMode::cloud_only;
+  g.state = ResponseState::computing;
   if (g.request.prompt.empty() || static_cast<int64_t>(g.request.prompt.size()) >= cfg.max_seq) {
     g.result.error = "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens";
     return deliver(self, g.id);
@@ -292,7 +306,8 @@ void step(self_ptr self, Generation& g) {
 }
 
 void finish(self_ptr self, Generation& g) {
-  if (!g.uses_uploader) return deliver(self, g.id);
+  g.state = ResponseState::closing;
+  if (!uses_uploader(g.policy.mode)) return deliver(self, g.id);
   // The last token's state goes up too, so the cloud's context covers the whole response
   // (prompt + generated positions, each exactly once) and a follow-up could continue from it.
   if (!g.result.tokens.empty() && g.result.error.empty()) {
@@ -320,10 +335,10 @@ void finish(self_ptr self, Generation& g) {
 }
 
 edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_ptr<const Model> model,
-                                                   NodeConfig config, uploader_actor uploader,
+                                                   SplitPlan plan, NodeConfig config, uploader_actor uploader,
                                                    exit_decider_actor decider) {
   auto& st = self->state;
-  st.plan = SplitPlan::from_config(model->config(), config.split_layer);
+  st.plan = std::move(plan);
   st.model = std::move(model);
   st.config = std::move(config);
   st.uploader = std::move(uploader);
@@ -362,8 +377,8 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
           if (g->session != session) continue;
           g->released = std::max(g->released, released);
           update_pause(*g, static_cast<uint32_t>(self->state.config.upload_queue_limit));
-          if (!g->paused && g->step_waiting) {
-            g->step_waiting = false;
+          if (!g->paused && g->state == ResponseState::held) {
+            g->state = ResponseState::computing;
             self->send(self, step_atom::value, id);
           }
         }
@@ -372,15 +387,14 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
         auto* g = find(self, id);
         if (!g || g->cancel_requested) return;
         g->cancel_requested = true;  // honoured at the next token; one paused for backpressure ends now
-        if (g->step_waiting) {
-          g->step_waiting = false;
+        if (g->state == ResponseState::held) {
           g->result.finish_reason = FinishReason::cancelled;
           finish(self, *g);
         }
       },
       [=](step_atom, uint64_t id) {
         auto* g = find(self, id);
-        if (!g) return;
+        if (!g || g->state != ResponseState::computing) return;  // a step only moves a computing response
         try {
           step(self, *g);
         } catch (const std::exception& e) {
@@ -414,9 +428,9 @@ const char* to_string(TokenSource s) {
 }
 
 edge_inference_actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                          const NodeConfig& config, const uploader_actor& uploader,
+                                          const SplitPlan& plan, const NodeConfig& config, const uploader_actor& uploader,
                                           const exit_decider_actor& exit_decider) {
-  return system.spawn<caf::detached>(edge_inference, std::move(model), config, uploader, exit_decider);
+  return system.spawn<caf::detached>(edge_inference, std::move(model), plan, config, uploader, exit_decider);
 }
 
 }  // namespace ce

@@ -11,13 +11,14 @@
 
 #include "actors/edge/protocol.hpp"
 #include "config/node_config.hpp"
+#include "model/split_plan.hpp"
 
 namespace ce {
 
 class Model;
 
 edge_inference_actor spawn_edge_inference(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                          const NodeConfig& config, const uploader_actor& uploader,
+                                          const SplitPlan& plan, const NodeConfig& config, const uploader_actor& uploader,
                                           const exit_decider_actor& exit_decider);
 
 }  // namespace ce

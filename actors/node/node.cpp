@@ -49,7 +49,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   model_ = Model::load(config_.model_path);
   const auto& mc = model_->config();
   const auto plan = SplitPlan::from_config(mc, config_.split_layer);
-  if (config_.exit_threshold < 0) config_.exit_threshold = mc.default_threshold;
+  config_.exit_threshold = config_.threshold_override().value_or(mc.default_threshold);
   CE_LOG(info, "node", "role " << to_string(config_.role) << ", model " << mc.name << " (hash "
                                << model_->weights_hash() << "), " << plan.describe());
 
@@ -73,7 +73,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   const bool edge = config_.role == Role::edge || config_.role == Role::both;
   if (cloud) {
     actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split);
-    actors_->context_manager = spawn_context_manager(*system_, model_, config_, actors_->cloud_inference);
+    actors_->context_manager = spawn_context_manager(*system_, model_, plan, config_, actors_->cloud_inference);
     // CAF listens on loopback only; the guard owns the public address (see basp_guard.hpp).
     auto port = config_.tls_enabled()
                     ? caf::openssl::publish(actors_->context_manager, 0, "127.0.0.1", true)
@@ -109,7 +109,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
     actors_->exit_decider = spawn_exit_decider(*system_, {config_.mode, config_.exit_threshold});
     actors_->uploader = spawn_uploader(*system_, config_, hello, actors_->exit_decider);
     actors_->edge_inference =
-        spawn_edge_inference(*system_, model_, config_, actors_->uploader, actors_->exit_decider);
+        spawn_edge_inference(*system_, model_, plan, config_, actors_->uploader, actors_->exit_decider);
   }
 }
 
