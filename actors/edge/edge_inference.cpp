@@ -331,7 +331,11 @@ void finish(self_ptr self, Generation& g) {
             if (auto* g = find(self, id)) g->result.stats.bytes_uploaded = bytes;
             deliver(self, id);
           },
-          [=](caf::error&) { deliver(self, id); });
+          [=](caf::error& e) {
+            CE_LOG(warning, "edge", "response " << id << ": the uploader did not close the session: "
+                                                << self->system().render(e));
+            deliver(self, id);
+          });
 }
 
 edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_ptr<const Model> model,

@@ -6,6 +6,7 @@
 
 #include <map>
 
+#include "actors/errors.hpp"
 #include "actors/log.hpp"
 
 namespace ce {
@@ -50,10 +51,6 @@ struct UploaderState {
 
 using self_ptr = uploader_actor::stateful_pointer<UploaderState>;
 
-std::vector<char> error_frame(error code, const std::string& text, uint64_t session, uint64_t request) {
-  return wire::encode(wire::ErrorReply{code, text, session, request});
-}
-
 void pump(self_ptr self, uint64_t session, bool urgent);
 
 // Backpressure is counted by the producer (edge_inference), which knows at once what it handed
@@ -79,7 +76,12 @@ void finish_byes(self_ptr self, uint64_t session) {
   if (self->state.connected)
     self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value,
                   wire::encode(wire::Bye{session}))
-        .then([](const std::vector<char>&) {}, [](caf::error&) {});
+        .then([](const std::vector<char>&) {},
+              [=](caf::error& e) {
+                // The context then ends at the cloud's idle timeout instead.
+                CE_LOG(info, "uploader", "session " << std::hex << session << std::dec
+                                                    << ": Bye not acknowledged: " << self->system().render(e));
+              });
   for (auto& rp : log.byes) rp.deliver(log.bytes_sent);
   CE_LOG(debug, "uploader", "session " << std::hex << session << std::dec << " closed after " << log.bytes_sent
                                         << " bytes");
@@ -174,7 +176,7 @@ void link_lost(self_ptr self, const std::string& why) {
   }
   auto forwarded = std::move(st.forwarded);
   st.forwarded.clear();
-  for (auto& [id, rp] : forwarded) rp.deliver(error_frame(error::cloud_unreachable, "cloud link lost: " + why, 0, 0));
+  for (auto& [id, rp] : forwarded) rp.deliver(make_error(error::cloud_unreachable, "cloud link lost: " + why));
   self->delayed_send(self, st.backoff, link_atom::value);
   st.backoff = std::min(st.backoff * 2, std::chrono::milliseconds(5000));
 }
@@ -293,13 +295,14 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         auto& st = self->state;
         if (!st.connected) {
           if (!st.connecting) connect(self);
-          return error_frame(error::cloud_unreachable, "no link to the cloud", session, 0);
+          return make_error(error::cloud_unreachable, "no link to the cloud");
         }
         pump(self, session, true);
         auto rp = self->make_response_promise<std::vector<char>>();
         const uint64_t key = st.next_forward++;
         st.forwarded.emplace(key, rp);
-        auto answer = [=](std::vector<char> reply) {
+        // The cloud's reply frame, or the local failure that stood in for it.
+        auto answer = [=](auto reply) {
           auto it = self->state.forwarded.find(key);
           if (it == self->state.forwarded.end()) return;  // already failed with the link
           it->second.deliver(std::move(reply));
@@ -308,8 +311,8 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         self->request(st.cloud, st.config.request_deadline, frame_atom::value, std::move(frame))
             .then([=](std::vector<char>& reply) { answer(std::move(reply)); },
                   [=](caf::error& e) {
-                    answer(error_frame(e == caf::sec::request_timeout ? error::timeout : error::cloud_unreachable,
-                                       self->system().render(e), session, 0));
+                    answer(make_error(e == caf::sec::request_timeout ? error::timeout : error::cloud_unreachable,
+                                      self->system().render(e)));
                   });
         return rp;
       },

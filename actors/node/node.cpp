@@ -12,6 +12,7 @@
 #include "actors/edge/edge_inference.hpp"
 #include "actors/edge/exit_decider.hpp"
 #include "actors/edge/uploader.hpp"
+#include "actors/errors.hpp"
 #include "actors/log.hpp"
 #include "actors/node/basp_guard.hpp"
 #include "messages/codec.hpp"
@@ -63,6 +64,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
     caf_config_->set("openssl.key", config_.tls_key);
     caf_config_->set("openssl.cafile", config_.tls_ca);
   }
+  register_errors(*caf_config_);
   caf_config_->set("scheduler.max-threads", static_cast<size_t>(config_.actor_threads));
   caf_config_->set("scheduler.policy", caf::atom("sharing"));
   caf_config_->set("logger.console", caf::atom("none"));
