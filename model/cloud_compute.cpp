@@ -64,7 +64,7 @@ void CloudCompute::append_tokens(uint32_t first, uint32_t count, const int32_t* 
 int64_t CloudCompute::held() const { return state_->held; }
 int64_t CloudCompute::computed() const { return state_->computed; }
 
-CloudChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling) {
+TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling) {
   torch::InferenceMode guard;
   auto& s = *state_;
   if (position >= s.held)
@@ -80,9 +80,7 @@ CloudChoice CloudCompute::infer(uint32_t position, const SamplingParams& samplin
   const auto& decoder = s.model->decoder();
   auto out = decoder.forward(rows, s.computed, s.layer_begin, s.model->config().n_layers, s.kv);  // (n, dim)
   s.computed = position + 1;
-  auto logits = decoder.final_logits(out[-1]);
-  auto choice = Decoder::choose_greedy(logits);
-  return {static_cast<int32_t>(pick_token(logits, sampling, position)), choice.confidence};
+  return choose_token(decoder.final_logits(out[-1]), sampling, position);
 }
 
 int64_t CloudCompute::bytes() const {
@@ -91,7 +89,7 @@ int64_t CloudCompute::bytes() const {
   return total;
 }
 
-CloudChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,
+TokenChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,
                               const SamplingParams& sampling) {
   torch::InferenceMode guard;
   const auto& c = model.config();
@@ -99,9 +97,7 @@ CloudChoice naive_split_infer(const Model& model, int64_t layer_begin, const flo
   auto x = torch::from_blob(const_cast<float*>(rows), {count, c.dim}, torch::kFloat);
   KvCache kv(c, layer_begin, c.n_layers);  // thrown away: the baseline keeps nothing
   auto out = model.decoder().forward(x, 0, layer_begin, c.n_layers, kv);
-  auto logits = model.decoder().final_logits(out[-1]);
-  auto choice = Decoder::choose_greedy(logits);
-  return {static_cast<int32_t>(pick_token(logits, sampling, count - 1)), choice.confidence};
+  return choose_token(model.decoder().final_logits(out[-1]), sampling, count - 1);
 }
 
 }  // namespace ce

@@ -11,11 +11,6 @@
 
 namespace ce {
 
-struct CloudChoice {
-  int32_t token = -1;
-  float confidence = 0;
-};
-
 class CloudCompute {
  public:
   // layer_begin: the split (hidden-state uploads) or 0 (cloud-only: token uploads).
@@ -28,7 +23,7 @@ class CloudCompute {
   int64_t held() const;      // positions uploaded
   int64_t computed() const;  // positions whose KV is filled
   // Token after `position`; requires position < held() and position >= computed().
-  CloudChoice infer(uint32_t position, const SamplingParams& sampling);
+  TokenChoice infer(uint32_t position, const SamplingParams& sampling);
   int64_t bytes() const;     // memory held (KV capacity + pending states)
 
  private:
@@ -38,7 +33,7 @@ class CloudCompute {
 
 // Naïve split baseline: no cache; runs the cloud layers over the whole sequence (fp32 rows
 // (count, dim) of positions [0, count)) and returns the token after the last position.
-CloudChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,
+TokenChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,
                               const SamplingParams& sampling);
 
 }  // namespace ce

@@ -111,7 +111,7 @@ at::Tensor Decoder::final_logits(const at::Tensor& hidden) const {
 TokenChoice Decoder::choose_greedy(const at::Tensor& logits) {
   auto probs = torch::softmax(logits.to(torch::kFloat), -1);
   auto [p, i] = probs.max(-1);
-  return {i.item<int64_t>(), p.item<float>()};
+  return {static_cast<int32_t>(i.item<int64_t>()), p.item<float>()};
 }
 
 }  // namespace ce

@@ -6,14 +6,11 @@
 #include <memory>
 
 #include "model/kv_cache.hpp"
+#include "model/sampling.hpp"
 #include "model/weights.hpp"
 
 namespace ce {
 
-struct TokenChoice {
-  int64_t token = -1;
-  float confidence = 0;  // max softmax probability
-};
 
 class Decoder {
  public:

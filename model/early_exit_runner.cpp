@@ -78,14 +78,13 @@ struct EarlyExitRunner::State {
           rule.evaluate_exits && !out.resolved && at_exit && (rule.threshold <= 1.0 || stop == last_exit);
       if (!read_exit) continue;
       auto logits = decoder.exit_logits(stop, cur.rows[-1]);  // (vocab)
-      auto choice = Decoder::choose_greedy(logits);
-      const auto token = static_cast<int32_t>(pick_token(logits, rule.sampling, static_cast<uint64_t>(out.position)));
-      out.fallback_token = token;
+      const auto choice = choose_token(logits, rule.sampling, static_cast<uint64_t>(out.position));
+      out.fallback_token = choice.token;
       out.fallback_confidence = choice.confidence;
       out.fallback_layer = static_cast<int32_t>(stop);
-      if (choice.confidence >= rule.threshold) {
+      if (rule.leaves_at(choice.confidence)) {
         out.resolved = true;
-        out.token = token;
+        out.token = choice.token;
         out.confidence = choice.confidence;
         out.exit_layer = static_cast<int32_t>(stop);
         if (run_to_end) continue;
@@ -100,9 +99,9 @@ struct EarlyExitRunner::State {
     const auto& c = model->config();
     if (layer_end == c.n_layers && rule.evaluate_exits && !out.resolved) {
       auto logits = decoder.final_logits(cur.rows[-1]);
-      auto choice = Decoder::choose_greedy(logits);
+      const auto choice = choose_token(logits, rule.sampling, static_cast<uint64_t>(out.position));
       out.resolved = true;
-      out.token = static_cast<int32_t>(pick_token(logits, rule.sampling, static_cast<uint64_t>(out.position)));
+      out.token = choice.token;
       out.confidence = choice.confidence;
       out.exit_layer = static_cast<int32_t>(c.n_layers);
     }

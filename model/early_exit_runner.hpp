@@ -24,6 +24,9 @@ struct ExitRule {
   double threshold = 0.8;      // leave at the first exit whose confidence >= threshold
   bool evaluate_exits = true;  // false: only run layers (filling KV and split states)
   SamplingParams sampling;
+
+  // The exit rule: a token leaves at an exit whose confidence reaches θ.
+  bool leaves_at(double confidence) const { return confidence >= threshold; }
 };
 
 struct StepOutcome {
@@ -35,6 +38,10 @@ struct StepOutcome {
   int32_t fallback_token = -1; // the deepest evaluated exit's choice (standalone fallback)
   float fallback_confidence = 0;
   int32_t fallback_layer = -1;
+
+  // Standalone's token: the exit (or final layer) that resolved it, else the deepest evaluated exit.
+  int32_t standalone_token() const { return resolved ? token : fallback_token; }
+  int32_t standalone_layer() const { return resolved ? exit_layer : fallback_layer; }
 };
 
 // Split-layer states of positions [first_position, first_position + count), fp16 bits, row-major.

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "model/decoder.hpp"
+#include "model/early_exit_runner.hpp"
 #include "model/kv_cache.hpp"
 #include "model/split_plan.hpp"
 
@@ -85,12 +86,14 @@ SweepRow sweep_row(const TokenRecords& r, size_t edge_heads, double threshold) {
   const auto& final_greedy = r.greedy[heads - 1];
   SweepRow row;
   row.threshold = threshold;
+  ExitRule rule;  // the runtime's exit rule, over the recorded confidences
+  rule.threshold = threshold;
   std::vector<int64_t> at_exit(edge_heads, 0);
   int64_t edge_agree = 0, standalone_ok = 0, collab_ok = 0, full_ok = 0;
   for (size_t t = 0; t < n; ++t) {
     size_t resolved = edge_heads;  // edge_heads: not resolved on the edge
     for (size_t h = 0; h < edge_heads; ++h)
-      if (r.confidence[h][t] >= threshold) {
+      if (rule.leaves_at(r.confidence[h][t])) {
         resolved = h;
         break;
       }

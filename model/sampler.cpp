@@ -4,6 +4,8 @@
 
 #include <random>
 
+#include "model/decoder.hpp"
+
 namespace ce {
 namespace {
 
@@ -35,6 +37,11 @@ int64_t pick_token(const at::Tensor& logits, const SamplingParams& params, uint6
   if (params.temperature <= 0) return logits.argmax(-1).item<int64_t>();
   std::mt19937_64 rng(params.seed * 0x9E3779B97F4A7C15ull + position);
   return draw(logits, params, rng);
+}
+
+TokenChoice choose_token(const at::Tensor& logits, const SamplingParams& params, uint64_t position) {
+  // The token as pick_token draws it (argmax of the logits at T 0); the confidence from the softmax.
+  return {static_cast<int32_t>(pick_token(logits, params, position)), Decoder::choose_greedy(logits).confidence};
 }
 
 }  // namespace ce

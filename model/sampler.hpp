@@ -12,4 +12,8 @@ namespace ce {
 
 int64_t pick_token(const at::Tensor& logits, const SamplingParams& params, uint64_t position);  // logits: (vocab)
 
+// The one token choice of the runtime (edge exits, the cloud's final layer, the naïve split): the
+// token for `position` under `params` and the greedy confidence the exit rule compares with θ.
+TokenChoice choose_token(const at::Tensor& logits, const SamplingParams& params, uint64_t position);  // (vocab)
+
 }  // namespace ce

@@ -11,4 +11,11 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// A chosen token and the confidence the exit rule reads (the greedy softmax maximum, whatever
+// the sampling).
+struct TokenChoice {
+  int32_t token = -1;
+  float confidence = 0;
+};
+
 }  // namespace ce

@@ -86,8 +86,8 @@ int main(int argc, char** argv) {
     std::optional<ce::Detokenizer> text;
     if (tokenizer) text.emplace(*tokenizer, prompt);
     for (long long i = 0; i < max_tokens; ++i) {
-      const int32_t token = out.resolved ? out.token : out.fallback_token;
-      const int32_t layer = out.resolved ? out.exit_layer : out.fallback_layer;
+      const int32_t token = out.standalone_token();
+      const int32_t layer = out.standalone_layer();
       generated.push_back(token);
       exit_of.push_back(layer);
       if (text) {

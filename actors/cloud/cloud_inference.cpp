@@ -20,7 +20,7 @@ caf::result<bool, std::vector<char>> run_job(const CloudInferenceState& st, Infe
   const auto& req = job.request;
   const auto t0 = std::chrono::steady_clock::now();
   SamplingParams sampling{req.temperature, req.top_p, req.seed};
-  CloudChoice choice;
+  TokenChoice choice;
   try {
     if (req.kind == wire::InferKind::naive_split) {
       choice = naive_split_infer(*st.model, st.split, reinterpret_cast<const float*>(req.inline_payload.data()),

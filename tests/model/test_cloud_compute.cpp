@@ -51,7 +51,7 @@ struct Fixture {
   }
   const uint16_t* row(int64_t p) const { return fp16.data() + p * c.dim; }
 
-  void check(const CloudChoice& got, int64_t p) const {
+  void check(const TokenChoice& got, int64_t p) const {
     BOOST_TEST(got.token == want[static_cast<size_t>(p)].token, "position " << p);
     // fp32, different batch shapes: confidences agree to ~1e-6; tolerance 1e-4.
     BOOST_TEST(std::abs(got.confidence - want[static_cast<size_t>(p)].confidence) < 1e-4, "position " << p);
@@ -173,7 +173,7 @@ BOOST_FIXTURE_TEST_CASE(naive_split_equals_cloud_compute, Fixture) {
   auto contiguous = states.contiguous();
   for (uint32_t count : {1u, 5u, 9u, 16u}) {
     const auto naive = naive_split_infer(*m, split, contiguous.data_ptr<float>(), count, {});
-    check(CloudChoice{naive.token, naive.confidence}, count - 1);
+    check(TokenChoice{naive.token, naive.confidence}, count - 1);
   }
   for (int64_t p = 0; p < 16; ++p) {
     cloud.append_hidden_fp16(static_cast<uint32_t>(p), 1, row(p));
