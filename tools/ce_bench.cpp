@@ -1,17 +1,14 @@
 // ce-bench: the paper's comparison in one run. A cloud node and an edge node (two CAF systems in
 // this process, linked over loopback TCP through ce-linkem's emulated link) answer prompts from
 // the held-out test text in every mode, on every link profile; writes CSV, Markdown and plots and
-// checks its own invariants.
+// checks its own invariants (tools/bench/: the plan, the checkpoint, the tables and invariants).
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <map>
-#include <numeric>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -23,174 +20,12 @@
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
 #include "linkem/link_emulator.hpp"
-
-namespace {
+#include "tools/bench/bench_run.hpp"
+#include "tools/bench/checkpoint.hpp"
+#include "tools/bench/report.hpp"
 
 using namespace ce;
-
-struct ModeSpec {
-  std::string label;
-  InferenceMode mode;
-  double threshold;
-};
-
-struct Row {  // one response
-  std::string link, mode;
-  int prompt = 0;
-  GenerateResult result;
-};
-
-struct Summary {
-  std::string link, mode;
-  double threshold = 0;
-  int responses = 0, tokens = 0, cloud_tokens = 0, degraded = 0;
-  double total_s = 0, edge_s = 0, cloud_s = 0, comm_s = 0, p50 = 0, p99 = 0;
-  double bytes_per_response = 0;
-};
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Prompts: the first `prompt_tokens` tokens of test paragraphs long enough to hold them.
-std::vector<std::vector<int32_t>> make_prompts(const Tokenizer& tok, const std::string& text, int count,
-                                               int prompt_tokens, int32_t bos) {
-  std::vector<std::vector<int32_t>> out;
-  std::stringstream in(text);
-  for (std::string para; std::getline(in, para) && static_cast<int>(out.size()) < count;) {
-    if (para.size() < 40) continue;
-    auto ids = tok.encode(para);
-    if (static_cast<int>(ids.size()) < prompt_tokens) continue;
-    std::vector<int32_t> p{bos};
-    p.insert(p.end(), ids.begin(), ids.begin() + prompt_tokens);
-    out.push_back(std::move(p));
-  }
-  return out;
-}
-
-Summary summarize(const std::string& link, const ModeSpec& m, const std::vector<Row>& rows) {
-  Summary s;
-  s.link = link;
-  s.mode = m.label;
-  s.threshold = m.threshold;
-  std::vector<double> token_ms;
-  double bytes = 0;
-  for (auto& r : rows) {
-    if (r.link != link || r.mode != m.label) continue;
-    const auto& st = r.result.stats;
-    s.responses++;
-    s.tokens += st.generated;
-    s.cloud_tokens += st.cloud_tokens;
-    s.degraded += st.degraded_tokens;
-    s.total_s += st.total_ms / 1e3;
-    s.edge_s += st.edge_ms / 1e3;
-    s.cloud_s += st.cloud_ms / 1e3;
-    s.comm_s += st.wait_ms / 1e3;
-    bytes += static_cast<double>(st.bytes_uploaded + st.bytes_inline);
-    token_ms.insert(token_ms.end(), st.token_ms.begin(), st.token_ms.end());
-  }
-  s.p50 = percentile(token_ms, 0.5);
-  s.p99 = percentile(token_ms, 0.99);
-  s.bytes_per_response = s.responses ? bytes / s.responses : 0;
-  return s;
-}
-
-// The checkpoint: one line per measured response, appended as soon as it is measured, so that a
-// run of hours (the full preset is ~3 h on 2 cores) survives being stopped and resumes where it
-// left off. Its first line names the run; a checkpoint of another run is not resumed.
-std::string join_numbers(const std::vector<double>& v) {
-  std::ostringstream out;
-  out << std::setprecision(9);
-  for (size_t i = 0; i < v.size(); ++i) out << (i ? " " : "") << v[i];
-  return out.str();
-}
-
-std::vector<double> split_numbers(const std::string& s) {
-  std::vector<double> out;
-  std::istringstream in(s);
-  for (double x; in >> x;) out.push_back(x);
-  return out;
-}
-
-std::string checkpoint_line(const Row& r) {
-  const auto& s = r.result.stats;
-  std::ostringstream out;
-  out << std::setprecision(9) << r.link << '\t' << r.mode << '\t' << r.prompt << '\t' << static_cast<int>(s.mode)
-      << '\t' << s.threshold << '\t'
-      << s.prompt_tokens << '\t' << s.generated << '\t' << s.cloud_tokens << '\t' << s.degraded_tokens << '\t'
-      << s.bytes_uploaded << '\t' << s.bytes_inline << '\t' << s.edge_ms << '\t' << s.cloud_ms << '\t' << s.wait_ms
-      << '\t' << s.total_ms << '\t'
-      << join_numbers(std::vector<double>(r.result.tokens.begin(), r.result.tokens.end())) << '\t'
-      << join_numbers(s.token_ms);
-  return out.str();
-}
-
-Row parse_checkpoint_line(const std::string& line) {
-  std::vector<std::string> f;
-  std::istringstream in(line);
-  for (std::string field; std::getline(in, field, '\t');) f.push_back(field);
-  if (f.size() == 16) f.emplace_back();  // a response without tokens has an empty last field
-  if (f.size() != 17) throw std::runtime_error("has " + std::to_string(f.size()) + " fields, expected 17");
-  Row r;
-  r.link = f[0];
-  r.mode = f[1];
-  r.prompt = std::stoi(f[2]);
-  auto& s = r.result.stats;
-  s.mode = static_cast<InferenceMode>(std::stoi(f[3]));
-  s.threshold = std::stod(f[4]);
-  s.prompt_tokens = std::stoi(f[5]);
-  s.generated = std::stoi(f[6]);
-  s.cloud_tokens = std::stoi(f[7]);
-  s.degraded_tokens = std::stoi(f[8]);
-  s.bytes_uploaded = std::stoull(f[9]);
-  s.bytes_inline = std::stoull(f[10]);
-  s.edge_ms = std::stod(f[11]);
-  s.cloud_ms = std::stod(f[12]);
-  s.wait_ms = std::stod(f[13]);
-  s.total_ms = std::stod(f[14]);
-  for (double t : split_numbers(f[15])) r.result.tokens.push_back(static_cast<int32_t>(t));
-  s.token_ms = split_numbers(f[16]);
-  if (r.result.tokens.size() != static_cast<size_t>(s.generated) || s.token_ms.size() != static_cast<size_t>(s.generated))
-    throw std::runtime_error("is incomplete (" + std::to_string(s.generated) + " tokens generated, " +
-                             std::to_string(r.result.tokens.size()) + " ids and " + std::to_string(s.token_ms.size()) +
-                             " latencies recorded)");
-  return r;
-}
-
-// Rows of `path` when its header is `run_key`; none (and a note why) otherwise.
-std::vector<Row> load_checkpoint(const std::string& path, const std::string& run_key) {
-  std::ifstream in(path);
-  if (!in) return {};
-  std::string header;
-  std::getline(in, header);
-  if (header != run_key) {
-    std::cerr << "ce-bench: " << path << " is from another run (" << header << "), starting over\n";
-    return {};
-  }
-  std::vector<Row> rows;
-  int line_no = 1;
-  for (std::string line; std::getline(in, line);) {
-    ++line_no;
-    try {
-      rows.push_back(parse_checkpoint_line(line));
-    } catch (const std::exception& e) {  // a line cut by a kill: measure that response again
-      std::cerr << "ce-bench: " << path << " line " << line_no << " " << e.what() << "; measuring it again\n";
-    }
-  }
-  return rows;
-}
-
-}  // namespace
+using namespace ce::bench;
 
 int main(int argc, char** argv) {
   ce::use_fast_blas_kernel(argv);
@@ -244,40 +79,7 @@ int main(int argc, char** argv) {
     if (prompts.empty()) throw std::runtime_error("no prompts could be cut from " + cli.get("text"));
 
     const double theta_default = mc.default_threshold;
-    std::vector<ModeSpec> modes = {{"cloud-only", InferenceMode::cloud_only, 2.0},
-                                   {"naive-split", InferenceMode::naive_split, 2.0},
-                                   {"standalone", InferenceMode::standalone, theta_default},
-                                   {"collaborative", InferenceMode::collaborative, theta_default},
-                                   {"collaborative-0.8", InferenceMode::collaborative, 0.8},
-                                   {"collaborative-all-cloud", InferenceMode::collaborative, 2.0}};
-    if (std::abs(theta_default - 0.8) < 1e-9)  // the paper's θ is the model's own: run it once
-      modes.erase(std::remove_if(modes.begin(), modes.end(), [](const ModeSpec& m) { return m.label == "collaborative-0.8"; }),
-                  modes.end());
-    // The plan: every mode on every link, and the θ sweep on the sweep link.
-    std::vector<std::pair<std::string, std::vector<ModeSpec>>> plan;
-    for (auto& link : links) {
-      auto link_modes = modes;
-      if (link == cli.get("sweep-link") || (quick && link == "wan"))
-        for (double theta : sweep) {
-          std::ostringstream label;
-          label << "sweep-" << theta;
-          link_modes.push_back({label.str(), InferenceMode::collaborative, theta});
-        }
-      plan.emplace_back(link, std::move(link_modes));
-    }
-    // Where a (link, mode) stands in the plan, -1 when the plan has no such pair.
-    auto plan_index = [&](const Row& r) {
-      int index = 0;
-      for (auto& [link, link_modes] : plan)
-        for (auto& m : link_modes) {
-          if (r.link == link && r.mode == m.label) return index;
-          ++index;
-        }
-      return -1;
-    };
-    auto planned = [&](const Row& r) {
-      return r.prompt >= 0 && r.prompt < static_cast<int>(prompts.size()) && plan_index(r) >= 0;
-    };
+    const Plan plan = make_plan(links, paper_modes(theta_default), sweep, quick ? std::string("wan") : cli.get("sweep-link"));
 
     // Responses already measured by an interrupted run of this same configuration.
     const std::string checkpoint_path = out_dir + "/ce-bench.checkpoint";
@@ -302,7 +104,8 @@ int main(int argc, char** argv) {
     checkpoint << std::flush;
     if (!checkpoint) throw std::runtime_error(checkpoint_path + ": cannot write");
     std::vector<Row> rows;  // of this run's plan only (a resumed checkpoint may hold other links)
-    std::copy_if(checkpointed.begin(), checkpointed.end(), std::back_inserter(rows), planned);
+    std::copy_if(checkpointed.begin(), checkpointed.end(), std::back_inserter(rows),
+                 [&](const Row& r) { return plan.holds(r, prompts.size()); });
     const size_t resumed_rows = rows.size();
     auto measured = [&](const std::string& link, const std::string& label, int prompt) {
       return std::any_of(rows.begin(), rows.end(),
@@ -310,8 +113,7 @@ int main(int argc, char** argv) {
     };
 
     std::vector<std::string> failures;
-    int total_runs = 0;
-    for (auto& entry : plan) total_runs += static_cast<int>(entry.second.size() * prompts.size());
+    const int total_runs = plan.responses(prompts.size());
     const long long stop_after = cli.get_int("stop-after");
     int done = 0, measured_now = 0;
     bool stopped = false;
@@ -343,7 +145,7 @@ int main(int argc, char** argv) {
       stopped = stop_after > 0 && measured_now >= stop_after;
     };
 
-    for (auto& [link, link_modes] : plan) {
+    for (auto& [link, link_modes] : plan.links) {
       if (stopped) break;
       // A link measured in full by an earlier sitting needs no emulator and no edge node.
       const bool all_measured = std::all_of(link_modes.begin(), link_modes.end(), [&](const ModeSpec& m) {
@@ -376,71 +178,13 @@ int main(int argc, char** argv) {
     }
 
     // Invariants, on resumed and new responses alike.
-    for (auto& r : rows) {
-      const auto& st = r.result.stats;
-      const std::string where = r.link + "/" + r.mode + " prompt " + std::to_string(r.prompt);
-      if (static_cast<int>(r.result.tokens.size()) != n_tokens)
-        failures.push_back(where + ": produced " + std::to_string(r.result.tokens.size()) + " tokens");
-      const auto expected_upload = (prompts[static_cast<size_t>(r.prompt)].size() + static_cast<size_t>(n_tokens)) *
-                                   static_cast<size_t>(mc.dim) * 2;
-      if (st.mode == InferenceMode::collaborative && st.bytes_uploaded != expected_upload)
-        failures.push_back(where + ": uploaded " + std::to_string(st.bytes_uploaded) + " B, expected " +
-                           std::to_string(expected_upload) + " = (prompt + generated) x dim x 2");
-    }
-
-    // Invariant: θ > 1 sends every token to the cloud and must equal cloud-only exactly.
-    for (auto& link : links)
-      for (size_t i = 0; i < prompts.size(); ++i) {
-        const GenerateResult *all_cloud = nullptr, *cloud_only = nullptr;
-        for (auto& r : rows)
-          if (r.link == link && r.prompt == static_cast<int>(i)) {
-            if (r.mode == "collaborative-all-cloud") all_cloud = &r.result;
-            if (r.mode == "cloud-only") cloud_only = &r.result;
-          }
-        if (all_cloud && cloud_only && all_cloud->tokens != cloud_only->tokens)
-          failures.push_back(link + ": collaborative with θ > 1 differs from cloud-only on prompt " + std::to_string(i));
-      }
+    for (auto& f : check_invariants(rows, prompts, n_tokens, mc.dim, links)) failures.push_back(f);
 
     // Raw and summary CSV, in plan order (link, mode, prompt) whatever order the responses were measured in.
     std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
-      return std::make_pair(plan_index(a), a.prompt) < std::make_pair(plan_index(b), b.prompt);
+      return std::make_pair(plan.index_of(a), a.prompt) < std::make_pair(plan.index_of(b), b.prompt);
     });
-    std::ofstream raw(out_dir + "/responses.csv");
-    raw << "link,mode,prompt,threshold,prompt_tokens,generated,cloud_tokens,degraded,bytes_uploaded,bytes_inline,edge_ms,"
-           "cloud_ms,wait_ms,total_ms\n";
-    for (auto& r : rows) {
-      const auto& s = r.result.stats;
-      raw << r.link << "," << r.mode << "," << r.prompt << "," << s.threshold << "," << s.prompt_tokens << ","
-          << s.generated << "," << s.cloud_tokens << "," << s.degraded_tokens << "," << s.bytes_uploaded << ","
-          << s.bytes_inline << "," << s.edge_ms << "," << s.cloud_ms << "," << s.wait_ms << "," << s.total_ms << "\n";
-    }
-    std::vector<std::string> labels;
-    for (auto& r : rows)
-      if (std::find(labels.begin(), labels.end(), r.mode) == labels.end()) labels.push_back(r.mode);
-    std::ofstream sum(out_dir + "/summary.csv");
-    sum << "link,mode,threshold,responses,tokens,cloud_share,total_s,edge_s,cloud_s,comm_s,tokens_per_s,p50_ms,p99_ms,"
-           "bytes_per_response\n";
-    std::ostringstream md;
-    md << std::fixed;
-    for (auto& link : links) {
-      md << "\n### Link: " << link << "\n\n| mode | θ | total (s) | edge (s) | cloud (s) | comm/wait (s) | tokens/s | "
-            "p50 / p99 per token (ms) | to cloud | bytes / response |\n|---|---|---|---|---|---|---|---|---|---|\n";
-      for (auto& label : labels) {
-        double theta = 0;
-        for (auto& r : rows)
-          if (r.mode == label) theta = r.result.stats.threshold;
-        auto s = summarize(link, {label, InferenceMode::collaborative, theta}, rows);
-        if (!s.responses) continue;
-        const double share = s.tokens ? static_cast<double>(s.cloud_tokens) / s.tokens : 0;
-        sum << link << "," << label << "," << theta << "," << s.responses << "," << s.tokens << "," << share << ","
-            << s.total_s << "," << s.edge_s << "," << s.cloud_s << "," << s.comm_s << "," << s.tokens / s.total_s << ","
-            << s.p50 << "," << s.p99 << "," << s.bytes_per_response << "\n";
-        md << "| " << label << " | " << std::setprecision(2) << theta << " | " << std::setprecision(2) << s.total_s
-           << " | " << s.edge_s << " | " << s.cloud_s << " | " << s.comm_s << " | " << std::setprecision(1)
-           << s.tokens / s.total_s << " | " << std::setprecision(2) << s.p50 << " / " << s.p99 << " | "
-           << std::setprecision(1) << 100 * share << "% | " << std::setprecision(0) << s.bytes_per_response << " |\n";
-      }
-    }
+    const std::string md = write_tables(rows, links, out_dir);
 
     // Accuracy against the next token of the held-out text (Table II analogue).
     std::vector<int32_t> eval_tokens{static_cast<int32_t>(mc.bos_id)};
@@ -457,7 +201,7 @@ int main(int argc, char** argv) {
         << cli.get("prompt-tokens") << " tokens from `" << cli.get("text") << "`, " << n_tokens
         << " new tokens each, greedy. Cloud and edge share this machine (" << std::thread::hardware_concurrency()
         << " cores); links emulated by ce-linkem (bench/links/).\n"
-        << md.str() << "\n### Accuracy on " << eval_n << " held-out tokens (next-token accuracy)\n\n" << report_markdown(report)
+        << md << "\n### Accuracy on " << eval_n << " held-out tokens (next-token accuracy)\n\n" << report_markdown(report)
         << "\n";
     if (!failures.empty()) {
       std::cerr << "ce-bench: " << failures.size() << " invariant violations:\n";
@@ -474,7 +218,7 @@ int main(int argc, char** argv) {
         << "finished=" << finished << "\nresumed_responses=" << resumed_rows << "\nresponses=" << rows.size()
         << "\nlast_sitting_minutes="
         << std::chrono::duration_cast<std::chrono::minutes>(std::chrono::steady_clock::now() - t_start).count() << "\n";
-    std::cout << md.str() << "\nwrote " << out_dir << "/responses.csv, summary.csv, results.md, provenance.txt\n";
+    std::cout << md << "\nwrote " << out_dir << "/responses.csv, summary.csv, results.md, provenance.txt\n";
     std::cout << "invariants held: every response complete, collaborative bytes = (prompt + generated) x dim x 2, "
                  "θ > 1 equals cloud-only\n";
   } catch (const std::exception& e) {
