@@ -28,11 +28,6 @@ enum class ResponseState {
   closing,         // the last rows and the Bye are with the uploader
 };
 
-// Whether a mode's sessions go through the uploader (states or token ids uploaded once).
-bool uses_uploader(InferenceMode mode) {
-  return mode == InferenceMode::collaborative || mode == InferenceMode::cloud_only;
-}
-
 struct Generation {
   uint64_t id = 0;
   uint64_t session = 0;
@@ -101,14 +96,15 @@ void hand_to_uploader(self_ptr self, Generation& g, UploadRows rows) {
 
 // Hands newly completed split-layer rows to the uploader (collaborative) or keeps them (naïve).
 void ship_rows(self_ptr self, Generation& g) {
-  const bool naive = g.policy.mode == InferenceMode::naive_split;
+  const auto& mode = strategy_for(g.policy.mode);
+  const bool naive = mode.inlines_states;
   auto rows = g.runner->take_completed(naive);
   if (rows.count == 0) return;
   if (naive) {
     g.naive_states.insert(g.naive_states.end(), rows.fp32.begin(), rows.fp32.end());
     return;
   }
-  if (!uses_uploader(g.policy.mode)) return;
+  if (!mode.uploads) return;
   hand_to_uploader(self, g, {rows.first_position, rows.count, false, as_bytes(rows.fp16.data(), rows.fp16.size() * 2)});
 }
 
@@ -168,7 +164,7 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
 }
 
 void degrade(self_ptr self, Generation& g, const std::string& why) {
-  if (!g.runner) {  // cloud-only has no edge layers to fall back on
+  if (!strategy_for(g.policy.mode).edge_layers) {  // cloud-only has no edge exit to fall back on
     g.result.error = "cloud-only response failed at position " + std::to_string(g.position) + ": " + why;
     CE_LOG(warning, "edge", g.result.error);
     finish(self, g);
@@ -193,17 +189,14 @@ void ask_cloud(self_ptr self, Generation& g) {
   req.temperature = g.request.sampling.temperature;
   req.top_p = g.request.sampling.top_p;
   req.seed = g.request.sampling.seed;
-  switch (g.policy.mode) {
-    case InferenceMode::cloud_only: req.kind = wire::InferKind::cloud_only; break;
-    case InferenceMode::naive_split:
-      req.kind = wire::InferKind::naive_split;
-      req.inline_dtype = wire::Dtype::f32;
-      req.inline_count = static_cast<uint32_t>(g.position + 1);
-      req.inline_payload.assign(reinterpret_cast<const uint8_t*>(g.naive_states.data()),
-                                reinterpret_cast<const uint8_t*>(g.naive_states.data() + g.naive_states.size()));
-      g.result.stats.bytes_inline += req.inline_payload.size();
-      break;
-    default: req.kind = wire::InferKind::collaborative;
+  const auto& mode = strategy_for(g.policy.mode);
+  req.kind = mode.kind;
+  if (mode.inlines_states) {
+    req.inline_dtype = wire::Dtype::f32;
+    req.inline_count = static_cast<uint32_t>(g.position + 1);
+    req.inline_payload.assign(reinterpret_cast<const uint8_t*>(g.naive_states.data()),
+                              reinterpret_cast<const uint8_t*>(g.naive_states.data() + g.naive_states.size()));
+    g.result.stats.bytes_inline += req.inline_payload.size();
   }
   g.pending_request = req.request_id;
   g.state = ResponseState::awaiting_cloud;
@@ -220,7 +213,7 @@ void ask_cloud(self_ptr self, Generation& g) {
             auto decoded = wire::decode(reply, {});
             if (!decoded.ok) return degrade(self, *g, "undecodable reply: " + decoded.error_text);
             if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
-              if (err->code == error::unknown_session && uses_uploader(g->policy.mode) &&
+              if (err->code == error::unknown_session && strategy_for(g->policy.mode).uploads &&
                   g->result.stats.resyncs == 0) {
                 // Evicted for inactivity or a restarted cloud: rebuild the context (once), ask again.
                 g->result.stats.resyncs++;
@@ -274,7 +267,9 @@ void start(self_ptr self, Generation& g) {
   g.rule.threshold = g.policy.threshold;
   g.rule.sampling = g.request.sampling;
   // Baselines run no exits: naïve split sends every token, and its edge runs all edge layers.
-  if (g.policy.mode == InferenceMode::naive_split) g.rule.threshold = ExitRule::never_exit;
+  const auto& mode = strategy_for(g.policy.mode);
+  // A mode whose exits cannot resolve still evaluates them: the last one stands in if the cloud fails.
+  if (!mode.exits_resolve) g.rule.threshold = ExitRule::never_exit;
   g.result.generation = g.id;
   g.result.stats.mode = g.policy.mode;
   g.result.stats.threshold = g.policy.threshold;
@@ -284,7 +279,7 @@ void start(self_ptr self, Generation& g) {
     g.result.error = "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens";
     return deliver(self, g.id);
   }
-  if (g.policy.mode == InferenceMode::cloud_only) {
+  if (!mode.edge_layers) {
     upload_tokens(self, g, 0, g.request.prompt);
     g.position = static_cast<int32_t>(g.request.prompt.size()) - 1;
     return ask_cloud(self, g);
@@ -296,7 +291,7 @@ void start(self_ptr self, Generation& g) {
 
 void step(self_ptr self, Generation& g) {
   const int32_t last = g.result.tokens.back();
-  if (g.policy.mode == InferenceMode::cloud_only) {
+  if (!strategy_for(g.policy.mode).edge_layers) {
     upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {last});
     g.position += 1;
     return ask_cloud(self, g);
@@ -307,7 +302,7 @@ void step(self_ptr self, Generation& g) {
 
 void finish(self_ptr self, Generation& g) {
   g.state = ResponseState::closing;
-  if (!uses_uploader(g.policy.mode)) return deliver(self, g.id);
+  if (!strategy_for(g.policy.mode).uploads) return deliver(self, g.id);
   // The last token's state goes up too, so the cloud's context covers the whole response
   // (prompt + generated positions, each exactly once) and a follow-up could continue from it.
   if (!g.result.tokens.empty() && g.result.error.empty()) {

@@ -2,22 +2,30 @@
 
 namespace ce {
 
+const ModeStrategy& strategy_for(InferenceMode mode) {
+  //                                    edge   exits  cloud  upload inline kind
+  static const ModeStrategy standalone{true, true, false, false, false, wire::InferKind::collaborative};
+  static const ModeStrategy collaborative{true, true, true, true, false, wire::InferKind::collaborative};
+  static const ModeStrategy cloud_only{false, false, true, true, false, wire::InferKind::cloud_only};
+  static const ModeStrategy naive_split{true, false, true, false, true, wire::InferKind::naive_split};
+  switch (mode) {
+    case InferenceMode::standalone: return standalone;
+    case InferenceMode::collaborative: return collaborative;
+    case InferenceMode::cloud_only: return cloud_only;
+    case InferenceMode::naive_split: return naive_split;
+  }
+  return collaborative;
+}
+
 Decision fallback(const StepOutcome& o) {
   return {Action::emit_local, o.fallback_token, o.fallback_layer, o.fallback_confidence};
 }
 
 Decision decide(const Policy& policy, const StepOutcome& o) {
-  switch (policy.mode) {
-    case InferenceMode::standalone:
-      return o.resolved ? Decision{Action::emit_local, o.token, o.exit_layer, o.confidence} : fallback(o);
-    case InferenceMode::collaborative:
-      if (o.resolved) return {Action::emit_local, o.token, o.exit_layer, o.confidence};
-      return {Action::ask_cloud, -1, -1, 0};
-    case InferenceMode::cloud_only:
-    case InferenceMode::naive_split:
-      return {Action::ask_cloud, -1, -1, 0};
-  }
-  return {Action::ask_cloud, -1, -1, 0};
+  const auto& mode = strategy_for(policy.mode);
+  if (mode.exits_resolve && o.resolved) return {Action::emit_local, o.token, o.exit_layer, o.confidence};
+  if (mode.asks_cloud) return {Action::ask_cloud, -1, -1, 0};
+  return fallback(o);
 }
 
 InferenceMode effective_mode(InferenceMode configured, bool cloud_up) {

@@ -4,9 +4,22 @@
 #include <cstdint>
 
 #include "config/node_config.hpp"
+#include "messages/codec.hpp"
 #include "model/early_exit_runner.hpp"
 
 namespace ce {
+
+// What each inference mode does, in one place: the edge actor reads these instead of testing
+// the mode at every turn.
+struct ModeStrategy {
+  bool edge_layers;        // runs [0, split) and its exits (all but cloud-only, which uploads token ids)
+  bool exits_resolve;      // a confident exit ends a token on the edge (standalone, collaborative)
+  bool asks_cloud;         // unresolved tokens go to the cloud (all but standalone)
+  bool uploads;            // the session goes through the uploader, each position once
+  bool inlines_states;     // naïve split: every request carries the whole sequence in fp32
+  wire::InferKind kind;    // how the cloud serves its requests
+};
+const ModeStrategy& strategy_for(InferenceMode mode);
 
 struct Policy {
   InferenceMode mode = InferenceMode::collaborative;
