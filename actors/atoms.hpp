@@ -119,19 +119,10 @@ struct LinkStats {
   uint64_t queued_positions = 0;  // handed to the uploader and not yet acknowledged by the cloud
 };
 
-// Split-layer rows (or token ids) of positions [first_position, first_position + count).
-struct UploadRows {
-  uint32_t first_position = 0;
-  uint32_t count = 0;
-  bool token_ids = false;  // cloud-only mode uploads tokens
-  std::shared_ptr<const std::vector<uint8_t>> payload;
-};
-
 }  // namespace ce
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::TokenEvent)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateResult)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::UploadRows)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::CloudStats)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::ClientRequests)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::LinkStats)

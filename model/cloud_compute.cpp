@@ -11,20 +11,25 @@ struct CloudCompute::State {
   std::shared_ptr<const Model> model;
   int64_t layer_begin;
   KvCache kv;
-  std::vector<at::Tensor> waiting;  // (n, dim) fp32 rows at layer_begin, positions [computed, held)
-  int64_t computed = 0, held = 0;
+  PositionRows waiting;  // uploaded, KV not filled yet: positions [computed, held)
+  int64_t computed = 0;
 
   State(std::shared_ptr<const Model> m, int64_t begin)
-      : model(std::move(m)), layer_begin(begin), kv(model->config(), begin, model->config().n_layers) {}
+      : model(std::move(m)),
+        layer_begin(begin),
+        kv(model->config(), begin, model->config().n_layers),
+        waiting(begin == 0 ? PositionRows::empty_at(RowKind::token_ids, 4, 0)
+                           : PositionRows::empty_at(RowKind::states_f16, static_cast<uint32_t>(model->config().dim) * 2, 0)) {}
 
-  void check_append(uint32_t first, uint32_t count) const {
-    if (count == 0) throw ModelError("cloud context: empty upload");
-    if (first != held)
-      throw ModelError("cloud context: upload starts at position " + std::to_string(first) + " but " +
-                       std::to_string(held) + " positions are held (no gaps or overlaps)");
-    if (held + count > model->config().max_seq)
-      throw ModelError("cloud context: " + std::to_string(held + count) + " positions exceed max_seq " +
-                       std::to_string(model->config().max_seq));
+  // (n, dim) fp32 rows at layer_begin for the first n waiting positions.
+  at::Tensor take_inputs(uint32_t n) {
+    auto rows = waiting.take_front(n);
+    if (rows.kind() == RowKind::token_ids) {
+      std::vector<int64_t> ids(rows.ids(), rows.ids() + rows.count());
+      return model->decoder().embed(torch::tensor(ids, torch::kLong));
+    }
+    const int64_t dim = model->config().dim;
+    return torch::from_blob(const_cast<uint16_t*>(rows.f16()), {rows.count(), dim}, torch::kHalf).to(torch::kFloat);
   }
 };
 
@@ -38,45 +43,41 @@ CloudCompute::CloudCompute(std::shared_ptr<const Model> model, int64_t layer_beg
 
 CloudCompute::~CloudCompute() = default;
 
-void CloudCompute::append_hidden_fp16(uint32_t first, uint32_t count, const uint16_t* rows) {
-  torch::InferenceMode guard;
+void CloudCompute::append(const PositionRows& rows) {
   auto& s = *state_;
-  if (s.layer_begin == 0) throw ModelError("cloud context: a cloud-only context takes tokens, not hidden states");
-  s.check_append(first, count);
-  const int64_t dim = s.model->config().dim;
-  auto half = torch::from_blob(const_cast<uint16_t*>(rows), {count, dim}, torch::kHalf);
-  auto f = half.to(torch::kFloat);  // copies: the caller's buffer may go away
-  if (!torch::isfinite(f).all().item<bool>()) throw ModelError("cloud context: upload holds NaN or infinite values");
-  s.waiting.push_back(f);
-  s.held += count;
+  const auto& c = s.model->config();
+  if (rows.empty()) throw ModelError("cloud context: empty upload");
+  if (rows.kind() != s.waiting.kind())
+    throw ModelError(std::string("cloud context: a ") + (s.layer_begin == 0 ? "cloud-only" : "split") +
+                     " context takes " + to_string(s.waiting.kind()) + ", not " + to_string(rows.kind()));
+  if (rows.end() > c.max_seq)
+    throw ModelError("cloud context: " + std::to_string(rows.end()) + " positions exceed max_seq " +
+                     std::to_string(c.max_seq));
+  for (uint32_t i = 0; i < rows.count(); ++i) {
+    if (rows.kind() == RowKind::token_ids) {
+      if (rows.ids()[i] < 0 || rows.ids()[i] >= c.vocab_size)
+        throw ModelError("cloud context: token id " + std::to_string(rows.ids()[i]) + " outside the vocabulary");
+    } else {
+      for (uint32_t j = 0; j < rows.row_bytes() / 2; ++j)
+        if ((rows.f16()[static_cast<size_t>(i) * rows.row_bytes() / 2 + j] & 0x7c00) == 0x7c00)  // all-ones exponent
+          throw ModelError("cloud context: upload holds NaN or infinite values");
+    }
+  }
+  s.waiting.append(rows);
 }
 
-void CloudCompute::append_tokens(uint32_t first, uint32_t count, const int32_t* tokens) {
-  torch::InferenceMode guard;
-  auto& s = *state_;
-  if (s.layer_begin != 0) throw ModelError("cloud context: a split context takes hidden states, not tokens");
-  s.check_append(first, count);
-  std::vector<int64_t> ids(tokens, tokens + count);
-  s.waiting.push_back(s.model->decoder().embed(torch::tensor(ids, torch::kLong)));
-  s.held += count;
-}
-
-int64_t CloudCompute::held() const { return state_->held; }
+int64_t CloudCompute::held() const { return state_->waiting.end(); }
 int64_t CloudCompute::computed() const { return state_->computed; }
 
 TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling) {
   torch::InferenceMode guard;
   auto& s = *state_;
-  if (position >= s.held)
+  if (position >= s.waiting.end())
     throw ModelError("cloud context: position " + std::to_string(position) + " not uploaded (" +
-                     std::to_string(s.held) + " held)");
+                     std::to_string(s.waiting.end()) + " held)");
   if (position < s.computed)
     throw ModelError("cloud context: position " + std::to_string(position) + " was already answered");
-  auto all = torch::cat(s.waiting, 0);  // (held - computed, dim)
-  const int64_t n = position + 1 - s.computed;
-  auto rows = all.narrow(0, 0, n);
-  s.waiting.clear();
-  if (all.size(0) > n) s.waiting.push_back(all.narrow(0, n, all.size(0) - n).clone());
+  auto rows = s.take_inputs(static_cast<uint32_t>(position + 1 - s.computed));  // (n, dim)
   const auto& decoder = s.model->decoder();
   auto out = decoder.forward(rows, s.computed, s.layer_begin, s.model->config().n_layers, s.kv);  // (n, dim)
   s.computed = position + 1;
@@ -85,8 +86,7 @@ TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& samplin
 
 int64_t CloudCompute::bytes() const {
   int64_t total = state_->kv.bytes();
-  for (auto& w : state_->waiting) total += w.nbytes();
-  return total;
+  return total + static_cast<int64_t>(state_->waiting.bytes().size());
 }
 
 TokenChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "model/position_rows.hpp"
 #include "model/runtime.hpp"
 #include "model/sampling.hpp"
 
@@ -17,9 +18,10 @@ class CloudCompute {
   CloudCompute(std::shared_ptr<const Model> model, int64_t layer_begin);
   ~CloudCompute();
 
-  // Appends positions [held(), held() + count). Throws ModelError on a gap or bad size.
-  void append_hidden_fp16(uint32_t first_position, uint32_t count, const uint16_t* rows);
-  void append_tokens(uint32_t first_position, uint32_t count, const int32_t* tokens);
+  // Appends uploaded positions [held(), held() + n): fp16 states for a split context, token ids for
+  // a cloud-only one. Throws ModelError on the wrong kind, a gap or overlap, non-finite states, ids
+  // outside the vocabulary, or more than max_seq positions.
+  void append(const PositionRows& rows);
   int64_t held() const;      // positions uploaded
   int64_t computed() const;  // positions whose KV is filled
   // Token after `position`; requires position < held() and position >= computed().

@@ -145,19 +145,16 @@ void EarlyExitRunner::flush() {
   }
 }
 
-CompletedRows EarlyExitRunner::take_completed(bool with_fp32) {
+PositionRows EarlyExitRunner::take_completed(std::vector<float>* fp32) {
   auto& s = *state_;
-  CompletedRows out;
-  if (s.done.empty()) return out;
+  const auto dim = static_cast<uint32_t>(s.model->config().dim);
+  if (s.done.empty()) return PositionRows::empty_at(RowKind::states_f16, dim * 2, static_cast<uint32_t>(s.completed));
   auto full = torch::cat(s.done, 0).contiguous();  // (n, dim) fp32
-  if (with_fp32) out.fp32.assign(full.data_ptr<float>(), full.data_ptr<float>() + full.numel());
-  auto rows = full.to(torch::kHalf).contiguous();  // (n, dim) fp16
-  out.first_position = static_cast<uint32_t>(s.done_first);
-  out.count = static_cast<uint32_t>(rows.size(0));
-  out.fp16.resize(static_cast<size_t>(rows.numel()));
-  std::memcpy(out.fp16.data(), rows.data_ptr(), rows.nbytes());
+  if (fp32) fp32->insert(fp32->end(), full.data_ptr<float>(), full.data_ptr<float>() + full.numel());
+  auto half = full.to(torch::kHalf).contiguous();  // (n, dim) fp16
   s.done.clear();
-  return out;
+  return PositionRows::states_f16(static_cast<uint32_t>(s.done_first), static_cast<uint32_t>(half.size(0)), dim,
+                                  reinterpret_cast<const uint16_t*>(half.data_ptr()));
 }
 
 int64_t EarlyExitRunner::positions() const { return state_->next_pos; }

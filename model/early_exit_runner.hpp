@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/runtime.hpp"
+#include "model/position_rows.hpp"
 #include "model/sampling.hpp"
 
 namespace ce {
@@ -44,14 +45,6 @@ struct StepOutcome {
   int32_t standalone_layer() const { return resolved ? exit_layer : fallback_layer; }
 };
 
-// Split-layer states of positions [first_position, first_position + count), fp16 bits, row-major.
-struct CompletedRows {
-  uint32_t first_position = 0;
-  uint32_t count = 0;
-  std::vector<uint16_t> fp16;
-  std::vector<float> fp32;  // filled only when asked for (the naïve-split baseline sends fp32)
-};
-
 class EarlyExitRunner {
  public:
   EarlyExitRunner(std::shared_ptr<const Model> model, int64_t layer_end);
@@ -62,8 +55,9 @@ class EarlyExitRunner {
   StepOutcome advance(const std::vector<int32_t>& tokens, const ExitRule& rule);
   // Runs every pending row to layer_end.
   void flush();
-  // Rows that reached layer_end since the last call (in position order, contiguous).
-  CompletedRows take_completed(bool with_fp32 = false);
+  // Split-layer states (fp16) of the rows that reached layer_end since the last call, in position
+  // order; `fp32`, when given, gets the same rows unrounded appended (the naïve-split baseline).
+  PositionRows take_completed(std::vector<float>* fp32 = nullptr);
   int64_t positions() const;        // tokens fed so far
   int64_t completed_positions() const;  // positions that reached layer_end
   int64_t layer_end() const;

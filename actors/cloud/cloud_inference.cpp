@@ -26,14 +26,7 @@ caf::result<bool, std::vector<char>> run_job(const CloudInferenceState& st, Infe
       choice = naive_split_infer(*st.model, st.split, reinterpret_cast<const float*>(req.inline_payload.data()),
                                  req.inline_count, sampling);
     } else {
-      for (auto& chunk : job.new_chunks) {
-        if (chunk.dtype == wire::Dtype::token_ids)
-          job.compute->append_tokens(chunk.first_position, chunk.count,
-                                     reinterpret_cast<const int32_t*>(chunk.payload.data()));
-        else
-          job.compute->append_hidden_fp16(chunk.first_position, chunk.count,
-                                          reinterpret_cast<const uint16_t*>(chunk.payload.data()));
-      }
+      if (!job.new_rows.empty()) job.compute->append(job.new_rows);
       choice = job.compute->infer(req.position, sampling);
     }
   } catch (const std::exception& e) {

@@ -24,12 +24,12 @@ struct ParkedInfer {
 
 struct Context {
   std::shared_ptr<CloudCompute> compute;
-  bool token_ids = false;                      // cloud-only context
-  uint32_t held = 0;                           // positions uploaded
+  PositionRows new_rows;                       // uploaded, not yet handed to cloud_inference; ends at
+                                               // the positions held
   uint32_t computed = 0;                       // positions whose KV is filled
-  std::vector<wire::UploadChunk> new_chunks;   // uploaded, not yet handed to cloud_inference
-  uint64_t pending_bytes = 0;
   bool busy = false;                           // a job is with cloud_inference
+  uint32_t held() const { return new_rows.end(); }
+  bool token_ids() const { return new_rows.kind() == RowKind::token_ids; }  // a cloud-only context
   std::deque<ParkedInfer> parked;              // waiting for uploads or for the running job
   uint64_t last_request_id = 0;
   std::vector<char> last_reply;                // for an idempotent retry of the last request
@@ -73,7 +73,7 @@ std::vector<char> error_frame(error code, const std::string& text, uint64_t sess
 }
 
 uint64_t context_bytes(const ManagerState& st, const Context& c) {
-  return c.pending_bytes + static_cast<uint64_t>(c.computed) * st.kv_bytes_per_position;
+  return c.new_rows.bytes().size() + static_cast<uint64_t>(c.computed) * st.kv_bytes_per_position;
 }
 
 uint64_t total_bytes(const ManagerState& st) {
@@ -88,7 +88,7 @@ void end_context(self_ptr self, const ContextKey& key, const std::string& why) {
   for (auto& p : it->second.parked)
     p.promise.deliver(error_frame(error::unknown_session, "session ended: " + why, key.second,
                                   p.request.request_id));
-  CE_LOG(info, "context", "session " << hex(key.second) << " " << why << " (" << it->second.held << " positions)");
+  CE_LOG(info, "context", "session " << hex(key.second) << " " << why << " (" << it->second.held() << " positions)");
   self->state.contexts.erase(it);
   if (self->state.ended.size() > 100000) self->state.ended.clear();  // bound the tombstones
   self->state.ended.insert(key);
@@ -111,9 +111,7 @@ void fail_context(self_ptr self, const ContextKey& key, const std::string& why) 
 
 void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parked) {
   c.busy = true;
-  InferJob job{c.compute, std::move(c.new_chunks), parked.request};
-  c.new_chunks.clear();
-  c.pending_bytes = 0;
+  InferJob job{c.compute, c.new_rows.take_front(c.new_rows.count()), parked.request};
   const uint32_t position = parked.request.position;
   const uint64_t request_id = parked.request.request_id;
   auto promise = parked.promise;
@@ -151,7 +149,7 @@ void dispatch(self_ptr self, const ContextKey& key) {
   auto& c = it->second;
   if (c.busy || c.parked.empty()) return;
   auto& next = c.parked.front();
-  if (next.request.position >= c.held) return;  // its rows are still on the way
+  if (next.request.position >= c.held()) return;  // its rows are still on the way
   ParkedInfer p = std::move(next);
   c.parked.pop_front();
   if (p.request.position < c.computed) {
@@ -216,13 +214,22 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
   if (!tokens && chunk.dtype != wire::Dtype::f16)
     return error_frame(error::bad_request, "UploadChunk.dtype must be f16 (or token_ids for cloud-only)",
                        chunk.session_id);
+  // The rows enter the cloud here, in the one form they keep down to its compute.
+  const auto kind = tokens ? RowKind::token_ids : RowKind::states_f16;
+  const uint32_t row_bytes = tokens ? 4 : static_cast<uint32_t>(st.model->config().dim) * 2;
+  PositionRows rows;
+  try {
+    rows = PositionRows(kind, chunk.first_position, chunk.count, row_bytes, std::move(chunk.payload));
+  } catch (const std::exception& e) {
+    return error_frame(error::bad_request, std::string("UploadChunk.payload: ") + e.what(), chunk.session_id);
+  }
   auto it = st.contexts.find(key);
   if (it == st.contexts.end()) {
     if (chunk.first_position != 0)
       return error_frame(error::unknown_session,
                          "no context for session " + hex(chunk.session_id) + " (a new context starts at position 0)",
                          chunk.session_id);
-    const uint64_t need = chunk.payload.size();
+    const uint64_t need = rows.bytes().size();
     if (st.contexts.size() >= static_cast<size_t>(st.config.max_contexts) ||
         total_bytes(st) + need > st.config.memory_cap_bytes()) {
       CE_LOG(warning, "context", "refused session " << hex(chunk.session_id) << ": " << st.contexts.size()
@@ -242,7 +249,7 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
     st.ended.erase(key);
     st.refused.erase(key);
     Context c;
-    c.token_ids = tokens;
+    c.new_rows = PositionRows::empty_at(kind, row_bytes, 0);
     c.compute = std::make_shared<CloudCompute>(st.model, tokens ? 0 : st.plan.split);
     if (auto early = st.early.find(key); early != st.early.end()) {
       c.parked = std::move(early->second);
@@ -254,32 +261,22 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
   }
   auto& c = it->second;
   c.last_activity = clock_type::now();
-  if (tokens != c.token_ids)
+  if (tokens != c.token_ids())
     return error_frame(error::bad_request, "UploadChunk.dtype differs from the context's earlier uploads",
                        chunk.session_id);
-  const uint32_t end = chunk.first_position + chunk.count;
-  if (chunk.first_position > c.held)
-    return error_frame(error::bad_request,
-                       "UploadChunk.first_position " + std::to_string(chunk.first_position) + " leaves a gap (" +
-                           std::to_string(c.held) + " positions held)",
-                       chunk.session_id);
-  if (end > c.held) {  // a re-sent chunk may overlap what is held: keep only the new tail
-    const uint32_t skip = c.held - chunk.first_position;
-    const size_t row = chunk.payload.size() / chunk.count;
-    if (skip) {
-      chunk.payload.erase(chunk.payload.begin(), chunk.payload.begin() + static_cast<long>(skip * row));
-      chunk.first_position += skip;
-      chunk.count -= skip;
+  // A re-sent chunk may overlap what is held: only its new tail counts.
+  const uint32_t repeated = std::min(rows.count(), c.held() > rows.first_position() ? c.held() - rows.first_position() : 0u);
+  rows.take_front(repeated);
+  st.positions_repeated += repeated;
+  if (!rows.empty()) {
+    try {
+      c.new_rows.append(rows);  // the one contiguity check: a gap is refused
+    } catch (const std::exception& e) {
+      return error_frame(error::bad_request, std::string("UploadChunk: ") + e.what(), chunk.session_id);
     }
-    st.positions_repeated += skip;
-    st.positions_received += chunk.count;
-    c.pending_bytes += chunk.payload.size();
-    c.held = end;
-    c.new_chunks.push_back(std::move(chunk));
-  } else {
-    st.positions_repeated += chunk.count;
+    st.positions_received += rows.count();
   }
-  wire::UploadAck ack{key.second, 0, c.held};
+  wire::UploadAck ack{key.second, 0, c.held()};
   dispatch(self, key);
   return wire::encode(ack);
 }
@@ -311,7 +308,7 @@ caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node,
   }
   auto& c = it->second;
   c.last_activity = clock_type::now();
-  if ((req.kind == wire::InferKind::cloud_only) != c.token_ids)
+  if ((req.kind == wire::InferKind::cloud_only) != c.token_ids())
     return error_frame(error::bad_request, "InferRequest.kind does not match the context's uploads", req.session_id,
                        req.request_id);
   auto rp = self->make_response_promise<std::vector<char>>();

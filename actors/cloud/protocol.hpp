@@ -14,6 +14,7 @@
 
 #include "actors/atoms.hpp"
 #include "messages/codec.hpp"
+#include "model/position_rows.hpp"
 
 namespace ce {
 
@@ -22,7 +23,7 @@ class CloudCompute;
 // One request for cloud_inference: the context's newly uploaded rows and the position to answer.
 struct InferJob {
   std::shared_ptr<CloudCompute> compute;      // null for the stateless naïve-split baseline
-  std::vector<wire::UploadChunk> new_chunks;  // uploaded since the last job, position order
+  PositionRows new_rows;                      // uploaded since the last job (may be empty)
   wire::InferRequest request;
 };
 

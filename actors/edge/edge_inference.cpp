@@ -69,11 +69,6 @@ Generation* find(self_ptr self, uint64_t id) {
   return it == self->state.generations.end() ? nullptr : it->second.get();
 }
 
-std::shared_ptr<const std::vector<uint8_t>> as_bytes(const void* data, size_t n) {
-  auto p = static_cast<const uint8_t*>(data);
-  return std::make_shared<const std::vector<uint8_t>>(p, p + n);
-}
-
 // Backpressure: the edge pauses as soon as what it handed over and the uploader still holds
 // passes ce.upload.queue-limit, and resumes once that has halved (hysteresis), so a slow link
 // slows the edge instead of growing memory, whatever the lag of the uploader's messages.
@@ -88,8 +83,8 @@ void update_pause(Generation& g, uint32_t limit) {
   }
 }
 
-void hand_to_uploader(self_ptr self, Generation& g, UploadRows rows) {
-  g.shipped += rows.count;
+void hand_to_uploader(self_ptr self, Generation& g, PositionRows rows) {
+  g.shipped += rows.count();
   update_pause(g, static_cast<uint32_t>(self->state.config.upload_queue_limit));
   self->send(self->state.uploader, upload_atom::value, g.session, std::move(rows));
 }
@@ -98,18 +93,13 @@ void hand_to_uploader(self_ptr self, Generation& g, UploadRows rows) {
 void ship_rows(self_ptr self, Generation& g) {
   const auto& mode = strategy_for(g.policy.mode);
   const bool naive = mode.inlines_states;
-  auto rows = g.runner->take_completed(naive);
-  if (rows.count == 0) return;
-  if (naive) {
-    g.naive_states.insert(g.naive_states.end(), rows.fp32.begin(), rows.fp32.end());
-    return;
-  }
-  if (!mode.uploads) return;
-  hand_to_uploader(self, g, {rows.first_position, rows.count, false, as_bytes(rows.fp16.data(), rows.fp16.size() * 2)});
+  auto rows = g.runner->take_completed(naive ? &g.naive_states : nullptr);
+  if (rows.empty() || naive || !mode.uploads) return;
+  hand_to_uploader(self, g, std::move(rows));
 }
 
 void upload_tokens(self_ptr self, Generation& g, uint32_t first, const std::vector<int32_t>& tokens) {
-  hand_to_uploader(self, g, {first, static_cast<uint32_t>(tokens.size()), true, as_bytes(tokens.data(), tokens.size() * 4)});
+  hand_to_uploader(self, g, PositionRows::token_ids(first, tokens));
 }
 
 void finish(self_ptr self, Generation& g);

@@ -15,6 +15,7 @@
 
 #include "actors/atoms.hpp"
 #include "actors/edge/exit_policy.hpp"
+#include "model/position_rows.hpp"
 #include "model/sampling.hpp"
 
 namespace ce {
@@ -50,7 +51,7 @@ using exit_decider_actor = caf::typed_actor<
     caf::reacts_to<cloud_state_atom, bool>>;     // the uploader's cloud link went up (true) or down
 
 using uploader_actor = caf::typed_actor<
-    caf::reacts_to<upload_atom, uint64_t, UploadRows>,  // rows of a session, in position order
+    caf::reacts_to<upload_atom, uint64_t, PositionRows>,  // rows of a session, in position order
     caf::replies_to<infer_atom, uint64_t, std::vector<char>>::with<std::vector<char>>,  // InferRequest
                                                         // frame -> InferReply or ErrorReply frame
     caf::reacts_to<resync_atom, uint64_t>,              // the cloud lost the session: re-send its log
@@ -63,3 +64,4 @@ using uploader_actor = caf::typed_actor<
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateRequest)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::Policy)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::PositionRows)

@@ -15,10 +15,8 @@ namespace {
 constexpr uint32_t max_chunks_in_flight = 2;  // enough to keep a link busy while acks return
 
 struct SessionLog {
-  std::vector<uint8_t> bytes;  // every row handed over, position order (kept for re-sends)
-  uint32_t row_bytes = 0;
-  bool token_ids = false;
-  uint32_t total = 0;   // positions handed over
+  PositionRows rows;    // every row handed over, from position 0 (kept for re-sends)
+  bool started = false; // rows holds the session's first rows
   uint32_t sent = 0;    // positions sent on the current link
   uint32_t acked = 0;   // positions the cloud confirmed holding
   uint32_t in_flight = 0;
@@ -60,7 +58,7 @@ void pump(self_ptr self, uint64_t session, bool urgent);
 void report_released(self_ptr self, uint64_t session, SessionLog& log) {
   if (!log.owner) return;
   const bool sending = self->state.connected && !log.failed && !log.refused;
-  const uint32_t released = sending ? std::min(log.acked, log.total) : log.total;
+  const uint32_t released = sending ? std::min(log.acked, log.rows.end()) : log.rows.end();
   if (released == log.released_reported) return;
   log.released_reported = released;
   self->send(log.owner, backlog_atom::value, session, released);
@@ -71,7 +69,7 @@ void finish_byes(self_ptr self, uint64_t session) {
   if (it == self->state.sessions.end()) return;
   auto& log = it->second;
   if (log.byes.empty()) return;
-  const bool drained = log.acked >= log.total || log.failed || log.refused || !self->state.connected;
+  const bool drained = log.acked >= log.rows.end() || log.failed || log.refused || !self->state.connected;
   if (!drained) return;
   if (self->state.connected)
     self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value,
@@ -89,16 +87,14 @@ void finish_byes(self_ptr self, uint64_t session) {
 }
 
 void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
-  const uint32_t count = std::min<uint32_t>(log.total - log.sent, static_cast<uint32_t>(self->state.config.upload_batch));
+  const uint32_t count = std::min<uint32_t>(log.rows.end() - log.sent, static_cast<uint32_t>(self->state.config.upload_batch));
   wire::UploadChunk chunk;
   chunk.session_id = session;
   chunk.chunk_id = self->state.next_chunk_id++;
   chunk.first_position = log.sent;
   chunk.count = count;
-  chunk.dtype = log.token_ids ? wire::Dtype::token_ids : wire::Dtype::f16;
-  const size_t begin = static_cast<size_t>(log.sent) * log.row_bytes;
-  chunk.payload.assign(log.bytes.begin() + static_cast<long>(begin),
-                       log.bytes.begin() + static_cast<long>(begin + static_cast<size_t>(count) * log.row_bytes));
+  chunk.dtype = log.rows.kind() == RowKind::token_ids ? wire::Dtype::token_ids : wire::Dtype::f16;
+  chunk.payload = log.rows.slice(log.sent, count).bytes();
   log.sent += count;
   log.in_flight++;
   log.bytes_sent += chunk.payload.size();
@@ -117,7 +113,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
               } else if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
                 CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec << " upload refused: "
                                                        << to_string(err->code) << ": " << err->text);
-                l.acked = l.total;  // nothing more will be accepted for this context
+                l.acked = l.rows.end();  // nothing more will be accepted for this context
                 l.refused = true;
               }
             }
@@ -145,14 +141,14 @@ void pump(self_ptr self, uint64_t session, bool urgent) {
   if (it == st.sessions.end() || !st.connected) return;
   auto& log = it->second;
   if (log.refused) return;
-  if (st.config.upload_inject_delay.count() > 0 && log.sent < log.total) {
+  if (st.config.upload_inject_delay.count() > 0 && log.sent < log.rows.end()) {
     if (!log.send_scheduled) {
       log.send_scheduled = true;
       self->delayed_send(self, st.config.upload_inject_delay, send_atom::value, session);
     }
     return;
   }
-  while (log.sent < log.total && (urgent || log.in_flight < max_chunks_in_flight)) send_chunk(self, session, log);
+  while (log.sent < log.rows.end() && (urgent || log.in_flight < max_chunks_in_flight)) send_chunk(self, session, log);
 }
 
 void connect(self_ptr self);
@@ -255,19 +251,18 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
   self->send(self, link_atom::value);
   return {
       [=](link_atom) { connect(self); },
-      [=](upload_atom, uint64_t session, const UploadRows& rows) {
+      [=](upload_atom, uint64_t session, const PositionRows& rows) {
         auto& log = self->state.sessions[session];
-        if (log.total == 0) {
-          log.token_ids = rows.token_ids;
-          log.row_bytes = rows.token_ids ? 4 : self->state.hello.hidden_dim * 2;
+        if (!log.started) {
+          log.rows = PositionRows::empty_at(rows.kind(), rows.row_bytes(), 0);
+          log.started = true;
         }
-        if (rows.first_position != log.total || rows.payload->size() != static_cast<size_t>(rows.count) * log.row_bytes) {
-          CE_LOG(error, "uploader", "session " << std::hex << session << std::dec << " rows at "
-                                               << rows.first_position << " do not follow " << log.total);
+        try {
+          log.rows.append(rows);
+        } catch (const std::exception& e) {  // a bug of the producer: the cloud must never see it
+          CE_LOG(error, "uploader", "session " << std::hex << session << std::dec << ": " << e.what());
           return;
         }
-        log.bytes.insert(log.bytes.end(), rows.payload->begin(), rows.payload->end());
-        log.total += rows.count;
         if (!log.owner) log.owner = caf::actor_cast<backlog_listener_actor>(self->current_sender());
         pump(self, session, false);
         report_released(self, session, log);
@@ -277,7 +272,7 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         auto it = self->state.sessions.find(session);
         if (it == self->state.sessions.end()) return;
         CE_LOG(info, "uploader", "session " << std::hex << session << std::dec << " re-sent from its log ("
-                                            << it->second.total << " positions)");
+                                            << it->second.rows.end() << " positions)");
         it->second.sent = 0;
         it->second.acked = 0;
         it->second.failed = false;
@@ -288,7 +283,7 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         auto it = self->state.sessions.find(session);
         if (it == self->state.sessions.end() || !self->state.connected) return;
         it->second.send_scheduled = false;
-        if (!it->second.refused && it->second.sent < it->second.total) send_chunk(self, session, it->second);
+        if (!it->second.refused && it->second.sent < it->second.rows.end()) send_chunk(self, session, it->second);
         pump(self, session, false);
       },
       [=](infer_atom, uint64_t session, std::vector<char>& frame) -> caf::result<std::vector<char>> {
@@ -327,7 +322,7 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
       },
       [=](stats_atom) {
         LinkStats stats{self->state.connected, 0};
-        for (auto& [id, log] : self->state.sessions) stats.queued_positions += log.total - log.acked;
+        for (auto& [id, log] : self->state.sessions) stats.queued_positions += log.rows.end() - log.acked;
         return stats;
       },
   };

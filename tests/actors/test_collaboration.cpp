@@ -453,9 +453,9 @@ BOOST_AUTO_TEST_CASE(after_a_cloud_restart_every_open_session_is_sent_again_from
   ec.cloud_port = cc.listen_port;
   Node edge(ec);
   BOOST_REQUIRE(edge.wait_for_cloud(10s));
-  const size_t row = static_cast<size_t>(edge.model().config().dim) * 2;
+  const auto dim = static_cast<uint32_t>(edge.model().config().dim);
   auto rows = [&](uint32_t first, uint32_t count) {
-    return UploadRows{first, count, false, std::make_shared<const std::vector<uint8_t>>(count * row, 0)};
+    return PositionRows::states_f16(first, count, dim, std::vector<uint16_t>(count * dim, 0).data());
   };
   // Two open sessions, fed straight to the edge's uploader as edge_inference would.
   caf::scoped_actor producer{edge.system()};

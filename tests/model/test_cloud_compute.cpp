@@ -37,9 +37,9 @@ struct Fixture {
     for (auto t : tokens) edge.advance({static_cast<int32_t>(t)}, rule);
     edge.flush();
     auto rows = edge.take_completed();
-    BOOST_REQUIRE_EQUAL(rows.count, tokens.size());
-    fp16 = rows.fp16;
-    states = at::from_blob(fp16.data(), {static_cast<int64_t>(rows.count), c.dim}, at::kHalf).to(at::kFloat);
+    BOOST_REQUIRE_EQUAL(rows.count(), tokens.size());
+    fp16.assign(rows.f16(), rows.f16() + rows.count() * c.dim);
+    states = at::from_blob(fp16.data(), {static_cast<int64_t>(rows.count()), c.dim}, at::kHalf).to(at::kFloat);
     // Reference: layers [split, L) over the same fp16-rounded states in one batch.
     const auto& d = m->decoder();
     KvCache kv(c, split, c.n_layers);
@@ -50,6 +50,12 @@ struct Fixture {
     }
   }
   const uint16_t* row(int64_t p) const { return fp16.data() + p * c.dim; }
+  PositionRows hidden(uint32_t first, uint32_t count, const uint16_t* bits) const {
+    return PositionRows::states_f16(first, count, static_cast<uint32_t>(c.dim), bits);
+  }
+  static PositionRows token_rows(uint32_t first, uint32_t count, const int32_t* tokens) {
+    return PositionRows::token_ids(first, std::vector<int32_t>(tokens, tokens + count));
+  }
 
   void check(const TokenChoice& got, int64_t p) const {
     BOOST_TEST(got.token == want[static_cast<size_t>(p)].token, "position " << p);
@@ -66,7 +72,7 @@ BOOST_FIXTURE_TEST_CASE(one_position_at_a_time_matches_reference, Fixture) {
   CloudCompute cloud(m, split);
   std::set<int64_t> distinct;
   for (int64_t p = 0; p < static_cast<int64_t>(tokens.size()); ++p) {
-    cloud.append_hidden_fp16(static_cast<uint32_t>(p), 1, row(p));
+    cloud.append(hidden(static_cast<uint32_t>(p), 1, row(p)));
     BOOST_TEST(cloud.held() == p + 1);
     check(cloud.infer(static_cast<uint32_t>(p), {}), p);
     BOOST_TEST(cloud.computed() == p + 1);
@@ -89,9 +95,9 @@ BOOST_FIXTURE_TEST_CASE(uploads_as_the_runner_completes_them, Fixture) {
     edge.advance({static_cast<int32_t>(tokens[i])}, rule);
     if (i + 1 == tokens.size()) edge.flush();
     auto rows = edge.take_completed();
-    if (rows.count == 0) continue;
-    cloud.append_hidden_fp16(rows.first_position, rows.count, rows.fp16.data());
-    largest_upload = std::max(largest_upload, rows.count);
+    if (rows.empty()) continue;
+    cloud.append(rows);
+    largest_upload = std::max(largest_upload, rows.count());
     const auto p = cloud.held() - 1;
     check(cloud.infer(static_cast<uint32_t>(p), {}), p);
     ++answered;
@@ -103,16 +109,16 @@ BOOST_FIXTURE_TEST_CASE(uploads_as_the_runner_completes_them, Fixture) {
 
 BOOST_FIXTURE_TEST_CASE(lazy_fill_answers_later_positions, Fixture) {
   CloudCompute cloud(m, split);
-  cloud.append_hidden_fp16(0, 5, row(0));
+  cloud.append(hidden(0, 5, row(0)));
   BOOST_TEST(cloud.held() == 5);
   BOOST_TEST(cloud.computed() == 0);
   check(cloud.infer(4, {}), 4);
   BOOST_TEST(cloud.computed() == 5);
-  cloud.append_hidden_fp16(5, 3, row(5));
+  cloud.append(hidden(5, 3, row(5)));
   check(cloud.infer(7, {}), 7);
   BOOST_TEST(cloud.computed() == 8);
   // Part of a batch: answer 9 with 10 and 11 still waiting, then 11.
-  cloud.append_hidden_fp16(8, 4, row(8));
+  cloud.append(hidden(8, 4, row(8)));
   check(cloud.infer(9, {}), 9);
   BOOST_TEST(cloud.computed() == 10);
   BOOST_TEST(cloud.held() == 12);
@@ -121,26 +127,26 @@ BOOST_FIXTURE_TEST_CASE(lazy_fill_answers_later_positions, Fixture) {
 
 BOOST_FIXTURE_TEST_CASE(gaps_overlaps_and_bad_infers_throw, Fixture) {
   CloudCompute cloud(m, split);
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(1, 1, row(1)), ModelError);  // gap at the start
-  cloud.append_hidden_fp16(0, 5, row(0));
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(6, 1, row(6)), ModelError);  // gap
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(4, 2, row(4)), ModelError);  // overlap
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(0, 1, row(0)), ModelError);  // repeat
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(5, 0, row(5)), ModelError);  // empty
+  BOOST_CHECK_THROW(cloud.append(hidden(1, 1, row(1))), ModelError);  // gap at the start
+  cloud.append(hidden(0, 5, row(0)));
+  BOOST_CHECK_THROW(cloud.append(hidden(6, 1, row(6))), ModelError);  // gap
+  BOOST_CHECK_THROW(cloud.append(hidden(4, 2, row(4))), ModelError);  // overlap
+  BOOST_CHECK_THROW(cloud.append(hidden(0, 1, row(0))), ModelError);  // repeat
+  BOOST_CHECK_THROW(cloud.append(hidden(5, 0, row(5))), ModelError);  // empty
   BOOST_TEST(cloud.held() == 5);
   BOOST_CHECK_THROW(cloud.infer(5, {}), ModelError);  // beyond what is held
   check(cloud.infer(3, {}), 3);
   BOOST_CHECK_THROW(cloud.infer(3, {}), ModelError);  // twice at the same position
   BOOST_CHECK_THROW(cloud.infer(1, {}), ModelError);  // already answered
   check(cloud.infer(4, {}), 4);  // still usable after the refusals
-  BOOST_CHECK_THROW(cloud.append_tokens(5, 1, std::vector<int32_t>{3}.data()), ModelError);  // split context
+  BOOST_CHECK_THROW(cloud.append(token_rows(5, 1, std::vector<int32_t>{3}.data())), ModelError);  // split context
   // Non-finite uploads are refused.
   std::vector<uint16_t> nan_row(static_cast<size_t>(c.dim), 0x7e00);  // fp16 NaN
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(5, 1, nan_row.data()), ModelError);
+  BOOST_CHECK_THROW(cloud.append(hidden(5, 1, nan_row.data())), ModelError);
   BOOST_TEST(cloud.held() == 5);
   // Beyond max_seq.
   std::vector<uint16_t> many(static_cast<size_t>(c.max_seq * c.dim), 0);
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(5, static_cast<uint32_t>(c.max_seq), many.data()), ModelError);
+  BOOST_CHECK_THROW(cloud.append(hidden(5, static_cast<uint32_t>(c.max_seq), many.data())), ModelError);
   BOOST_CHECK_THROW(CloudCompute(m, c.n_layers), ModelError);
   BOOST_CHECK_THROW(CloudCompute(m, -1), ModelError);
 }
@@ -152,20 +158,20 @@ BOOST_FIXTURE_TEST_CASE(cloud_only_context_equals_full_model, Fixture) {
   auto h = d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv);
   CloudCompute cloud(m, 0);
   std::vector<int32_t> ids(tokens.begin(), tokens.end());
-  BOOST_CHECK_THROW(cloud.append_hidden_fp16(0, 1, row(0)), ModelError);  // takes tokens only
-  cloud.append_tokens(0, 6, ids.data());  // a prompt, answered at its end
+  BOOST_CHECK_THROW(cloud.append(hidden(0, 1, row(0))), ModelError);  // takes tokens only
+  cloud.append(token_rows(0, 6, ids.data()));  // a prompt, answered at its end
   auto full = [&](int64_t p) { return Decoder::choose_greedy(d.final_logits(h[p])); };
   auto got = cloud.infer(5, {});
   BOOST_TEST(got.token == full(5).token);
   BOOST_TEST(std::abs(got.confidence - full(5).confidence) < 1e-4);
   for (int64_t p = 6; p < static_cast<int64_t>(ids.size()); ++p) {
-    cloud.append_tokens(static_cast<uint32_t>(p), 1, ids.data() + p);
+    cloud.append(token_rows(static_cast<uint32_t>(p), 1, ids.data() + p));
     got = cloud.infer(static_cast<uint32_t>(p), {});
     BOOST_TEST(got.token == full(p).token, "position " << p);
     BOOST_TEST(std::abs(got.confidence - full(p).confidence) < 1e-4);
   }
   std::vector<int32_t> bad{static_cast<int32_t>(c.vocab_size)};
-  BOOST_CHECK_THROW(cloud.append_tokens(static_cast<uint32_t>(ids.size()), 1, bad.data()), ModelError);
+  BOOST_CHECK_THROW(cloud.append(token_rows(static_cast<uint32_t>(ids.size()), 1, bad.data())), ModelError);
 }
 
 BOOST_FIXTURE_TEST_CASE(naive_split_equals_cloud_compute, Fixture) {
@@ -176,7 +182,7 @@ BOOST_FIXTURE_TEST_CASE(naive_split_equals_cloud_compute, Fixture) {
     check(TokenChoice{naive.token, naive.confidence}, count - 1);
   }
   for (int64_t p = 0; p < 16; ++p) {
-    cloud.append_hidden_fp16(static_cast<uint32_t>(p), 1, row(p));
+    cloud.append(hidden(static_cast<uint32_t>(p), 1, row(p)));
     const auto a = cloud.infer(static_cast<uint32_t>(p), {});
     const auto b = naive_split_infer(*m, split, contiguous.data_ptr<float>(), static_cast<uint32_t>(p + 1), {});
     BOOST_TEST(a.token == b.token, "position " << p);
@@ -191,7 +197,7 @@ BOOST_FIXTURE_TEST_CASE(sampling_uses_the_position, Fixture) {
   s.temperature = 1.0f;
   s.seed = 99;
   CloudCompute cloud(m, split);
-  cloud.append_hidden_fp16(0, 16, row(0));
+  cloud.append(hidden(0, 16, row(0)));
   for (uint32_t p = 0; p < 16; ++p)
     BOOST_TEST(cloud.infer(p, s).token == pick_token(want_logits[p], s, p), "position " << p);
   BOOST_TEST(naive_split_infer(*m, split, states.contiguous().data_ptr<float>(), 16, s).token ==

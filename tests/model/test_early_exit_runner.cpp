@@ -135,9 +135,10 @@ EagerRun run_eager(const Model& m, double theta, int64_t layer_end, int steps) {
   return r;
 }
 
-at::Tensor rows_to_float(const CompletedRows& rows, int64_t dim) {
-  BOOST_REQUIRE_EQUAL(rows.fp16.size(), static_cast<size_t>(rows.count) * static_cast<size_t>(dim));
-  return at::from_blob(const_cast<uint16_t*>(rows.fp16.data()), {static_cast<int64_t>(rows.count), dim}, at::kHalf)
+at::Tensor rows_to_float(const PositionRows& rows, int64_t dim) {
+  BOOST_REQUIRE(rows.kind() == RowKind::states_f16);
+  BOOST_REQUIRE_EQUAL(rows.bytes().size(), static_cast<size_t>(rows.count()) * static_cast<size_t>(dim) * 2);
+  return at::from_blob(const_cast<uint16_t*>(rows.f16()), {static_cast<int64_t>(rows.count()), dim}, at::kHalf)
       .to(at::kFloat);
 }
 
@@ -155,9 +156,9 @@ at::Tensor check_runner(std::shared_ptr<const Model> m, const EagerRun& eager, d
   uint32_t next_first = 0;
   auto take = [&] {
     auto rows = runner.take_completed();
-    if (rows.count == 0) return;
-    BOOST_TEST(rows.first_position == next_first);  // contiguous, from 0
-    next_first = rows.first_position + rows.count;
+    if (rows.empty()) return;
+    BOOST_TEST(rows.first_position() == next_first);  // contiguous, from 0
+    next_first = rows.end();
     chunks.push_back(rows_to_float(rows, dim));
   };
   for (size_t i = 0; i < eager.decisions.size(); ++i) {
@@ -185,7 +186,7 @@ at::Tensor check_runner(std::shared_ptr<const Model> m, const EagerRun& eager, d
   runner.flush();
   BOOST_TEST(runner.completed_positions() == runner.positions());
   take();
-  BOOST_TEST(runner.take_completed().count == 0u);  // nothing left after taking everything
+  BOOST_TEST(runner.take_completed().count() == 0u);  // nothing left after taking everything
   BOOST_REQUIRE(!chunks.empty());
   auto got = at::cat(chunks, 0);
   BOOST_REQUIRE_EQUAL(got.size(0), static_cast<int64_t>(eager.end_states.size()));
@@ -319,8 +320,8 @@ BOOST_FIXTURE_TEST_CASE(run_only_fills_states_without_deciding, Fixture) {
   BOOST_TEST(out.fallback_layer == -1);
   BOOST_TEST(runner.completed_positions() == 4);  // nothing pending: every row ran to layer_end
   const auto rows = runner.take_completed();
-  BOOST_TEST(rows.first_position == 0u);
-  BOOST_TEST(rows.count == 4u);
+  BOOST_TEST(rows.first_position() == 0u);
+  BOOST_TEST(rows.count() == 4u);
   EarlyExitRunner full(m, c.n_layers);
   BOOST_TEST(!full.advance({1, 2}, rule).resolved);  // no final-layer decision either
 }

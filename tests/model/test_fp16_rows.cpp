@@ -136,16 +136,17 @@ BOOST_AUTO_TEST_CASE(uploaded_rows_are_the_fp32_states_rounded_to_nearest_even) 
   rule.threshold = 2.0;  // every token runs to the split: every row completes at once
   runner.advance({1, 5, 9, 2, 7}, rule);
   for (int32_t t : {3, 8, 4}) runner.advance({t}, rule);
-  const auto rows = runner.take_completed(/*with_fp32=*/true);
-  BOOST_REQUIRE(rows.count == 8u);
-  BOOST_REQUIRE(rows.fp16.size() == rows.fp32.size());
-  BOOST_REQUIRE(rows.fp32.size() == 8u * static_cast<size_t>(c.dim));
+  std::vector<float> fp32;
+  const auto rows = runner.take_completed(&fp32);
+  BOOST_REQUIRE(rows.count() == 8u);
+  BOOST_REQUIRE(rows.bytes().size() == fp32.size() * 2);
+  BOOST_REQUIRE(fp32.size() == 8u * static_cast<size_t>(c.dim));
   size_t inexact = 0;
-  for (size_t i = 0; i < rows.fp32.size(); ++i) {
-    BOOST_TEST_REQUIRE(rows.fp16[i] == float_to_half(rows.fp32[i]), "element " << i << " = " << rows.fp32[i]);
-    inexact += half_to_float(rows.fp16[i]) != rows.fp32[i];
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    BOOST_TEST_REQUIRE(rows.f16()[i] == float_to_half(fp32[i]), "element " << i << " = " << fp32[i]);
+    inexact += half_to_float(rows.f16()[i]) != fp32[i];
   }
-  BOOST_TEST(inexact > rows.fp32.size() / 2);  // real rounding happened, not exact small values
+  BOOST_TEST(inexact > fp32.size() / 2);  // real rounding happened, not exact small values
 }
 
 BOOST_AUTO_TEST_SUITE_END()
