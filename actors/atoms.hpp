@@ -25,7 +25,6 @@ using infer_atom = caf::atom_constant<caf::atom("infer")>;        // edge -> upl
 using bye_atom = caf::atom_constant<caf::atom("bye")>;            // end of a session
 using resync_atom = caf::atom_constant<caf::atom("resync")>;      // re-send a session from its log
 using backlog_atom = caf::atom_constant<caf::atom("backlog")>;    // uploader -> edge: pause/resume
-using send_atom = caf::atom_constant<caf::atom("sendnext")>;      // uploader: push queued rows
 using link_atom = caf::atom_constant<caf::atom("link")>;          // uploader: (re)connect
 using policy_atom = caf::atom_constant<caf::atom("policy")>;      // exit decider: current policy
 using cloud_state_atom = caf::atom_constant<caf::atom("cloudstate")>;

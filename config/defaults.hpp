@@ -26,7 +26,6 @@ constexpr std::int64_t memory_cap_mib = 1024;
 constexpr std::chrono::milliseconds request_deadline = 5s;
 constexpr int upload_batch = 32;
 constexpr int upload_queue_limit = 4096;
-constexpr std::chrono::milliseconds upload_inject_delay = 0ms;
 constexpr int torch_threads = 0;  // 0: all cores
 constexpr int actor_threads = 2;
 constexpr int max_tokens = 64;

@@ -401,8 +401,6 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(int_key("ce.upload.batch", &C::upload_batch, 1, 4096, "most positions in one upload chunk"));
   t.push_back(int_key("ce.upload.queue-limit", &C::upload_queue_limit, 1, no_limit,
                       "most positions queued for upload"));
-  t.push_back(duration_key("ce.upload.inject-delay", &C::upload_inject_delay, milliseconds(0),
-                           "test knob: delay added before each upload send"));
   t.push_back(string_key("ce.tls.certificate", &C::tls_certificate, true, anything(),
                          "PEM certificate; tls.* are all set or none"));
   t.push_back(string_key("ce.tls.key", &C::tls_key, true, anything(), "PEM private key"));

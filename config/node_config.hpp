@@ -74,7 +74,6 @@ struct NodeConfig {
 
   int upload_batch = defaults::upload_batch;              // ce.upload.batch
   int upload_queue_limit = defaults::upload_queue_limit;  // ce.upload.queue-limit (positions)
-  std::chrono::milliseconds upload_inject_delay = defaults::upload_inject_delay;  // test knob
 
   std::string tls_certificate;  // ce.tls.certificate
   std::string tls_key;          // ce.tls.key

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/http/http_api.hpp"
+#include "actors/http/stats_json.hpp"
 #include "actors/log.hpp"
 #include "actors/node/node.hpp"
 #include "model/blas_kernel.hpp"
@@ -18,14 +19,7 @@
 
 namespace {
 
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
-}
-
 nlohmann::json to_json(const ce::GenerateResult& r, const std::string& text) {
-  const auto& s = r.stats;
   std::vector<std::string> sources;
   for (auto src : r.sources) sources.push_back(ce::to_string(src));
   return {{"text", text},
@@ -34,23 +28,7 @@ nlohmann::json to_json(const ce::GenerateResult& r, const std::string& text) {
           {"layers", r.layers},
           {"error", r.error},
           {"finish_reason", ce::to_string(r.finish_reason)},
-          {"stats",
-           {{"mode", ce::to_string(s.mode)},
-            {"threshold", s.threshold},
-            {"prompt_tokens", s.prompt_tokens},
-            {"generated", s.generated},
-            {"cloud_tokens", s.cloud_tokens},
-            {"degraded_tokens", s.degraded_tokens},
-            {"resyncs", s.resyncs},
-            {"backpressure_pauses", s.backpressure_pauses},
-            {"bytes_uploaded", s.bytes_uploaded},
-            {"bytes_inline", s.bytes_inline},
-            {"edge_ms", s.edge_ms},
-            {"cloud_ms", s.cloud_ms},
-            {"wait_ms", s.wait_ms},
-            {"total_ms", s.total_ms},
-            {"token_ms_p50", percentile(s.token_ms, 0.5)},
-            {"token_ms_p99", percentile(s.token_ms, 0.99)}}}};
+          {"stats", ce::stats_json(r.stats)}};
 }
 
 // "CLOUD_PORT HTTP_PORT\n" (0 where the node has none), written once the node serves, so that
@@ -74,8 +52,8 @@ void print_stats(const ce::GenerateResult& r) {
             << "uploaded " << s.bytes_uploaded << " B";
   if (s.bytes_inline) std::cout << ", inline " << s.bytes_inline << " B";
   std::cout << "\nedge " << s.edge_ms << " ms, cloud " << s.cloud_ms << " ms, wait " << s.wait_ms << " ms, total "
-            << s.total_ms << " ms, per token p50 " << std::setprecision(2) << percentile(s.token_ms, 0.5) << " ms p99 "
-            << percentile(s.token_ms, 0.99) << " ms\n";
+            << s.total_ms << " ms, per token p50 " << std::setprecision(2) << ce::percentile(s.token_ms, 0.5) << " ms p99 "
+            << ce::percentile(s.token_ms, 0.99) << " ms\n";
   if (!r.error.empty()) std::cout << "error: " << r.error << "\n";
 }
 

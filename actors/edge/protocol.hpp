@@ -57,8 +57,7 @@ using uploader_actor = caf::typed_actor<
     caf::reacts_to<resync_atom, uint64_t>,              // the cloud lost the session: re-send its log
     caf::replies_to<bye_atom, uint64_t>::with<uint64_t>,  // end a session -> payload bytes uploaded
     caf::replies_to<stats_atom>::with<LinkStats>,       // link state and upload backlog
-    caf::reacts_to<link_atom>,                          // own: (re)connect to the cloud
-    caf::reacts_to<send_atom, uint64_t>>;               // own: send a session's next delayed chunk
+    caf::reacts_to<link_atom>>;                         // own: (re)connect to the cloud
 
 }  // namespace ce
 

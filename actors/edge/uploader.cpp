@@ -21,7 +21,6 @@ struct SessionLog {
   uint32_t acked = 0;   // positions the cloud confirmed holding
   uint32_t in_flight = 0;
   uint64_t bytes_sent = 0;
-  bool send_scheduled = false;
   bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
   bool refused = false; // the cloud refused an upload (overloaded, lost context): send no more until a resync
   backlog_listener_actor owner;  // the edge_inference that feeds this session (told what is released)
@@ -141,13 +140,6 @@ void pump(self_ptr self, uint64_t session, bool urgent) {
   if (it == st.sessions.end() || !st.connected) return;
   auto& log = it->second;
   if (log.refused) return;
-  if (st.config.upload_inject_delay.count() > 0 && log.sent < log.rows.end()) {
-    if (!log.send_scheduled) {
-      log.send_scheduled = true;
-      self->delayed_send(self, st.config.upload_inject_delay, send_atom::value, session);
-    }
-    return;
-  }
   while (log.sent < log.rows.end() && (urgent || log.in_flight < max_chunks_in_flight)) send_chunk(self, session, log);
 }
 
@@ -163,7 +155,6 @@ void link_lost(self_ptr self, const std::string& why) {
   self->send(st.decider, cloud_state_atom::value, false);
   for (auto& [id, log] : st.sessions) {
     log.in_flight = 0;
-    log.send_scheduled = false;
     report_released(self, id, log);  // with no link the edge answers alone: never hold it
   }
   for (auto it = st.sessions.begin(); it != st.sessions.end();) {
@@ -278,13 +269,6 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         it->second.failed = false;
         it->second.refused = false;
         pump(self, session, true);
-      },
-      [=](send_atom, uint64_t session) {
-        auto it = self->state.sessions.find(session);
-        if (it == self->state.sessions.end() || !self->state.connected) return;
-        it->second.send_scheduled = false;
-        if (!it->second.refused && it->second.sent < it->second.rows.end()) send_chunk(self, session, it->second);
-        pump(self, session, false);
       },
       [=](infer_atom, uint64_t session, std::vector<char>& frame) -> caf::result<std::vector<char>> {
         auto& st = self->state;

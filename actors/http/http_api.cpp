@@ -14,6 +14,7 @@
 #include "actors/http/completion_request.hpp"
 #include "actors/log.hpp"
 #include "actors/http/metrics.hpp"
+#include "actors/http/stats_json.hpp"
 #include "actors/node/node.hpp"
 #include "model/detokenizer.hpp"
 #include "model/runtime.hpp"
@@ -251,7 +252,7 @@ struct HttpApi::Impl {
                     {"x_ce",
                      {{"layers", mc.n_layers},
                       {"exit_layers", mc.exit_layers},
-                      {"split_layer", config.split_layer > 0 ? config.split_layer : mc.default_split},
+                      {"split_layer", config.split_layer},
                       {"weights_hash", node.model().weights_hash()},
                       {"max_context", mc.max_seq},
                       {"default_threshold", config.exit_threshold},
@@ -341,21 +342,13 @@ struct HttpApi::Impl {
     metrics.add(kResponses, 1, {{"mode", to_string(s.mode)}, {"finish", run.stop_hit ? "stop" : to_string(r.finish_reason)}});
   }
 
+  // The response's stats, with the token counts of what the client received (a stop string can
+  // end the text before the last generated tokens).
   json summary(const GenerateResult& r, const CompletionRun& run) {
-    const auto& s = r.stats;
-    json out = {{"mode", to_string(s.mode)},
-                {"threshold", s.threshold},
-                {"cloud_tokens", run.tokens_from(TokenSource::cloud)},
-                {"degraded_tokens", run.tokens_from(TokenSource::degraded)},
-                {"offload_share", run.events.empty() ? 0.0 : double(run.offloaded()) / double(run.events.size())},
-                {"bytes_uploaded", s.bytes_uploaded},
-                {"bytes_inline", s.bytes_inline},
-                {"edge_ms", s.edge_ms},
-                {"cloud_ms", s.cloud_ms},
-                {"wait_ms", s.wait_ms},
-                {"total_ms", s.total_ms},
-                {"resyncs", s.resyncs},
-                {"backpressure_pauses", s.backpressure_pauses}};
+    json out = stats_json(r.stats);
+    out["cloud_tokens"] = run.tokens_from(TokenSource::cloud);
+    out["degraded_tokens"] = run.tokens_from(TokenSource::degraded);
+    out["offload_share"] = run.events.empty() ? 0.0 : double(run.offloaded()) / double(run.events.size());
     if (!r.error.empty()) out["error"] = r.error;
     return out;
   }

@@ -50,6 +50,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   model_ = Model::load(config_.model_path);
   const auto& mc = model_->config();
   const auto plan = SplitPlan::from_config(mc, config_.split_layer);
+  config_.split_layer = plan.split;
   config_.exit_threshold = config_.threshold_override().value_or(mc.default_threshold);
   CE_LOG(info, "node", "role " << to_string(config_.role) << ", model " << mc.name << " (hash "
                                << model_->weights_hash() << "), " << plan.describe());

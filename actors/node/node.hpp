@@ -30,6 +30,8 @@ class Node {
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
+  // The node's config with the model's defaults filled in: split_layer is the split in use and
+  // exit_threshold the θ in use, whatever the file left to the model.
   const NodeConfig& config() const { return config_; }
   const Model& model() const { return *model_; }
   std::shared_ptr<const Model> model_ptr() const { return model_; }

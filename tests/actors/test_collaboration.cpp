@@ -16,6 +16,7 @@
 
 using namespace ce;
 using namespace ce::test;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -42,6 +43,14 @@ struct Cluster {
     return node;
   }
 };
+
+// A link that holds every byte `one_way` in each direction (uploads, acks, requests, answers).
+linkem::LinkProfile delayed(std::chrono::milliseconds one_way) {
+  linkem::LinkProfile p;
+  p.name = "delayed";
+  p.delay_ms = static_cast<double>(one_way.count());
+  return p;
+}
 
 std::vector<int32_t> prompt_a() { return {1, 17, 33, 5, 61, 8, 22, 90}; }
 std::vector<int32_t> prompt_b() { return {1, 44, 3, 71, 12}; }
@@ -193,10 +202,13 @@ BOOST_AUTO_TEST_CASE(standalone_needs_no_cloud) {
   BOOST_TEST(r.stats.bytes_uploaded == 0u);
 }
 
-BOOST_AUTO_TEST_CASE(upload_delay_does_not_slow_edge_resolved_tokens) {
-  Cluster c([](NodeConfig& e) { e.upload_inject_delay = std::chrono::milliseconds(300); });
-  // Every token leaves at the first exit. When the last token reaches the listener, uploads must
-  // still be queued: the edge produced its tokens without waiting for the link.
+BOOST_AUTO_TEST_CASE(a_slow_link_does_not_slow_edge_resolved_tokens) {
+  // Acknowledgements take 300 ms to come back. Every token leaves at the first exit. When the last
+  // token reaches the listener, uploads must still be unacknowledged: the edge produced its tokens
+  // without waiting for the link.
+  Cluster c;
+  linkem::LinkEmulator link(delayed(150ms), "127.0.0.1", c.cloud->cloud_port());
+  auto edge = c.make_edge([&](NodeConfig& e) { e.cloud_port = link.port(); });
   uint64_t queued_at_last = 0;
   GenerateRequest req;
   req.prompt = prompt_a();
@@ -204,8 +216,8 @@ BOOST_AUTO_TEST_CASE(upload_delay_does_not_slow_edge_resolved_tokens) {
   req.threshold = 0.0;
   req.stop_at_eos = false;
   int seen = 0;
-  auto r = c.edge->generate(req, [&](const TokenEvent&) {
-    if (++seen == 10) queued_at_last = c.edge->link_stats().queued_positions;
+  auto r = edge->generate(req, [&](const TokenEvent&) {
+    if (++seen == 10) queued_at_last = edge->link_stats().queued_positions;
     return true;
   });
   BOOST_TEST(r.error == "");
@@ -214,7 +226,7 @@ BOOST_AUTO_TEST_CASE(upload_delay_does_not_slow_edge_resolved_tokens) {
   BOOST_TEST_MESSAGE(queued_at_last << " positions still queued for upload at the last token");
   BOOST_TEST(queued_at_last > 0u);
   // The uploads still all arrive, once each.
-  BOOST_TEST(r.stats.bytes_uploaded == (prompt_a().size() + 10) * static_cast<uint64_t>(c.edge->model().config().dim) * 2);
+  BOOST_TEST(r.stats.bytes_uploaded == (prompt_a().size() + 10) * static_cast<uint64_t>(edge->model().config().dim) * 2);
   BOOST_TEST(c.cloud->cloud_stats().positions_received == prompt_a().size() + 10);
 }
 
@@ -222,13 +234,15 @@ BOOST_AUTO_TEST_CASE(a_slow_upload_link_pauses_the_edge_instead_of_queueing_with
   const int n = 40;
   Cluster fast;
   auto reference = run(*fast.edge, prompt_a(), 0.0, n);
-  // One position per 20 ms upload, at most 4 unacknowledged: the edge must wait for the link.
-  Cluster slow([](NodeConfig& e) {
-    e.upload_inject_delay = std::chrono::milliseconds(20);
+  // One position per chunk, acknowledged 20 ms later, at most 4 unacknowledged: the edge must wait
+  // for the link.
+  linkem::LinkEmulator link(delayed(10ms), "127.0.0.1", fast.cloud->cloud_port());
+  auto slow = fast.make_edge([&](NodeConfig& e) {
+    e.cloud_port = link.port();
     e.upload_batch = 1;
     e.upload_queue_limit = 4;
   });
-  auto r = run(*slow.edge, prompt_a(), 0.0, n);
+  auto r = run(*slow, prompt_a(), 0.0, n);
   BOOST_TEST(r.tokens == reference.tokens, boost::test_tools::per_element());
   BOOST_TEST(r.stats.bytes_uploaded == reference.stats.bytes_uploaded);
   // The prompt alone (8 positions) is over the limit: the edge holds its next step until the
@@ -276,7 +290,6 @@ BOOST_AUTO_TEST_SUITE_END()
 
 namespace {
 
-using namespace std::chrono_literals;
 
 uint16_t free_port() {
   uint16_t port = 0;
@@ -532,18 +545,21 @@ BOOST_AUTO_TEST_CASE(responses_end_at_eos_and_at_a_full_context_with_their_reaso
 }
 
 BOOST_AUTO_TEST_CASE(a_response_paused_for_upload_backpressure_can_be_cancelled) {
-  // One position per 100 ms, at most 2 unacknowledged: the 8-token prompt pauses the edge for
-  // most of a second. The listener cancels once the uploader holds more than the limit.
-  Cluster c([](NodeConfig& e) {
-    e.upload_inject_delay = 100ms;
+  // One position per chunk, acknowledged 100 ms later, at most 2 unacknowledged: the 8-token
+  // prompt pauses the edge for a few hundred ms. The listener cancels once the uploader holds more
+  // than the limit.
+  Cluster c;
+  linkem::LinkEmulator link(delayed(50ms), "127.0.0.1", c.cloud->cloud_port());
+  auto edge = c.make_edge([&](NodeConfig& e) {
+    e.cloud_port = link.port();
     e.upload_batch = 1;
     e.upload_queue_limit = 2;
   });
   // The edge counts what it handed over, so the prompt's 8 rows pause it before its first token
   // is out: the cancel lands on a held step.
   bool over_limit_at_cancel = false;
-  auto r = c.edge->generate(request_for(prompt_a(), 0.0, 40), [&](const TokenEvent&) {
-    over_limit_at_cancel = eventually([&] { return c.edge->link_stats().queued_positions > 2; }, 5s);
+  auto r = edge->generate(request_for(prompt_a(), 0.0, 40), [&](const TokenEvent&) {
+    over_limit_at_cancel = eventually([&] { return edge->link_stats().queued_positions > 2; }, 5s);
     return false;
   }, 20s);
   BOOST_TEST(r.error == "");

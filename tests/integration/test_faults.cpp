@@ -21,6 +21,14 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// A link that holds every byte `ms` in each direction.
+linkem::LinkProfile one_way(double ms) {
+  linkem::LinkProfile p;
+  p.name = "delayed";
+  p.delay_ms = ms;
+  return p;
+}
+
 std::vector<int32_t> prompt_ids(const Deployment& d, const std::string& prompt) {
   Tokenizer tok(tokenizer_file);
   auto model = Model::load(d.model_path);
@@ -49,10 +57,12 @@ BOOST_AUTO_TEST_CASE(cloud_killed_mid_response_then_restarted) {
   const std::string cloud_config =
       d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = " + std::to_string(port) + "\n");
   auto cloud = std::make_unique<CloudProcess>(cloud_config, d.dir.file("ready"));
-  // Every token needs the cloud (θ 2); each upload send waits 30 ms, so 40 tokens take > 1 s.
+  // Every token needs the cloud (θ 2) across a link of 15 ms each way, so 40 tokens take > 1 s.
+  // The emulator forwards each new connection to the port, so it reaches the restarted cloud too.
+  linkem::LinkEmulator link(one_way(15), "127.0.0.1", port);
   const std::string edge_config = d.write_config(
-      "edge.ini", "role = \"edge\"\nexit.threshold = 2\n[ce.cloud]\nport = " + std::to_string(port) +
-                      "\n[ce.request]\ndeadline = 1500ms\n[ce.upload]\ninject-delay = 30ms\n");
+      "edge.ini", "role = \"edge\"\nexit.threshold = 2\n[ce.cloud]\nport = " + std::to_string(link.port()) +
+                      "\n[ce.request]\ndeadline = 1500ms\n");
   EdgeProcess edge(edge_config, {"--max-tokens", "40"}, d.dir.file("edge.log"));
   const std::string prompt = "The jury said";
   const auto ids = prompt_ids(d, prompt);
@@ -108,10 +118,10 @@ BOOST_AUTO_TEST_CASE(cloud_killed_mid_response_then_restarted) {
 BOOST_AUTO_TEST_CASE(a_blackholed_link_falls_back_within_the_deadline) {
   Deployment d;
   CloudProcess cloud(d.write_config("cloud.ini", "role = \"cloud\"\n[ce.listen]\nport = 0\n"), d.dir.file("ready"));
-  linkem::LinkEmulator link(linkem::LinkProfile{}, "127.0.0.1", cloud.port);
+  linkem::LinkEmulator link(one_way(15), "127.0.0.1", cloud.port);
   const std::string edge_config = d.write_config(
       "edge.ini", "role = \"edge\"\nexit.threshold = 2\n[ce.cloud]\nport = " + std::to_string(link.port()) +
-                      "\n[ce.request]\ndeadline = 1s\n[ce.upload]\ninject-delay = 30ms\n");
+                      "\n[ce.request]\ndeadline = 1s\n");
   EdgeProcess edge(edge_config, {"--max-tokens", "40"}, d.dir.file("edge.log"));
   edge.send_prompt("The jury said");
   BOOST_REQUIRE_EQUAL(edge.read_tokens(5, 20s), 5);
@@ -231,8 +241,9 @@ BOOST_AUTO_TEST_CASE(soak_of_many_clients_returns_cloud_memory_after_eviction) {
   auto threads = round(responses, "edge");
   // One more client dies (kill -9) mid-response: its context stays until the idle timeout.
   {
+    linkem::LinkEmulator slow(one_way(10), "127.0.0.1", cloud.port);  // 200 cloud tokens take > 4 s
     EdgeProcess doomed(d.write_config("doomed.ini", "role = \"edge\"\nexit.threshold = 2\n[ce.cloud]\nport = " +
-                                                        std::to_string(cloud.port) + "\n[ce.upload]\ninject-delay = 20ms\n"),
+                                                        std::to_string(slow.port()) + "\n"),
                        {"--max-tokens", "200"}, d.dir.file("doomed.log"));
     doomed.send_prompt("This client will not say goodbye");
     BOOST_TEST(doomed.read_tokens(3, 20s) == 3);

@@ -12,6 +12,7 @@
 
 #include "actors/http/http_api.hpp"
 #include "actors/node/node.hpp"
+#include "linkem/link_emulator.hpp"
 #include "model/tokenizer.hpp"
 #include "tests/actors/fixtures.hpp"
 #include "tests/loopback.hpp"
@@ -207,11 +208,19 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_openai_style_errors_and_the_server_keeps_s
 }
 
 BOOST_AUTO_TEST_CASE(beyond_the_concurrency_limit_requests_get_429_and_a_client_that_leaves_frees_its_slot) {
-  // Each cloud token waits for an upload delayed by 40 ms: a 40-token response takes > 1.6 s.
-  Server s([](NodeConfig& c) {
-    c.http_max_concurrent = 1;
-    c.upload_inject_delay = std::chrono::milliseconds(40);
-  });
+  // An edge whose cloud sits behind an emulated link of 20 ms each way: every cloud token waits
+  // at least 40 ms, so a 40-token response takes > 1.6 s.
+  TempDir cloud_dir;
+  Node cloud(node_config(Role::cloud, write_model(cloud_dir, collab_config(2048), 11, tokenizer_file)));
+  linkem::LinkProfile twenty_ms;
+  twenty_ms.delay_ms = 20;
+  linkem::LinkEmulator link(twenty_ms, "127.0.0.1", cloud.cloud_port());
+  Server s(
+      [&](NodeConfig& c) {
+        c.http_max_concurrent = 1;
+        c.cloud_port = link.port();
+      },
+      Role::edge);
   const json slow = {{"prompt", "The"}, {"max_tokens", 40}, {"x_ce", {{"threshold", 2}}}, {"stream", true}};
   // A raw client that reads the first event and then hangs up.
   int fd = connect_loopback(s.api->port());

@@ -1,0 +1,32 @@
+#include "actors/http/stats_json.hpp"
+
+#include <algorithm>
+
+namespace ce {
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
+}
+
+nlohmann::json stats_json(const GenerationStats& s) {
+  return {{"mode", to_string(s.mode)},
+          {"threshold", s.threshold},
+          {"prompt_tokens", s.prompt_tokens},
+          {"generated", s.generated},
+          {"cloud_tokens", s.cloud_tokens},
+          {"degraded_tokens", s.degraded_tokens},
+          {"resyncs", s.resyncs},
+          {"backpressure_pauses", s.backpressure_pauses},
+          {"bytes_uploaded", s.bytes_uploaded},
+          {"bytes_inline", s.bytes_inline},
+          {"edge_ms", s.edge_ms},
+          {"cloud_ms", s.cloud_ms},
+          {"wait_ms", s.wait_ms},
+          {"total_ms", s.total_ms},
+          {"token_ms_p50", percentile(s.token_ms, 0.5)},
+          {"token_ms_p99", percentile(s.token_ms, 0.99)}};
+}
+
+}  // namespace ce
