@@ -3,10 +3,78 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <map>
+
+#include "model/kernels.hpp"
 
 namespace ce {
 
-Decoder::Decoder(std::shared_ptr<const Weights> weights) : weights_(std::move(weights)) {
+// The weights as the kernels read them: a kernels::Matrix per weight matrix over tensors this
+// struct keeps alive (the Weights' own tensors when no conversion was needed).
+struct Decoder::Packed {
+  struct Mat {
+    at::Tensor values, scales;  // (rows, cols) fp32 / fp16 / bf16 / int8; int8: (rows, blocks) fp32
+    kernels::Matrix view;
+  };
+  struct Layer {
+    const float* attn_norm;
+    const float* ffn_norm;
+    Mat wq, wk, wv, wo, gate, up, down;
+  };
+  struct Head {
+    const float* norm;
+    const Mat* matrix;  // shared between tied heads
+  };
+  std::vector<Layer> layers;
+  std::map<const void*, std::unique_ptr<Mat>> heads_by_storage;  // lm_head, exit heads: each storage once
+  Head final_head;
+  std::map<int64_t, Head> exits;
+  std::vector<float> cos, sin;  // (max_seq, head_dim / 2)
+  int64_t bytes = 0;
+  std::string precision;
+
+  static kernels::WeightType type_of(const at::Tensor& t) {
+    switch (t.scalar_type()) {
+      case at::kFloat: return kernels::WeightType::f32;
+      case at::kHalf: return kernels::WeightType::f16;
+      case at::kBFloat16: return kernels::WeightType::bf16;
+      default: throw ModelError("decoder: weight matrices must be F32, F16 or BF16");
+    }
+  }
+
+  Mat pack(const at::Tensor& t, WeightPrecision p) {
+    Mat m;
+    switch (p) {
+      case WeightPrecision::as_stored: m.values = t.contiguous(); break;
+      case WeightPrecision::fp32: m.values = t.to(at::kFloat).contiguous(); break;
+      case WeightPrecision::fp16: m.values = t.to(at::kHalf).contiguous(); break;
+      case WeightPrecision::int8: {
+        const auto f = t.to(at::kFloat).contiguous();
+        const int64_t rows = f.size(0), cols = f.size(1), blocks = (cols + kernels::kQ8Block - 1) / kernels::kQ8Block;
+        m.values = at::empty({rows, cols}, at::kChar);
+        m.scales = at::empty({rows, blocks}, at::kFloat);
+        kernels::quantize_q8(f.data_ptr<float>(), rows, cols, m.values.data_ptr<int8_t>(), m.scales.data_ptr<float>());
+        break;
+      }
+    }
+    m.view.type = m.scales.defined() ? kernels::WeightType::q8 : type_of(m.values);
+    m.view.data = m.values.data_ptr();
+    m.view.scales = m.scales.defined() ? m.scales.data_ptr<float>() : nullptr;
+    m.view.rows = m.values.size(0);
+    m.view.cols = m.values.size(1);
+    bytes += m.values.nbytes() + (m.scales.defined() ? m.scales.nbytes() : 0);
+    precision = kernels::to_string(m.view.type);
+    return m;
+  }
+
+  Head head(const at::Tensor& norm, const at::Tensor& matrix, WeightPrecision p) {
+    auto& slot = heads_by_storage[matrix.data_ptr()];
+    if (!slot) slot = std::make_unique<Mat>(pack(matrix, p));
+    return {norm.data_ptr<float>(), slot.get()};
+  }
+};
+
+Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precision) : weights_(std::move(weights)) {
   const auto& c = config();
   const int64_t hd = c.head_dim();
   auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, hd, 2, torch::kDouble) / static_cast<double>(hd));
@@ -15,59 +83,30 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights) : weights_(std::move(we
   auto emb = torch::cat({freqs, freqs}, -1);      // (max_seq, hd): rotate_half layout
   cos_ = emb.cos().to(torch::kFloat);
   sin_ = emb.sin().to(torch::kFloat);
+
+  auto p = std::make_unique<Packed>();
+  const auto half_cos = freqs.cos().to(torch::kFloat).contiguous(), half_sin = freqs.sin().to(torch::kFloat).contiguous();
+  p->cos.assign(half_cos.data_ptr<float>(), half_cos.data_ptr<float>() + half_cos.numel());
+  p->sin.assign(half_sin.data_ptr<float>(), half_sin.data_ptr<float>() + half_sin.numel());
+  for (const auto& l : weights_->layers)
+    p->layers.push_back({l.attn_norm.data_ptr<float>(), l.ffn_norm.data_ptr<float>(), p->pack(l.wq, precision),
+                         p->pack(l.wk, precision), p->pack(l.wv, precision), p->pack(l.wo, precision),
+                         p->pack(l.w_gate, precision), p->pack(l.w_up, precision), p->pack(l.w_down, precision)});
+  p->final_head = p->head(weights_->final_norm, weights_->lm_head, precision);
+  for (const auto& [layer, x] : weights_->exits) p->exits.emplace(layer, p->head(x.norm, x.head, precision));
+  packed_ = std::move(p);
 }
+
+Decoder::~Decoder() = default;
+
+std::string Decoder::precision() const { return packed_->precision; }
+int64_t Decoder::matrix_bytes() const { return packed_->bytes; }
 
 at::Tensor Decoder::embed(const at::Tensor& tokens) const {
   if (tokens.dim() != 1) throw ModelError("embed: tokens must be 1-D");
   if (tokens.numel() && (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= config().vocab_size))
     throw ModelError("embed: token id outside the vocabulary of " + std::to_string(config().vocab_size));
-  return weights_->embed.index_select(0, tokens.to(torch::kLong));
-}
-
-at::Tensor Decoder::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
-  return x * torch::rsqrt(x.pow(2).mean(-1, true) + config().norm_eps) * w;
-}
-
-at::Tensor Decoder::rope(const at::Tensor& x, int64_t start) const {
-  const int64_t t = x.size(2), half = x.size(3) / 2;
-  auto cos = cos_.narrow(0, start, t);  // (T, hd), broadcasts over (B, H)
-  auto sin = sin_.narrow(0, start, t);
-  auto rotated = torch::cat({-x.narrow(3, half, half), x.narrow(3, 0, half)}, -1);
-  return x * cos + rotated * sin;
-}
-
-at::Tensor Decoder::layer_forward(int64_t layer, const at::Tensor& x, int64_t start, KvCache* kv) const {
-  const auto& c = config();
-  const auto& w = weights_->layers[static_cast<size_t>(layer)];
-  const int64_t b = x.size(0), t = x.size(1), hd = c.head_dim();
-
-  auto h = rms_norm(x, w.attn_norm);
-  auto q = torch::linear(h, w.wq).view({b, t, c.n_heads, hd}).transpose(1, 2);     // (B, H, T, hd)
-  auto k = torch::linear(h, w.wk).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);  // (B, KV, T, hd)
-  auto v = torch::linear(h, w.wv).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);
-  q = rope(q, start);
-  k = rope(k, start);
-  if (kv) {
-    auto [keys, values] = kv->append(layer, k[0], v[0]);  // (KV, start + T, hd)
-    k = keys.unsqueeze(0);
-    v = values.unsqueeze(0);
-  }
-  const int64_t n_rep = c.n_heads / c.n_kv_heads;
-  if (n_rep > 1) {
-    k = k.repeat_interleave(n_rep, 1);  // head h reads kv head h / n_rep, as HF's repeat_kv
-    v = v.repeat_interleave(n_rep, 1);
-  }
-  const int64_t s = k.size(2);
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (B, H, T, S)
-  if (t > 1) {
-    // Query i sits at position start + i and may read keys [0, start + i].
-    auto mask = torch::ones({t, s}, torch::kBool).triu(start + 1);
-    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  }
-  auto attn = torch::matmul(torch::softmax(scores, -1), v);  // (B, H, T, hd)
-  auto out = x + torch::linear(attn.transpose(1, 2).reshape({b, t, c.dim}), w.wo);
-  auto g = rms_norm(out, w.ffn_norm);
-  return out + torch::linear(torch::silu(torch::linear(g, w.w_gate)) * torch::linear(g, w.w_up), w.w_down);
+  return weights_->embed.index_select(0, tokens.to(torch::kLong)).to(torch::kFloat);
 }
 
 at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
@@ -80,31 +119,135 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
     throw ModelError("decoder: layers [" + std::to_string(layer_begin) + ", " + std::to_string(layer_end) +
                      ") not held by the cache [" + std::to_string(kv.layer_begin()) + ", " +
                      std::to_string(kv.layer_end()) + ")");
-  if (start < 0 || start + hidden.size(0) > c.max_seq)
-    throw ModelError("decoder: positions [" + std::to_string(start) + ", " + std::to_string(start + hidden.size(0)) +
+  const int64_t t = hidden.size(0);
+  if (start < 0 || start + t > c.max_seq)
+    throw ModelError("decoder: positions [" + std::to_string(start) + ", " + std::to_string(start + t) +
                      ") exceed max_seq " + std::to_string(c.max_seq));
   for (int64_t l = layer_begin; l < layer_end; ++l)
     if (kv.length(l) != start)
       throw ModelError("decoder: layer " + std::to_string(l) + " has " + std::to_string(kv.length(l)) +
                        " cached positions, expected " + std::to_string(start));
-  auto x = hidden.unsqueeze(0);  // (1, T, dim)
-  for (int64_t l = layer_begin; l < layer_end; ++l) x = layer_forward(l, x, start, &kv);
-  return x.squeeze(0);
+
+  auto out = hidden.contiguous().clone();  // (T, dim), the residual stream, updated in place
+  float* x = out.data_ptr<float>();
+  const int64_t dim = c.dim, hd = c.head_dim(), kv_dim = c.n_kv_heads * hd, ffn = c.ffn_dim, span = start + t;
+  // One block of session scratch for the whole call, carved up (T rows each):
+  float* xb = kv.scratch(static_cast<size_t>(t * (3 * dim + 2 * kv_dim + 2 * ffn + c.n_heads * span)));
+  float* q = xb + t * dim;         // (T, heads, hd)
+  float* k = q + t * dim;          // (T, kv_heads, hd)
+  float* v = k + t * kv_dim;       // (T, kv_heads, hd)
+  float* att = v + t * kv_dim;     // (T, dim)
+  float* gate = att + t * dim;     // (T, ffn)
+  float* up = gate + t * ffn;      // (T, ffn)
+  float* scores = up + t * ffn;    // (T, heads, start + T)
+  const float eps = static_cast<float>(c.norm_eps);
+  for (int64_t l = layer_begin; l < layer_end; ++l) {
+    const auto& w = packed_->layers[static_cast<size_t>(l)];
+    kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
+    kernels::linear(xb, t, w.wq.view, q);
+    kernels::linear(xb, t, w.wk.view, k);
+    kernels::linear(xb, t, w.wv.view, v);
+    kernels::rope(q, t, c.n_heads, hd, start, packed_->cos.data(), packed_->sin.data());
+    kernels::rope(k, t, c.n_kv_heads, hd, start, packed_->cos.data(), packed_->sin.data());
+    kv.append(l, k, v, t);
+    kernels::attention(q, t, c.n_heads, c.n_kv_heads, hd, start, kv.keys(l), kv.values(l), scores, att);
+    kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true);
+    kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
+    kernels::linear(xb, t, w.gate.view, gate);
+    kernels::linear(xb, t, w.up.view, up);
+    kernels::silu_mul(gate, up, t * ffn);
+    kernels::linear(gate, t, w.down.view, x, /*accumulate=*/true);
+  }
+  return out;
 }
 
-at::Tensor Decoder::forward_no_cache(const at::Tensor& hidden, int64_t layer_begin, int64_t layer_end) const {
-  auto x = hidden;
-  for (int64_t l = layer_begin; l < layer_end; ++l) x = layer_forward(l, x, 0, nullptr);
-  return x;
+at::Tensor Decoder::head_logits(const void* head_ptr, const at::Tensor& hidden) const {
+  const auto& head = *static_cast<const Packed::Head*>(head_ptr);
+  const auto& c = config();
+  if (hidden.size(-1) != c.dim || hidden.scalar_type() != torch::kFloat)
+    throw ModelError("decoder: head input must be (..., " + std::to_string(c.dim) + ") float32");
+  auto x = hidden.contiguous();
+  const int64_t rows = x.numel() / c.dim;
+  auto sizes = x.sizes().vec();
+  sizes.back() = c.vocab_size;
+  auto normed = at::empty_like(x);
+  auto logits = at::empty(sizes, x.options());
+  kernels::rms_norm(x.data_ptr<float>(), head.norm, rows, c.dim, static_cast<float>(c.norm_eps), normed.data_ptr<float>());
+  kernels::linear(normed.data_ptr<float>(), rows, head.matrix->view, logits.data_ptr<float>());
+  return logits;
 }
 
 at::Tensor Decoder::exit_logits(int64_t exit_layer, const at::Tensor& hidden) const {
+  auto it = packed_->exits.find(exit_layer);
+  if (it == packed_->exits.end()) throw ModelError("decoder: no exit head after layer " + std::to_string(exit_layer));
+  return head_logits(&it->second, hidden);
+}
+
+at::Tensor Decoder::final_logits(const at::Tensor& hidden) const { return head_logits(&packed_->final_head, hidden); }
+
+// ---- training: libtorch with autograd -------------------------------------------------------
+
+void Decoder::require_fp32(const char* what) const {
+  if (weights_->lm_head.scalar_type() != torch::kFloat || weights_->layers.empty() ||
+      weights_->layers[0].wq.scalar_type() != torch::kFloat)
+    throw ModelError(std::string("decoder: ") + what + " needs fp32 weights (load them widened to fp32)");
+}
+
+at::Tensor Decoder::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
+  return x * torch::rsqrt(x.pow(2).mean(-1, true) + config().norm_eps) * w;
+}
+
+at::Tensor Decoder::rope(const at::Tensor& x) const {
+  const int64_t t = x.size(2), half = x.size(3) / 2;
+  auto cos = cos_.narrow(0, 0, t);  // (T, hd), broadcasts over (B, H)
+  auto sin = sin_.narrow(0, 0, t);
+  auto rotated = torch::cat({-x.narrow(3, half, half), x.narrow(3, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+at::Tensor Decoder::layer_forward_train(int64_t layer, const at::Tensor& x) const {
+  const auto& c = config();
+  const auto& w = weights_->layers[static_cast<size_t>(layer)];
+  const int64_t b = x.size(0), t = x.size(1), hd = c.head_dim();
+
+  auto h = rms_norm(x, w.attn_norm);
+  auto q = torch::linear(h, w.wq).view({b, t, c.n_heads, hd}).transpose(1, 2);     // (B, H, T, hd)
+  auto k = torch::linear(h, w.wk).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);  // (B, KV, T, hd)
+  auto v = torch::linear(h, w.wv).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);
+  q = rope(q);
+  k = rope(k);
+  const int64_t n_rep = c.n_heads / c.n_kv_heads;
+  if (n_rep > 1) {
+    k = k.repeat_interleave(n_rep, 1);  // head h reads kv head h / n_rep, as HF's repeat_kv
+    v = v.repeat_interleave(n_rep, 1);
+  }
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // (B, H, T, T)
+  if (t > 1) {
+    auto mask = torch::ones({t, t}, torch::kBool).triu(1);  // query i reads keys [0, i]
+    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  }
+  auto attn = torch::matmul(torch::softmax(scores, -1), v);  // (B, H, T, hd)
+  auto out = x + torch::linear(attn.transpose(1, 2).reshape({b, t, c.dim}), w.wo);
+  auto g = rms_norm(out, w.ffn_norm);
+  return out + torch::linear(torch::silu(torch::linear(g, w.w_gate)) * torch::linear(g, w.w_up), w.w_down);
+}
+
+at::Tensor Decoder::forward_no_cache(const at::Tensor& hidden, int64_t layer_begin, int64_t layer_end) const {
+  require_fp32("training");
+  auto x = hidden;
+  for (int64_t l = layer_begin; l < layer_end; ++l) x = layer_forward_train(l, x);
+  return x;
+}
+
+at::Tensor Decoder::exit_logits_train(int64_t exit_layer, const at::Tensor& hidden) const {
+  require_fp32("training");
   auto it = weights_->exits.find(exit_layer);
   if (it == weights_->exits.end()) throw ModelError("decoder: no exit head after layer " + std::to_string(exit_layer));
   return torch::linear(rms_norm(hidden, it->second.norm), it->second.head);
 }
 
-at::Tensor Decoder::final_logits(const at::Tensor& hidden) const {
+at::Tensor Decoder::final_logits_train(const at::Tensor& hidden) const {
+  require_fp32("training");
   return torch::linear(rms_norm(hidden, weights_->final_norm), weights_->lm_head);
 }
 

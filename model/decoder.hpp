@@ -1,47 +1,64 @@
 #pragma once
 // The one early-exit LLaMA decoder. Edge, cloud and full runs are the same call over different
 // layer ranges: forward(hidden, start, [0, split)) on the edge, [split, L) on the cloud.
+//
+// Inference (forward, exit_logits, final_logits) runs model/kernels.hpp on the weights in the
+// precision the decoder was built with, in the session's own buffers (KvCache): no libtorch op
+// and no allocation inside a layer. Training (forward_no_cache, the *_train heads) is libtorch
+// with autograd on the same Weights, which must then be fp32.
 #include <ATen/core/Tensor.h>
 
 #include <memory>
 
 #include "model/kv_cache.hpp"
+#include "model/runtime.hpp"
 #include "model/sampling.hpp"
 #include "model/weights.hpp"
 
 namespace ce {
 
-
 class Decoder {
  public:
-  explicit Decoder(std::shared_ptr<const Weights> weights);
+  // as_stored: the matrices as `weights` holds them (fp32, fp16 or bf16); otherwise converted once
+  // here (int8: one scale per 32 values, see kernels::quantize_q8).
+  explicit Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precision = WeightPrecision::as_stored);
+  ~Decoder();
 
   const ModelConfig& config() const { return weights_->config; }
   const Weights& weights() const { return *weights_; }
+  // The precision the matrices are used in ("fp32", "fp16", "bf16", "int8"), and their bytes.
+  std::string precision() const;
+  int64_t matrix_bytes() const;
 
-  at::Tensor embed(const at::Tensor& tokens) const;  // (T) int64 -> (T, dim)
+  at::Tensor embed(const at::Tensor& tokens) const;  // (T) int64 -> (T, dim) fp32
 
   // Runs layers [layer_begin, layer_end) over positions [start, start + T).
-  // hidden: (T, dim). Every layer of the range must have cached exactly `start` positions.
+  // hidden: (T, dim) fp32. Every layer of the range must have cached exactly `start` positions.
   at::Tensor forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
                      KvCache& kv) const;
-
-  // Training form: (B, T, dim) from position 0, causal, no cache; differentiable.
-  at::Tensor forward_no_cache(const at::Tensor& hidden, int64_t layer_begin, int64_t layer_end) const;
 
   at::Tensor exit_logits(int64_t exit_layer, const at::Tensor& hidden) const;  // (..., dim) -> (..., vocab)
   at::Tensor final_logits(const at::Tensor& hidden) const;                     // (..., dim) -> (..., vocab)
 
+  // Training form: (B, T, dim) from position 0, causal, no cache; differentiable.
+  at::Tensor forward_no_cache(const at::Tensor& hidden, int64_t layer_begin, int64_t layer_end) const;
+  at::Tensor exit_logits_train(int64_t exit_layer, const at::Tensor& hidden) const;  // differentiable
+  at::Tensor final_logits_train(const at::Tensor& hidden) const;
+
   static TokenChoice choose_greedy(const at::Tensor& logits);  // logits: (vocab)
 
  private:
-  // x: (B, T, dim); returns (B, T, dim). past_k/past_v given only with a cache.
-  at::Tensor layer_forward(int64_t layer, const at::Tensor& x, int64_t start, KvCache* kv) const;
+  struct Packed;
+  // x: (B, T, dim) -> (B, T, dim), libtorch, no cache (training).
+  at::Tensor layer_forward_train(int64_t layer, const at::Tensor& x) const;
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
-  at::Tensor rope(const at::Tensor& x, int64_t start) const;  // x: (B, H, T, hd)
+  at::Tensor rope(const at::Tensor& x) const;  // x: (B, H, T, hd), from position 0
+  void require_fp32(const char* what) const;
+  at::Tensor head_logits(const void* head, const at::Tensor& hidden) const;
 
   std::shared_ptr<const Weights> weights_;
-  at::Tensor cos_, sin_;  // (max_seq, head_dim)
+  std::unique_ptr<const Packed> packed_;
+  at::Tensor cos_, sin_;  // (max_seq, head_dim), rotate_half layout, for training
 };
 
 }  // namespace ce

@@ -73,9 +73,11 @@ struct EarlyExitRunner::State {
       cur.rows = decoder.forward(cur.rows, cur.first_pos, cur.depth, stop, kv);  // (n, dim)
       cur.depth = stop;
       const bool at_exit = std::find(exits.begin(), exits.end(), stop) != exits.end();
-      // With no chance of leaving early (threshold > 1) only the last exit is read, as fallback.
+      // With no chance of leaving early (threshold > 1) only the last exit is read, as standalone's
+      // fallback, and not even that when the range ends at the final head, which always decides.
+      const bool fallback_needed = stop == last_exit && layer_end < model->config().n_layers;
       const bool read_exit =
-          rule.evaluate_exits && !out.resolved && at_exit && (rule.threshold <= 1.0 || stop == last_exit);
+          rule.evaluate_exits && !out.resolved && at_exit && (rule.threshold <= 1.0 || fallback_needed);
       if (!read_exit) continue;
       auto logits = decoder.exit_logits(stop, cur.rows[-1]);  // (vocab)
       const auto choice = choose_token(logits, rule.sampling, static_cast<uint64_t>(out.position));

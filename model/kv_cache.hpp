@@ -1,9 +1,10 @@
 #pragma once
-// Keys and values of one session for a contiguous range of layers. Owned by the session (edge
-// generation or cloud context), never by the model. Each layer keeps its own length, because an
-// early-exited token fills the deeper layers later (deferred, in a batch with a later token).
-#include <ATen/core/Tensor.h>
-
+// Keys and values of one session for a contiguous range of layers, plus the session's scratch
+// space for a forward step. Owned by the session (edge generation or cloud context), never by the
+// model: the decoder is shared by every session and thread, so each session brings its buffers.
+// Each layer keeps its own length, because an early-exited token fills the deeper layers later
+// (deferred, in a batch with a later token). Torch-free.
+#include <cstdint>
 #include <vector>
 
 #include "model/model_config.hpp"
@@ -18,21 +19,31 @@ class KvCache {
   int64_t layer_end() const { return layer_end_; }
   int64_t length(int64_t layer) const;  // positions [0, length) are cached for this layer
 
-  // Stores keys/values (n_kv_heads, T, head_dim) for positions [length, length + T) and returns
-  // views of all cached positions (n_kv_heads, length + T, head_dim).
-  std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& k, const at::Tensor& v);
-  // Bytes held by the cache tensors (capacity, not only the used part).
+  // Stores keys and values of positions [length, length + n), each (n, kv_heads, head_dim).
+  // Throws ModelError past max_seq. Storage grows geometrically (a long session costs O(n) copies,
+  // a short one little memory).
+  void append(int64_t layer, const float* keys, const float* values, int64_t n);
+  // The layer's cached positions, (length, kv_heads, head_dim) row-major; valid until the next
+  // append to that layer.
+  const float* keys(int64_t layer) const;
+  const float* values(int64_t layer) const;
+
+  // Bytes held by the cache (capacity, not only the used part; scratch excluded).
   int64_t bytes() const;
   void clear();
 
+  // At least `floats` floats of scratch, kept between calls (grown, never shrunk).
+  float* scratch(size_t floats);
+
  private:
   struct Layer {
-    at::Tensor k, v;  // (n_kv_heads, capacity, head_dim)
+    std::vector<float> k, v;  // (capacity, kv_heads, head_dim)
     int64_t length = 0;
   };
-  Layer& at_layer(int64_t layer);
-  int64_t layer_begin_, layer_end_, n_kv_heads_, head_dim_, max_seq_;
+  const Layer& at_layer(int64_t layer) const;
+  int64_t layer_begin_, layer_end_, row_floats_, max_seq_;
   std::vector<Layer> layers_;
+  std::vector<float> scratch_;
 };
 
 }  // namespace ce

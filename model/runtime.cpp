@@ -5,14 +5,36 @@
 #include <thread>
 
 #include "model/decoder.hpp"
+#include "model/kernels.hpp"
 
 namespace ce {
 
-std::shared_ptr<const Model> Model::load(const std::string& dir) { return from_weights(load_weights(dir), dir); }
+const char* to_string(WeightPrecision p) {
+  switch (p) {
+    case WeightPrecision::as_stored: return "auto";
+    case WeightPrecision::fp32: return "fp32";
+    case WeightPrecision::fp16: return "fp16";
+    case WeightPrecision::int8: return "int8";
+  }
+  return "auto";
+}
 
-std::shared_ptr<const Model> Model::from_weights(std::shared_ptr<const Weights> weights, std::string dir) {
+std::optional<WeightPrecision> weight_precision_named(const std::string& name) {
+  for (auto p : {WeightPrecision::as_stored, WeightPrecision::fp32, WeightPrecision::fp16, WeightPrecision::int8})
+    if (name == to_string(p)) return p;
+  return std::nullopt;
+}
+
+std::shared_ptr<const Model> Model::load(const std::string& dir, WeightPrecision precision) {
+  // Only an fp32 request widens at load; every other precision starts from the stored matrices.
+  const bool widen = precision == WeightPrecision::fp32;
+  return from_weights(load_weights(dir, widen ? StoredType::widen_to_fp32 : StoredType::keep), dir, precision);
+}
+
+std::shared_ptr<const Model> Model::from_weights(std::shared_ptr<const Weights> weights, std::string dir,
+                                                 WeightPrecision precision) {
   auto m = std::make_shared<Model>();
-  m->decoder_ = std::make_shared<const Decoder>(std::move(weights));
+  m->decoder_ = std::make_shared<const Decoder>(std::move(weights), precision);
   m->dir_ = std::move(dir);
   return m;
 }
@@ -23,6 +45,7 @@ const std::string& Model::weights_hash() const { return decoder_->weights().hash
 void configure_torch_threads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
+  kernels::set_threads(threads);
 }
 
 }  // namespace ce

@@ -2,6 +2,7 @@
 // A loaded model as the rest of the system sees it: torch-free, shared read-only by all sessions.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "model/model_config.hpp"
@@ -11,11 +12,20 @@ namespace ce {
 class Decoder;
 struct Weights;
 
+// How the weight matrices are held for inference: as the file stores them (fp16 files stay fp16
+// in memory, widened inside the kernels), or converted once at load.
+enum class WeightPrecision { as_stored, fp32, fp16, int8 };
+const char* to_string(WeightPrecision precision);  // "auto", "fp32", "fp16", "int8"
+std::optional<WeightPrecision> weight_precision_named(const std::string& name);
+constexpr const char* weight_precision_names = "auto|fp32|fp16|int8";
+
 class Model {
  public:
   // Loads config.json + model.safetensors from `dir` (tokenizer optional, see tokenizer_path()).
-  static std::shared_ptr<const Model> load(const std::string& dir);
-  static std::shared_ptr<const Model> from_weights(std::shared_ptr<const Weights> weights, std::string dir = {});
+  static std::shared_ptr<const Model> load(const std::string& dir,
+                                           WeightPrecision precision = WeightPrecision::as_stored);
+  static std::shared_ptr<const Model> from_weights(std::shared_ptr<const Weights> weights, std::string dir = {},
+                                                   WeightPrecision precision = WeightPrecision::as_stored);
 
   const ModelConfig& config() const;
   const std::string& weights_hash() const;
@@ -28,7 +38,7 @@ class Model {
   std::string dir_;
 };
 
-// Sets torch's intra-op threads (0: all cores) and inference-friendly global flags.
+// Sets the threads of torch's intra-op pool and of the decode kernels (0: all cores).
 void configure_torch_threads(int threads);
 
 }  // namespace ce

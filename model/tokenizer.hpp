@@ -15,6 +15,10 @@ class Tokenizer {
   std::vector<int32_t> encode(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   int32_t vocab_size() const { return static_cast<int32_t>(pieces_.size()); }
+  // A piece's text as the model file stores it (U+2581 for a space, "<0x0A>" for a byte piece)
+  // and its merge score; id must be in [0, vocab_size()).
+  const std::string& piece(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).text; }
+  float score(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).score; }
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
   int32_t unk_id() const { return unk_id_; }

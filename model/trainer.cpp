@@ -92,10 +92,10 @@ Losses compute_losses(const Decoder& d, const at::Tensor& input, const at::Tenso
   for (auto e : c.exit_layers) {
     h = d.forward_no_cache(h, depth, e);
     depth = e;
-    exit_logits.push_back(d.exit_logits(e, h));  // (B, T, vocab)
+    exit_logits.push_back(d.exit_logits_train(e, h));  // (B, T, vocab)
   }
   h = d.forward_no_cache(h, depth, c.n_layers);
-  auto final_logits = d.final_logits(h);
+  auto final_logits = d.final_logits_train(h);
   auto ce_loss = [&](const at::Tensor& logits, const at::Tensor& labels) {
     return torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), labels.reshape({-1}));
   };

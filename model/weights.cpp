@@ -73,7 +73,7 @@ std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelCo
 }
 
 std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const TensorMap& tensors,
-                                              const std::string& source) {
+                                              const std::string& source, StoredType stored) {
   const auto expected = expected_tensor_shapes(c);
   for (auto& [name, t] : tensors)
     if (!expected.count(name)) throw ModelError(source + ": unexpected tensor '" + name + "' for this config");
@@ -90,7 +90,8 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
     auto st = it->second.scalar_type();
     if (st != at::kFloat && st != at::kHalf && st != at::kBFloat16)
       throw ModelError(source + ": tensor '" + name + "' must be F32, F16 or BF16");
-    auto f = it->second.to(at::kFloat).contiguous();
+    const bool keep = stored == StoredType::keep && want.size() == 2;
+    auto f = (keep ? it->second : it->second.to(at::kFloat)).contiguous();
     if (!torch::isfinite(f).all().item<bool>())
       throw ModelError(source + ": tensor '" + name + "' holds NaN or infinite values");
     return f;
@@ -148,11 +149,11 @@ std::string weights_digest(const TensorMap& tensors) {
   return buf;
 }
 
-std::shared_ptr<Weights> load_weights(const std::string& dir) {
+std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored) {
   const auto config = load_model_config(dir + "/config.json");
   const std::string file = dir + "/model.safetensors";
   if (!std::filesystem::exists(file)) throw ModelError(file + ": weights file not found");
-  return weights_from_tensors(config, read_safetensors(file), file);
+  return weights_from_tensors(config, read_safetensors(file), file, stored);
 }
 
 std::shared_ptr<Weights> random_weights(const ModelConfig& c, uint64_t seed) {

@@ -43,13 +43,19 @@ struct Weights {
 // The names and shapes a config requires, in file order.
 std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelConfig& config);
 
-// Builds Weights (fp32) from a tensor map; every missing, extra or misshaped tensor is an error
-// naming `source` and the tensor.
+// What loading does with F16/BF16 matrices: widen them to fp32 (training, and an explicit fp32
+// request), or keep them as stored so that memory holds the file's bytes once. Norms are always
+// fp32 (they are tiny and feed fp32 arithmetic).
+enum class StoredType { widen_to_fp32, keep };
+
+// Builds Weights from a tensor map; every missing, extra or misshaped tensor is an error naming
+// `source` and the tensor.
 std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& config, const TensorMap& tensors,
-                                              const std::string& source);
+                                              const std::string& source,
+                                              StoredType stored = StoredType::widen_to_fp32);
 
 // Loads `dir`/config.json and `dir`/model.safetensors.
-std::shared_ptr<Weights> load_weights(const std::string& dir);
+std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored = StoredType::widen_to_fp32);
 
 // Small normal init (std 0.02, norms at 1) from a seed; used by tests and as ce-train's start.
 std::shared_ptr<Weights> random_weights(const ModelConfig& config, uint64_t seed);

@@ -13,6 +13,7 @@
 #include "model/split_plan.hpp"
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
+#include "tools/weights_flag.hpp"
 
 namespace {
 
@@ -40,15 +41,16 @@ int main(int argc, char** argv) {
       .add("temperature", "T", "sampling temperature, 0 = greedy", "0")
       .add("top-p", "P", "nucleus sampling mass", "1")
       .add("seed", "N", "sampling seed", "0")
-      .add("threads", "N", "torch intra-op threads, 0 = all cores", "0")
+      .add("threads", "N", "compute threads, 0 = all cores", "0")
       .add("no-bos", "", "do not prepend the BOS token")
       .add("quiet", "", "print only the generated text");
+  ce::cli::add_weights_flag(cli);
   cli.parse(argc, argv);
 
   try {
     ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
     const std::string dir = cli.get("model");
-    auto model = ce::Model::load(dir);
+    auto model = ce::Model::load(dir, ce::cli::weights_from_flag(cli));
     const auto& cfg = model->config();
     const std::string mode = cli.get("mode");
     if (mode != "full" && mode != "early-exit" && mode != "standalone") cli.fail("--mode must be full, early-exit or standalone");

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "model/blas_kernel.hpp"
+#include "model/llama2c_export.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "model/weights.hpp"
@@ -15,6 +16,8 @@ int main(int argc, char** argv) {
   ce::cli::Parser cli("ce-model", "Writes a random early-exit LLaMA model directory (--random-out) or describes one (--info).");
   cli.add("random-out", "DIR", "write a randomly initialised model into DIR")
       .add("info", "DIR", "print the config, split, parameter count and weights hash of a model")
+      .add("export-llama2c", "DIR", "write DIR/model.bin and DIR/tokenizer.bin in llama2.c's formats from --model (for decode benchmarks against its run.c)")
+      .add("model", "DIR", "model directory read by --export-llama2c", "models/ce-brown-8l")
       .add("vocab", "N", "vocabulary size (taken from --tokenizer when given)", "1024")
       .add("tokenizer", "FILE", "copy this tokenizer.model into the model directory")
       .add("seed", "N", "random seed", "0");
@@ -30,6 +33,16 @@ int main(int argc, char** argv) {
       std::cout << ", default split " << c.default_split << ", default threshold " << c.default_threshold
                 << "\nweights hash " << model->weights_hash() << "\n";
       if (auto kernel = ce::blas_kernel_name(); !kernel.empty()) std::cout << "OpenBLAS kernel " << kernel << "\n";
+      return 0;
+    }
+    if (cli.has("export-llama2c")) {
+      const auto dir = cli.get("export-llama2c"), from = cli.get("model");
+      std::filesystem::create_directories(dir);
+      ce::write_llama2c_model(*ce::load_weights(from), dir + "/model.bin");
+      if (std::filesystem::exists(from + "/tokenizer.model"))
+        ce::write_llama2c_tokenizer(ce::Tokenizer(from + "/tokenizer.model"), dir + "/tokenizer.bin");
+      std::cout << "wrote " << dir << "/model.bin" << (std::filesystem::exists(dir + "/tokenizer.bin") ? " and tokenizer.bin" : "")
+                << " from " << from << "\n";
       return 0;
     }
     const std::string out = cli.require("random-out");

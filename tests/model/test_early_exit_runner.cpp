@@ -72,7 +72,8 @@ class EagerReference {
 
 // The rule: the first exit inside [1, layer_end] whose confidence >= theta, else the final layer
 // when layer_end = L, else unresolved. The fallback is the deepest exit read: every edge exit is
-// read when theta <= 1, only the last one when theta > 1 (no exit can fire).
+// read when theta <= 1, only the last one when theta > 1 (no exit can fire), and none when theta > 1
+// and layer_end = L (the final layer decides; nothing needs a fallback).
 Expected decide(const EagerReference::Step& s, int64_t position, double theta, int64_t layer_end, int64_t n_layers) {
   Expected e;
   e.position = position;
@@ -80,7 +81,7 @@ Expected decide(const EagerReference::Step& s, int64_t position, double theta, i
   for (auto& [layer, choice] : s.exits)
     if (layer <= layer_end) exits.push_back(layer);
   for (auto layer : exits) {
-    if (theta > 1 && layer != exits.back()) continue;
+    if (theta > 1 && (layer != exits.back() || layer_end == n_layers)) continue;
     const auto& ch = s.exits.at(layer);
     e.fallback_token = ch.token;
     e.fallback_confidence = ch.confidence;
@@ -261,7 +262,7 @@ BOOST_FIXTURE_TEST_CASE(threshold_above_one_never_exits_early, Fixture) {
   const auto full = run_eager(*m, theta, c.n_layers, steps);
   for (auto& d : full.decisions) {
     BOOST_TEST(d.exit_layer == c.n_layers);
-    BOOST_TEST(d.fallback_layer == c.exit_layers.back());
+    BOOST_TEST(d.fallback_layer == -1);  // the final layer decides: no exit head is run for a fallback
   }
   check_runner(m, full, theta, c.n_layers);
   const auto edge = run_eager(*m, theta, split, steps);

@@ -114,12 +114,13 @@ BOOST_FIXTURE_TEST_CASE(exceeding_max_seq_throws, Fixture) {
   BOOST_CHECK_THROW(d.forward(many.narrow(0, 0, 1), c.max_seq, 0, c.n_layers, kv), ModelError);
   // The cache refuses on its own as well.
   KvCache direct(c, 0, 1);
-  auto k = at::zeros({c.n_kv_heads, c.max_seq, c.head_dim()});
-  direct.append(0, k, k);
-  BOOST_CHECK_THROW(direct.append(0, k.narrow(1, 0, 1), k.narrow(1, 0, 1)), ModelError);
+  auto k = at::zeros({c.max_seq, c.n_kv_heads, c.head_dim()});
+  direct.append(0, k.data_ptr<float>(), k.data_ptr<float>(), c.max_seq);
+  BOOST_CHECK_THROW(direct.append(0, k.data_ptr<float>(), k.data_ptr<float>(), 1), ModelError);
+  BOOST_TEST(direct.length(0) == c.max_seq);
 }
 
-BOOST_AUTO_TEST_CASE(append_returns_all_cached_positions_and_grows) {
+BOOST_AUTO_TEST_CASE(append_keeps_all_cached_positions_and_grows) {
   auto c = tiny_config(2);
   c.max_seq = 256;  // room to grow past the first capacity (64)
   KvCache kv(c, 1, 3);
@@ -128,23 +129,27 @@ BOOST_AUTO_TEST_CASE(append_returns_all_cached_positions_and_grows) {
   BOOST_TEST(kv.bytes() == 0);
   BOOST_CHECK_THROW(kv.length(0), ModelError);  // layer outside [1, 3)
   BOOST_CHECK_THROW(kv.length(3), ModelError);
-  auto k1 = at::randn({c.n_kv_heads, 5, c.head_dim()});
-  auto v1 = at::randn({c.n_kv_heads, 5, c.head_dim()});
-  auto [ka, va] = kv.append(1, k1, v1);
-  BOOST_TEST(ka.size(1) == 5);
-  BOOST_TEST(at::equal(ka, k1));
-  BOOST_TEST(at::equal(va, v1));
+  // Rows (n, kv_heads, head_dim), position-major as the decoder writes them.
+  auto k1 = at::randn({5, c.n_kv_heads, c.head_dim()});
+  auto v1 = at::randn({5, c.n_kv_heads, c.head_dim()});
+  kv.append(1, k1.data_ptr<float>(), v1.data_ptr<float>(), 5);
+  auto cached = [&](const float* p, int64_t n) {
+    return at::from_blob(const_cast<float*>(p), {n, c.n_kv_heads, c.head_dim()}).clone();
+  };
+  BOOST_TEST(at::equal(cached(kv.keys(1), 5), k1));
+  BOOST_TEST(at::equal(cached(kv.values(1), 5), v1));
   const auto bytes_small = kv.bytes();
   BOOST_TEST(bytes_small > 0);
-  auto k2 = at::randn({c.n_kv_heads, 100, c.head_dim()});
-  auto [kb, vb] = kv.append(1, k2, k2);  // grows past the initial capacity
-  BOOST_TEST(kb.size(1) == 5 + k2.size(1));
-  BOOST_TEST(at::equal(kb.narrow(1, 0, 5), k1));  // earlier positions survive the growth
-  BOOST_TEST(at::equal(kb.narrow(1, 5, k2.size(1)), k2));
+  auto k2 = at::randn({100, c.n_kv_heads, c.head_dim()});
+  kv.append(1, k2.data_ptr<float>(), k2.data_ptr<float>(), 100);  // grows past the initial capacity
+  auto all = cached(kv.keys(1), 105);
+  BOOST_TEST(at::equal(all.narrow(0, 0, 5), k1));  // earlier positions survive the growth
+  BOOST_TEST(at::equal(all.narrow(0, 5, 100), k2));
+  BOOST_TEST(at::equal(cached(kv.values(1), 5), v1));
   BOOST_TEST(kv.bytes() > bytes_small);
-  BOOST_TEST(kv.length(1) == 5 + k2.size(1));
+  BOOST_TEST(kv.length(1) == 105);
   BOOST_TEST(kv.length(2) == 0);
-  BOOST_CHECK_THROW(kv.append(0, k1, v1), ModelError);
+  BOOST_CHECK_THROW(kv.append(0, k1.data_ptr<float>(), v1.data_ptr<float>(), 5), ModelError);
   kv.clear();
   BOOST_TEST(kv.length(1) == 0);
   BOOST_TEST(kv.bytes() == 0);

@@ -1,0 +1,111 @@
+#include "model/kernels.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "model/kernels_isa.hpp"
+
+namespace ce::kernels {
+namespace {
+
+enum class Isa { portable, avx2, avx512 };
+
+Isa supported_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("fma"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+#endif
+  return Isa::portable;
+}
+
+// The CPU's best, or a lower one that CE_KERNELS names (never a higher one: that would crash).
+Isa chosen_isa() {
+  const Isa best = supported_isa();
+  const char* forced = std::getenv("CE_KERNELS");
+  if (!forced) return best;
+  const std::string name = forced;
+  Isa wanted = best;
+  if (name == "portable") wanted = Isa::portable;
+  else if (name == "avx2") wanted = Isa::avx2;
+  else if (name == "avx512") wanted = Isa::avx512;
+  return std::min(wanted, best);
+}
+
+const Isa kIsa = chosen_isa();
+std::atomic<int> g_threads{1};
+
+}  // namespace
+
+const char* to_string(WeightType type) {
+  switch (type) {
+    case WeightType::f32: return "fp32";
+    case WeightType::f16: return "fp16";
+    case WeightType::bf16: return "bf16";
+    case WeightType::q8: return "int8";
+  }
+  return "?";
+}
+
+#define CE_KERNELS_DISPATCH(call)              \
+  switch (kIsa) {                              \
+    case Isa::avx512: return avx512::call;     \
+    case Isa::avx2: return avx2::call;         \
+    case Isa::portable: return portable::call; \
+  }
+
+void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate) {
+  if (n <= 0 || w.rows <= 0) return;
+  CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate));
+}
+
+void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
+  CE_KERNELS_DISPATCH(rms_norm(x, weight, n, dim, eps, out));
+}
+
+void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, const float* cos, const float* sin) {
+  CE_KERNELS_DISPATCH(rope(x, n, heads, head_dim, start, cos, sin));
+}
+
+void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
+               const float* keys, const float* values, float* scratch, float* out) {
+  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, scratch, out));
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) { CE_KERNELS_DISPATCH(silu_mul(gate, up, n)); }
+
+#undef CE_KERNELS_DISPATCH
+
+void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales) {
+  const int64_t blocks = (cols + kQ8Block - 1) / kQ8Block;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * kQ8Block, end = std::min(cols, begin + kQ8Block);
+      float top = 0;
+      for (int64_t k = begin; k < end; ++k) top = std::max(top, std::fabs(w[r * cols + k]));
+      const float scale = top / 127.0f;
+      scales[r * blocks + b] = scale;
+      const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+      for (int64_t k = begin; k < end; ++k)
+        q[r * cols + k] = static_cast<int8_t>(std::lround(std::clamp(w[r * cols + k] * inv, -127.0f, 127.0f)));
+    }
+}
+
+void set_threads(int threads) { g_threads = std::max(1, threads); }
+int threads() { return g_threads; }
+
+std::string isa() {
+  switch (kIsa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    case Isa::portable: return "portable";
+  }
+  return "portable";
+}
+
+}  // namespace ce::kernels

@@ -1,0 +1,67 @@
+#pragma once
+// The decode step's arithmetic on raw row-major buffers: matrix products against weights kept in
+// their stored type (fp32, fp16, bf16, or int8 with one scale per 32 values), RMSNorm, RoPE, attention
+// over a KV cache, SiLU·up. Torch-free and allocation-free: the caller owns every buffer.
+//
+// Why not libtorch here: one row through torch::linear goes through GEMM, which packs the whole
+// weight matrix on every call (measured 6x slower than a matrix-vector product), and every
+// elementwise op costs a dispatch and an allocation. These loops read each weight once per call
+// for up to kMaxRowsPerPass input rows and keep the rest of the step in cache.
+//
+// The vector code is chosen once per process from the CPU's features (AVX-512, AVX2, or portable
+// C++); CE_KERNELS=portable|avx2|avx512 forces a lower one (tests compare them).
+#include <cstdint>
+#include <string>
+
+namespace ce::kernels {
+
+enum class WeightType : uint8_t { f32, f16, bf16, q8 };
+const char* to_string(WeightType type);
+
+// Values per int8 scale: a row of `cols` values holds ceil(cols / 32) blocks, the last one short
+// when cols is not a multiple of 32.
+constexpr int64_t kQ8Block = 32;
+
+// A (rows, cols) weight matrix as nn.Linear stores it (out, in), row-major.
+// f16: IEEE half values. bf16: bfloat16 values. q8: int8 values, and `scales` (rows, ceil(cols / 32)) fp32 with
+// value = q * scale of its block.
+struct Matrix {
+  WeightType type = WeightType::f32;
+  const void* data = nullptr;
+  const float* scales = nullptr;  // q8 only
+  int64_t rows = 0, cols = 0;
+};
+
+// y (n, w.rows) = x (n, w.cols) · wᵀ, or y += that when `accumulate` (the residual add).
+// x and y must not overlap. Parallel over output rows on kernels::threads() threads.
+void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate = false);
+
+// out (n, dim) = x / rms(x) * weight; out may be x.
+void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);
+
+// Rotates each head of `x` (n, heads, head_dim) in place, row i at position start + i, in the
+// Hugging Face rotate_half layout: pairs (j, j + head_dim/2). cos/sin: (max_seq, head_dim / 2).
+void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, const float* cos, const float* sin);
+
+// Causal attention of n queries at positions [start, start + n) over a cache holding positions
+// [0, start + n). q: (n, heads, head_dim). keys/values: (start + n, kv_heads, head_dim); head h
+// reads kv head h / (heads / kv_heads), as Hugging Face's repeat_kv. out: (n, heads * head_dim).
+// scratch: n * heads * (start + n) floats.
+void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
+               const float* keys, const float* values, float* scratch, float* out);
+
+// gate (n, ffn) = silu(gate) * up, in place.
+void silu_mul(float* gate, const float* up, int64_t n);
+
+// Quantizes a (rows, cols) fp32 matrix: q (rows, cols) int8, scales (rows, ceil(cols / 32)) with
+// scale = max |value| / 127 of its block (0 for an all-zero block).
+void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales);
+
+// Threads each call may use (>= 1); set from the node's or tool's thread setting.
+void set_threads(int threads);
+int threads();
+
+// The vector code in use: "avx512", "avx2" or "portable".
+std::string isa();
+
+}  // namespace ce::kernels

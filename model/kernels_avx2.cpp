@@ -1,0 +1,40 @@
+// AVX2 build of the vector kernels (compiled with -mavx2 -mfma -mf16c; called only when the CPU
+// reports those features and not AVX-512).
+#include <immintrin.h>
+#include <omp.h>
+
+#include "model/kernels.hpp"
+#include "model/kernels_isa.hpp"
+
+namespace {
+
+struct V {
+  using reg = __m256;
+  static constexpr int64_t N = 8;
+  static constexpr int kOutRows1 = 4;  // 16 registers: block<4, 1> and block<2, 4> fit
+  static constexpr int kOutRows4 = 2;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static reg load_bf16(const uint16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static reg load_q8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static reg set1(float v) { return _mm256_set1_ps(v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+  static float reduce(reg a) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+  }
+};
+
+}  // namespace
+
+#define KERNELS_ISA avx2
+#include "model/kernels_simd.inc"

@@ -1,0 +1,38 @@
+// AVX-512 build of the vector kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c;
+// called only when the CPU reports those features).
+#include <immintrin.h>
+#include <omp.h>
+
+#include "model/kernels.hpp"
+#include "model/kernels_isa.hpp"
+
+namespace {
+
+struct V {
+  using reg = __m512;
+  static constexpr int64_t N = 16;
+  static constexpr int kOutRows1 = 8;  // block<8, 1>: 8 accumulators + 8 weight registers
+  static constexpr int kOutRows4 = 4;  // block<4, 4>: 16 accumulators + 4 weight registers
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static reg load_bf16(const uint16_t* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static reg load_q8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static reg set1(float v) { return _mm512_set1_ps(v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+  static float reduce(reg a) { return _mm512_reduce_add_ps(a); }
+};
+
+}  // namespace
+
+#define KERNELS_ISA avx512
+#include "model/kernels_simd.inc"

@@ -1,0 +1,173 @@
+// ce-bench-decode: batch-1 decode speed of the inference paths the nodes run, one JSON line per
+// measurement (scripts/bench-decode interleaves it with llama2.c's run.c and plots).
+//   full   EarlyExitRunner over [0, L), final head only (what ce-generate --mode full runs)
+//   edge   EarlyExitRunner over [0, split), every edge exit read (the edge's work per token)
+//   cloud  CloudCompute over [split, L): one uploaded fp16 state in, one token out
+//   catchup  the cloud filling a gap of g uploaded positions in one infer, per position, against
+//            a one-position step at the same depth of context
+#include <algorithm>
+#include <chrono>
+#include <iomanip>
+#include <iostream>
+#include <optional>
+#include <sstream>
+
+#include "model/blas_kernel.hpp"
+#include "model/cloud_compute.hpp"
+#include "model/decoder.hpp"
+#include "model/early_exit_runner.hpp"
+#include "model/kernels.hpp"
+#include "model/runtime.hpp"
+#include "model/split_plan.hpp"
+#include "tools/cli.hpp"
+#include "tools/weights_flag.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// Greedy decoding from BOS over [0, layer_end): the seconds of `steps` single-token steps.
+double runner_seconds(const std::shared_ptr<const ce::Model>& model, int64_t layer_end, bool read_exits, int steps) {
+  ce::EarlyExitRunner runner(model, layer_end);
+  ce::ExitRule rule;
+  rule.threshold = read_exits ? 1.0 : ce::ExitRule::never_exit;  // θ = 1: every exit read, (almost) none taken
+  auto out = runner.advance({static_cast<int32_t>(model->config().bos_id)}, rule);
+  const auto t0 = clock_type::now();
+  for (int i = 0; i < steps; ++i) {
+    const int32_t token = out.standalone_token() >= 0 ? out.standalone_token() : 0;
+    out = runner.advance({token}, rule);
+    runner.take_completed();
+  }
+  return seconds_since(t0);
+}
+
+// Split-layer states of positions [0, n) as the edge makes them (greedy from BOS).
+ce::PositionRows edge_states(const std::shared_ptr<const ce::Model>& model, int64_t split, int64_t n) {
+  ce::EarlyExitRunner runner(model, split);
+  ce::ExitRule rule;
+  rule.threshold = ce::ExitRule::never_exit;
+  auto out = runner.advance({static_cast<int32_t>(model->config().bos_id)}, rule);
+  for (int64_t i = 1; i < n; ++i) out = runner.advance({std::max(0, out.standalone_token())}, rule);
+  runner.flush();
+  return runner.take_completed();
+}
+
+double cloud_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
+                     int steps) {
+  ce::CloudCompute cloud(model, split);
+  cloud.append(states.slice(0, 1));
+  cloud.infer(0, {});
+  const auto t0 = clock_type::now();
+  for (int i = 1; i <= steps; ++i) {
+    cloud.append(states.slice(static_cast<uint32_t>(i), 1));
+    cloud.infer(static_cast<uint32_t>(i), {});
+  }
+  return seconds_since(t0);
+}
+
+// Seconds of one infer that fills `gap` positions after a context of `context` computed ones.
+double catchup_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
+                       int64_t context, int64_t gap) {
+  ce::CloudCompute cloud(model, split);
+  cloud.append(states.slice(0, static_cast<uint32_t>(context)));
+  cloud.infer(static_cast<uint32_t>(context - 1), {});
+  cloud.append(states.slice(static_cast<uint32_t>(context), static_cast<uint32_t>(gap)));
+  const auto t0 = clock_type::now();
+  cloud.infer(static_cast<uint32_t>(context + gap - 1), {});
+  return seconds_since(t0);
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(std::stoll(item));
+  return out;
+}
+
+std::vector<std::string> parse_list_names(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ce::use_fast_blas_kernel(argv);
+  ce::cli::Parser cli("ce-bench-decode",
+                      "Measures batch-1 decode tokens/s of the full model, the edge's and the cloud's layer ranges, and "
+                      "the cloud's per-position catch-up cost; prints one JSON line per measurement.");
+  cli.add("model", "DIR", "model directory", "models/ce-brown-8l")
+      .add("ranges", "LIST", "comma-separated: full, edge, cloud, catchup", "full,edge,cloud")
+      .add("tokens", "N", "decode steps per measurement (from BOS; run.c's default is 256)", "256")
+      .add("split", "LAYER", "edge/cloud split (default: the model's default_split)", "0")
+      .add("gaps", "LIST", "catch-up gaps, in positions", "1,4,16,64,256")
+      .add("context", "N", "positions already computed before a catch-up", "64")
+      .add("threads", "N", "compute threads, 0 = all cores", "1")
+      .add("tag", "TEXT", "copied into every line (e.g. the repeat number)", "");
+  ce::cli::add_weights_flag(cli);
+  cli.parse(argc, argv);
+  try {
+    const int threads = static_cast<int>(cli.get_int("threads"));
+    ce::configure_torch_threads(threads);
+    const auto precision = ce::cli::weights_from_flag(cli);
+    auto model = ce::Model::load(cli.get("model"), precision);
+    const auto& c = model->config();
+    const auto split = ce::SplitPlan::from_config(c, cli.get_int("split")).split;
+    const int steps = static_cast<int>(cli.get_int("tokens"));
+    if (steps < 1 || steps + 1 > c.max_seq) cli.fail("--tokens must be in [1, max_seq - 1]");
+    const auto line = [&](const std::string& range) {
+      std::ostringstream o;
+      o << std::fixed << std::setprecision(4) << "{\"engine\":\"cecollm\",\"model\":\"" << c.name << "\",\"weights\":\""
+        << model->decoder().precision() << "\",\"threads\":" << ce::kernels::threads() << ",\"isa\":\""
+        << ce::kernels::isa() << "\",\"range\":\"" << range << "\",\"tag\":\"" << cli.get("tag") << "\"";
+      return o.str();
+    };
+    const auto report = [&](const std::string& range, double seconds) {
+      std::cout << line(range) << ",\"tokens\":" << steps << ",\"tokens_per_s\":" << steps / seconds
+                << ",\"ms_per_token\":" << 1e3 * seconds / steps << "}" << std::endl;
+    };
+    const auto gaps = parse_list(cli.get("gaps"));
+    const int64_t context = cli.get_int("context");
+    int64_t needed = steps + 1;
+    for (auto g : gaps) needed = std::max(needed, context + g);
+    std::optional<ce::PositionRows> states;
+    for (const auto& range : parse_list_names(cli.get("ranges"))) {
+      if (range == "full") {
+        report(range, runner_seconds(model, c.n_layers, false, steps));
+      } else if (range == "edge") {
+        report(range, runner_seconds(model, split, true, steps));
+      } else if (range == "cloud" || range == "catchup") {
+        if (needed > c.max_seq) cli.fail("--tokens, --context and --gaps need more positions than max_seq");
+        if (!states) states = edge_states(model, split, needed);
+        if (range == "cloud") {
+          report(range, cloud_seconds(model, split, *states, steps));
+          continue;
+        }
+        // The one-position step at the same depth, best of 5, is the yardstick.
+        double step = 1e9;
+        for (int r = 0; r < 5; ++r) step = std::min(step, catchup_seconds(model, split, *states, context, 1));
+        for (auto g : gaps) {
+          double best = 1e9;
+          for (int r = 0; r < 3; ++r) best = std::min(best, catchup_seconds(model, split, *states, context, g));
+          std::cout << line(range) << ",\"context\":" << context << ",\"gap\":" << g
+                    << ",\"ms_per_position\":" << 1e3 * best / g << ",\"ms_per_step\":" << 1e3 * step
+                    << ",\"ratio_to_step\":" << best / g / step << "}" << std::endl;
+        }
+      } else {
+        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup)");
+      }
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "ce-bench-decode: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
