@@ -251,10 +251,4 @@ at::Tensor Decoder::final_logits_train(const at::Tensor& hidden) const {
   return torch::linear(rms_norm(hidden, weights_->final_norm), weights_->lm_head);
 }
 
-TokenChoice Decoder::choose_greedy(const at::Tensor& logits) {
-  auto probs = torch::softmax(logits.to(torch::kFloat), -1);
-  auto [p, i] = probs.max(-1);
-  return {static_cast<int32_t>(i.item<int64_t>()), p.item<float>()};
-}
-
 }  // namespace ce

@@ -45,8 +45,6 @@ class Decoder {
   at::Tensor exit_logits_train(int64_t exit_layer, const at::Tensor& hidden) const;  // differentiable
   at::Tensor final_logits_train(const at::Tensor& hidden) const;
 
-  static TokenChoice choose_greedy(const at::Tensor& logits);  // logits: (vocab)
-
  private:
   struct Packed;
   // x: (B, T, dim) -> (B, T, dim), libtorch, no cache (training).

@@ -11,6 +11,7 @@
 #include "model/decoder.hpp"
 #include "model/early_exit_runner.hpp"
 #include "model/kv_cache.hpp"
+#include "model/sampler.hpp"
 #include "model/split_plan.hpp"
 
 namespace ce {
@@ -44,19 +45,13 @@ std::vector<double> sorted_unique(std::vector<double> v) {
 // Scores one head's logits (T, vocab) against targets (T) and appends to the records.
 void score_head(const at::Tensor& logits, const at::Tensor& targets, std::vector<int32_t>& greedy,
                 std::vector<float>& confidence, std::vector<float>& nats) {
-  auto nll = -torch::log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1);  // (T)
-  // Same operations as Decoder::choose_greedy, so θ comparisons match the runtime.
-  auto [p, i] = torch::softmax(logits, -1).max(-1);
-  auto nll_c = nll.contiguous();
-  auto p_c = p.contiguous();
-  auto i_c = i.to(torch::kInt).contiguous();
-  const int64_t t = logits.size(0);
-  const float* pn = nll_c.data_ptr<float>();
-  const float* pp = p_c.data_ptr<float>();
-  const int32_t* pi = i_c.data_ptr<int32_t>();
-  nats.insert(nats.end(), pn, pn + t);
-  confidence.insert(confidence.end(), pp, pp + t);
-  greedy.insert(greedy.end(), pi, pi + t);
+  auto nll = -torch::log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1).contiguous();  // (T)
+  const float* pn = nll.data_ptr<float>();
+  nats.insert(nats.end(), pn, pn + nll.numel());
+  for (const auto& choice : greedy_choices(logits)) {  // the runtime's choice, so θ comparisons match
+    greedy.push_back(choice.token);
+    confidence.push_back(choice.confidence);
+  }
 }
 
 }  // namespace

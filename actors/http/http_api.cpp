@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "actors/atoms.hpp"
+#include "actors/edge/exit_policy.hpp"
 #include "actors/http/completion_request.hpp"
 #include "actors/log.hpp"
 #include "actors/http/metrics.hpp"
@@ -282,7 +283,7 @@ struct HttpApi::Impl {
     }
     if (edge) {
       auto [connected, backlog] = node.link_stats();
-      if (!connected && config.mode != InferenceMode::standalone) out["status"] = "degraded";
+      if (!connected && strategy_for(config.mode).asks_cloud) out["status"] = "degraded";  // needs its cloud
       out["mode"] = to_string(config.mode);
       out["threshold"] = config.exit_threshold;
       out["cloud"] = {{"address", config.cloud_host + ":" + std::to_string(config.cloud_port)},

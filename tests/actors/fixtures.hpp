@@ -9,6 +9,7 @@
 
 #include "config/node_config.hpp"
 #include "model/decoder.hpp"
+#include "model/sampler.hpp"
 #include "model/runtime.hpp"
 #include "model/split_plan.hpp"
 #include "tests/model/tiny_model.hpp"
@@ -78,7 +79,7 @@ inline std::vector<OracleToken> oracle(const Model& model, std::vector<int32_t> 
       h = d.forward(h, pos, depth, e, edge);
       depth = e;
       auto logits = d.exit_logits(e, h[-1]);
-      auto choice = Decoder::choose_greedy(logits);
+      auto choice = greedy_choice(logits);
       last_exit = {static_cast<int32_t>(choice.token), static_cast<int32_t>(e), choice.confidence, top2_margin(logits)};
       if (!decided && choice.confidence >= theta) {
         t = last_exit;
@@ -93,7 +94,7 @@ inline std::vector<OracleToken> oracle(const Model& model, std::vector<int32_t> 
     auto top = d.forward(h.to(torch::kHalf).to(torch::kFloat), pos, plan.split, c.n_layers, cloud);
     if (!decided) {
       auto logits = d.final_logits(top[-1]);
-      auto choice = Decoder::choose_greedy(logits);
+      auto choice = greedy_choice(logits);
       t = {static_cast<int32_t>(choice.token), static_cast<int32_t>(c.n_layers), choice.confidence, top2_margin(logits)};
     }
     out.push_back(t);

@@ -46,7 +46,7 @@ struct Fixture {
     auto h = d.forward(states, 0, split, c.n_layers, kv);
     for (int64_t p = 0; p < h.size(0); ++p) {
       want_logits.push_back(d.final_logits(h[p]));
-      want.push_back(Decoder::choose_greedy(want_logits.back()));
+      want.push_back(greedy_choice(want_logits.back()));
     }
   }
   const uint16_t* row(int64_t p) const { return fp16.data() + p * c.dim; }
@@ -160,7 +160,7 @@ BOOST_FIXTURE_TEST_CASE(cloud_only_context_equals_full_model, Fixture) {
   std::vector<int32_t> ids(tokens.begin(), tokens.end());
   BOOST_CHECK_THROW(cloud.append(hidden(0, 1, row(0))), ModelError);  // takes tokens only
   cloud.append(token_rows(0, 6, ids.data()));  // a prompt, answered at its end
-  auto full = [&](int64_t p) { return Decoder::choose_greedy(d.final_logits(h[p])); };
+  auto full = [&](int64_t p) { return greedy_choice(d.final_logits(h[p])); };
   auto got = cloud.infer(5, {});
   BOOST_TEST(got.token == full(5).token);
   BOOST_TEST(std::abs(got.confidence - full(5).confidence) < 1e-4);

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "model/decoder.hpp"
+#include "model/sampler.hpp"
 #include "tests/model/reference_llama.hpp"
 #include "tests/model/tiny_model.hpp"
 
@@ -161,7 +162,7 @@ BOOST_AUTO_TEST_CASE(peaked_exit_head_gives_high_confidence) {
   exit.head[token].copy_(normed * (margin / normed.pow(2).sum().item<double>()));
   auto logits = d.exit_logits(2, h);
   BOOST_TEST(std::abs(logits[token].item<double>() - margin) < 1e-4);
-  auto choice = Decoder::choose_greedy(logits);
+  auto choice = greedy_choice(logits);
   BOOST_TEST(choice.token == token);
   const double expected = std::exp(margin) / (std::exp(margin) + static_cast<double>(c.vocab_size - 1));
   BOOST_TEST(choice.confidence > 0.9);
@@ -170,7 +171,7 @@ BOOST_AUTO_TEST_CASE(peaked_exit_head_gives_high_confidence) {
   // The other exit is untouched by the construction.
   KvCache kv1(c, 0, 1);
   auto h1 = d.forward(d.embed(token_tensor(tokens)), 0, 0, 1, kv1)[-1];
-  BOOST_TEST(Decoder::choose_greedy(d.exit_logits(1, h1)).confidence < 0.9);
+  BOOST_TEST(greedy_choice(d.exit_logits(1, h1)).confidence < 0.9);
 }
 
 BOOST_AUTO_TEST_CASE(flat_exit_head_gives_uniform_confidence) {
@@ -180,20 +181,24 @@ BOOST_AUTO_TEST_CASE(flat_exit_head_gives_uniform_confidence) {
   Decoder d(w);
   KvCache kv(c, 0, 1);
   auto h = d.forward(d.embed(token_tensor({5, 6, 7})), 0, 0, 1, kv);
-  auto choice = Decoder::choose_greedy(d.exit_logits(1, h[-1]));
+  auto choice = greedy_choice(d.exit_logits(1, h[-1]));
   BOOST_TEST(std::abs(choice.confidence - 1.0 / static_cast<double>(c.vocab_size)) < 1e-6);
   BOOST_TEST(choice.token >= 0);
   BOOST_TEST(choice.token < c.vocab_size);
 }
 
-BOOST_AUTO_TEST_CASE(choose_greedy_is_argmax_and_max_softmax) {
+BOOST_AUTO_TEST_CASE(greedy_choice_is_argmax_and_max_softmax) {
   auto logits = at::tensor(std::vector<float>{1.0f, 3.0f, 2.0f, -1.0f});
-  auto choice = Decoder::choose_greedy(logits);
+  auto choice = greedy_choice(logits);
   BOOST_TEST(choice.token == 1);
   const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + std::exp(-1.0);
   BOOST_TEST(std::abs(choice.confidence - std::exp(3.0) / z) < 1e-6);
   // fp16 logits are accepted and give the same answer.
-  BOOST_TEST(Decoder::choose_greedy(logits.to(at::kHalf)).token == 1);
+  BOOST_TEST(greedy_choice(logits.to(at::kHalf)).token == 1);
+  // Ties go to the lowest id, as torch's argmax; two equal maxima share the probability.
+  const auto tie = greedy_choice(at::tensor(std::vector<float>{0.5f, 2.0f, 2.0f}));
+  BOOST_TEST(tie.token == 1);
+  BOOST_TEST(std::abs(tie.confidence - std::exp(2.0) / (std::exp(0.5) + 2 * std::exp(2.0))) < 1e-6);
 }
 
 // Tied exit heads use lm_head with the exit's own norm.

@@ -54,11 +54,11 @@ class EagerReference {
       s.states.push_back(x[0]);
       if (d_.weights().exits.count(l + 1)) {
         s.exit_logits[l + 1] = d_.exit_logits(l + 1, x[0]);
-        s.exits[l + 1] = Decoder::choose_greedy(s.exit_logits[l + 1]);
+        s.exits[l + 1] = greedy_choice(s.exit_logits[l + 1]);
       }
     }
     s.final_logits = d_.final_logits(x[0]);
-    s.final = Decoder::choose_greedy(s.final_logits);
+    s.final = greedy_choice(s.final_logits);
     ++pos_;
     return s;
   }
