@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <map>
 
@@ -141,22 +143,44 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
   float* up = gate + t * ffn;      // (T, ffn)
   float* scores = up + t * ffn;    // (T, heads, start + T)
   const float eps = static_cast<float>(c.norm_eps);
-  for (int64_t l = layer_begin; l < layer_end; ++l) {
-    const auto& w = packed_->layers[static_cast<size_t>(l)];
-    kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
-    kernels::linear(xb, t, w.wq.view, q);
-    kernels::linear(xb, t, w.wk.view, k);
-    kernels::linear(xb, t, w.wv.view, v);
-    kernels::rope(q, t, c.n_heads, hd, start, packed_->cos.data(), packed_->sin.data());
-    kernels::rope(k, t, c.n_kv_heads, hd, start, packed_->cos.data(), packed_->sin.data());
-    kv.append(l, k, v, t);
-    kernels::attention(q, t, c.n_heads, c.n_kv_heads, hd, start, kv.keys(l), kv.values(l), scores, att);
-    kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true);
-    kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
-    kernels::linear(xb, t, w.gate.view, gate);
-    kernels::linear(xb, t, w.up.view, up);
-    kernels::silu_mul(gate, up, t * ffn);
-    kernels::linear(gate, t, w.down.view, x, /*accumulate=*/true);
+  const float* cos = packed_->cos.data();
+  const float* sin = packed_->sin.data();
+  // One parallel region for the whole range: each thread computes its rows of every product and
+  // the threads meet at a barrier where the next kernel needs all of them, instead of a fork and
+  // join per kernel (~60 per token). Small models stay on one thread: their products are too short.
+  const int team = t * dim * dim < (int64_t{1} << 16) ? 1 : kernels::threads();
+#pragma omp parallel num_threads(team) if (team > 1)
+  {
+    const kernels::Share me{omp_get_thread_num(), omp_get_num_threads()};
+    const auto [ffn_begin, ffn_end] = kernels::rows_of(me, ffn);
+    for (int64_t l = layer_begin; l < layer_end; ++l) {
+      const auto& w = packed_->layers[static_cast<size_t>(l)];
+#pragma omp single
+      kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
+      kernels::linear(xb, t, w.wq.view, q, false, me);
+      kernels::linear(xb, t, w.wk.view, k, false, me);
+      kernels::linear(xb, t, w.wv.view, v, false, me);
+#pragma omp barrier
+#pragma omp single
+      {
+        kernels::rope(q, t, c.n_heads, hd, start, cos, sin);
+        kernels::rope(k, t, c.n_kv_heads, hd, start, cos, sin);
+        kv.append(l, k, v, t);  // cannot throw: positions were checked against max_seq above
+      }
+      kernels::attention(q, t, c.n_heads, c.n_kv_heads, hd, start, kv.keys(l), kv.values(l), scores, att, me);
+#pragma omp barrier
+      kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true, me);
+#pragma omp barrier
+#pragma omp single
+      kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
+      kernels::linear(xb, t, w.gate.view, gate, false, me);
+      kernels::linear(xb, t, w.up.view, up, false, me);
+      for (int64_t r = 0; r < t; ++r)  // this thread's gate and up rows are complete: no barrier
+        kernels::silu_mul(gate + r * ffn + ffn_begin, up + r * ffn + ffn_begin, ffn_end - ffn_begin);
+#pragma omp barrier
+      kernels::linear(gate, t, w.down.view, x, /*accumulate=*/true, me);
+#pragma omp barrier
+    }
   }
   return out;
 }

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <omp.h>
+
 #include "model/kernels_isa.hpp"
 
 namespace ce::kernels {
@@ -59,9 +61,25 @@ const char* to_string(WeightType type) {
     case Isa::portable: return portable::call; \
   }
 
+std::pair<int64_t, int64_t> rows_of(Share share, int64_t total) {
+  const int64_t groups = (total + 7) / 8;
+  return {std::min(total, groups * share.index / share.count * 8),
+          std::min(total, groups * (share.index + 1) / share.count * 8)};
+}
+
+void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, Share share) {
+  const auto [begin, end] = rows_of(share, w.rows);
+  if (n <= 0 || begin >= end) return;
+  CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate, begin, end));
+}
+
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate) {
-  if (n <= 0 || w.rows <= 0) return;
-  CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate));
+  // Work below ~64 K multiply-adds is not worth waking a second thread for.
+  const int64_t work = n * w.rows * w.cols;
+  const int team = work < (int64_t{1} << 16) ? 1 : static_cast<int>(std::min<int64_t>(threads(), (w.rows + 7) / 8));
+  if (team <= 1) return linear(x, n, w, y, accumulate, Share{});
+#pragma omp parallel num_threads(team)
+  linear(x, n, w, y, accumulate, Share{omp_get_thread_num(), omp_get_num_threads()});
 }
 
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
@@ -73,8 +91,10 @@ void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, c
 }
 
 void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
-               const float* keys, const float* values, float* scratch, float* out) {
-  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, scratch, out));
+               const float* keys, const float* values, float* scratch, float* out, Share share) {
+  const int64_t pairs = n * heads;
+  const int64_t begin = pairs * share.index / share.count, end = pairs * (share.index + 1) / share.count;
+  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, scratch, out, begin, end));
 }
 
 void silu_mul(float* gate, const float* up, int64_t n) { CE_KERNELS_DISPATCH(silu_mul(gate, up, n)); }

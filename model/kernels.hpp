@@ -12,6 +12,7 @@
 // C++); CE_KERNELS=portable|avx2|avx512 forces a lower one (tests compare them).
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace ce::kernels {
 
@@ -32,9 +33,20 @@ struct Matrix {
   int64_t rows = 0, cols = 0;
 };
 
+// One thread's part of work split over a team of `count` threads, for callers that keep one
+// parallel region open across several kernels (the decoder's layer loop) instead of paying a
+// fork and join per kernel. {0, 1} is all of the work.
+struct Share {
+  int index = 0, count = 1;
+};
+// The share's part [begin, end) of `total` output rows, in whole 8-row groups.
+std::pair<int64_t, int64_t> rows_of(Share share, int64_t total);
+
 // y (n, w.rows) = x (n, w.cols) · wᵀ, or y += that when `accumulate` (the residual add).
 // x and y must not overlap. Parallel over output rows on kernels::threads() threads.
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate = false);
+// The same for the output rows rows_of(share, w.rows) only, on the calling thread.
+void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, Share share);
 
 // out (n, dim) = x / rms(x) * weight; out may be x.
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);
@@ -48,7 +60,7 @@ void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, c
 // reads kv head h / (heads / kv_heads), as Hugging Face's repeat_kv. out: (n, heads * head_dim).
 // scratch: n * heads * (start + n) floats.
 void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
-               const float* keys, const float* values, float* scratch, float* out);
+               const float* keys, const float* values, float* scratch, float* out, Share share = {});
 
 // gate (n, ffn) = silu(gate) * up, in place.
 void silu_mul(float* gate, const float* up, int64_t n);

@@ -1,7 +1,6 @@
 // AVX2 build of the vector kernels (compiled with -mavx2 -mfma -mf16c; called only when the CPU
 // reports those features and not AVX-512).
 #include <immintrin.h>
-#include <omp.h>
 
 #include "model/kernels.hpp"
 #include "model/kernels_isa.hpp"

@@ -1,7 +1,6 @@
 // AVX-512 build of the vector kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c;
 // called only when the CPU reports those features).
 #include <immintrin.h>
-#include <omp.h>
 
 #include "model/kernels.hpp"
 #include "model/kernels_isa.hpp"

@@ -5,12 +5,14 @@
 
 #define CE_KERNELS_DECLARE(isa)                                                                            \
   namespace ce::kernels::isa {                                                                             \
-  void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate);                      \
+  void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,       \
+              int64_t end);                                                                                \
   void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);       \
   void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, const float* cos,         \
             const float* sin);                                                                             \
   void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim,             \
-                 int64_t start, const float* keys, const float* values, float* scratch, float* out);       \
+                 int64_t start, const float* keys, const float* values, float* scratch, float* out,        \
+                 int64_t pair_begin, int64_t pair_end);                                                    \
   void silu_mul(float* gate, const float* up, int64_t n);                                                  \
   }
 

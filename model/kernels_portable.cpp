@@ -1,6 +1,5 @@
 // Portable build of the vector kernels: one float per "register", for CPUs without AVX2 (and as a
 // reference the tests compare the vector builds against).
-#include <omp.h>
 
 #include <cstring>
 
