@@ -1,0 +1,323 @@
+// The decode kernels against plain double loops, for every weight type and every instruction-set
+// build this CPU can run; the int8 quantizer's error bound; thread shares that add up to the
+// whole; the decoder in fp16 / bf16 / int8 against the loop reference on the same rounded weights.
+#include <boost/test/unit_test.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <random>
+
+#include "model/decoder.hpp"
+#include "model/kernels.hpp"
+#include "model/kernels_isa.hpp"
+#include "model/runtime.hpp"
+#include "tests/model/reference_llama.hpp"
+#include "tests/model/tiny_model.hpp"
+
+using namespace ce;
+using namespace ce::test;
+using kernels::Matrix;
+using kernels::WeightType;
+
+namespace {
+
+using LinearFn = void (*)(const float*, int64_t, const Matrix&, float*, bool, int64_t, int64_t);
+
+struct Isa {
+  const char* name;
+  LinearFn linear;
+};
+
+// The builds this CPU can execute (portable always).
+std::vector<Isa> runnable_isas() {
+  std::vector<Isa> out{{"portable", kernels::portable::linear}};
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back({"avx2", kernels::avx2::linear});
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    out.push_back({"avx512", kernels::avx512::linear});
+#endif
+  return out;
+}
+
+// A (rows, cols) matrix of one type, with the exact values the kernels must see (`dense`).
+struct TestMatrix {
+  std::vector<float> dense;      // the values as fp32 (after rounding to the type)
+  std::vector<uint16_t> halves;  // f16 / bf16 bits
+  std::vector<int8_t> q;
+  std::vector<float> scales, f32;
+  Matrix view;
+};
+
+TestMatrix make_matrix(WeightType type, int64_t rows, int64_t cols, uint64_t seed) {
+  std::mt19937 gen(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> normal(0, 1);
+  TestMatrix m;
+  m.f32.resize(static_cast<size_t>(rows * cols));
+  for (auto& v : m.f32) v = normal(gen);
+  auto t = at::from_blob(m.f32.data(), {rows, cols}, at::kFloat);
+  m.view = {type, nullptr, nullptr, rows, cols};
+  if (type == WeightType::f32) {
+    m.dense = m.f32;
+    m.view.data = m.f32.data();
+  } else if (type == WeightType::f16 || type == WeightType::bf16) {
+    auto h = t.to(type == WeightType::f16 ? at::kHalf : at::kBFloat16).contiguous();
+    m.halves.assign(static_cast<const uint16_t*>(h.data_ptr()), static_cast<const uint16_t*>(h.data_ptr()) + h.numel());
+    auto back = h.to(at::kFloat).contiguous();
+    m.dense.assign(back.data_ptr<float>(), back.data_ptr<float>() + back.numel());
+    m.view.data = m.halves.data();
+  } else {
+    const int64_t blocks = (cols + kernels::kQ8Block - 1) / kernels::kQ8Block;
+    m.q.resize(static_cast<size_t>(rows * cols));
+    m.scales.resize(static_cast<size_t>(rows * blocks));
+    kernels::quantize_q8(m.f32.data(), rows, cols, m.q.data(), m.scales.data());
+    m.dense.resize(m.f32.size());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < cols; ++k)
+        m.dense[static_cast<size_t>(r * cols + k)] =
+            static_cast<float>(m.q[static_cast<size_t>(r * cols + k)]) * m.scales[static_cast<size_t>(r * blocks + k / 32)];
+    m.view.data = m.q.data();
+    m.view.scales = m.scales.data();
+  }
+  return m;
+}
+
+std::vector<float> random_rows(int64_t n, int64_t cols, uint64_t seed) {
+  std::mt19937 gen(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> normal(0, 1);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (auto& v : x) v = normal(gen);
+  return x;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(kernels_suite)
+
+// Every (type, shape, row count, accumulate) through every runnable build agrees with a double
+// loop over the same values to fp32 rounding: |error| <= 1e-5 * sum |w||x| per output.
+BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build) {
+  const WeightType types[] = {WeightType::f32, WeightType::f16, WeightType::bf16, WeightType::q8};
+  const std::pair<int64_t, int64_t> shapes[] = {{37, 50}, {64, 256}, {9, 33}, {130, 688}, {1, 16}, {45, 96}};
+  for (auto type : types)
+    for (auto [rows, cols] : shapes) {
+      const auto m = make_matrix(type, rows, cols, static_cast<uint64_t>(rows * 7 + cols));
+      for (int64_t n : {1, 2, 3, 4, 5, 7, 9}) {
+        const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
+        std::vector<double> want(static_cast<size_t>(n * rows)), scale(want.size());
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t o = 0; o < rows; ++o)
+            for (int64_t k = 0; k < cols; ++k) {
+              const double a = m.dense[static_cast<size_t>(o * cols + k)], b = x[static_cast<size_t>(r * cols + k)];
+              want[static_cast<size_t>(r * rows + o)] += a * b;
+              scale[static_cast<size_t>(r * rows + o)] += std::abs(a * b);
+            }
+        for (const auto& isa : runnable_isas())
+          for (bool accumulate : {false, true}) {
+            std::vector<float> y(want.size(), accumulate ? 1.5f : -99.0f);
+            isa.linear(x.data(), n, m.view, y.data(), accumulate, 0, rows);
+            double worst = 0;
+            for (size_t i = 0; i < y.size(); ++i)
+              worst = std::max(worst, std::abs(y[i] - (want[i] + (accumulate ? 1.5 : 0))) / (scale[i] + 1e-30));
+            BOOST_TEST(worst < 1e-5, kernels::to_string(type) << " " << rows << "x" << cols << " n " << n << " "
+                                                              << isa.name << (accumulate ? " accumulate" : ""));
+          }
+      }
+    }
+}
+
+// Thread shares cover every output row once: computing share by share gives the one-call result
+// bit for bit (the same arithmetic per row, only split).
+BOOST_AUTO_TEST_CASE(shares_add_up_to_the_whole_product) {
+  const auto m = make_matrix(WeightType::f16, 203, 64, 5);
+  const auto x = random_rows(3, 64, 6);
+  std::vector<float> whole(3 * 203), split(3 * 203, -1.0f);
+  kernels::linear(x.data(), 3, m.view, whole.data(), false, kernels::Share{});
+  for (int count : {2, 3, 7}) {
+    int64_t covered = 0;
+    for (int i = 0; i < count; ++i) {
+      const auto [begin, end] = kernels::rows_of({i, count}, 203);
+      BOOST_TEST(begin == covered);
+      covered = end;
+      kernels::linear(x.data(), 3, m.view, split.data(), false, kernels::Share{i, count});
+    }
+    BOOST_TEST(covered == 203);
+    BOOST_TEST(split == whole);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(q8_round_trip_is_within_half_a_step_per_block) {
+  const int64_t rows = 5, cols = 70;  // 3 blocks per row, the last one 6 values long
+  auto w = random_rows(rows, cols, 3);
+  for (int64_t k = 32; k < 64; ++k) w[static_cast<size_t>(2 * cols + k)] = 0;  // an all-zero block
+  std::vector<int8_t> q(static_cast<size_t>(rows * cols));
+  std::vector<float> scales(static_cast<size_t>(rows * 3));
+  kernels::quantize_q8(w.data(), rows, cols, q.data(), scales.data());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < 3; ++b) {
+      const float s = scales[static_cast<size_t>(r * 3 + b)];
+      float top = 0;
+      bool hit_127 = false;
+      for (int64_t k = b * 32; k < std::min(cols, b * 32 + 32); ++k) {
+        const size_t i = static_cast<size_t>(r * cols + k);
+        top = std::max(top, std::abs(w[i]));
+        BOOST_TEST(std::abs(w[i] - q[i] * s) <= s / 2 + 1e-7f);
+        BOOST_TEST(std::abs(int{q[i]}) <= 127);
+        hit_127 = hit_127 || std::abs(int{q[i]}) == 127;
+      }
+      BOOST_TEST(s == top / 127.0f);
+      BOOST_TEST((hit_127 || top == 0));  // the largest value of a block uses the full range
+    }
+  BOOST_TEST(scales[2 * 3 + 1] == 0.0f);
+}
+
+// RoPE (rotate_half pairs) and causal attention with grouped KV heads against direct formulas.
+BOOST_AUTO_TEST_CASE(rope_and_attention_match_their_formulas) {
+  const int64_t n = 3, heads = 4, kv_heads = 2, hd = 8, start = 5, span = start + n, half = hd / 2;
+  std::vector<float> cos(static_cast<size_t>(span * half)), sin(cos.size());
+  for (int64_t p = 0; p < span; ++p)
+    for (int64_t j = 0; j < half; ++j) {
+      const double angle = p / std::pow(10000.0, 2.0 * j / hd);
+      cos[static_cast<size_t>(p * half + j)] = static_cast<float>(std::cos(angle));
+      sin[static_cast<size_t>(p * half + j)] = static_cast<float>(std::sin(angle));
+    }
+  auto q = random_rows(n, heads * hd, 1);
+  const auto q0 = q;
+  kernels::rope(q.data(), n, heads, hd, start, cos.data(), sin.data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t j = 0; j < half; ++j) {
+        const size_t a = static_cast<size_t>((i * heads + h) * hd + j), b = a + static_cast<size_t>(half);
+        const double angle = (start + i) / std::pow(10000.0, 2.0 * j / hd);
+        BOOST_TEST(std::abs(q[a] - (q0[a] * std::cos(angle) - q0[b] * std::sin(angle))) < 1e-5);
+        BOOST_TEST(std::abs(q[b] - (q0[b] * std::cos(angle) + q0[a] * std::sin(angle))) < 1e-5);
+      }
+
+  const auto keys = random_rows(span, kv_heads * hd, 2), values = random_rows(span, kv_heads * hd, 3);
+  std::vector<float> scratch(static_cast<size_t>(n * heads * span)), out(static_cast<size_t>(n * heads * hd));
+  kernels::attention(q.data(), n, heads, kv_heads, hd, start, keys.data(), values.data(), scratch.data(), out.data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / (heads / kv_heads), len = start + i + 1;  // causal: positions [0, start + i]
+      std::vector<double> p(static_cast<size_t>(len));
+      double top = -1e300, total = 0;
+      for (int64_t s = 0; s < len; ++s) {
+        double d = 0;
+        for (int64_t j = 0; j < hd; ++j)
+          d += q[static_cast<size_t>((i * heads + h) * hd + j)] * keys[static_cast<size_t>((s * kv_heads + g) * hd + j)];
+        p[static_cast<size_t>(s)] = d / std::sqrt(double(hd));
+        top = std::max(top, p[static_cast<size_t>(s)]);
+      }
+      for (auto& v : p) total += v = std::exp(v - top);
+      for (int64_t j = 0; j < hd; ++j) {
+        double want = 0;
+        for (int64_t s = 0; s < len; ++s)
+          want += p[static_cast<size_t>(s)] / total * values[static_cast<size_t>((s * kv_heads + g) * hd + j)];
+        BOOST_TEST(std::abs(out[static_cast<size_t>((i * heads + h) * hd + j)] - want) < 1e-5);
+      }
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(decoder_precisions)
+
+namespace {
+
+// Weights whose matrices hold exactly what `precision` keeps of them, as fp32: the reference run
+// on these isolates the kernels' arithmetic from the rounding the precision chose.
+std::shared_ptr<Weights> rounded_like(const Weights& w, WeightPrecision precision) {
+  TensorMap rounded;
+  for (auto& [name, t] : w.named_tensors()) {
+    if (t.dim() != 2 || name == "model.embed_tokens.weight") {
+      rounded[name] = t.clone();
+      continue;
+    }
+    if (precision == WeightPrecision::fp16) {
+      rounded[name] = t.to(at::kHalf).to(at::kFloat);
+    } else {  // int8
+      auto f = t.contiguous();
+      const int64_t rows = f.size(0), cols = f.size(1), blocks = (cols + 31) / 32;
+      std::vector<int8_t> q(static_cast<size_t>(rows * cols));
+      std::vector<float> s(static_cast<size_t>(rows * blocks));
+      kernels::quantize_q8(f.data_ptr<float>(), rows, cols, q.data(), s.data());
+      auto back = at::empty({rows, cols});
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k)
+          back[r][k] = q[static_cast<size_t>(r * cols + k)] * s[static_cast<size_t>(r * blocks + k / 32)];
+      rounded[name] = back;
+    }
+  }
+  return weights_from_tensors(w.config, rounded, "rounded");
+}
+
+double max_logit_diff(const at::Tensor& logits, const Rows& ref) {
+  double m = 0;
+  auto a = logits.to(at::kDouble).contiguous();
+  for (size_t i = 0; i < ref.size(); ++i)
+    for (size_t j = 0; j < ref[i].size(); ++j)
+      m = std::max(m, std::abs(a[static_cast<int64_t>(i)][static_cast<int64_t>(j)].item<double>() - ref[i][j]));
+  return m;
+}
+
+}  // namespace
+
+// fp16 and int8 decoders agree with the loop reference run on the weights they hold, to the fp32
+// tolerance of the fp32 decoder; and differ from the unrounded model by more than that, so the
+// comparison would notice a decoder that ignored the precision.
+BOOST_AUTO_TEST_CASE(each_precision_matches_the_reference_on_its_rounded_weights) {
+  auto c = tiny_config(2);
+  auto w = scaled_weights(c, 31, 0.15, true);
+  const auto tokens = some_tokens(20, c.vocab_size, 3, 0);
+  ReferenceLlama exact(*w);
+  const Rows exact_logits = [&] {
+    Rows out;
+    for (auto& h : exact.layers(exact.embed(tokens), 0, c.n_layers)) out.push_back(exact.final_logits(h));
+    return out;
+  }();
+  for (auto precision : {WeightPrecision::fp16, WeightPrecision::int8}) {
+    Decoder d(w, precision);
+    BOOST_TEST(d.precision() == (precision == WeightPrecision::fp16 ? "fp16" : "int8"));
+    KvCache kv(c, 0, c.n_layers);
+    auto logits = d.final_logits(d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv));
+    ReferenceLlama ref(*rounded_like(*w, precision));
+    Rows want;
+    for (auto& h : ref.layers(ref.embed(tokens), 0, c.n_layers)) want.push_back(ref.final_logits(h));
+    BOOST_TEST_CONTEXT(to_string(precision)) {
+      BOOST_TEST(max_logit_diff(logits, want) < 1e-4);
+      BOOST_TEST(max_logit_diff(logits, exact_logits) > 1e-4);
+    }
+  }
+  // fp16 keeps half the bytes of fp32, int8 a quarter plus one fp32 scale per 32 values.
+  const auto bytes32 = Decoder(w, WeightPrecision::fp32).matrix_bytes();
+  BOOST_TEST(Decoder(w, WeightPrecision::fp16).matrix_bytes() * 2 == bytes32);
+  BOOST_TEST(Decoder(w, WeightPrecision::int8).matrix_bytes() < bytes32 / 3);
+}
+
+// A model wide enough for the decoder to split its products over threads gives, on two threads,
+// the states of one thread bit for bit (each row's arithmetic is the same, only who does it differs).
+BOOST_AUTO_TEST_CASE(two_threads_give_the_states_of_one) {
+  auto c = tiny_config(2);
+  c.dim = 256;
+  c.n_heads = 4;
+  c.ffn_dim = 512;
+  c.n_layers = 2;
+  c.exit_layers = {1};
+  c.default_split = 1;
+  auto w = scaled_weights(c, 8, 0.05, true);
+  Decoder d(w);
+  const auto x = d.embed(token_tensor(some_tokens(6, c.vocab_size, 2, 0)));
+  auto run = [&](int threads) {
+    kernels::set_threads(threads);
+    KvCache kv(c, 0, c.n_layers);
+    auto prefill = d.forward(x.narrow(0, 0, 5), 0, 0, c.n_layers, kv);
+    auto step = d.forward(x.narrow(0, 5, 1), 5, 0, c.n_layers, kv);
+    return at::cat({prefill, step});
+  };
+  const auto one = run(1), two = run(2);
+  kernels::set_threads(1);
+  BOOST_TEST(at::equal(one, two));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
