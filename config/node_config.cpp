@@ -362,6 +362,14 @@ std::vector<KeyDescriptor> build_key_table() {
                          not_empty("must name the model directory (holding config.json and model.safetensors)"),
                          "model directory with config.json and model.safetensors"));
   t.back().required = true;
+  t.push_back(string_key(
+      "ce.model.weights", &C::model_weights, false,
+      [](const std::string& v) {
+        for (const char* ok : {"auto", "fp32", "fp16", "int8"})
+          if (v == ok) return std::string();
+        return std::string("must be one of auto|fp32|fp16|int8");
+      },
+      "weight matrices in memory: auto = as the file stores them (fp16 stays fp16), or converted at load"));
   t.push_back(enum_key("ce.mode", &C::mode, mode_choices, "inference mode (baselines: cloud-only, naive-split)"));
   t.push_back(int_key("ce.split.layer", &C::split_layer, 0, no_limit,
                       "edge runs layers [0, split); 0 = the model's default split"));

@@ -317,4 +317,38 @@ std::string sweep_csv(const EvalReport& r) {
   return csv;
 }
 
+std::vector<HeadAgreement> compare_runs(const EvalReport& run, const EvalReport& reference) {
+  const auto& a = run.records.greedy;
+  const auto& b = reference.records.greedy;
+  if (a.size() != b.size() || run.heads.size() != a.size() || reference.heads.size() != b.size())
+    throw ModelError("compare runs: the runs have different heads");
+  std::vector<HeadAgreement> out;
+  for (size_t h = 0; h < a.size(); ++h) {
+    if (a[h].size() != b[h].size()) throw ModelError("compare runs: the runs scored different positions");
+    HeadAgreement row;
+    row.head = h + 1 < a.size() ? "exit " + std::to_string(run.exit_layers[h]) : "final";
+    for (size_t i = 0; i < a[h].size(); ++i) row.disagreements += a[h][i] != b[h][i];
+    row.agreement = a[h].empty() ? 1.0 : 1.0 - double(row.disagreements) / double(a[h].size());
+    row.bits_per_char = run.heads[h].bits_per_char;
+    row.reference_bits_per_char = reference.heads[h].bits_per_char;
+    out.push_back(row);
+  }
+  return out;
+}
+
+std::string comparison_markdown(const std::string& run_name, const std::string& reference_name,
+                                const std::vector<HeadAgreement>& heads) {
+  std::string md = "\n## " + run_name + " against " + reference_name + " weights\n\n| head | greedy agreement | "
+                   "disagreeing positions | bits/char " + run_name + " | bits/char " + reference_name + " | change |\n"
+                   "| --- | ---: | ---: | ---: | ---: | ---: |\n";
+  char line[256];
+  for (const auto& h : heads) {
+    std::snprintf(line, sizeof line, "| %s | %.2f%% | %lld | %.4f | %.4f | %+.2f%% |\n", h.head.c_str(), 100 * h.agreement,
+                  static_cast<long long>(h.disagreements), h.bits_per_char, h.reference_bits_per_char,
+                  100 * (h.bits_per_char / h.reference_bits_per_char - 1));
+    md += line;
+  }
+  return md;
+}
+
 }  // namespace ce

@@ -96,6 +96,18 @@ std::vector<double> default_thresholds(const ModelConfig& config);
 // Throws ModelError on a bad window, split or token.
 EvalReport evaluate(const Model& model, const std::vector<int32_t>& tokens, const EvalOptions& options);
 
+// Two runs of the same text (e.g. int8 against fp32 weights): per head, the share of positions
+// whose greedy token agrees, and the bits/char of each. Heads and positions must match.
+struct HeadAgreement {
+  std::string head;        // "exit 2", ..., "final"
+  double agreement = 0;    // greedy tokens equal
+  int64_t disagreements = 0;
+  double bits_per_char = 0, reference_bits_per_char = 0;
+};
+std::vector<HeadAgreement> compare_runs(const EvalReport& run, const EvalReport& reference);
+std::string comparison_markdown(const std::string& run_name, const std::string& reference_name,
+                                const std::vector<HeadAgreement>& heads);
+
 // The three rules at θ over recorded heads: heads [0, edge_heads) are the edge exits in order, the
 // last head is the final layer.
 SweepRow sweep_row(const TokenRecords& records, size_t edge_heads, double threshold);

@@ -41,6 +41,8 @@ std::shared_ptr<const Model> Model::from_weights(std::shared_ptr<const Weights> 
 
 const ModelConfig& Model::config() const { return decoder_->config(); }
 const std::string& Model::weights_hash() const { return decoder_->weights().hash; }
+std::string Model::precision() const { return decoder_->precision(); }
+int64_t Model::weight_bytes() const { return decoder_->matrix_bytes(); }
 
 void configure_torch_threads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -29,6 +29,8 @@ class Model {
 
   const ModelConfig& config() const;
   const std::string& weights_hash() const;
+  std::string precision() const;  // the weight matrices as held: "fp32", "fp16", "bf16" or "int8"
+  int64_t weight_bytes() const;   // bytes of the weight matrices as held
   const std::string& dir() const { return dir_; }
   std::string tokenizer_path() const { return dir_ + "/tokenizer.model"; }
   const Decoder& decoder() const { return *decoder_; }

@@ -19,6 +19,7 @@
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
+#include "tools/weights_flag.hpp"
 #include "linkem/link_emulator.hpp"
 #include "tools/bench/bench_run.hpp"
 #include "tools/bench/checkpoint.hpp"
@@ -43,9 +44,10 @@ int main(int argc, char** argv) {
       .add("eval-tokens", "N", "held-out tokens for the accuracy table", "20000")
       .add("out-dir", "DIR", "where CSV, Markdown and PNG go", "docs/bench")
       .add("quick", "", "small preset for CI: 3 prompts x 16 tokens, loopback and wan, short sweep")
-      .add("threads", "N", "torch threads, 0 = all cores", "0")
+      .add("threads", "N", "compute threads, 0 = all cores", "0")
       .add("no-resume", "", "ignore the checkpoint of an interrupted run of the same configuration and start over")
       .add("stop-after", "N", "measure N more responses, then stop (rerun to resume from the checkpoint)", "0");
+  ce::cli::add_weights_flag(cli);
   cli.parse(argc, argv);
   try {
     const bool quick = cli.has("quick");
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
     NodeConfig cloud_cfg;
     cloud_cfg.role = Role::cloud;
     cloud_cfg.model_path = cli.get("model");
+    cloud_cfg.model_weights = ce::to_string(ce::cli::weights_from_flag(cli));
     cloud_cfg.listen_port = 0;
     cloud_cfg.torch_threads = static_cast<int>(cli.get_int("threads"));
     cloud_cfg.log_level = LogLevel::warning;

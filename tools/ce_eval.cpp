@@ -19,6 +19,7 @@
 #include "model/split_plan.hpp"
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
+#include "tools/weights_flag.hpp"
 
 extern char** environ;
 
@@ -165,7 +166,9 @@ int main(int argc, char** argv) {
       .add("agreement-confidence", "X",
            "rule for picking θ: confidence with which the edge agreement must reach --min-edge-agreement "
            "(one-sided Wilson bound over the edge tokens), 0 = compare the measured ratio", "0.95")
-      .add("threads", "N", "torch intra-op threads, 0 = all cores", "0");
+      .add("threads", "N", "compute threads, 0 = all cores", "0");
+  ce::cli::add_weights_flag(cli);
+  cli.add("compare-weights", "P", "also evaluate with these weights (e.g. fp32) and report greedy agreement and bits/char per head against them");
   cli.parse(argc, argv);
 
   const long long max_tokens = cli.get_int("max-tokens");
@@ -195,7 +198,7 @@ int main(int argc, char** argv) {
     const std::string text_path = cli.get("text");
     require_file(text_path, "text");
 
-    auto model = ce::Model::load(dir);
+    auto model = ce::Model::load(dir, ce::cli::weights_from_flag(cli));
     const auto& cfg = model->config();
     ce::SplitPlan::from_config(cfg, options.split);  // fail on a bad split or window before tokenizing
     if (options.window < 1 || options.window > cfg.max_seq)
@@ -240,6 +243,15 @@ int main(int argc, char** argv) {
                                                          std::to_string(all_tokens) + " tokens)"
                                                    : std::string()) +
                                         "\n");
+    if (cli.has("compare-weights")) {
+      const auto reference_precision = ce::weight_precision_named(cli.get("compare-weights"));
+      if (!reference_precision) cli.fail("--compare-weights must be one of " + std::string(ce::weight_precision_names));
+      std::cerr << "ce-eval: evaluating again with " << cli.get("compare-weights") << " weights\n";
+      const auto reference_model = ce::Model::load(dir, *reference_precision);
+      last_decile = 0;
+      const auto reference = ce::evaluate(*reference_model, tokens, options);
+      md += ce::comparison_markdown(model->precision(), reference_model->precision(), ce::compare_runs(report, reference));
+    }
     ce::ThresholdPick picked;
     if (pick) {
       picked = ce::pick_threshold_detail(report, max_drop, min_agreement, agreement_confidence);

@@ -47,13 +47,16 @@ std::string host_name() {
 Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_unique<Actors>()) {
   set_log_level(config_.log_level);
   configure_torch_threads(config_.torch_threads);
-  model_ = Model::load(config_.model_path);
+  const auto precision = weight_precision_named(config_.model_weights);
+  if (!precision) throw std::runtime_error("ce.model.weights = " + config_.model_weights + ": unknown precision");
+  model_ = Model::load(config_.model_path, *precision);
   const auto& mc = model_->config();
   const auto plan = SplitPlan::from_config(mc, config_.split_layer);
   config_.split_layer = plan.split;
   config_.exit_threshold = config_.threshold_override().value_or(mc.default_threshold);
   CE_LOG(info, "node", "role " << to_string(config_.role) << ", model " << mc.name << " (hash "
-                               << model_->weights_hash() << "), " << plan.describe());
+                               << model_->weights_hash() << ", " << model_->precision() << " weights, "
+                               << model_->weight_bytes() / (1 << 20) << " MiB), " << plan.describe());
 
   caf_config_ = std::make_unique<caf::actor_system_config>();
   caf_config_->load<caf::io::middleman>();

@@ -218,6 +218,13 @@ BOOST_AUTO_TEST_CASE(value_syntax) {
   BOOST_TEST(c.seed == 7);
 }
 
+BOOST_AUTO_TEST_CASE(model_weights_key_takes_the_precisions_only) {
+  BOOST_TEST(ce::NodeConfig{}.model_weights == "auto");
+  for (const char* p : {"auto", "fp32", "fp16", "int8"})
+    BOOST_TEST(ce::parse_node_config_text(minimal + "[ce.model]\nweights = " + p + "\n", "t.ini", "/").model_weights == p);
+  check_contains(parse_error(minimal + "[ce.model]\nweights = q4\n"), {"t.ini:", "ce.model.weights", "auto|fp32|fp16|int8"});
+}
+
 BOOST_AUTO_TEST_CASE(http_keys_parse_and_are_range_checked) {
   auto c = ce::parse_node_config_text(minimal + "[ce.http]\nhost = \"0.0.0.0\"\nport = 8080\nmax-concurrent = 8\n"
                                       "api-key = \"k\"\n", "t.ini", "/");
@@ -505,7 +512,7 @@ BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   const std::string described = ce::describe(ce::NodeConfig{});
   std::size_t lines = 0;
   for (char ch : help) lines += ch == '\n';
-  BOOST_TEST(lines == 32u);
+  BOOST_TEST(lines == 33u);
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level"});
   BOOST_TEST(described.find("ce.upload.queue-limit") != std::string::npos);
