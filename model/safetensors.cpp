@@ -2,8 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -68,9 +73,20 @@ TensorMap read_safetensors(const std::string& path, std::map<std::string, std::s
   if (!j.is_object()) fail(path, "header is not a JSON object");
 
   const uint64_t data_size = file_size - 8 - header_len;
-  std::vector<char> data(data_size);
-  in.read(data.data(), static_cast<std::streamsize>(data_size));
-  if (!in) fail(path, "could not read the tensor data");
+  // The tensors are views of a private (copy-on-write) mapping of the file: memory holds the
+  // file's bytes once, paged in as read, and a tensor written to (training) gets its own pages.
+  // The mapping lives as long as any tensor of it.
+  std::shared_ptr<void> mapping;
+  const char* data = nullptr;
+  if (data_size) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail(path, "cannot open safetensors file");
+    void* base = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (base == MAP_FAILED) fail(path, "cannot map the tensor data");
+    mapping.reset(base, [file_size](void* p) { ::munmap(p, file_size); });
+    data = static_cast<const char*>(base) + 8 + header_len;
+  }
 
   TensorMap out;
   std::vector<std::tuple<uint64_t, uint64_t, std::string>> ranges;
@@ -112,8 +128,15 @@ TensorMap read_safetensors(const std::string& path, std::map<std::string, std::s
       fail(path, where + ": data_offsets span " + std::to_string(end - begin) + " bytes but shape and dtype need " +
                      std::to_string(numel * dt->bytes));
     ranges.emplace_back(begin, end, name);
-    auto tensor = torch::empty(shape, torch::TensorOptions().dtype(dt->type));
-    if (numel) std::memcpy(tensor.data_ptr(), data.data() + begin, end - begin);
+    const auto options = torch::TensorOptions().dtype(dt->type);
+    at::Tensor tensor;
+    const char* at_bytes = data ? data + begin : nullptr;
+    if (numel && reinterpret_cast<uintptr_t>(at_bytes) % dt->bytes == 0) {
+      tensor = torch::from_blob(const_cast<char*>(at_bytes), shape, [mapping](void*) {}, options);
+    } else {  // empty, or unaligned for its type (a header length the writer did not pad): a copy
+      tensor = torch::empty(shape, options);
+      if (numel) std::memcpy(tensor.data_ptr(), at_bytes, end - begin);
+    }
     out.emplace(name, std::move(tensor));
   }
   std::sort(ranges.begin(), ranges.end());

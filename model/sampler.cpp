@@ -43,8 +43,8 @@ TokenChoice greedy_choice(const float* logits, int64_t vocab) {
   for (int64_t i = 1; i < vocab; ++i)
     if (logits[i] > logits[best]) best = i;
   const float top = logits[best];
-  double total = 0;
-  for (int64_t i = 0; i < vocab; ++i) total += std::exp(static_cast<double>(logits[i] - top));
+  double total = 0;  // float exponentials (each <= 1), summed in double
+  for (int64_t i = 0; i < vocab; ++i) total += std::exp(logits[i] - top);
   return {static_cast<int32_t>(best), static_cast<float>(1.0 / total)};
 }
 

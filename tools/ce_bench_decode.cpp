@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <iomanip>
+#include <cstring>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -89,6 +91,14 @@ std::vector<int64_t> parse_list(const std::string& s) {
   return out;
 }
 
+// kB of a /proc/self/status field (VmRSS, VmHWM), 0 when unreadable.
+long status_kib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field) + 1));
+  return 0;
+}
+
 std::vector<std::string> parse_list_names(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream in(s);
@@ -127,7 +137,9 @@ int main(int argc, char** argv) {
       std::ostringstream o;
       o << std::fixed << std::setprecision(4) << "{\"engine\":\"cecollm\",\"model\":\"" << c.name << "\",\"weights\":\""
         << model->decoder().precision() << "\",\"threads\":" << ce::kernels::threads() << ",\"isa\":\""
-        << ce::kernels::isa() << "\",\"range\":\"" << range << "\",\"tag\":\"" << cli.get("tag") << "\"";
+        << ce::kernels::isa() << "\",\"range\":\"" << range << "\",\"tag\":\"" << cli.get("tag")
+        << "\",\"weight_mib\":" << model->weight_bytes() / 1048576.0 << ",\"rss_mib\":" << status_kib("VmRSS:") / 1024.0
+        << ",\"peak_rss_mib\":" << status_kib("VmHWM:") / 1024.0;
       return o.str();
     };
     const auto report = [&](const std::string& range, double seconds) {
