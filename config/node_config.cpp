@@ -369,7 +369,7 @@ std::vector<KeyDescriptor> build_key_table() {
           if (v == ok) return std::string();
         return std::string("must be one of auto|fp32|fp16|int8");
       },
-      "weight matrices in memory: auto = as the file stores them (fp16 stays fp16), or converted at load"));
+      "auto|fp32|fp16|int8: weight matrices in memory; auto = as the file stores them (fp16 stays fp16)"));
   t.push_back(enum_key("ce.mode", &C::mode, mode_choices, "inference mode (baselines: cloud-only, naive-split)"));
   t.push_back(int_key("ce.split.layer", &C::split_layer, 0, no_limit,
                       "edge runs layers [0, split); 0 = the model's default split"));

@@ -148,7 +148,8 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
   // One parallel region for the whole range: each thread computes its rows of every product and
   // the threads meet at a barrier where the next kernel needs all of them, instead of a fork and
   // join per kernel (~60 per token). Small models stay on one thread: their products are too short.
-  const int team = t * dim * dim < (int64_t{1} << 16) ? 1 : kernels::threads();
+  const kernels::TeamClaim claim(t * dim * dim >= (int64_t{1} << 16));
+  const int team = claim.size();
 #pragma omp parallel num_threads(team) if (team > 1)
   {
     const kernels::Share me{omp_get_thread_num(), omp_get_num_threads()};

@@ -41,6 +41,7 @@ Isa chosen_isa() {
 
 const Isa kIsa = chosen_isa();
 std::atomic<int> g_threads{1};
+std::atomic<int> g_teams{0};  // parallel sections running now
 
 }  // namespace
 
@@ -75,8 +76,8 @@ void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulat
 
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate) {
   // Work below ~64 K multiply-adds is not worth waking a second thread for.
-  const int64_t work = n * w.rows * w.cols;
-  const int team = work < (int64_t{1} << 16) ? 1 : static_cast<int>(std::min<int64_t>(threads(), (w.rows + 7) / 8));
+  const TeamClaim claim(n * w.rows * w.cols >= (int64_t{1} << 16) && w.rows >= 16);
+  const int team = claim.size();
   if (team <= 1) return linear(x, n, w, y, accumulate, Share{});
 #pragma omp parallel num_threads(team)
   linear(x, n, w, y, accumulate, Share{omp_get_thread_num(), omp_get_num_threads()});
@@ -117,6 +118,19 @@ void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* s
 }
 
 void set_threads(int threads) { g_threads = std::max(1, threads); }
+
+TeamClaim::TeamClaim(bool worth_threads) {
+  if (!worth_threads || g_threads.load() <= 1) return;
+  int idle = 0;
+  if (g_teams.compare_exchange_strong(idle, 1)) {
+    holds_ = true;
+    size_ = g_threads.load();
+  }
+}
+
+TeamClaim::~TeamClaim() {
+  if (holds_) g_teams.fetch_sub(1);
+}
 int threads() { return g_threads; }
 
 std::string isa() {

@@ -73,6 +73,22 @@ void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* s
 void set_threads(int threads);
 int threads();
 
+// The team a parallel section may use: threads() while no other section of this process runs,
+// else 1. Two teams on the same cores (a node's edge and cloud computing at once) would spin
+// against each other at their barriers; one of them running alone on its thread does not.
+class TeamClaim {
+ public:
+  explicit TeamClaim(bool worth_threads);  // false: the work is too small for more than one thread
+  ~TeamClaim();
+  TeamClaim(const TeamClaim&) = delete;
+  TeamClaim& operator=(const TeamClaim&) = delete;
+  int size() const { return size_; }
+
+ private:
+  int size_ = 1;
+  bool holds_ = false;
+};
+
 // The vector code in use: "avx512", "avx2" or "portable".
 std::string isa();
 

@@ -147,6 +147,24 @@ BOOST_AUTO_TEST_CASE(shares_add_up_to_the_whole_product) {
   }
 }
 
+// One team at a time: a section that starts while another runs gets one thread; small work
+// never gets more; a released claim frees the team for the next section.
+BOOST_AUTO_TEST_CASE(team_claims_give_threads_to_one_section_at_a_time) {
+  kernels::set_threads(2);
+  {
+    kernels::TeamClaim small(false);
+    BOOST_TEST(small.size() == 1);
+    kernels::TeamClaim first(true);
+    BOOST_TEST(first.size() == 2);
+    kernels::TeamClaim second(true);
+    BOOST_TEST(second.size() == 1);
+  }
+  kernels::TeamClaim again(true);
+  BOOST_TEST(again.size() == 2);
+  kernels::set_threads(1);
+  BOOST_TEST(kernels::TeamClaim(true).size() == 1);
+}
+
 BOOST_AUTO_TEST_CASE(q8_round_trip_is_within_half_a_step_per_block) {
   const int64_t rows = 5, cols = 70;  // 3 blocks per row, the last one 6 values long
   auto w = random_rows(rows, cols, 3);
