@@ -97,6 +97,42 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   p->final_head = p->head(weights_->final_norm, weights_->lm_head, precision);
   for (const auto& [layer, x] : weights_->exits) p->exits.emplace(layer, p->head(x.norm, x.head, precision));
   packed_ = std::move(p);
+  release_converted_matrices();
+}
+
+void Decoder::release_converted_matrices() {
+  // A matrix the decoder converted (int8, or another float type) is held twice: as loaded and as
+  // packed. Inference reads only the packed copy, so this decoder keeps a Weights without the
+  // loaded one; the caller's Weights, if it still has one, is left alone. The embedding stays: it
+  // is a lookup, read as stored.
+  const auto shares = [](const at::Tensor& loaded, const Packed::Mat& m) {
+    return m.values.defined() && loaded.defined() && m.values.data_ptr() == loaded.data_ptr();
+  };
+  auto slim = std::make_shared<Weights>(*weights_);
+  bool changed = false;
+  for (size_t i = 0; i < slim->layers.size(); ++i) {
+    auto& l = slim->layers[i];
+    const auto& k = packed_->layers[i];
+    for (auto [slot, mat] : {std::pair{&l.wq, &k.wq}, {&l.wk, &k.wk}, {&l.wv, &k.wv}, {&l.wo, &k.wo},
+                             {&l.w_gate, &k.gate}, {&l.w_up, &k.up}, {&l.w_down, &k.down}})
+      if (!shares(*slot, *mat)) {
+        *slot = at::Tensor();
+        changed = true;
+      }
+  }
+  const auto release_head = [&](at::Tensor& head, const Packed::Head& packed) {
+    if (head.defined() && !head.is_same(slim->embed) && !shares(head, *packed.matrix)) {
+      head = at::Tensor();
+      changed = true;
+    }
+  };
+  release_head(slim->lm_head, packed_->final_head);
+  for (auto& [layer, x] : slim->exits) release_head(x.head, packed_->exits.at(layer));
+  if (!changed) return;
+  // Its own embedding too: a view would keep the whole file's mapping (and the pages the load
+  // touched) alive for one tensor.
+  slim->embed = slim->embed.clone();
+  weights_ = std::move(slim);
 }
 
 Decoder::~Decoder() = default;
@@ -213,9 +249,11 @@ at::Tensor Decoder::final_logits(const at::Tensor& hidden) const { return head_l
 // ---- training: libtorch with autograd -------------------------------------------------------
 
 void Decoder::require_fp32(const char* what) const {
-  if (weights_->lm_head.scalar_type() != torch::kFloat || weights_->layers.empty() ||
-      weights_->layers[0].wq.scalar_type() != torch::kFloat)
-    throw ModelError(std::string("decoder: ") + what + " needs fp32 weights (load them widened to fp32)");
+  const auto fp32 = [](const at::Tensor& t) { return t.defined() && t.scalar_type() == torch::kFloat; };
+  if (!fp32(weights_->lm_head) || weights_->layers.empty() || !fp32(weights_->layers[0].wq))
+    throw ModelError(std::string("decoder: ") + what +
+                     " needs the fp32 weights (load them widened to fp32; an inference decoder of another precision "
+                     "keeps only its own copy)");
 }
 
 at::Tensor Decoder::rms_norm(const at::Tensor& x, const at::Tensor& w) const {

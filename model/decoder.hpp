@@ -25,6 +25,8 @@ class Decoder {
   ~Decoder();
 
   const ModelConfig& config() const { return weights_->config; }
+  // The weights as loaded; matrices the decoder converted to another precision are not kept here
+  // (undefined tensors), only in the decoder's packed form.
   const Weights& weights() const { return *weights_; }
   // The precision the matrices are used in ("fp32", "fp16", "bf16", "int8"), and their bytes.
   std::string precision() const;
@@ -52,6 +54,7 @@ class Decoder {
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor rope(const at::Tensor& x) const;  // x: (B, H, T, hd), from position 0
   void require_fp32(const char* what) const;
+  void release_converted_matrices();
   at::Tensor head_logits(const void* head, const at::Tensor& hidden) const;
 
   std::shared_ptr<const Weights> weights_;

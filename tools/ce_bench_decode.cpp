@@ -83,14 +83,6 @@ double catchup_seconds(const std::shared_ptr<const ce::Model>& model, int64_t sp
   return seconds_since(t0);
 }
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(std::stoll(item));
-  return out;
-}
-
 // kB of a /proc/self/status field (VmRSS, VmHWM), 0 when unreadable.
 long status_kib(const char* field) {
   std::ifstream in("/proc/self/status");
@@ -99,7 +91,7 @@ long status_kib(const char* field) {
   return 0;
 }
 
-std::vector<std::string> parse_list_names(const std::string& s) {
+std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream in(s);
   for (std::string item; std::getline(in, item, ',');)
@@ -146,12 +138,22 @@ int main(int argc, char** argv) {
       std::cout << line(range) << ",\"tokens\":" << steps << ",\"tokens_per_s\":" << steps / seconds
                 << ",\"ms_per_token\":" << 1e3 * seconds / steps << "}" << std::endl;
     };
-    const auto gaps = parse_list(cli.get("gaps"));
+    std::vector<int64_t> gaps;
+    for (const auto& g : split_commas(cli.get("gaps"))) {
+      size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(g, &used);
+      } catch (const std::exception&) {
+      }
+      if (used != g.size() || v < 1) cli.fail("--gaps needs positive integers, got '" + g + "'");
+      gaps.push_back(v);
+    }
     const int64_t context = cli.get_int("context");
     int64_t needed = steps + 1;
     for (auto g : gaps) needed = std::max(needed, context + g);
     std::optional<ce::PositionRows> states;
-    for (const auto& range : parse_list_names(cli.get("ranges"))) {
+    for (const auto& range : split_commas(cli.get("ranges"))) {
       if (range == "full") {
         report(range, runner_seconds(model, c.n_layers, false, steps));
       } else if (range == "edge") {

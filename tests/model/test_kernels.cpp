@@ -313,6 +313,26 @@ BOOST_AUTO_TEST_CASE(each_precision_matches_the_reference_on_its_rounded_weights
   BOOST_TEST(Decoder(w, WeightPrecision::int8).matrix_bytes() < bytes32 / 3);
 }
 
+// A converted decoder does not keep the loaded matrices beside its own copies (the memory of an
+// int8 model is its int8 bytes, not those plus the file's), and refuses training on them; a
+// decoder that uses the weights as they are keeps them.
+BOOST_AUTO_TEST_CASE(converted_decoders_hold_one_copy_of_each_matrix) {
+  auto c = tiny_config(2);
+  auto w = scaled_weights(c, 4, 0.1);
+  Decoder int8(w, WeightPrecision::int8);
+  BOOST_TEST(!int8.weights().layers[0].wq.defined());
+  BOOST_TEST(!int8.weights().lm_head.defined());
+  BOOST_TEST(int8.weights().embed.defined());  // the lookup reads it as stored
+  BOOST_TEST(w->layers[0].wq.defined());        // the caller's weights are untouched
+  KvCache kv(c, 0, c.n_layers);
+  auto h = int8.forward(int8.embed(token_tensor({3, 4, 5})), 0, 0, c.n_layers, kv);
+  BOOST_TEST(int8.final_logits(h).size(1) == c.vocab_size);
+  BOOST_CHECK_THROW(int8.forward_no_cache(int8.embed(token_tensor({3, 4})).unsqueeze(0), 0, 1), ModelError);
+  Decoder same(w, WeightPrecision::as_stored);
+  BOOST_TEST(same.weights().layers[0].wq.is_same(w->layers[0].wq));
+  BOOST_TEST(same.forward_no_cache(same.embed(token_tensor({3, 4})).unsqueeze(0), 0, 1).size(1) == 2);
+}
+
 // A model wide enough for the decoder to split its products over threads gives, on two threads,
 // the states of one thread bit for bit (each row's arithmetic is the same, only who does it differs).
 BOOST_AUTO_TEST_CASE(two_threads_give_the_states_of_one) {
