@@ -131,7 +131,13 @@ void Decoder::release_converted_matrices() {
   if (!changed) return;
   // Its own embedding too: a view would keep the whole file's mapping (and the pages the load
   // touched) alive for one tensor.
-  slim->embed = slim->embed.clone();
+  const at::Tensor old_embed = slim->embed;
+  slim->embed = old_embed.clone();
+  const auto retie = [&](at::Tensor& head) {  // heads tied to the embedding follow it
+    if (head.is_same(old_embed)) head = slim->embed;
+  };
+  retie(slim->lm_head);
+  for (auto& [layer, x] : slim->exits) retie(x.head);
   weights_ = std::move(slim);
 }
 

@@ -328,6 +328,11 @@ BOOST_AUTO_TEST_CASE(converted_decoders_hold_one_copy_of_each_matrix) {
   auto h = int8.forward(int8.embed(token_tensor({3, 4, 5})), 0, 0, c.n_layers, kv);
   BOOST_TEST(int8.final_logits(h).size(1) == c.vocab_size);
   BOOST_CHECK_THROW(int8.forward_no_cache(int8.embed(token_tensor({3, 4})).unsqueeze(0), 0, 1), ModelError);
+  // Tied to the embedding, the final head follows the decoder's own copy of it.
+  auto tc = tiny_config(2);
+  tc.tie_word_embeddings = true;
+  Decoder tied(scaled_weights(tc, 5, 0.1), WeightPrecision::int8);
+  BOOST_TEST(tied.weights().lm_head.is_same(tied.weights().embed));
   Decoder same(w, WeightPrecision::as_stored);
   BOOST_TEST(same.weights().layers[0].wq.is_same(w->layers[0].wq));
   BOOST_TEST(same.forward_no_cache(same.embed(token_tensor({3, 4})).unsqueeze(0), 0, 1).size(1) == 2);
