@@ -47,7 +47,11 @@ struct Decoder::Packed {
   Mat pack(const at::Tensor& t, WeightPrecision p) {
     Mat m;
     switch (p) {
-      case WeightPrecision::as_stored: m.values = t.contiguous(); break;
+      case WeightPrecision::as_stored:
+        // The portable kernels convert halves value by value: there, fp32 is the faster way to hold them.
+        m.values = kernels::isa() == "portable" && t.scalar_type() != at::kFloat ? t.to(at::kFloat).contiguous()
+                                                                                 : t.contiguous();
+        break;
       case WeightPrecision::fp32: m.values = t.to(at::kFloat).contiguous(); break;
       case WeightPrecision::fp16: m.values = t.to(at::kHalf).contiguous(); break;
       case WeightPrecision::int8: {

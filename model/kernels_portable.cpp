@@ -1,13 +1,45 @@
-// Portable build of the vector kernels: one float per "register", for CPUs without AVX2 (and as a
-// reference the tests compare the vector builds against).
-
+// Portable build of the vector kernels for CPUs without AVX2: SSE2 registers (every x86-64 has
+// them), or one float per "register" elsewhere; also a reference the tests compare the other
+// builds against. Half-precision matrices are widened at load for this build (Decoder), since
+// converting them here, value by value, would cost more than the product.
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "model/kernels.hpp"
 #include "model/kernels_isa.hpp"
 
 namespace {
 
+float half_bits_to_float(uint16_t h);
+
+#if defined(__SSE2__)
+struct V {
+  using reg = __m128;
+  static constexpr int64_t N = 4;
+  static constexpr int kOutRows1 = 4;
+  static constexpr int kOutRows4 = 2;
+  static reg zero() { return _mm_setzero_ps(); }
+  static reg load(const float* p) { return _mm_loadu_ps(p); }
+  static float half_to_float(uint16_t h) { return half_bits_to_float(h); }
+  static reg load_f16(const uint16_t* p) {
+    return _mm_set_ps(half_to_float(p[3]), half_to_float(p[2]), half_to_float(p[1]), half_to_float(p[0]));
+  }
+  static reg load_bf16(const uint16_t* p) {
+    const __m128i bits = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), bits));  // each value in a float's top half
+  }
+  static reg load_q8(const int8_t* p) { return _mm_set_ps(float(p[3]), float(p[2]), float(p[1]), float(p[0])); }
+  static reg set1(float v) { return _mm_set1_ps(v); }
+  static reg fma(reg a, reg b, reg c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+  static reg mul(reg a, reg b) { return _mm_mul_ps(a, b); }
+  static float reduce(reg a) {
+    const __m128 pairs = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+  }
+};
+#else
 struct V {
   using reg = float;
   static constexpr int64_t N = 1;
@@ -15,28 +47,7 @@ struct V {
   static constexpr int kOutRows4 = 2;
   static reg zero() { return 0.0f; }
   static reg load(const float* p) { return *p; }
-  static float half_to_float(uint16_t h) {
-    // IEEE binary16 -> binary32, subnormals included.
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-    uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
-    if (exponent == 0x1f) {
-      bits = sign | 0x7f800000u | (mantissa << 13);
-    } else if (exponent) {
-      bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    } else if (mantissa) {
-      exponent = 113;
-      while (!(mantissa & 0x400)) {
-        mantissa <<= 1;
-        --exponent;
-      }
-      bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
-    } else {
-      bits = sign;
-    }
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-  }
+  static float half_to_float(uint16_t h) { return half_bits_to_float(h); }
   static reg load_f16(const uint16_t* p) { return half_to_float(*p); }
   static reg load_bf16(const uint16_t* p) {
     const uint32_t bits = static_cast<uint32_t>(*p) << 16;
@@ -50,6 +61,30 @@ struct V {
   static reg mul(reg a, reg b) { return a * b; }
   static float reduce(reg a) { return a; }
 };
+#endif
+
+// IEEE binary16 -> binary32, subnormals included.
+float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa) {
+    exponent = 113;
+    while (!(mantissa & 0x400)) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+  } else {
+    bits = sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 }  // namespace
 
