@@ -2,6 +2,7 @@
 // them), or one float per "register" elsewhere; also a reference the tests compare the other
 // builds against. Half-precision matrices are widened at load for this build (Decoder), since
 // converting them here, value by value, would cost more than the product.
+#include <cmath>
 #include <cstring>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -32,6 +33,15 @@ struct V {
   }
   static reg load_q8(const int8_t* p) { return _mm_set_ps(float(p[3]), float(p[2]), float(p[1]), float(p[0])); }
   static reg set1(float v) { return _mm_set1_ps(v); }
+  static void store(float* p, reg a) { _mm_storeu_ps(p, a); }
+  static reg add(reg a, reg b) { return _mm_add_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm_div_ps(a, b); }
+  static reg exp(reg x) {
+    alignas(16) float v[4];
+    _mm_store_ps(v, x);
+    for (float& f : v) f = std::exp(f);
+    return _mm_load_ps(v);
+  }
   static reg fma(reg a, reg b, reg c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
   static reg mul(reg a, reg b) { return _mm_mul_ps(a, b); }
   static float reduce(reg a) {
@@ -57,6 +67,10 @@ struct V {
   }
   static reg load_q8(const int8_t* p) { return static_cast<float>(*p); }
   static reg set1(float v) { return v; }
+  static void store(float* p, reg a) { *p = a; }
+  static reg add(reg a, reg b) { return a + b; }
+  static reg div(reg a, reg b) { return a / b; }
+  static reg exp(reg x) { return std::exp(x); }
   static reg fma(reg a, reg b, reg c) { return a * b + c; }
   static reg mul(reg a, reg b) { return a * b; }
   static float reduce(reg a) { return a; }
