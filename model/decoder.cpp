@@ -23,6 +23,11 @@ struct Decoder::Packed {
     const float* ffn_norm;
     Mat wq, wk, wv, wo, gate, up, down;
   };
+  // A layer's matrices as loaded and as packed: one list for packing them and for releasing them.
+  static constexpr std::pair<at::Tensor LayerWeights::*, Mat Layer::*> layer_matrices[] = {
+      {&LayerWeights::wq, &Layer::wq},         {&LayerWeights::wk, &Layer::wk},     {&LayerWeights::wv, &Layer::wv},
+      {&LayerWeights::wo, &Layer::wo},         {&LayerWeights::w_gate, &Layer::gate}, {&LayerWeights::w_up, &Layer::up},
+      {&LayerWeights::w_down, &Layer::down}};
   struct Head {
     const float* norm;
     const Mat* matrix;  // shared between tied heads
@@ -56,7 +61,7 @@ struct Decoder::Packed {
       case WeightPrecision::fp16: m.values = t.to(at::kHalf).contiguous(); break;
       case WeightPrecision::int8: {
         const auto f = t.to(at::kFloat).contiguous();
-        const int64_t rows = f.size(0), cols = f.size(1), blocks = (cols + kernels::kQ8Block - 1) / kernels::kQ8Block;
+        const int64_t rows = f.size(0), cols = f.size(1), blocks = kernels::q8_blocks(cols);
         m.values = at::empty({rows, cols}, at::kChar);
         m.scales = at::empty({rows, blocks}, at::kFloat);
         kernels::quantize_q8(f.data_ptr<float>(), rows, cols, m.values.data_ptr<int8_t>(), m.scales.data_ptr<float>());
@@ -85,19 +90,19 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   const int64_t hd = c.head_dim();
   auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, hd, 2, torch::kDouble) / static_cast<double>(hd));
   auto pos = torch::arange(c.max_seq, torch::kDouble);
-  auto freqs = torch::outer(pos, inv_freq);       // (max_seq, hd/2)
-  auto emb = torch::cat({freqs, freqs}, -1);      // (max_seq, hd): rotate_half layout
-  cos_ = emb.cos().to(torch::kFloat);
-  sin_ = emb.sin().to(torch::kFloat);
+  auto freqs = torch::outer(pos, inv_freq);  // (max_seq, hd/2)
+  const auto half_cos = freqs.cos().to(torch::kFloat).contiguous(), half_sin = freqs.sin().to(torch::kFloat).contiguous();
+  cos_ = torch::cat({half_cos, half_cos}, -1);  // (max_seq, hd): rotate_half layout, for training
+  sin_ = torch::cat({half_sin, half_sin}, -1);
 
   auto p = std::make_unique<Packed>();
-  const auto half_cos = freqs.cos().to(torch::kFloat).contiguous(), half_sin = freqs.sin().to(torch::kFloat).contiguous();
   p->cos.assign(half_cos.data_ptr<float>(), half_cos.data_ptr<float>() + half_cos.numel());
   p->sin.assign(half_sin.data_ptr<float>(), half_sin.data_ptr<float>() + half_sin.numel());
-  for (const auto& l : weights_->layers)
-    p->layers.push_back({l.attn_norm.data_ptr<float>(), l.ffn_norm.data_ptr<float>(), p->pack(l.wq, precision),
-                         p->pack(l.wk, precision), p->pack(l.wv, precision), p->pack(l.wo, precision),
-                         p->pack(l.w_gate, precision), p->pack(l.w_up, precision), p->pack(l.w_down, precision)});
+  for (const auto& l : weights_->layers) {
+    Packed::Layer packed{l.attn_norm.data_ptr<float>(), l.ffn_norm.data_ptr<float>()};
+    for (auto [loaded, mat] : Packed::layer_matrices) packed.*mat = p->pack(l.*loaded, precision);
+    p->layers.push_back(std::move(packed));
+  }
   p->final_head = p->head(weights_->final_norm, weights_->lm_head, precision);
   for (const auto& [layer, x] : weights_->exits) p->exits.emplace(layer, p->head(x.norm, x.head, precision));
   packed_ = std::move(p);
@@ -117,10 +122,9 @@ void Decoder::release_converted_matrices() {
   for (size_t i = 0; i < slim->layers.size(); ++i) {
     auto& l = slim->layers[i];
     const auto& k = packed_->layers[i];
-    for (auto [slot, mat] : {std::pair{&l.wq, &k.wq}, {&l.wk, &k.wk}, {&l.wv, &k.wv}, {&l.wo, &k.wo},
-                             {&l.w_gate, &k.gate}, {&l.w_up, &k.up}, {&l.w_down, &k.down}})
-      if (!shares(*slot, *mat)) {
-        *slot = at::Tensor();
+    for (auto [loaded, mat] : Packed::layer_matrices)
+      if (!shares(l.*loaded, k.*mat)) {
+        l.*loaded = at::Tensor();
         changed = true;
       }
   }

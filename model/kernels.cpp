@@ -103,7 +103,7 @@ void silu_mul(float* gate, const float* up, int64_t n) { CE_KERNELS_DISPATCH(sil
 #undef CE_KERNELS_DISPATCH
 
 void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales) {
-  const int64_t blocks = (cols + kQ8Block - 1) / kQ8Block;
+  const int64_t blocks = q8_blocks(cols);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t begin = b * kQ8Block, end = std::min(cols, begin + kQ8Block);
@@ -118,6 +118,7 @@ void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* s
 }
 
 void set_threads(int threads) { g_threads = std::max(1, threads); }
+int threads() { return g_threads; }
 
 TeamClaim::TeamClaim(bool worth_threads) {
   if (!worth_threads || g_threads.load() <= 1) return;
@@ -131,7 +132,6 @@ TeamClaim::TeamClaim(bool worth_threads) {
 TeamClaim::~TeamClaim() {
   if (holds_) g_teams.fetch_sub(1);
 }
-int threads() { return g_threads; }
 
 std::string isa() {
   switch (kIsa) {

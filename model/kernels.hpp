@@ -5,11 +5,11 @@
 //
 // Why not libtorch here: one row through torch::linear goes through GEMM, which packs the whole
 // weight matrix on every call (measured 6x slower than a matrix-vector product), and every
-// elementwise op costs a dispatch and an allocation. These loops read each weight once per call
-// for up to kMaxRowsPerPass input rows and keep the rest of the step in cache.
+// elementwise op costs a dispatch and an allocation. These loops read each weight once per call,
+// whatever the number of input rows, and keep the rest of the step in cache.
 //
-// The vector code is chosen once per process from the CPU's features (AVX-512, AVX2, or portable
-// C++); CE_KERNELS=portable|avx2|avx512 forces a lower one (tests compare them).
+// The vector code is chosen once per process from the CPU's features (AVX-512, AVX2, or the
+// portable SSE2 build); CE_KERNELS=portable|avx2|avx512 forces a lower one (tests compare them).
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -22,6 +22,7 @@ const char* to_string(WeightType type);
 // Values per int8 scale: a row of `cols` values holds ceil(cols / 32) blocks, the last one short
 // when cols is not a multiple of 32.
 constexpr int64_t kQ8Block = 32;
+constexpr int64_t q8_blocks(int64_t cols) { return (cols + kQ8Block - 1) / kQ8Block; }
 
 // A (rows, cols) weight matrix as nn.Linear stores it (out, in), row-major.
 // f16: IEEE half values. bf16: bfloat16 values. q8: int8 values, and `scales` (rows, ceil(cols / 32)) fp32 with

@@ -2,6 +2,7 @@
 // them), or one float per "register" elsewhere; also a reference the tests compare the other
 // builds against. Half-precision matrices are widened at load for this build (Decoder), since
 // converting them here, value by value, would cost more than the product.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #if defined(__SSE2__)
@@ -36,11 +37,12 @@ struct V {
   static void store(float* p, reg a) { _mm_storeu_ps(p, a); }
   static reg add(reg a, reg b) { return _mm_add_ps(a, b); }
   static reg div(reg a, reg b) { return _mm_div_ps(a, b); }
-  static reg exp(reg x) {
-    alignas(16) float v[4];
-    _mm_store_ps(v, x);
-    for (float& f : v) f = std::exp(f);
-    return _mm_load_ps(v);
+  static reg min(reg a, reg b) { return _mm_min_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm_max_ps(a, b); }
+  static reg round(reg a) { return _mm_cvtepi32_ps(_mm_cvtps_epi32(a)); }  // to nearest (default rounding mode)
+  static reg scale2n(reg p, reg n) {  // as the AVX2 build
+    const __m128i bits = _mm_cvtps_epi32(_mm_max_ps(n, _mm_set1_ps(-126.0f)));
+    return _mm_mul_ps(p, _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(bits, _mm_set1_epi32(127)), 23)));
   }
   static reg fma(reg a, reg b, reg c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
   static reg mul(reg a, reg b) { return _mm_mul_ps(a, b); }
@@ -70,7 +72,10 @@ struct V {
   static void store(float* p, reg a) { *p = a; }
   static reg add(reg a, reg b) { return a + b; }
   static reg div(reg a, reg b) { return a / b; }
-  static reg exp(reg x) { return std::exp(x); }
+  static reg min(reg a, reg b) { return std::min(a, b); }
+  static reg max(reg a, reg b) { return std::max(a, b); }
+  static reg round(reg a) { return std::nearbyint(a); }
+  static reg scale2n(reg p, reg n) { return std::ldexp(p, static_cast<int>(n)); }
   static reg fma(reg a, reg b, reg c) { return a * b + c; }
   static reg mul(reg a, reg b) { return a * b; }
   static float reduce(reg a) { return a; }

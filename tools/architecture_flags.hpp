@@ -1,6 +1,5 @@
 #pragma once
 // The architecture flags ce-model and ce-train share, and the ModelConfig they describe.
-#include <sstream>
 #include <string>
 
 #include "model/model_config.hpp"
@@ -39,14 +38,7 @@ inline ModelConfig architecture_from_flags(const Parser& cli, const Tokenizer* t
     c.eos_id = tokenizer->eos_id();
   }
   c.exit_layers.clear();
-  std::stringstream exits(cli.get("exits"));
-  for (std::string e; std::getline(exits, e, ',');) {
-    try {
-      c.exit_layers.push_back(std::stoll(e));
-    } catch (const std::exception&) {
-      cli.fail("--exits needs comma-separated layer numbers, got '" + cli.get("exits") + "'");
-    }
-  }
+  for (auto e : cli.get_int_list("exits")) c.exit_layers.push_back(e);
   try {
     c.validate();
   } catch (const ModelError& e) {

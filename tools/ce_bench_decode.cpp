@@ -91,14 +91,6 @@ long status_kib(const char* field) {
   return 0;
 }
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,21 +131,15 @@ int main(int argc, char** argv) {
                 << ",\"ms_per_token\":" << 1e3 * seconds / steps << "}" << std::endl;
     };
     std::vector<int64_t> gaps;
-    for (const auto& g : split_commas(cli.get("gaps"))) {
-      size_t used = 0;
-      long long v = 0;
-      try {
-        v = std::stoll(g, &used);
-      } catch (const std::exception&) {
-      }
-      if (used != g.size() || v < 1) cli.fail("--gaps needs positive integers, got '" + g + "'");
-      gaps.push_back(v);
+    for (const auto g : cli.get_int_list("gaps")) {
+      if (g < 1) cli.fail("--gaps needs positive integers, got " + std::to_string(g));
+      gaps.push_back(g);
     }
     const int64_t context = cli.get_int("context");
     int64_t needed = steps + 1;
     for (auto g : gaps) needed = std::max(needed, context + g);
     std::optional<ce::PositionRows> states;
-    for (const auto& range : split_commas(cli.get("ranges"))) {
+    for (const auto& range : cli.get_list("ranges")) {
       if (range == "full") {
         report(range, runner_seconds(model, c.n_layers, false, steps));
       } else if (range == "edge") {

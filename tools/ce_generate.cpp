@@ -5,7 +5,6 @@
 #include <iostream>
 #include <map>
 #include <optional>
-#include <sstream>
 
 #include "model/blas_kernel.hpp"
 #include "model/detokenizer.hpp"
@@ -14,18 +13,6 @@
 #include "model/tokenizer.hpp"
 #include "tools/cli.hpp"
 #include "tools/weights_flag.hpp"
-
-namespace {
-
-std::vector<int32_t> parse_ids(const std::string& text) {
-  std::vector<int32_t> ids;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) ids.push_back(static_cast<int32_t>(std::stol(item)));
-  return ids;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   ce::use_fast_blas_kernel(argv);
@@ -62,7 +49,7 @@ int main(int argc, char** argv) {
     std::vector<int32_t> prompt;
     if (!cli.has("no-bos")) prompt.push_back(static_cast<int32_t>(cfg.bos_id));
     if (cli.has("prompt-ids")) {
-      for (auto id : parse_ids(cli.get("prompt-ids"))) prompt.push_back(id);
+      for (auto id : cli.get_int_list("prompt-ids")) prompt.push_back(static_cast<int32_t>(id));
     } else {
       if (!tokenizer) cli.fail("no tokenizer at " + tok_path + ": pass --tokenizer or --prompt-ids");
       for (auto id : tokenizer->encode(cli.require("prompt"))) prompt.push_back(id);

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -87,6 +88,31 @@ class Parser {
     } catch (const std::exception&) {
       fail("--" + name + " needs a number, got '" + get(name) + "'");
     }
+  }
+  // A comma-separated value, its empty items skipped: "full,edge" -> {"full", "edge"}.
+  std::vector<std::string> get_list(const std::string& name) const {
+    std::vector<std::string> out;
+    std::stringstream in(get(name));
+    for (std::string item; std::getline(in, item, ',');)
+      if (!item.empty()) out.push_back(item);
+    return out;
+  }
+  // The same, every item an integer (the whole item, not a prefix of it).
+  std::vector<long long> get_int_list(const std::string& name) const {
+    std::vector<long long> out;
+    for (const auto& item : get_list(name)) {
+      size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != item.size())
+        fail("--" + name + " needs comma-separated integers, got '" + item + "'");
+      out.push_back(v);
+    }
+    return out;
   }
   std::string require(const std::string& name) const {
     if (!has(name) && get(name).empty()) fail("--" + name + " is required");

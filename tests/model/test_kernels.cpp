@@ -54,6 +54,18 @@ struct TestMatrix {
   Matrix view;
 };
 
+// value = q * the scale of its 32-value block, written out here independently of the kernels.
+std::vector<float> dequantized(const std::vector<int8_t>& q, const std::vector<float>& scales, int64_t rows,
+                               int64_t cols) {
+  const int64_t blocks = (cols + 31) / 32;
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k)
+      out[static_cast<size_t>(r * cols + k)] =
+          static_cast<float>(q[static_cast<size_t>(r * cols + k)]) * scales[static_cast<size_t>(r * blocks + k / 32)];
+  return out;
+}
+
 TestMatrix make_matrix(WeightType type, int64_t rows, int64_t cols, uint64_t seed) {
   std::mt19937 gen(static_cast<uint32_t>(seed));
   std::normal_distribution<float> normal(0, 1);
@@ -72,15 +84,10 @@ TestMatrix make_matrix(WeightType type, int64_t rows, int64_t cols, uint64_t see
     m.dense.assign(back.data_ptr<float>(), back.data_ptr<float>() + back.numel());
     m.view.data = m.halves.data();
   } else {
-    const int64_t blocks = (cols + kernels::kQ8Block - 1) / kernels::kQ8Block;
     m.q.resize(static_cast<size_t>(rows * cols));
-    m.scales.resize(static_cast<size_t>(rows * blocks));
+    m.scales.resize(static_cast<size_t>(rows * kernels::q8_blocks(cols)));
     kernels::quantize_q8(m.f32.data(), rows, cols, m.q.data(), m.scales.data());
-    m.dense.resize(m.f32.size());
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t k = 0; k < cols; ++k)
-        m.dense[static_cast<size_t>(r * cols + k)] =
-            static_cast<float>(m.q[static_cast<size_t>(r * cols + k)]) * m.scales[static_cast<size_t>(r * blocks + k / 32)];
+    m.dense = dequantized(m.q, m.scales, rows, cols);
     m.view.data = m.q.data();
     m.view.scales = m.scales.data();
   }
@@ -280,15 +287,12 @@ std::shared_ptr<Weights> rounded_like(const Weights& w, WeightPrecision precisio
       rounded[name] = t.to(at::kHalf).to(at::kFloat);
     } else {  // int8
       auto f = t.contiguous();
-      const int64_t rows = f.size(0), cols = f.size(1), blocks = (cols + 31) / 32;
+      const int64_t rows = f.size(0), cols = f.size(1);
       std::vector<int8_t> q(static_cast<size_t>(rows * cols));
-      std::vector<float> s(static_cast<size_t>(rows * blocks));
+      std::vector<float> s(static_cast<size_t>(rows * kernels::q8_blocks(cols)));
       kernels::quantize_q8(f.data_ptr<float>(), rows, cols, q.data(), s.data());
-      auto back = at::empty({rows, cols});
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < cols; ++k)
-          back[r][k] = q[static_cast<size_t>(r * cols + k)] * s[static_cast<size_t>(r * blocks + k / 32)];
-      rounded[name] = back;
+      auto back = dequantized(q, s, rows, cols);
+      rounded[name] = at::from_blob(back.data(), {rows, cols}).clone();
     }
   }
   return weights_from_tensors(w.config, rounded, "rounded");
