@@ -43,14 +43,22 @@ std::vector<double> sorted_unique(std::vector<double> v) {
 }
 
 // Scores one head's logits (T, vocab) against targets (T) and appends to the records.
-void score_head(const at::Tensor& logits, const at::Tensor& targets, std::vector<int32_t>& greedy,
-                std::vector<float>& confidence, std::vector<float>& nats) {
+void score_head(const at::Tensor& logits, const at::Tensor& targets, TokenRecords& records, size_t head) {
   auto nll = -torch::log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1).contiguous();  // (T)
   const float* pn = nll.data_ptr<float>();
-  nats.insert(nats.end(), pn, pn + nll.numel());
-  for (const auto& choice : greedy_choices(logits)) {  // the runtime's choice, so θ comparisons match
-    greedy.push_back(choice.token);
-    confidence.push_back(choice.confidence);
+  records.nats[head].insert(records.nats[head].end(), pn, pn + nll.numel());
+  const auto rows = logits.contiguous();
+  const int64_t vocab = rows.size(1);
+  int64_t row = 0;
+  for (const auto& choice : greedy_choices(rows)) {  // the runtime's choice, so θ comparisons match
+    records.greedy[head].push_back(choice.token);
+    records.confidence[head].push_back(choice.confidence);
+    // The runner-up's probability: p(top) * exp(l2 - l1), l2 the largest logit of another token.
+    const float* l = rows.data_ptr<float>() + row++ * vocab;
+    float second = -INFINITY;
+    for (int64_t v = 0; v < vocab; ++v)
+      if (v != choice.token) second = std::max(second, l[v]);
+    records.runner_up[head].push_back(choice.confidence * std::exp(second - l[choice.token]));
   }
 }
 
@@ -153,6 +161,7 @@ EvalReport evaluate(const Model& model, const std::vector<int32_t>& tokens, cons
   rec.greedy.assign(n_heads, {});
   rec.confidence.assign(n_heads, {});
   rec.nats.assign(n_heads, {});
+  rec.runner_up.assign(n_heads, {});
   for (size_t h = 0; h < n_heads; ++h) {
     rec.greedy[h].reserve(static_cast<size_t>(rep.predicted));
     rec.confidence[h].reserve(static_cast<size_t>(rep.predicted));
@@ -175,10 +184,10 @@ EvalReport evaluate(const Model& model, const std::vector<int32_t>& tokens, cons
         const int64_t layer = cfg.exit_layers[e];
         h = decoder.forward(h, 0, depth, layer, kv);
         depth = layer;
-        score_head(decoder.exit_logits(layer, h), target, rec.greedy[e], rec.confidence[e], rec.nats[e]);
+        score_head(decoder.exit_logits(layer, h), target, rec, e);
       }
       h = decoder.forward(h, 0, depth, cfg.n_layers, kv);
-      score_head(decoder.final_logits(h), target, rec.greedy.back(), rec.confidence.back(), rec.nats.back());
+      score_head(decoder.final_logits(h), target, rec, n_heads - 1);
       ++rep.windows;
       if (options.progress) options.progress(start + len, rep.predicted);
     }
@@ -327,7 +336,15 @@ std::vector<HeadAgreement> compare_runs(const EvalReport& run, const EvalReport&
     if (a[h].size() != b[h].size()) throw ModelError("compare runs: the runs scored different positions");
     HeadAgreement row;
     row.head = h + 1 < a.size() ? "exit " + std::to_string(run.exit_layers[h]) : "final";
-    for (size_t i = 0; i < a[h].size(); ++i) row.disagreements += a[h][i] != b[h][i];
+    const auto& top = reference.records.confidence[h];
+    const auto& second = reference.records.runner_up[h];
+    for (size_t i = 0; i < a[h].size(); ++i) {
+      if (a[h][i] == b[h][i]) continue;
+      ++row.disagreements;
+      const double margin = top[i] - second[i];
+      row.near_ties += margin < HeadAgreement::kNearTie;
+      row.widest_margin = std::max(row.widest_margin, margin);
+    }
     row.agreement = a[h].empty() ? 1.0 : 1.0 - double(row.disagreements) / double(a[h].size());
     row.bits_per_char = run.heads[h].bits_per_char;
     row.reference_bits_per_char = reference.heads[h].bits_per_char;
@@ -338,13 +355,19 @@ std::vector<HeadAgreement> compare_runs(const EvalReport& run, const EvalReport&
 
 std::string comparison_markdown(const std::string& run_name, const std::string& reference_name,
                                 const std::vector<HeadAgreement>& heads) {
-  std::string md = "\n## " + run_name + " against " + reference_name + " weights\n\n| head | greedy agreement | "
-                   "disagreeing positions | bits/char " + run_name + " | bits/char " + reference_name + " | change |\n"
-                   "| --- | ---: | ---: | ---: | ---: | ---: |\n";
-  char line[256];
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "\n## %s against %s weights\n\nNear-tie: at a disagreeing position, %s's top two probabilities lie "
+                "within %.2f of each other. Widest: the largest such gap among the disagreeing positions.\n\n"
+                "| head | greedy agreement | disagreeing positions | of them near-ties | widest gap | bits/char %s | "
+                "bits/char %s | change |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                run_name.c_str(), reference_name.c_str(), reference_name.c_str(), HeadAgreement::kNearTie,
+                run_name.c_str(), reference_name.c_str());
+  std::string md = line;
   for (const auto& h : heads) {
-    std::snprintf(line, sizeof line, "| %s | %.2f%% | %lld | %.4f | %.4f | %+.2f%% |\n", h.head.c_str(), 100 * h.agreement,
-                  static_cast<long long>(h.disagreements), h.bits_per_char, h.reference_bits_per_char,
+    std::snprintf(line, sizeof line, "| %s | %.2f%% | %lld | %lld | %.3f | %.4f | %.4f | %+.2f%% |\n", h.head.c_str(),
+                  100 * h.agreement, static_cast<long long>(h.disagreements), static_cast<long long>(h.near_ties),
+                  h.widest_margin, h.bits_per_char, h.reference_bits_per_char,
                   100 * (h.bits_per_char / h.reference_bits_per_char - 1));
     md += line;
   }

@@ -67,6 +67,7 @@ struct TokenRecords {
   std::vector<std::vector<int32_t>> greedy;   // [head][position] argmax of the head's softmax
   std::vector<std::vector<float>> confidence; // [head][position] its max softmax probability
   std::vector<std::vector<float>> nats;       // [head][position] cross-entropy of the target
+  std::vector<std::vector<float>> runner_up;  // [head][position] the second-largest softmax probability
 };
 
 struct EvalReport {
@@ -102,6 +103,11 @@ struct HeadAgreement {
   std::string head;        // "exit 2", ..., "final"
   double agreement = 0;    // greedy tokens equal
   int64_t disagreements = 0;
+  // Disagreements where the reference's top two probabilities are within kNearTie: a rounding
+  // of either run may flip such a choice. widest_margin: the largest top-two gap among them all.
+  static constexpr double kNearTie = 0.05;
+  int64_t near_ties = 0;
+  double widest_margin = 0;
   double bits_per_char = 0, reference_bits_per_char = 0;
 };
 std::vector<HeadAgreement> compare_runs(const EvalReport& run, const EvalReport& reference);

@@ -43,7 +43,9 @@ struct Share {
 // The share's part [begin, end) of `total` output rows, in whole 8-row groups.
 std::pair<int64_t, int64_t> rows_of(Share share, int64_t total);
 
-// y (n, w.rows) = x (n, w.cols) · wᵀ, or y += that when `accumulate` (the residual add).
+// y (n, w.rows) = x (n, w.cols) · wᵀ, or y += that when `accumulate` (the residual add). With
+// int8 weights x is quantized as the weights are (quantize_q8) and blocks multiply in integers,
+// as llama.cpp's Q8_0: y = sum over blocks of scale_w * scale_x * dot(q_w, q_x).
 // x and y must not overlap. Parallel over output rows on kernels::threads() threads.
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate = false);
 // The same for the output rows rows_of(share, w.rows) only, on the calling thread.
@@ -67,7 +69,8 @@ void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64
 void silu_mul(float* gate, const float* up, int64_t n);
 
 // Quantizes a (rows, cols) fp32 matrix: q (rows, cols) int8, scales (rows, ceil(cols / 32)) with
-// scale = max |value| / 127 of its block (0 for an all-zero block).
+// scale = max |value| / 127 of its block (0 for an all-zero block) and q = value / scale rounded
+// to nearest, ties to even. The weights at load and, in every int8 product, the input rows.
 void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales);
 
 // Threads each call may use (>= 1); set from the node's or tool's thread setting.

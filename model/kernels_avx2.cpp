@@ -10,7 +10,6 @@ namespace {
 struct V {
   using reg = __m256;
   static constexpr int64_t N = 8;
-  static constexpr int kOutRows1 = 4;  // 16 registers: block<4, 1> and block<2, 4> fit
   static constexpr int kOutRows4 = 2;
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
@@ -18,9 +17,6 @@ struct V {
   static reg load_bf16(const uint16_t* p) {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-  }
-  static reg load_q8(const int8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static reg set1(float v) { return _mm256_set1_ps(v); }
   static void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
@@ -43,6 +39,21 @@ struct V {
     const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
   }
+
+  // int8: one 32-value block per register; block_q8<4, 1> and <2, 4> fit the 16 registers.
+  using qreg = __m256;
+  static constexpr int kQ8Rows4 = 2;
+  static qreg qzero() { return _mm256_setzero_ps(); }
+  static qreg q8_dot(const int8_t* w, const int8_t* x) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    // |x| as unsigned times w with x's sign: maddubs multiplies u8 by s8 into int16 pairs (at most
+    // 2 * 127 * 127, no saturation), madd adds the pairs into int32.
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  static qreg qfma(qreg d, float scale, qreg acc) { return _mm256_fmadd_ps(d, _mm256_set1_ps(scale), acc); }
+  static float qreduce(qreg a) { return reduce(a); }
 };
 
 }  // namespace

@@ -10,7 +10,6 @@ namespace {
 struct V {
   using reg = __m512;
   static constexpr int64_t N = 16;
-  static constexpr int kOutRows1 = 8;  // block<8, 1>: 8 accumulators + 8 weight registers
   static constexpr int kOutRows4 = 4;  // block<4, 4>: 16 accumulators + 4 weight registers
   static reg zero() { return _mm512_setzero_ps(); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
@@ -20,9 +19,6 @@ struct V {
   static reg load_bf16(const uint16_t* p) {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-  }
-  static reg load_q8(const int8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static reg set1(float v) { return _mm512_set1_ps(v); }
   static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
@@ -36,6 +32,25 @@ struct V {
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
   static float reduce(reg a) { return _mm512_reduce_add_ps(a); }
+
+  // int8 blocks on 256-bit registers, one 32-value block each (as the AVX2 build).
+  using qreg = __m256;
+  static constexpr int kQ8Rows4 = 4;
+  static qreg qzero() { return _mm256_setzero_ps(); }
+  static qreg q8_dot(const int8_t* w, const int8_t* x) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    // |x| as unsigned times w with x's sign: maddubs multiplies u8 by s8 into int16 pairs (at most
+    // 2 * 127 * 127, no saturation), madd adds the pairs into int32.
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  static qreg qfma(qreg d, float scale, qreg acc) { return _mm256_fmadd_ps(d, _mm256_set1_ps(scale), acc); }
+  static float qreduce(qreg a) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+  }
 };
 
 }  // namespace

@@ -20,7 +20,6 @@ float half_bits_to_float(uint16_t h);
 struct V {
   using reg = __m128;
   static constexpr int64_t N = 4;
-  static constexpr int kOutRows1 = 4;
   static constexpr int kOutRows4 = 2;
   static reg zero() { return _mm_setzero_ps(); }
   static reg load(const float* p) { return _mm_loadu_ps(p); }
@@ -32,7 +31,6 @@ struct V {
     const __m128i bits = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), bits));  // each value in a float's top half
   }
-  static reg load_q8(const int8_t* p) { return _mm_set_ps(float(p[3]), float(p[2]), float(p[1]), float(p[0])); }
   static reg set1(float v) { return _mm_set1_ps(v); }
   static void store(float* p, reg a) { _mm_storeu_ps(p, a); }
   static reg add(reg a, reg b) { return _mm_add_ps(a, b); }
@@ -50,12 +48,30 @@ struct V {
     const __m128 pairs = _mm_add_ps(a, _mm_movehl_ps(a, a));
     return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
   }
+
+  // int8: a 32-value block as two 16-byte halves, each widened to int16 (SSE2 has no byte
+  // multiply) and multiplied pairwise into int32 lanes.
+  using qreg = __m128;
+  static constexpr int kQ8Rows4 = 1;
+  static qreg qzero() { return _mm_setzero_ps(); }
+  static qreg q8_dot(const int8_t* w, const int8_t* x) {
+    __m128i sum = _mm_setzero_si128();
+    for (int half = 0; half < 2; ++half) {
+      const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * half));
+      const __m128i xv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 16 * half));
+      const __m128i wsign = _mm_cmplt_epi8(wv, _mm_setzero_si128()), xsign = _mm_cmplt_epi8(xv, _mm_setzero_si128());
+      sum = _mm_add_epi32(sum, _mm_madd_epi16(_mm_unpacklo_epi8(wv, wsign), _mm_unpacklo_epi8(xv, xsign)));
+      sum = _mm_add_epi32(sum, _mm_madd_epi16(_mm_unpackhi_epi8(wv, wsign), _mm_unpackhi_epi8(xv, xsign)));
+    }
+    return _mm_cvtepi32_ps(sum);
+  }
+  static qreg qfma(qreg d, float scale, qreg acc) { return _mm_add_ps(_mm_mul_ps(d, _mm_set1_ps(scale)), acc); }
+  static float qreduce(qreg a) { return reduce(a); }
 };
 #else
 struct V {
   using reg = float;
   static constexpr int64_t N = 1;
-  static constexpr int kOutRows1 = 4;
   static constexpr int kOutRows4 = 2;
   static reg zero() { return 0.0f; }
   static reg load(const float* p) { return *p; }
@@ -67,7 +83,6 @@ struct V {
     std::memcpy(&f, &bits, sizeof f);
     return f;
   }
-  static reg load_q8(const int8_t* p) { return static_cast<float>(*p); }
   static reg set1(float v) { return v; }
   static void store(float* p, reg a) { *p = a; }
   static reg add(reg a, reg b) { return a + b; }
@@ -79,6 +94,17 @@ struct V {
   static reg fma(reg a, reg b, reg c) { return a * b + c; }
   static reg mul(reg a, reg b) { return a * b; }
   static float reduce(reg a) { return a; }
+
+  using qreg = float;
+  static constexpr int kQ8Rows4 = 1;
+  static qreg qzero() { return 0.0f; }
+  static qreg q8_dot(const int8_t* w, const int8_t* x) {
+    int32_t sum = 0;
+    for (int k = 0; k < 32; ++k) sum += int32_t{w[k]} * x[k];
+    return static_cast<float>(sum);
+  }
+  static qreg qfma(qreg d, float scale, qreg acc) { return d * scale + acc; }
+  static float qreduce(qreg a) { return a; }
 };
 #endif
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "model/rotary_layout.hpp"
 #include "model/tokenizer.hpp"
 #include "model/weights.hpp"
 
@@ -16,18 +17,17 @@ void write_tensor(std::ofstream& out, const at::Tensor& t) {
   out.write(reinterpret_cast<const char*>(f.data_ptr<float>()), static_cast<std::streamsize>(f.nbytes()));
 }
 
-// (heads * hd, dim) in rotate_half order -> interleaved order, head by head.
-at::Tensor interleave_rotary(const at::Tensor& w, int64_t heads) {
-  const int64_t hd = w.size(0) / heads, dim = w.size(1);
-  return w.view({heads, 2, hd / 2, dim}).transpose(1, 2).reshape({heads * hd, dim});
-}
-
 template <class Slot>
 void write_layers(std::ofstream& out, const Weights& w, Slot slot) {
   for (const auto& l : w.layers) write_tensor(out, slot(l));
 }
 
 }  // namespace
+
+at::Tensor rotate_half_to_interleaved(const at::Tensor& w, int64_t heads) {
+  const int64_t hd = w.size(0) / heads, dim = w.size(1);
+  return w.view({heads, 2, hd / 2, dim}).transpose(1, 2).reshape({heads * hd, dim});
+}
 
 void write_llama2c_model(const Weights& w, const std::string& path) {
   const auto& c = w.config;
@@ -43,8 +43,8 @@ void write_llama2c_model(const Weights& w, const std::string& path) {
   out.write(reinterpret_cast<const char*>(header), sizeof header);
   write_tensor(out, w.embed);
   write_layers(out, w, [](const LayerWeights& l) { return l.attn_norm; });
-  write_layers(out, w, [&](const LayerWeights& l) { return interleave_rotary(l.wq, c.n_heads); });
-  write_layers(out, w, [&](const LayerWeights& l) { return interleave_rotary(l.wk, c.n_kv_heads); });
+  write_layers(out, w, [&](const LayerWeights& l) { return rotate_half_to_interleaved(l.wq, c.n_heads); });
+  write_layers(out, w, [&](const LayerWeights& l) { return rotate_half_to_interleaved(l.wk, c.n_kv_heads); });
   write_layers(out, w, [](const LayerWeights& l) { return l.wv; });
   write_layers(out, w, [](const LayerWeights& l) { return l.wo; });
   write_layers(out, w, [](const LayerWeights& l) { return l.ffn_norm; });

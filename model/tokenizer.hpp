@@ -11,6 +11,9 @@ namespace ce {
 
 class Tokenizer {
  public:
+  // SentencePiece's piece types, numbered as its ModelProto (and GGUF's token_type) numbers them.
+  enum class PieceType { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+
   explicit Tokenizer(const std::string& model_file);  // throws ModelError naming the file
   std::vector<int32_t> encode(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
@@ -19,12 +22,12 @@ class Tokenizer {
   // and its merge score; id must be in [0, vocab_size()).
   const std::string& piece(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).text; }
   float score(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).score; }
+  PieceType type(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).type; }
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
   int32_t unk_id() const { return unk_id_; }
 
  private:
-  enum class PieceType { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
   struct Piece {
     std::string text;
     float score = 0;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Summarises scripts/bench-decode's results.csv and catchup.csv into summary.csv and README.md
-(min / median / max over the repeats, ratios of medians against run.c in the same run), or with
+(min / median / max over the repeats, ratios of medians against run.c, and against llama.cpp at the
+same precision when it was measured, in the same run), or with
 --plot draws decode.png (tokens/s per engine and precision, full model). Usage:
   bench-decode-report.py OUT_DIR [--plot]"""
 import csv
@@ -33,7 +34,9 @@ if "--plot" in sys.argv:
     import matplotlib.pyplot as plt
 
     engines = [("run.c", "fp32"), ("cecollm", "fp32"), ("cecollm", "fp16"), ("cecollm", "int8")]
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    if any(r["engine"] == "llama.cpp" for r in rows):
+        engines = [("run.c", "fp32")] + [(e, w) for w in ("fp32", "fp16", "int8") for e in ("llama.cpp", "cecollm")]
+    fig, axes = plt.subplots(1, len(models), figsize=(1.0 * len(engines) * len(models) + 1, 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         for i, threads in enumerate((1, 2)):
             meds = [median(values(model, e, w, threads, "full")) for e, w in engines]
@@ -42,7 +45,7 @@ if "--plot" in sys.argv:
             ax.bar([x + 0.4 * i for x in range(len(engines))], meds, 0.4, yerr=[lo, hi], capsize=3,
                    label=f"{threads} thread{'s' if threads > 1 else ''}")
         ax.set_xticks([x + 0.2 for x in range(len(engines))])
-        ax.set_xticklabels([f"{e}\n{w}" for e, w in engines])
+        ax.set_xticklabels([f"{e}\n{w}" for e, w in engines], fontsize=8)
         ax.set_ylabel("tokens/s (median, min-max bars)")
         ax.set_title(f"{model}: full-model batch-1 decode")
         ax.legend()
@@ -55,6 +58,7 @@ for model in models:
     for threads in (1, 2):
         base = median(values(model, "run.c", "fp32", threads, "full"))
         for engine, weights, rng in configs:
+            llamacpp = median(values(model, "llama.cpp", weights, threads, "full"))
             v = values(model, engine, weights, threads, rng)
             if not v:
                 continue
@@ -63,6 +67,7 @@ for model in models:
             summary.append(dict(model=model, engine=engine, weights=weights, threads=threads, range=rng, runs=len(v),
                                 min=round(min(v), 2), median=round(median(v), 2), max=round(max(v), 2),
                                 vs_runc=round(median(v) / base, 3) if rng == "full" else "",
+                                vs_llamacpp=round(median(v) / llamacpp, 3) if rng == "full" and llamacpp == llamacpp else "",
                                 peak_rss_mib=round(max(rss), 1) if rss else ""))
 with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(summary[0]))
@@ -74,21 +79,30 @@ md = ["# Batch-1 decode: cecollm against llama2.c's run.c", "",
       f"(2 cores), {prov['repeats']} interleaved repeats; run.c from llama2.c {prov['runc_commit'][:12]} built with "
       "`gcc -Ofast -fopenmp -march=native`, reading the same weights exported by `ce-model --export-llama2c` "
       "(fp32). Tokens/s of greedy decoding from BOS (run.c's own `achieved tok/s`; ours from `ce-bench-decode`), "
-      "min / median / max; `vs run.c` is the ratio of medians at the same thread count.", ""]
+      "min / median / max; `vs run.c` is the ratio of medians at the same thread count."]
+if prov.get("llamacpp"):
+    md[-1] += (f" llama.cpp: the CPU libraries of {prov['llamacpp']} (npm), driven by `bench/llamacpp/decode.cpp` "
+               "(greedy from BOS, one llama_decode per token, timed after the first like run.c), reading GGUF files "
+               "written by `ce-model --export-gguf`: F32 for fp32, F16 for fp16, Q8_0 (blocks of 32, fp16 scale; "
+               "activations quantized to Q8_0 by llama.cpp) for int8; `vs llama.cpp` is the ratio of medians "
+               "against llama.cpp at the same precision and thread count.")
+md.append("")
 for name, same, chars in prov["checks"]:
-    md.append(f"- {name}: run.c's greedy text from BOS {'equals' if same else '**differs from**'} "
+    engine = "llama.cpp's F32" if "llama.cpp" in name else "run.c's"
+    name = name.replace(" (llama.cpp F32)", "")
+    md.append(f"- {name}: {engine} greedy text from BOS {'equals' if same else '**differs from**'} "
               f"`ce-generate --mode full --weights fp32` over its first {chars} characters.")
 md += ["", "Ranges: `full` = layers [0, L) + final head (what run.c does); `edge` = [0, split) with every edge "
        "exit read (the edge's work per token); `cloud` = [split, L) + final head from one uploaded fp16 state "
        "(the cloud's work per offloaded token). fp16 is the shipped file's own precision (`auto`); fp32 widens "
        "it at load; int8 keeps one fp32 scale per 32 values.", ""]
 for model in models:
-    md += [f"## {model}", "", "| engine | weights | range | threads | min | median | max | vs run.c | peak RSS MiB |",
-           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    md += [f"## {model}", "", "| engine | weights | range | threads | min | median | max | vs run.c | vs llama.cpp | peak RSS MiB |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summary:
         if s["model"] == model:
             md.append(f"| {s['engine']} | {s['weights']} | {s['range']} | {s['threads']} | {s['min']} | "
-                      f"{s['median']} | {s['max']} | {s['vs_runc']} | {s['peak_rss_mib']} |")
+                      f"{s['median']} | {s['max']} | {s['vs_runc']} | {s['vs_llamacpp']} | {s['peak_rss_mib']} |")
     md.append("")
 md += ["## Catch-up: the cloud filling a gap of uploaded positions in one infer", "",
        "Per caught-up position against one decode step at the same context (1 thread, best of 3; the step "

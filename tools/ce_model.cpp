@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "model/blas_kernel.hpp"
+#include "model/gguf_export.hpp"
 #include "model/llama2c_export.hpp"
 #include "model/runtime.hpp"
 #include "model/tokenizer.hpp"
@@ -17,9 +18,11 @@ int main(int argc, char** argv) {
   cli.add("random-out", "DIR", "write a randomly initialised model into DIR")
       .add("info", "DIR", "print the config, split, parameter count and weights hash of a model")
       .add("export-llama2c", "DIR", "write DIR/model.bin and DIR/tokenizer.bin in llama2.c's formats from --model (for decode benchmarks against its run.c)")
-      .add("model", "DIR", "model directory read by --export-llama2c", "models/ce-brown-8l")
+      .add("export-gguf", "FILE", "write FILE in llama.cpp's GGUF format (architecture llama, exits left out) from --model (for decode benchmarks against llama.cpp)")
+      .add("gguf-type", "TYPE", "matrix type of --export-gguf: f32, f16 or q8_0 (rows not a multiple of 32 values stay f16)", "f16")
+      .add("model", "DIR", "model directory read by --export-llama2c and --export-gguf", "models/ce-brown-8l")
       .add("vocab", "N", "vocabulary size (taken from --tokenizer when given)", "1024")
-      .add("tokenizer", "FILE", "copy this tokenizer.model into the model directory")
+      .add("tokenizer", "FILE", "tokenizer.model to copy into --random-out's directory; for --export-gguf, the vocabulary of a model without one")
       .add("seed", "N", "random seed", "0");
   ce::cli::add_architecture_flags(cli);
   cli.parse(argc, argv);
@@ -43,6 +46,14 @@ int main(int argc, char** argv) {
         ce::write_llama2c_tokenizer(ce::Tokenizer(from + "/tokenizer.model"), dir + "/tokenizer.bin");
       std::cout << "wrote " << dir << "/model.bin" << (std::filesystem::exists(dir + "/tokenizer.bin") ? " and tokenizer.bin" : "")
                 << " from " << from << "\n";
+      return 0;
+    }
+    if (cli.has("export-gguf")) {
+      const auto path = cli.get("export-gguf"), from = cli.get("model");
+      const auto type = ce::gguf_type_from_string(cli.get("gguf-type"));
+      const std::string tokenizer = cli.has("tokenizer") ? cli.get("tokenizer") : from + "/tokenizer.model";
+      ce::write_gguf(*ce::load_weights(from, ce::StoredType::keep), ce::Tokenizer(tokenizer), type, path);
+      std::cout << "wrote " << path << " (" << cli.get("gguf-type") << ") from " << from << "\n";
       return 0;
     }
     const std::string out = cli.require("random-out");

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -20,8 +21,9 @@ double silu(double x) { return x / (1.0 + std::exp(-x)); }
 }  // namespace
 
 ReferenceLlama::ReferenceLlama(const Weights& w, RefVariant variant) : c_(w.config), variant_(variant) {
-  auto matrix = [](const at::Tensor& t) {
+  auto matrix = [&](const at::Tensor& t) {
     Matrix m;
+    m.q8_input = variant.q8_activations;
     m.out = t.size(0);
     m.in = t.size(1);
     m.w = to_vector(t);
@@ -46,8 +48,27 @@ ReferenceLlama::ReferenceLlama(const Weights& w, RefVariant variant) : c_(w.conf
   for (const auto& [e, x] : w.exits) exits_.push_back({e, Exit{to_vector(x.norm), matrix(x.head)}});
 }
 
-Vec ReferenceLlama::Matrix::apply(const Vec& x) const {
-  if (static_cast<int64_t>(x.size()) != in) throw std::logic_error("reference: matrix/vector size mismatch");
+namespace {
+
+// x as an int8 product sees it: the fp32 value, per 32-value block scale = max|x| / 127 and
+// q = x * (1 / scale) to nearest (ties to even), back to q * scale.
+Vec q8_rounded(const Vec& x) {
+  Vec out(x.size());
+  for (size_t b = 0; b < x.size(); b += 32) {
+    const size_t end = std::min(x.size(), b + 32);
+    float top = 0;
+    for (size_t k = b; k < end; ++k) top = std::max(top, std::abs(static_cast<float>(x[k])));
+    const float scale = top / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+    for (size_t k = b; k < end; ++k) out[k] = static_cast<double>(std::nearbyint(static_cast<float>(x[k]) * inv) * scale);
+  }
+  return out;
+}
+
+}  // namespace
+
+Vec ReferenceLlama::Matrix::apply(const Vec& input) const {
+  if (static_cast<int64_t>(input.size()) != in) throw std::logic_error("reference: matrix/vector size mismatch");
+  const Vec& x = q8_input ? q8_rounded(input) : input;
   Vec y(static_cast<size_t>(out), 0.0);
   for (int64_t o = 0; o < out; ++o) {
     double s = 0;

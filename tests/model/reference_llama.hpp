@@ -16,6 +16,9 @@ using Rows = std::vector<Vec>;  // one row per position
 struct RefVariant {
   bool interleaved_rope = false;  // rotate pairs (2i, 2i+1) instead of halves (rotate_half)
   bool gqa_modulo = false;        // head h reads kv head h % n_kv instead of h / (n_heads / n_kv)
+  // Not a mistake: the int8 decoder's arithmetic, every product's input quantized per 32-value
+  // block as llama.cpp's Q8_0 activations (run on weights already rounded to int8).
+  bool q8_activations = false;
 };
 
 class ReferenceLlama {
@@ -32,6 +35,7 @@ class ReferenceLlama {
   struct Matrix {
     int64_t out = 0, in = 0;
     std::vector<float> w;  // row-major (out, in), as nn.Linear stores it
+    bool q8_input = false;  // RefVariant::q8_activations
     Vec apply(const Vec& x) const;
   };
   struct Layer {

@@ -54,6 +54,25 @@ struct TestMatrix {
   Matrix view;
 };
 
+// What an int8 product sees of its input rows (n, cols): per 32-value block, scale = max|x| / 127
+// and q = x * (1 / scale) rounded to nearest, ties to even; written out here independently of
+// the kernels' quantizer.
+std::vector<float> as_q8_activations(const std::vector<float>& x, int64_t n, int64_t cols) {
+  std::vector<float> out(x.size());
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t b = 0; b < cols; b += 32) {
+      const int64_t end = std::min(cols, b + 32);
+      float top = 0;
+      for (int64_t k = b; k < end; ++k) top = std::max(top, std::abs(x[static_cast<size_t>(r * cols + k)]));
+      const float scale = top / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+      for (int64_t k = b; k < end; ++k) {
+        const size_t i = static_cast<size_t>(r * cols + k);
+        out[i] = std::nearbyint(x[i] * inv) * scale;
+      }
+    }
+  return out;
+}
+
 // value = q * the scale of its 32-value block, written out here independently of the kernels.
 std::vector<float> dequantized(const std::vector<int8_t>& q, const std::vector<float>& scales, int64_t rows,
                                int64_t cols) {
@@ -107,7 +126,8 @@ std::vector<float> random_rows(int64_t n, int64_t cols, uint64_t seed) {
 BOOST_AUTO_TEST_SUITE(kernels_suite)
 
 // Every (type, shape, row count, accumulate) through every runnable build agrees with a double
-// loop over the same values to fp32 rounding: |error| <= 1e-5 * sum |w||x| per output.
+// loop over the same values to fp32 rounding: |error| <= 1e-5 * sum |w||x| per output. For int8
+// weights the same values are the quantized weights times the quantized input rows.
 BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build) {
   const WeightType types[] = {WeightType::f32, WeightType::f16, WeightType::bf16, WeightType::q8};
   const std::pair<int64_t, int64_t> shapes[] = {{37, 50}, {64, 256}, {9, 33}, {130, 688}, {1, 16}, {45, 96}};
@@ -116,11 +136,12 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
       const auto m = make_matrix(type, rows, cols, static_cast<uint64_t>(rows * 7 + cols));
       for (int64_t n : {1, 2, 3, 4, 5, 7, 9}) {
         const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
+        const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
         std::vector<double> want(static_cast<size_t>(n * rows)), scale(want.size());
         for (int64_t r = 0; r < n; ++r)
           for (int64_t o = 0; o < rows; ++o)
             for (int64_t k = 0; k < cols; ++k) {
-              const double a = m.dense[static_cast<size_t>(o * cols + k)], b = x[static_cast<size_t>(r * cols + k)];
+              const double a = m.dense[static_cast<size_t>(o * cols + k)], b = seen[static_cast<size_t>(r * cols + k)];
               want[static_cast<size_t>(r * rows + o)] += a * b;
               scale[static_cast<size_t>(r * rows + o)] += std::abs(a * b);
             }
@@ -327,12 +348,21 @@ BOOST_AUTO_TEST_CASE(each_precision_matches_the_reference_on_its_rounded_weights
     BOOST_TEST(d.precision() == (precision == WeightPrecision::fp16 ? "fp16" : "int8"));
     KvCache kv(c, 0, c.n_layers);
     auto logits = d.final_logits(d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv));
-    ReferenceLlama ref(*rounded_like(*w, precision));
-    Rows want;
-    for (auto& h : ref.layers(ref.embed(tokens), 0, c.n_layers)) want.push_back(ref.final_logits(h));
+    // int8: the reference also quantizes every product's input rows, as the decoder does.
+    RefVariant arithmetic;
+    arithmetic.q8_activations = precision == WeightPrecision::int8;
+    const auto rounded = rounded_like(*w, precision);
+    const auto reference_logits = [&](RefVariant variant) {
+      ReferenceLlama ref(*rounded, variant);
+      Rows want;
+      for (auto& h : ref.layers(ref.embed(tokens), 0, c.n_layers)) want.push_back(ref.final_logits(h));
+      return want;
+    };
     BOOST_TEST_CONTEXT(to_string(precision)) {
-      BOOST_TEST(max_logit_diff(logits, want) < 1e-4);
+      BOOST_TEST(max_logit_diff(logits, reference_logits(arithmetic)) < 1e-4);
       BOOST_TEST(max_logit_diff(logits, exact_logits) > 1e-4);
+      // int8: the activations' rounding is visible, so the comparison above checks it too.
+      if (arithmetic.q8_activations) BOOST_TEST(max_logit_diff(logits, reference_logits(RefVariant{})) > 1e-4);
     }
   }
   // fp16 keeps half the bytes of fp32, int8 a quarter plus one fp32 scale per 32 values.

@@ -195,6 +195,7 @@ BOOST_AUTO_TEST_CASE(cross_entropy_matches_direct_computation) {
       BOOST_CHECK_SMALL(rep.records.nats[h][t] - d.nats[t], 1e-4);
       BOOST_CHECK_SMALL(rep.records.confidence[h][t] - d.confidence[t], 1e-5);
       if (d.top2_gap[t] > 1e-4) BOOST_CHECK_EQUAL(rep.records.greedy[h][t], d.greedy[t]);
+      BOOST_CHECK_SMALL(rep.records.confidence[h][t] - rep.records.runner_up[h][t] - d.top2_gap[t], 1e-5);
     }
     const auto& hr = rep.heads[h];
     BOOST_TEST_CONTEXT("head at layer " << layers[h]) {
@@ -450,6 +451,41 @@ BOOST_AUTO_TEST_CASE(markdown_and_csv_list_every_threshold) {
   BOOST_CHECK_NE(md.find("| final | 4 |"), std::string::npos);
   BOOST_CHECK_NE(md.find("| 0.75 (default) |"), std::string::npos);
   BOOST_CHECK_NE(md.find("| exit 1 | exit 2 |"), std::string::npos);
+}
+
+// Two runs of one text: disagreements counted per head, and those where the reference's top two
+// were within HeadAgreement::kNearTie counted as near-ties; the widest gap among them reported.
+BOOST_AUTO_TEST_CASE(compare_runs_counts_disagreements_and_near_ties) {
+  auto model = tiny_model();
+  const auto tokens = random_tokens(40, 9);
+  ce::EvalOptions o;
+  o.window = 16;
+  o.characters = 100;
+  auto reference = ce::evaluate(*model, tokens, o);
+  auto run = reference;
+  const auto same = ce::compare_runs(run, reference);
+  BOOST_REQUIRE_EQUAL(same.size(), 3u);
+  BOOST_CHECK_EQUAL(same.back().head, "final");
+  BOOST_CHECK_EQUAL(same.back().disagreements, 0);
+  BOOST_CHECK_EQUAL(same.back().agreement, 1.0);
+  // Flip the final head's choice at two positions: one made a near-tie, one a clear choice.
+  auto& ref_final = reference;
+  ref_final.records.confidence.back()[3] = 0.40f;
+  ref_final.records.runner_up.back()[3] = 0.38f;
+  ref_final.records.confidence.back()[7] = 0.90f;
+  ref_final.records.runner_up.back()[7] = 0.05f;
+  run.records.greedy.back()[3] += 1;
+  run.records.greedy.back()[7] += 1;
+  const auto rows = ce::compare_runs(run, ref_final);
+  BOOST_CHECK_EQUAL(rows.back().disagreements, 2);
+  BOOST_CHECK_EQUAL(rows.back().near_ties, 1);
+  BOOST_CHECK_CLOSE(rows.back().widest_margin, 0.85, 1e-3);
+  BOOST_CHECK_CLOSE(rows.back().agreement, 1.0 - 2.0 / 39, 1e-9);
+  BOOST_CHECK_EQUAL(rows.front().disagreements, 0);
+  const auto md = ce::comparison_markdown("int8", "fp32", rows);
+  BOOST_CHECK_NE(md.find("| final | 94.87% | 2 | 1 | 0.850 |"), std::string::npos);
+  run.records.greedy.back().pop_back();
+  BOOST_CHECK_THROW(ce::compare_runs(run, ref_final), ce::ModelError);
 }
 
 BOOST_AUTO_TEST_CASE(count_characters_counts_code_points) {
