@@ -161,8 +161,8 @@ at::Tensor Decoder::embed(const at::Tensor& tokens) const {
   return weights_->embed.index_select(0, tokens.to(torch::kLong)).to(torch::kFloat);
 }
 
-at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                            KvCache& kv) const {
+void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
+                         const KvCache& kv) const {
   const auto& c = config();
   if (hidden.dim() != 2 || hidden.size(1) != c.dim)
     throw ModelError("decoder: hidden must be (T, " + std::to_string(c.dim) + ")");
@@ -179,19 +179,62 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
     if (kv.length(l) != start)
       throw ModelError("decoder: layer " + std::to_string(l) + " has " + std::to_string(kv.length(l)) +
                        " cached positions, expected " + std::to_string(start));
+}
 
+at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
+                            KvCache& kv) const {
+  check_step(hidden, start, layer_begin, layer_end, kv);
   auto out = hidden.contiguous().clone();  // (T, dim), the residual stream, updated in place
-  float* x = out.data_ptr<float>();
-  const int64_t dim = c.dim, hd = c.head_dim(), kv_dim = c.n_kv_heads * hd, ffn = c.ffn_dim, span = start + t;
-  // One block of session scratch for the whole call, carved up (T rows each):
-  float* xb = kv.scratch(static_cast<size_t>(t * (3 * dim + 2 * kv_dim + 2 * ffn + c.n_heads * span)));
+  const Segment one{0, out.size(0), start, &kv};
+  run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end,
+             [&](size_t floats) { return kv.scratch(floats); });
+  return out;
+}
+
+std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, int64_t layer_begin, int64_t layer_end,
+                                         std::vector<float>& scratch) const {
+  std::vector<Segment> segments;
+  std::vector<at::Tensor> rows;
+  int64_t total = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const auto& s = steps[i];
+    if (!s.kv) throw ModelError("decoder: batch step " + std::to_string(i) + " has no cache");
+    for (size_t j = 0; j < i; ++j)
+      if (steps[j].kv == s.kv) throw ModelError("decoder: one cache twice in a batch");
+    check_step(s.hidden, s.start, layer_begin, layer_end, *s.kv);
+    segments.push_back({total, s.hidden.size(0), s.start, s.kv});
+    total += s.hidden.size(0);
+    rows.push_back(s.hidden);
+  }
+  std::vector<at::Tensor> out;
+  if (steps.empty()) return out;
+  auto x = torch::cat(rows, 0).contiguous();  // (sum T_i, dim): every session's rows, one residual stream
+  run_layers(x.data_ptr<float>(), segments.data(), segments.size(), layer_begin, layer_end, [&](size_t floats) {
+    if (scratch.size() < floats) scratch.resize(floats);
+    return scratch.data();
+  });
+  for (const auto& seg : segments) out.push_back(x.narrow(0, seg.row, seg.rows));
+  return out;
+}
+
+void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, int64_t layer_begin, int64_t layer_end,
+                         const std::function<float*(size_t)>& scratch_of) const {
+  const auto& c = config();
+  const int64_t dim = c.dim, hd = c.head_dim(), kv_dim = c.n_kv_heads * hd, ffn = c.ffn_dim;
+  int64_t t = 0, score_floats = 0;  // all rows; attention scores of every segment (rows, heads, start + rows)
+  for (size_t i = 0; i < n_segments; ++i) {
+    t += segments[i].rows;
+    score_floats += segments[i].rows * c.n_heads * (segments[i].start + segments[i].rows);
+  }
+  // One block of scratch for the whole call, carved up (T rows each):
+  float* xb = scratch_of(static_cast<size_t>(t * (3 * dim + 2 * kv_dim + 2 * ffn) + score_floats));
   float* q = xb + t * dim;         // (T, heads, hd)
   float* k = q + t * dim;          // (T, kv_heads, hd)
   float* v = k + t * kv_dim;       // (T, kv_heads, hd)
   float* att = v + t * kv_dim;     // (T, dim)
   float* gate = att + t * dim;     // (T, ffn)
   float* up = gate + t * ffn;      // (T, ffn)
-  float* scores = up + t * ffn;    // (T, heads, start + T)
+  float* scores = up + t * ffn;    // per segment (rows, heads, start + rows)
   const float eps = static_cast<float>(c.norm_eps);
   const float* cos = packed_->cos.data();
   const float* sin = packed_->sin.data();
@@ -213,12 +256,20 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
       kernels::linear(xb, t, w.wv.view, v, false, me);
 #pragma omp barrier
 #pragma omp single
-      {
-        kernels::rope(q, t, c.n_heads, hd, start, cos, sin);
-        kernels::rope(k, t, c.n_kv_heads, hd, start, cos, sin);
-        kv.append(l, k, v, t);  // cannot throw: positions were checked against max_seq above
+      for (size_t i = 0; i < n_segments; ++i) {
+        const auto& s = segments[i];
+        kernels::rope(q + s.row * dim, s.rows, c.n_heads, hd, s.start, cos, sin);
+        kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
+        s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
       }
-      kernels::attention(q, t, c.n_heads, c.n_kv_heads, hd, start, kv.keys(l), kv.values(l), scores, att, me);
+      // Attention: each session's queries over its own cache only (ragged, no padding).
+      float* seg_scores = scores;
+      for (size_t i = 0; i < n_segments; ++i) {
+        const auto& s = segments[i];
+        kernels::attention(q + s.row * dim, s.rows, c.n_heads, c.n_kv_heads, hd, s.start, s.kv->keys(l),
+                           s.kv->values(l), seg_scores, att + s.row * dim, me);
+        seg_scores += s.rows * c.n_heads * (s.start + s.rows);
+      }
 #pragma omp barrier
       kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true, me);
 #pragma omp barrier
@@ -233,7 +284,6 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
 #pragma omp barrier
     }
   }
-  return out;
 }
 
 at::Tensor Decoder::head_logits(const void* head_ptr, const at::Tensor& hidden) const {

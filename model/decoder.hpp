@@ -8,7 +8,9 @@
 // with autograd on the same Weights, which must then be fp32.
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
+#include <vector>
 
 #include "model/kv_cache.hpp"
 #include "model/runtime.hpp"
@@ -39,6 +41,21 @@ class Decoder {
   at::Tensor forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
                      KvCache& kv) const;
 
+  // One session's rows in a batched step: hidden (T, dim) fp32 at positions [start, start + T) of
+  // its own cache.
+  struct DecodeStep {
+    at::Tensor hidden;
+    int64_t start = 0;
+    KvCache* kv = nullptr;
+  };
+  // Several sessions' rows through layers [layer_begin, layer_end) as one batch: norms, projections
+  // and FFN over all rows at once (each weight read once for the whole batch), RoPE and attention
+  // per session over its own cache (ragged: no padding to the longest). Each step is checked as
+  // forward() checks it; a cache may appear once. Returns each step's rows (T_i, dim), in order.
+  // `scratch` is the caller's (a scheduler's), grown as needed and kept between calls.
+  std::vector<at::Tensor> forward(const std::vector<DecodeStep>& steps, int64_t layer_begin, int64_t layer_end,
+                                  std::vector<float>& scratch) const;
+
   at::Tensor exit_logits(int64_t exit_layer, const at::Tensor& hidden) const;  // (..., dim) -> (..., vocab)
   at::Tensor final_logits(const at::Tensor& hidden) const;                     // (..., dim) -> (..., vocab)
 
@@ -49,6 +66,16 @@ class Decoder {
 
  private:
   struct Packed;
+  // Rows [row, row + rows) of a batch: one session's, at positions [start, start + rows) of kv.
+  struct Segment {
+    int64_t row, rows, start;
+    KvCache* kv;
+  };
+  void check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
+                  const KvCache& kv) const;
+  // The layers over x (sum of rows, dim) in place; scratch_of(n) gives n floats of scratch.
+  void run_layers(float* x, const Segment* segments, size_t n_segments, int64_t layer_begin, int64_t layer_end,
+                  const std::function<float*(size_t)>& scratch_of) const;
   // x: (B, T, dim) -> (B, T, dim), libtorch, no cache (training).
   at::Tensor layer_forward_train(int64_t layer, const at::Tensor& x) const;
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;

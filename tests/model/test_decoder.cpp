@@ -218,6 +218,76 @@ BOOST_AUTO_TEST_CASE(tied_exit_heads_read_lm_head_with_their_own_norm) {
   BOOST_TEST(max_abs_diff(d.exit_logits(1, h), d.final_logits(h)) > 1e-2);
 }
 
+// A batched step over several sessions' caches, ragged (1 to 5 rows each, different depths of
+// context), sessions joining and leaving between steps: every session's rows equal the loop
+// reference over its whole sequence, at every precision within its own arithmetic (fp32 checked
+// against the reference; fp16 / int8 against the same decoder run one session at a time).
+BOOST_AUTO_TEST_CASE(batched_steps_equal_each_session_alone_with_ragged_lengths) {
+  const auto c = reference_config(2);
+  auto w = scaled_weights(c, 41, 0.15, /*random_norms=*/true);
+  ReferenceLlama ref(*w);
+  for (auto precision : {WeightPrecision::fp32, WeightPrecision::fp16, WeightPrecision::int8}) {
+    Decoder d(w, precision);
+    constexpr int kSessions = 8;
+    std::vector<std::vector<int64_t>> tokens;
+    for (int i = 0; i < kSessions; ++i) tokens.push_back(some_tokens(30, c.vocab_size, 100 + static_cast<uint64_t>(i), 0));
+    std::vector<std::unique_ptr<KvCache>> batched, alone;
+    for (int i = 0; i < kSessions; ++i) {
+      batched.push_back(std::make_unique<KvCache>(c, 0, c.n_layers));
+      alone.push_back(std::make_unique<KvCache>(c, 0, c.n_layers));
+    }
+    std::vector<int64_t> done(kSessions, 0);
+    std::vector<float> scratch;
+    // Rounds of (who takes part, how many rows each): joining (3, 5, 7 start late), leaving (0, 1
+    // sit out later rounds), one row and several, B from 1 to 8.
+    const std::vector<std::vector<std::pair<int, int64_t>>> rounds = {
+        {{0, 3}},
+        {{0, 1}, {1, 4}, {2, 2}},
+        {{1, 1}, {2, 5}, {3, 1}, {4, 2}},
+        {{0, 2}, {1, 1}, {2, 1}, {3, 3}, {4, 1}, {5, 4}, {6, 1}, {7, 2}},
+        {{2, 1}, {3, 1}, {5, 1}, {6, 3}, {7, 1}}};
+    for (const auto& round : rounds) {
+      std::vector<Decoder::DecodeStep> steps;
+      for (auto [i, n] : round) {
+        const std::vector<int64_t> part(tokens[i].begin() + done[i], tokens[i].begin() + done[i] + n);
+        steps.push_back({d.embed(token_tensor(part)), done[i], batched[i].get()});
+      }
+      const auto out = d.forward(steps, 0, c.n_layers, scratch);
+      BOOST_REQUIRE_EQUAL(out.size(), round.size());
+      for (size_t j = 0; j < round.size(); ++j) {
+        const auto [i, n] = round[j];
+        BOOST_TEST_CONTEXT(to_string(precision) << ", session " << i << " rows " << done[i] << "+" << n) {
+          const auto solo = d.forward(steps[j].hidden, done[i], 0, c.n_layers, *alone[i]);
+          BOOST_TEST(max_abs_diff(out[j], solo) < 1e-4);
+          if (precision == WeightPrecision::fp32) {
+            const std::vector<int64_t> prefix(tokens[i].begin(), tokens[i].begin() + done[i] + n);
+            const Rows whole = ref.layers(ref.embed(prefix), 0, c.n_layers);
+            BOOST_TEST(max_diff(out[j], Rows(whole.end() - n, whole.end())) < 1e-4);
+          }
+        }
+        done[i] += n;
+      }
+    }
+    for (int i = 0; i < kSessions; ++i) BOOST_TEST(batched[i]->length(c.n_layers - 1) == done[i]);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(batched_step_refuses_bad_steps_by_name) {
+  const auto c = reference_config(2);
+  Decoder d(scaled_weights(c, 3, 0.15));
+  KvCache a(c, 0, c.n_layers), b(c, 0, c.n_layers);
+  std::vector<float> scratch;
+  const auto h = d.embed(token_tensor({3, 4}));
+  const auto error = [&](std::vector<Decoder::DecodeStep> steps) {
+    return model_error_text([&] { d.forward(steps, 0, c.n_layers, scratch); });
+  };
+  BOOST_TEST(contains(error({{h, 0, &a}, {h, 0, &a}}), "one cache twice"));
+  BOOST_TEST(contains(error({{h, 0, &a}, {h, 0, nullptr}}), "step 1 has no cache"));
+  BOOST_TEST(contains(error({{h, 0, &a}, {h, 2, &b}}), "has 0 cached positions, expected 2"));
+  BOOST_TEST(a.length(0) == 0);  // refused before any layer ran
+  BOOST_TEST(d.forward(std::vector<Decoder::DecodeStep>{}, 0, c.n_layers, scratch).empty());
+}
+
 BOOST_AUTO_TEST_CASE(bad_inputs_throw) {
   const auto c = tiny_config(2);
   Decoder d(scaled_weights(c, 6, 0.3));
