@@ -17,7 +17,7 @@ namespace ce {
 
 using frame_atom = caf::atom_constant<caf::atom("frame")>;        // wire frame between nodes
 using generate_atom = caf::atom_constant<caf::atom("generate")>;  // start a response on the edge
-using step_atom = caf::atom_constant<caf::atom("step")>;          // edge: compute the next token
+using step_atom = caf::atom_constant<caf::atom("step")>;          // edge: the next token; cloud: the next batched step
 using token_atom = caf::atom_constant<caf::atom("token")>;        // edge -> listener: a token
 using done_atom = caf::atom_constant<caf::atom("done")>;          // edge -> listener: response done
 using upload_atom = caf::atom_constant<caf::atom("upload")>;      // edge -> uploader: rows
@@ -105,6 +105,15 @@ struct CloudStats {
   uint64_t sessions_refused = 0;    // new contexts refused at the context-count or memory cap
   uint64_t edges_welcomed = 0;      // Hellos answered with a Welcome
   uint64_t edges_refused = 0;       // Hellos refused (model, version, split, dim, dtype mismatch)
+  // The scheduler's batched steps (cloud_inference), so far.
+  struct Batching {
+    uint64_t steps = 0;
+    uint64_t sessions = 0;        // summed over the steps: / steps = mean batch size
+    uint64_t rows = 0;            // positions computed, summed over the steps
+    uint64_t max_sessions = 0;    // the largest batch
+    double step_seconds = 0;      // summed
+    uint64_t queue_depth = 0;     // jobs waiting now
+  } batching;
 };
 
 // Infer requests served per client (the name in each edge's Hello), for /metrics.

@@ -404,6 +404,10 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(int_key("ce.session.max-contexts", &C::max_contexts, 1, no_limit, "most sessions the cloud holds"));
   t.push_back(int_key("ce.session.memory-cap", &C::memory_cap_mib, 1, 1 << 30,
                       "MiB the cloud's session contexts may use in all"));
+  t.push_back(int_key("ce.batch.max-sessions", &C::batch_max_sessions, 1, 4096,
+                      "most sessions the cloud computes in one batched step"));
+  t.push_back(int_key("ce.batch.catch-up-chunk", &C::batch_catch_up_chunk, 1, no_limit,
+                      "most uploaded positions one session fills per batched step (a long catch-up cannot stall the others)"));
   t.push_back(duration_key("ce.request.deadline", &C::request_deadline, milliseconds(1),
                            "edge's deadline for each cloud request before it falls back"));
   t.push_back(int_key("ce.upload.batch", &C::upload_batch, 1, 4096, "most positions in one upload chunk"));

@@ -71,6 +71,8 @@ struct NodeConfig {
   std::chrono::milliseconds idle_timeout = defaults::idle_timeout;  // ce.session.idle-timeout
   int max_contexts = defaults::max_contexts;                        // ce.session.max-contexts
   std::int64_t memory_cap_mib = defaults::memory_cap_mib;           // ce.session.memory-cap
+  int batch_max_sessions = defaults::batch_max_sessions;            // ce.batch.max-sessions
+  int batch_catch_up_chunk = defaults::batch_catch_up_chunk;        // ce.batch.catch-up-chunk
   std::chrono::milliseconds request_deadline = defaults::request_deadline;  // ce.request.deadline
 
   int upload_batch = defaults::upload_batch;              // ce.upload.batch

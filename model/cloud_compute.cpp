@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <limits>
+
 #include "model/decoder.hpp"
 #include "model/sampler.hpp"
 
@@ -13,6 +15,7 @@ struct CloudCompute::State {
   KvCache kv;
   PositionRows waiting;  // uploaded, KV not filled yet: positions [computed, held)
   int64_t computed = 0;
+  std::vector<float> scratch;  // infer()'s, when this context steps alone
 
   State(std::shared_ptr<const Model> m, int64_t begin)
       : model(std::move(m)),
@@ -66,22 +69,67 @@ void CloudCompute::append(const PositionRows& rows) {
   s.waiting.append(rows);
 }
 
+int64_t CloudCompute::layer_begin() const { return state_->layer_begin; }
 int64_t CloudCompute::held() const { return state_->waiting.end(); }
 int64_t CloudCompute::computed() const { return state_->computed; }
 
-TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling) {
-  torch::InferenceMode guard;
-  auto& s = *state_;
-  if (position >= s.waiting.end())
-    throw ModelError("cloud context: position " + std::to_string(position) + " not uploaded (" +
+void CloudCompute::check(const Request& request) {
+  if (!request.context) throw ModelError("cloud step: a request without a context");
+  const auto& s = *request.context->state_;
+  if (request.position >= s.waiting.end())
+    throw ModelError("cloud context: position " + std::to_string(request.position) + " not uploaded (" +
                      std::to_string(s.waiting.end()) + " held)");
-  if (position < s.computed)
-    throw ModelError("cloud context: position " + std::to_string(position) + " was already answered");
-  auto rows = s.take_inputs(static_cast<uint32_t>(position + 1 - s.computed));  // (n, dim)
-  const auto& decoder = s.model->decoder();
-  auto out = decoder.forward(rows, s.computed, s.layer_begin, s.model->config().n_layers, s.kv);  // (n, dim)
-  s.computed = position + 1;
-  return choose_token(decoder.final_logits(out[-1]), sampling, position);
+  if (request.position < s.computed)
+    throw ModelError("cloud context: position " + std::to_string(request.position) + " was already answered");
+}
+
+TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling) {
+  const Request request{this, position, sampling};
+  check(request);
+  return *step({request}, std::numeric_limits<int64_t>::max(), state_->scratch).front();
+}
+
+std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Request>& requests, int64_t max_rows,
+                                                           std::vector<float>& scratch) {
+  torch::InferenceMode guard;
+  std::vector<std::optional<TokenChoice>> out(requests.size());
+  if (requests.empty()) return out;
+  if (max_rows < 1) throw ModelError("cloud step: max_rows must be at least 1");
+  for (size_t i = 0; i < requests.size(); ++i) {  // everything refused before any row is taken
+    check(requests[i]);
+    const auto& s = *requests[i].context->state_;
+    const auto& first = *requests.front().context->state_;
+    if (s.model != first.model || s.layer_begin != first.layer_begin)
+      throw ModelError("cloud step: contexts of different models or layer ranges in one batch");
+    for (size_t j = 0; j < i; ++j)
+      if (requests[j].context == requests[i].context) throw ModelError("cloud step: one cache twice in a batch");
+  }
+  const auto& first = *requests.front().context->state_;
+  std::vector<Decoder::DecodeStep> steps;
+  for (const auto& r : requests) {
+    auto& s = *r.context->state_;
+    const auto n = static_cast<uint32_t>(std::min<int64_t>(r.position + 1 - s.computed, max_rows));
+    steps.push_back({s.take_inputs(n), s.computed, &s.kv});  // (n, dim) at positions [computed, computed + n)
+  }
+  const auto& decoder = first.model->decoder();
+  const auto rows = decoder.forward(steps, first.layer_begin, first.model->config().n_layers, scratch);
+  std::vector<at::Tensor> last;  // (dim) the answered requests' last rows, for one head product
+  std::vector<size_t> answered;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto& s = *requests[i].context->state_;
+    s.computed += rows[i].size(0);
+    if (s.computed == int64_t{requests[i].position} + 1) {
+      last.push_back(rows[i][-1]);
+      answered.push_back(i);
+    }
+  }
+  if (answered.empty()) return out;
+  const auto logits = decoder.final_logits(torch::stack(last));  // (answered, vocab)
+  for (size_t j = 0; j < answered.size(); ++j) {
+    const auto& r = requests[answered[j]];
+    out[answered[j]] = choose_token(logits[static_cast<int64_t>(j)], r.sampling, r.position);
+  }
+  return out;
 }
 
 int64_t CloudCompute::bytes() const {

@@ -4,6 +4,7 @@
 // the one asked in a single batch. Torch-free header; the context manager owns these.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "model/position_rows.hpp"
@@ -27,6 +28,24 @@ class CloudCompute {
   // Token after `position`; requires position < held() and position >= computed().
   TokenChoice infer(uint32_t position, const SamplingParams& sampling);
   int64_t bytes() const;     // memory held (KV capacity + pending states)
+  int64_t layer_begin() const;
+
+  // One request of a batched cloud step: fill `context` toward `position` and answer it.
+  struct Request {
+    CloudCompute* context = nullptr;
+    uint32_t position = 0;
+    SamplingParams sampling;
+  };
+  // Throws ModelError naming the problem when `request` cannot be answered (position not uploaded
+  // or already answered); step() assumes every request passed this.
+  static void check(const Request& request);
+  // One batched forward over several contexts of the same layer range (a cloud's scheduler step):
+  // each request's context fills at most `max_rows` of its waiting positions toward its position
+  // (so that one long catch-up cannot stall the others), all rows of all contexts through the
+  // cloud layers at once, attention per context. Result i holds the token after request i's
+  // position when this step reached it, else nothing (call again). `scratch` is the caller's.
+  static std::vector<std::optional<TokenChoice>> step(const std::vector<Request>& requests, int64_t max_rows,
+                                                      std::vector<float>& scratch);
 
  private:
   struct State;

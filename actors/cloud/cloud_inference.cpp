@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <deque>
 
 #include "actors/log.hpp"
 #include "model/cloud_compute.hpp"
@@ -10,50 +11,143 @@
 namespace ce {
 namespace {
 
+using reply_promise = caf::typed_response_promise<bool, std::vector<char>>;
+
+// A job waiting for the steps that reach its position.
+struct Waiting {
+  InferJob job;
+  reply_promise promise;
+  uint64_t compute_us = 0;  // time of the steps it took part in
+};
+
 struct CloudInferenceState {
   std::shared_ptr<const Model> model;
   int64_t split = 0;
+  CloudBatching batching;
+  std::deque<Waiting> queue;
+  bool step_sent = false;
+  std::vector<float> scratch;  // the batched step's, kept between steps
+  CloudStats::Batching stats;
   static inline const char* name = "cloud_inference";
 };
 
-caf::result<bool, std::vector<char>> run_job(const CloudInferenceState& st, InferJob& job) {
-  const auto& req = job.request;
-  const auto t0 = std::chrono::steady_clock::now();
-  SamplingParams sampling{req.temperature, req.top_p, req.seed};
-  TokenChoice choice;
-  try {
-    if (req.kind == wire::InferKind::naive_split) {
-      choice = naive_split_infer(*st.model, st.split, reinterpret_cast<const float*>(req.inline_payload.data()),
-                                 req.inline_count, sampling);
-    } else {
-      if (!job.new_rows.empty()) job.compute->append(job.new_rows);
-      choice = job.compute->infer(req.position, sampling);
-    }
-  } catch (const std::exception& e) {
-    CE_LOG(warning, "cloud", "session " << std::hex << req.session_id << std::dec << " position " << req.position
-                                        << ": " << e.what());
-    return {false, wire::encode(wire::ErrorReply{error::bad_request, e.what(), req.session_id, req.request_id})};
-  }
-  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-  return {true, wire::encode(wire::InferReply{req.session_id, req.request_id, req.position, choice.token,
-                                             choice.confidence, static_cast<uint64_t>(us)})};
+using self_ptr = cloud_inference_actor::stateful_pointer<CloudInferenceState>;
+
+SamplingParams sampling_of(const wire::InferRequest& req) { return {req.temperature, req.top_p, req.seed}; }
+
+std::vector<char> error_reply(const wire::InferRequest& req, const std::string& why) {
+  CE_LOG(warning, "cloud", "session " << std::hex << req.session_id << std::dec << " position " << req.position
+                                      << ": " << why);
+  return wire::encode(wire::ErrorReply{error::bad_request, why, req.session_id, req.request_id});
 }
 
-cloud_inference_actor::behavior_type cloud_inference(
-    cloud_inference_actor::stateful_pointer<CloudInferenceState> self, std::shared_ptr<const Model> model,
-    int64_t split) {
+std::vector<char> token_reply(const wire::InferRequest& req, const TokenChoice& choice, uint64_t us) {
+  return wire::encode(
+      wire::InferReply{req.session_id, req.request_id, req.position, choice.token, choice.confidence, us});
+}
+
+void schedule_step(self_ptr self) {
+  if (self->state.step_sent || self->state.queue.empty()) return;
+  self->state.step_sent = true;
+  // Behind every job already in the mailbox: each step sees all of them.
+  self->send(self, step_atom::value);
+}
+
+caf::result<bool, std::vector<char>> on_job(self_ptr self, InferJob& job) {
+  auto& st = self->state;
+  const auto& req = job.request;
+  try {
+    if (req.kind == wire::InferKind::naive_split) {  // the stateless baseline: no context to batch with
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto choice = naive_split_infer(*st.model, st.split, reinterpret_cast<const float*>(req.inline_payload.data()),
+                                            req.inline_count, sampling_of(req));
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+      return {true, token_reply(req, choice, static_cast<uint64_t>(us.count()))};
+    }
+    if (!job.new_rows.empty()) job.compute->append(job.new_rows);
+    CloudCompute::check({job.compute.get(), req.position, sampling_of(req)});
+  } catch (const std::exception& e) {
+    return {false, error_reply(req, e.what())};
+  }
+  auto promise = self->make_response_promise<bool, std::vector<char>>();
+  st.queue.push_back({std::move(job), promise, 0});
+  schedule_step(self);
+  return promise;
+}
+
+// One batched step: the oldest jobs of the oldest job's layer range (split contexts and cloud-only
+// ones run different layers), at most max_sessions of them.
+void on_step(self_ptr self) {
+  auto& st = self->state;
+  st.step_sent = false;
+  if (st.queue.empty()) return;
+  const int64_t layers = st.queue.front().job.compute->layer_begin();
+  std::vector<Waiting> batch;
+  std::deque<Waiting> rest;
+  for (auto& w : st.queue) {
+    if (static_cast<int>(batch.size()) < st.batching.max_sessions && w.job.compute->layer_begin() == layers)
+      batch.push_back(std::move(w));
+    else
+      rest.push_back(std::move(w));
+  }
+  st.queue = std::move(rest);
+  std::vector<CloudCompute::Request> requests;
+  for (const auto& w : batch)
+    requests.push_back({w.job.compute.get(), w.job.request.position, sampling_of(w.job.request)});
+  std::vector<int64_t> computed_before;
+  for (const auto& r : requests) computed_before.push_back(r.context->computed());
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::optional<TokenChoice>> tokens;
+  std::string failure;
+  try {
+    tokens = CloudCompute::step(requests, st.batching.catch_up_chunk, st.scratch);
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  const auto us = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  auto& stats = st.stats;
+  ++stats.steps;
+  stats.sessions += batch.size();
+  stats.max_sessions = std::max<uint64_t>(stats.max_sessions, batch.size());
+  stats.step_seconds += static_cast<double>(us) * 1e-6;
+  for (size_t i = 0; i < requests.size(); ++i)
+    stats.rows += static_cast<uint64_t>(requests[i].context->computed() - computed_before[i]);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    auto& w = batch[i];
+    w.compute_us += us;
+    if (!failure.empty()) {
+      w.promise.deliver(false, error_reply(w.job.request, "batched cloud step failed: " + failure));
+    } else if (tokens[i]) {
+      w.promise.deliver(true, token_reply(w.job.request, *tokens[i], w.compute_us));
+    } else {
+      st.queue.push_back(std::move(w));  // position not reached yet: its next chunk in a later step
+    }
+  }
+  schedule_step(self);
+}
+
+cloud_inference_actor::behavior_type cloud_inference(self_ptr self, std::shared_ptr<const Model> model, int64_t split,
+                                                     CloudBatching batching) {
   self->state.model = std::move(model);
   self->state.split = split;
+  self->state.batching = batching;
   return {
-      [=](compute_atom, InferJob& job) { return run_job(self->state, job); },
+      [=](compute_atom, InferJob& job) { return on_job(self, job); },
+      [=](step_atom) { on_step(self); },
+      [=](stats_atom) {
+        auto s = self->state.stats;
+        s.queue_depth = self->state.queue.size();
+        return s;
+      },
   };
 }
 
 }  // namespace
 
 cloud_inference_actor spawn_cloud_inference(caf::actor_system& system, std::shared_ptr<const Model> model,
-                                            int64_t split) {
-  return system.spawn<caf::detached>(cloud_inference, std::move(model), split);
+                                            int64_t split, CloudBatching batching) {
+  return system.spawn<caf::detached>(cloud_inference, std::move(model), split, batching);
 }
 
 }  // namespace ce

@@ -34,9 +34,12 @@ using context_manager_actor = cloud_front_actor::extend<
     caf::reacts_to<unknown_atom, caf::node_id, uint64_t>>;  // own: an early request's wait is over
 
 using cloud_inference_actor = caf::typed_actor<
-    caf::replies_to<compute_atom, InferJob>::with<bool, std::vector<char>>>;  // -> (computed, reply
-                     // frame): false with an ErrorReply when the job failed part-way
+    caf::replies_to<compute_atom, InferJob>::with<bool, std::vector<char>>,  // -> (computed, reply
+                     // frame), once a batched step reached the position: false with an ErrorReply when it failed
+    caf::reacts_to<step_atom>,   // own: run one batched step over the waiting jobs
+    caf::replies_to<stats_atom>::with<CloudStats::Batching>>;  // steps, batch sizes, queue depth
 
 }  // namespace ce
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::InferJob)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::CloudStats::Batching)

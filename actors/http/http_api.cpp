@@ -205,6 +205,13 @@ struct HttpApi::Impl {
                               "uploaded positions a context already held (re-sent after a lost link)");
       metrics.declare_gauge("ce_cloud_context_bytes", "bytes held by client contexts (hidden states + KV cache)");
       metrics.declare_counter("ce_cloud_infer_requests_total", "infer requests by client (the edge's Hello name)");
+      metrics.declare_counter("ce_cloud_batch_steps_total", "batched cloud steps run");
+      metrics.declare_counter("ce_cloud_batch_sessions_total",
+                              "sessions summed over the batched steps (divided by the steps: the mean batch size)");
+      metrics.declare_counter("ce_cloud_batch_rows_total", "positions computed by the batched steps");
+      metrics.declare_gauge("ce_cloud_batch_max_sessions", "the largest batch so far, in sessions");
+      metrics.declare_counter("ce_cloud_batch_step_seconds_total", "time spent in batched steps");
+      metrics.declare_gauge("ce_cloud_queue_depth", "infer jobs waiting for the next batched step");
     }
   }
 
@@ -310,6 +317,12 @@ struct HttpApi::Impl {
       metrics.set("ce_cloud_sessions_refused_total", static_cast<double>(s.sessions_refused));
       metrics.set("ce_cloud_upload_positions_total", static_cast<double>(s.positions_received));
       metrics.set("ce_cloud_upload_positions_repeated_total", static_cast<double>(s.positions_repeated));
+      metrics.set("ce_cloud_batch_steps_total", static_cast<double>(s.batching.steps));
+      metrics.set("ce_cloud_batch_sessions_total", static_cast<double>(s.batching.sessions));
+      metrics.set("ce_cloud_batch_rows_total", static_cast<double>(s.batching.rows));
+      metrics.set("ce_cloud_batch_max_sessions", static_cast<double>(s.batching.max_sessions));
+      metrics.set("ce_cloud_batch_step_seconds_total", s.batching.step_seconds);
+      metrics.set("ce_cloud_queue_depth", static_cast<double>(s.batching.queue_depth));
       metrics.set("ce_cloud_hellos_total", static_cast<double>(s.edges_welcomed), {{"result", "welcomed"}});
       metrics.set("ce_cloud_hellos_total", static_cast<double>(s.edges_refused), {{"result", "refused"}});
       const auto l = node.listener_stats();

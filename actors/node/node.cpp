@@ -78,7 +78,8 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   const bool cloud = config_.role == Role::cloud || config_.role == Role::both;
   const bool edge = config_.role == Role::edge || config_.role == Role::both;
   if (cloud) {
-    actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split);
+    actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split,
+                                                     {config_.batch_max_sessions, config_.batch_catch_up_chunk});
     actors_->context_manager = spawn_context_manager(*system_, model_, plan, config_, actors_->cloud_inference);
     // CAF listens on loopback only; the guard owns the public address (see basp_guard.hpp).
     auto port = config_.tls_enabled()
@@ -211,6 +212,10 @@ CloudStats Node::cloud_stats() {
   caf::scoped_actor self{*system_};
   self->request(actors_->context_manager, std::chrono::seconds(5), stats_atom::value)
       .receive([&](const CloudStats& s) { out = s; }, [&](caf::error& e) { log_dropped(*system_, "cloud stats", e); });
+  // The scheduler answers between its steps (each a few milliseconds).
+  self->request(actors_->cloud_inference, std::chrono::seconds(5), stats_atom::value)
+      .receive([&](const CloudStats::Batching& b) { out.batching = b; },
+               [&](caf::error& e) { log_dropped(*system_, "cloud batching stats", e); });
   return out;
 }
 

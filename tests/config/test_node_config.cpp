@@ -278,6 +278,8 @@ BOOST_AUTO_TEST_CASE(out_of_range_names_line_and_key) {
   check_contains(parse_error(minimal + "actor-threads = 65\n"), {"t.ini:4:", "ce.actor-threads", "1..64"});
   check_contains(parse_error(minimal + "upload.batch = 4097\n"), {"t.ini:4:", "ce.upload.batch", "1..4096"});
   check_contains(parse_error(minimal + "session.max-contexts = 0\n"), {"t.ini:4:", "ce.session.max-contexts", ">= 1"});
+  check_contains(parse_error(minimal + "batch.max-sessions = 0\n"), {"t.ini:4:", "ce.batch.max-sessions", "1..4096"});
+  check_contains(parse_error(minimal + "batch.catch-up-chunk = -2\n"), {"t.ini:4:", "ce.batch.catch-up-chunk", ">= 1"});
   check_contains(parse_error(minimal + "split.layer = -1\n"), {"t.ini:4:", "ce.split.layer", ">= 0"});
   check_contains(parse_error(minimal + "session.idle-timeout = 5ms\n"),
                  {"t.ini:4:", "ce.session.idle-timeout = 5ms", ">= 10ms"});
@@ -512,8 +514,9 @@ BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   const std::string described = ce::describe(ce::NodeConfig{});
   std::size_t lines = 0;
   for (char ch : help) lines += ch == '\n';
-  BOOST_TEST(lines == 33u);
+  BOOST_TEST(lines == 35u);
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
+                        "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level"});
   BOOST_TEST(described.find("ce.upload.queue-limit") != std::string::npos);
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -202,6 +203,78 @@ BOOST_FIXTURE_TEST_CASE(sampling_uses_the_position, Fixture) {
     BOOST_TEST(cloud.infer(p, s).token == pick_token(want_logits[p], s, p), "position " << p);
   BOOST_TEST(naive_split_infer(*m, split, states.contiguous().data_ptr<float>(), 16, s).token ==
              pick_token(want_logits[15], s, 15));
+}
+
+// The scheduler's batched step: several contexts at different depths, one of them catching up a
+// long gap in chunks of 3 positions; every context's answer equals the reference at its position,
+// the chunked one answers only in the step that reaches it, and each context's KV holds exactly
+// its own positions afterwards.
+BOOST_FIXTURE_TEST_CASE(batched_steps_answer_every_context_as_alone, Fixture) {
+  constexpr int kContexts = 5;
+  std::vector<std::unique_ptr<CloudCompute>> ctx;
+  for (int i = 0; i < kContexts; ++i) ctx.push_back(std::make_unique<CloudCompute>(m, split));
+  // Context i holds positions [0, 2 + 2i) uploaded; context 4 uploads all 16 (the long catch-up).
+  std::vector<uint32_t> held;
+  for (int i = 0; i < kContexts; ++i) {
+    held.push_back(i == 4 ? 16u : static_cast<uint32_t>(2 + 2 * i));
+    ctx[static_cast<size_t>(i)]->append(hidden(0, held.back(), row(0)));
+  }
+  std::vector<float> scratch;
+  std::vector<CloudCompute::Request> requests;
+  for (int i = 0; i < kContexts; ++i) requests.push_back({ctx[static_cast<size_t>(i)].get(), held[static_cast<size_t>(i)] - 1, {}});
+  // Chunks of 3: contexts 0 (2 positions) and 1 (4 -> needs 2 steps) ... context 4 needs 6 steps.
+  int steps = 0;
+  std::vector<int> answered_in(kContexts, -1);
+  while (!requests.empty()) {
+    const auto got = CloudCompute::step(requests, 3, scratch);
+    ++steps;
+    std::vector<CloudCompute::Request> next;
+    for (size_t j = 0; j < requests.size(); ++j) {
+      const auto i = static_cast<int>(std::find_if(ctx.begin(), ctx.end(), [&](const auto& p) { return p.get() == requests[j].context; }) - ctx.begin());
+      if (got[j]) {
+        check(*got[j], requests[j].position);
+        answered_in[static_cast<size_t>(i)] = steps;
+        BOOST_TEST(ctx[static_cast<size_t>(i)]->computed() == held[static_cast<size_t>(i)]);
+      } else {
+        BOOST_TEST(ctx[static_cast<size_t>(i)]->computed() == 3 * steps, "context " << i << " after step " << steps);
+        next.push_back(requests[j]);
+      }
+    }
+    requests = next;
+    BOOST_REQUIRE(steps <= 6);
+  }
+  BOOST_TEST(answered_in == (std::vector<int>{1, 2, 2, 3, 6}), boost::test_tools::per_element());
+  // Later single positions, all contexts in one step again.
+  for (int i = 0; i < 4; ++i) {
+    const auto p = held[static_cast<size_t>(i)];
+    ctx[static_cast<size_t>(i)]->append(hidden(p, 1, row(p)));
+    requests.push_back({ctx[static_cast<size_t>(i)].get(), p, {}});
+  }
+  const auto got = CloudCompute::step(requests, 3, scratch);
+  for (size_t j = 0; j < requests.size(); ++j) {
+    BOOST_REQUIRE(got[j].has_value());
+    check(*got[j], requests[j].position);
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(batched_step_refuses_what_it_cannot_answer, Fixture) {
+  CloudCompute a(m, split), b(m, split), tokens_only(m, 0);
+  a.append(hidden(0, 2, row(0)));
+  b.append(hidden(0, 2, row(0)));
+  std::vector<int32_t> ids{3, 4};
+  tokens_only.append(token_rows(0, 2, ids.data()));
+  std::vector<float> scratch;
+  const auto error = [&](std::vector<CloudCompute::Request> r, int64_t max_rows = 8) {
+    return model_error_text([&] { CloudCompute::step(r, max_rows, scratch); });
+  };
+  BOOST_TEST(contains(error({{&a, 1, {}}, {&b, 5, {}}}), "position 5 not uploaded (2 held)"));
+  BOOST_TEST(contains(error({{&a, 1, {}}, {&tokens_only, 1, {}}}), "different models or layer ranges"));
+  BOOST_TEST(contains(error({{&a, 1, {}}, {&a, 1, {}}}), "one cache twice"));
+  BOOST_TEST(contains(error({{&a, 1, {}}}, 0), "max_rows"));
+  BOOST_TEST(contains(error({{nullptr, 1, {}}}), "without a context"));
+  BOOST_TEST(a.computed() == 0);  // refused before anything ran
+  BOOST_TEST(CloudCompute::step({{&a, 1, {}}, {&b, 0, {}}}, 8, scratch)[1].has_value());
+  BOOST_TEST(contains(error({{&b, 0, {}}}), "already answered"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
