@@ -11,6 +11,9 @@
 #include "actors/atoms.hpp"
 #include "actors/node/node.hpp"
 #include "messages/codec.hpp"
+#include "model/cloud_compute.hpp"
+#include "model/position_rows.hpp"
+#include "model/runtime.hpp"
 #include "tests/actors/fixtures.hpp"
 #include "tests/fp16_reference.hpp"
 
@@ -240,6 +243,64 @@ BOOST_AUTO_TEST_CASE(contexts_past_the_cap_are_refused_as_overloaded) {
   expect_error(c.ask(c.rows(42, 0, 2)), error::overloaded);
   c.ask(wire::Bye{41});
   BOOST_TEST(std::holds_alternative<wire::UploadAck>(c.ask(c.rows(42, 0, 2))));
+}
+
+// Many sessions at once, each at its own depth (a long catch-up among them, longer than one
+// step's chunk), all requests in flight together: the scheduler batches them (its largest batch
+// holds several sessions) and every answer equals the one CloudCompute gives that session alone.
+BOOST_AUTO_TEST_CASE(concurrent_sessions_get_their_solo_answers_from_batched_steps) {
+  RawClient c([](NodeConfig& cc) { cc.batch_catch_up_chunk = 5; });
+  c.ask(c.good_hello());
+  const auto model = Model::load(c.model_path);
+  const auto split = model->config().default_split;
+  constexpr int kSessions = 12;
+  const auto states = [&](uint64_t session, uint32_t first, uint32_t count) {
+    auto chunk = c.rows(session, first, count);
+    for (size_t i = 0; i < chunk.payload.size(); i += 2) {  // per session and position: different states
+      const float v = 0.02f * static_cast<float>(((i / 2) * 7 + session * 13 + first * 3) % 61) - 0.6f;
+      const uint16_t h = float_to_half(v);
+      chunk.payload[i] = static_cast<uint8_t>(h & 0xff);
+      chunk.payload[i + 1] = static_cast<uint8_t>(h >> 8);
+    }
+    return chunk;
+  };
+  std::vector<std::unique_ptr<CloudCompute>> solo;
+  std::vector<uint32_t> held(kSessions, 0);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<wire::Message> uploads, infers;
+    std::vector<wire::UploadChunk> chunks;
+    for (int i = 0; i < kSessions; ++i) {
+      const uint64_t session = 700 + static_cast<uint64_t>(i);
+      // Round 0: prompts of 1 to 12 positions, session 11 one of 30 (six chunks of 5); later: 1-2 more.
+      const uint32_t n = round == 0 ? (i == kSessions - 1 ? 30u : static_cast<uint32_t>(1 + i)) : static_cast<uint32_t>(1 + i % 2);
+      chunks.push_back(states(session, held[static_cast<size_t>(i)], n));
+      uploads.push_back(chunks.back());
+      held[static_cast<size_t>(i)] += n;
+      infers.push_back(infer(session, held[static_cast<size_t>(i)] - 1, static_cast<uint64_t>(round * 100 + i)));
+      if (round == 0) solo.push_back(std::make_unique<CloudCompute>(model, split));
+    }
+    for (const auto& m : ask_together(c, uploads, std::chrono::seconds(20)))
+      BOOST_REQUIRE(std::holds_alternative<wire::UploadAck>(m));
+    const auto replies = ask_together(c, infers, std::chrono::seconds(20));
+    for (int i = 0; i < kSessions; ++i) {
+      const auto& chunk = chunks[static_cast<size_t>(i)];
+      solo[static_cast<size_t>(i)]->append(PositionRows::states_f16(
+          chunk.first_position, chunk.count, static_cast<uint32_t>(model->config().dim),
+          reinterpret_cast<const uint16_t*>(chunk.payload.data())));
+      const auto want = solo[static_cast<size_t>(i)]->infer(held[static_cast<size_t>(i)] - 1, {});
+      const auto* got = std::get_if<wire::InferReply>(&replies[static_cast<size_t>(i)]);
+      BOOST_REQUIRE_MESSAGE(got, "round " << round << " session " << i << ": " << wire::kind_name(replies[static_cast<size_t>(i)]));
+      BOOST_TEST(got->token == want.token, "round " << round << " session " << i);
+      BOOST_TEST(std::abs(got->confidence - want.confidence) < 1e-4, "round " << round << " session " << i);
+    }
+  }
+  const auto stats = c.cloud->cloud_stats().batching;
+  BOOST_TEST(stats.max_sessions > 1u);             // requests in flight together were batched
+  BOOST_TEST(stats.sessions > stats.steps);         // mean batch above one session
+  BOOST_TEST(stats.queue_depth == 0u);
+  uint64_t uploaded = 0;
+  for (auto h : held) uploaded += h;
+  BOOST_TEST(stats.rows == uploaded);  // every uploaded position filled once, none twice
 }
 
 BOOST_AUTO_TEST_SUITE_END()

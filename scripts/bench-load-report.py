@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Summarises scripts/bench-load's CSVs into README.md (min / median / max over the repeats, ratios
+of medians batched / serial at the same session count, p99 against a lone session's), or with
+--plot draws load.png (offloaded tokens/s and p99 against sessions, both schedulers). Usage:
+  bench-load-report.py OUT_DIR [--plot]"""
+import csv
+import json
+import os
+import statistics
+import sys
+
+out = sys.argv[1]
+rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+catchup = list(csv.DictReader(open(os.path.join(out, "catchup.csv"))))
+memory = list(csv.DictReader(open(os.path.join(out, "memory.csv"))))
+prov = json.load(open(os.path.join(out, "provenance.json")))
+sessions = sorted({int(r["sessions"]) for r in rows})
+
+
+def vals(mode, n, field):
+    return [float(r[field]) for r in rows if r["mode"] == mode and int(r["sessions"]) == n]
+
+
+def med(v):
+    return statistics.median(v) if v else float("nan")
+
+
+if "--plot" in sys.argv:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in ("batched", "serial"):
+        for ax, field in ((a, "tokens_per_s"), (b, "p99_ms")):
+            m = [med(vals(mode, n, field)) for n in sessions]
+            lo = [x - min(vals(mode, n, field)) for x, n in zip(m, sessions)]
+            hi = [max(vals(mode, n, field)) - x for x, n in zip(m, sessions)]
+            ax.errorbar(sessions, m, yerr=[lo, hi], marker="o", capsize=3,
+                        label="batched steps" if mode == "batched" else "one job at a time")
+    a.set(xscale="log", xlabel="concurrent edge sessions", ylabel="offloaded tokens/s (median, min-max)",
+          title="cloud throughput")
+    b.set(xscale="log", yscale="log", xlabel="concurrent edge sessions", ylabel="request round trip p99, ms",
+          title="cloud latency")
+    for ax in (a, b):
+        ax.set_xticks(sessions)
+        ax.set_xticklabels([str(n) for n in sessions])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "load.png"), dpi=110)
+    sys.exit(0)
+
+lone_p99 = med(vals("batched", 1, "p99_ms"))
+md = ["# One cloud, many edges: batched steps against one job at a time", "",
+      f"One run of `scripts/bench-load` at commit {prov['commit']}, {prov['date']}, on {prov['cpu']} (2 cores), "
+      f"{prov['repeats']} repeats, the two clouds interleaved. Each session replays {prov['positions']} positions of "
+      "data/brown/test.txt as an edge at the model's θ would (uploads of its split-layer states, an infer request "
+      "for each position its exits leave to the cloud, waiting for the answer) against a cloud node on loopback "
+      "(ce-brown-8l, fp16 weights); no edge compute runs while timed. `batched`: ce.batch.max-sessions = 32; "
+      "`serial`: ce.batch.max-sessions = 1, the same scheduler one context at a time (what the cloud did before). "
+      "Tokens/s = answered requests / wall time; latency = one request's round trip (upload + infer sent, reply "
+      "received). min / median / max over the repeats.", "",
+      "| sessions | batched tokens/s | serial tokens/s | batched / serial | batched p99 ms | serial p99 ms | "
+      "batched p99 / lone p99 |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+for n in sessions:
+    bt, st = vals("batched", n, "tokens_per_s"), vals("serial", n, "tokens_per_s")
+    bp, sp = vals("batched", n, "p99_ms"), vals("serial", n, "p99_ms")
+    md.append(f"| {n} | {med(bt):.0f} ({min(bt):.0f}–{max(bt):.0f}) | {med(st):.0f} ({min(st):.0f}–{max(st):.0f}) | "
+              f"{med(bt) / med(st):.2f} | {med(bp):.2f} ({min(bp):.2f}–{max(bp):.2f}) | "
+              f"{med(sp):.2f} ({min(sp):.2f}–{max(sp):.2f}) | {med(bp) / lone_p99:.2f} |")
+md += ["", f"Offloaded positions per session: {rows[0]['offloaded_per_session']} of {prov['positions']} "
+       f"(θ {float(rows[0]['threshold']):.2f}).", "",
+       "## A long catch-up beside short requests (batched cloud)", "",
+       "8 sessions as above, alone and beside a ninth that uploads 1,000 positions and asks for the last one "
+       "(ce.batch.catch-up-chunk = 64: it advances 64 positions per step while the others keep stepping).", "",
+       "| catch-up beside | others' p50 ms | others' p99 ms | others' max ms | the catch-up's request ms |",
+       "| ---: | ---: | ---: | ---: | ---: |"]
+for c in (0, 1000):
+    v = [r for r in catchup if int(r["catch_up"]) == c]
+    f = lambda k: med([float(r[k]) for r in v])
+    md.append(f"| {c or 'none'} | {f('p50_ms'):.2f} | {f('p99_ms'):.2f} | {f('max_ms'):.2f} | "
+              f"{f('catch_up_ms') if c else float('nan'):.1f} |")
+md += ["", f"Lone session p99 (batched, 1 session): {lone_p99:.2f} ms.", "", "## Memory after the runs", "",
+       "| cloud | repeat | contexts live | context bytes | contexts ended |", "| --- | ---: | ---: | ---: | ---: |"]
+for m in memory:
+    md.append(f"| {m['mode']} | {m['repeat']} | {m['live']} | {m['bytes']} | {m['evicted']} |")
+md.append("")
+if os.path.exists(os.path.join(out, "load.png")):
+    md += ["![throughput and p99 against sessions](load.png)", ""]
+open(os.path.join(out, "README.md"), "w").write("\n".join(md))
