@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "model/decoder.hpp"
 #include "model/sampler.hpp"
@@ -28,6 +29,7 @@ struct EarlyExitRunner::State {
   std::vector<RowGroup> pending;  // older rows first; depth strictly decreasing toward the back
   std::vector<at::Tensor> done;   // rows at layer_end not yet taken
   int64_t done_first = 0;
+  std::vector<float> scratch;     // the forward's, when this runner advances alone
 
   State(std::shared_ptr<const Model> m, int64_t end)
       : model(std::move(m)), decoder(model->decoder()), layer_end(end), kv(model->config(), 0, end) {
@@ -52,62 +54,130 @@ struct EarlyExitRunner::State {
     completed += rows.size(0);
   }
 
-  // Carries `group` down from its depth, merging pending rows as it reaches them; stops early at
-  // an exit that resolves the last row. Returns the outcome for the last row.
-  // run_to_end: a prompt's rows all go to layer_end even when an exit decides its last token, so
-  // their split states can be uploaded while the first tokens are generated.
-  StepOutcome descend(RowGroup cur, const ExitRule& rule, bool run_to_end = false) {
+  // One token's way down the range: its rows at their depth and the decision so far. A descent
+  // stops early at an exit that resolves its last row; run_to_end: a prompt's rows all go to
+  // layer_end even when an exit decides its last token, so that their split states can be
+  // uploaded while the first tokens are generated.
+  struct Descent {
+    State* state;
+    RowGroup cur;
+    ExitRule rule;
+    bool run_to_end = false;
     StepOutcome out;
-    out.position = static_cast<int32_t>(cur.first_pos + cur.rows.size(0) - 1);
-    const int64_t last_exit = exits.empty() ? -1 : exits.back();
-    while (true) {
-      if (!pending.empty() && pending.back().depth == cur.depth) {
-        auto& g = pending.back();
-        TORCH_CHECK(g.first_pos + g.rows.size(0) == cur.first_pos, "pending rows are not contiguous");
-        cur.rows = torch::cat({g.rows, cur.rows}, 0);
-        cur.first_pos = g.first_pos;
-        pending.pop_back();
-      }
-      if (cur.depth == layer_end) break;
-      const int64_t stop = next_stop(cur.depth);
-      cur.rows = decoder.forward(cur.rows, cur.first_pos, cur.depth, stop, kv);  // (n, dim)
-      cur.depth = stop;
-      const bool at_exit = std::find(exits.begin(), exits.end(), stop) != exits.end();
-      // With no chance of leaving early (threshold > 1) only the last exit is read, as standalone's
-      // fallback, and not even that when the range ends at the final head, which always decides.
-      const bool fallback_needed = stop == last_exit && layer_end < model->config().n_layers;
-      const bool read_exit =
-          rule.evaluate_exits && !out.resolved && at_exit && (rule.threshold <= 1.0 || fallback_needed);
-      if (!read_exit) continue;
-      auto logits = decoder.exit_logits(stop, cur.rows[-1]);  // (vocab)
-      const auto choice = choose_token(logits, rule.sampling, static_cast<uint64_t>(out.position));
-      out.fallback_token = choice.token;
-      out.fallback_confidence = choice.confidence;
-      out.fallback_layer = static_cast<int32_t>(stop);
-      if (rule.leaves_at(choice.confidence)) {
-        out.resolved = true;
-        out.token = choice.token;
-        out.confidence = choice.confidence;
-        out.exit_layer = static_cast<int32_t>(stop);
-        if (run_to_end) continue;
-        if (stop == layer_end)
-          complete(cur.rows);
-        else
-          pending.push_back(std::move(cur));
-        return out;
-      }
+    bool finished = false;
+  };
+
+  Descent start(RowGroup cur, const ExitRule& rule, bool run_to_end) {
+    Descent d{this, std::move(cur), rule, run_to_end};
+    d.out.position = static_cast<int32_t>(d.cur.first_pos + d.cur.rows.size(0) - 1);
+    settle(d);
+    return d;
+  }
+
+  // Before a forward: pending rows that wait at the descent's depth join it; at layer_end it is done.
+  void settle(Descent& d) {
+    if (!pending.empty() && pending.back().depth == d.cur.depth) {
+      auto& g = pending.back();
+      TORCH_CHECK(g.first_pos + g.rows.size(0) == d.cur.first_pos, "pending rows are not contiguous");
+      d.cur.rows = torch::cat({g.rows, d.cur.rows}, 0);
+      d.cur.first_pos = g.first_pos;
+      pending.pop_back();
     }
-    complete(cur.rows);
+    if (d.cur.depth < layer_end) return;
+    complete(d.cur.rows);
     const auto& c = model->config();
-    if (layer_end == c.n_layers && rule.evaluate_exits && !out.resolved) {
-      auto logits = decoder.final_logits(cur.rows[-1]);
-      const auto choice = choose_token(logits, rule.sampling, static_cast<uint64_t>(out.position));
-      out.resolved = true;
-      out.token = choice.token;
-      out.confidence = choice.confidence;
-      out.exit_layer = static_cast<int32_t>(c.n_layers);
+    if (layer_end == c.n_layers && d.rule.evaluate_exits && !d.out.resolved) {
+      auto logits = decoder.final_logits(d.cur.rows[-1]);
+      const auto choice = choose_token(logits, d.rule.sampling, static_cast<uint64_t>(d.out.position));
+      d.out.resolved = true;
+      d.out.token = choice.token;
+      d.out.confidence = choice.confidence;
+      d.out.exit_layer = static_cast<int32_t>(c.n_layers);
     }
-    return out;
+    d.finished = true;
+  }
+
+  // After a forward that brought the descent to d.cur.depth: the exit there, when it is read, may
+  // decide the token (and stop the descent); else it goes on.
+  void reached(Descent& d) {
+    const int64_t stop = d.cur.depth;
+    const int64_t last_exit = exits.empty() ? -1 : exits.back();
+    const bool at_exit = std::find(exits.begin(), exits.end(), stop) != exits.end();
+    // With no chance of leaving early (threshold > 1) only the last exit is read, as standalone's
+    // fallback, and not even that when the range ends at the final head, which always decides.
+    const bool fallback_needed = stop == last_exit && layer_end < model->config().n_layers;
+    const bool read_exit =
+        d.rule.evaluate_exits && !d.out.resolved && at_exit && (d.rule.threshold <= 1.0 || fallback_needed);
+    if (read_exit) {
+      auto logits = decoder.exit_logits(stop, d.cur.rows[-1]);  // (vocab)
+      const auto choice = choose_token(logits, d.rule.sampling, static_cast<uint64_t>(d.out.position));
+      d.out.fallback_token = choice.token;
+      d.out.fallback_confidence = choice.confidence;
+      d.out.fallback_layer = static_cast<int32_t>(stop);
+      if (d.rule.leaves_at(choice.confidence)) {
+        d.out.resolved = true;
+        d.out.token = choice.token;
+        d.out.confidence = choice.confidence;
+        d.out.exit_layer = static_cast<int32_t>(stop);
+        if (!d.run_to_end) {
+          if (stop == layer_end)
+            complete(d.cur.rows);
+          else
+            pending.push_back(std::move(d.cur));
+          d.finished = true;
+          return;
+        }
+      }
+    }
+    settle(d);
+  }
+
+  // Runs descents of different runners (one each, same model and range) together: each round
+  // takes the descents at the smallest depth, runs them as one batched forward to the nearest stop
+  // any of them has (an exit, layer_end, or its own pending rows' depth), then lets each see where
+  // it arrived. A descent cut short at another's stop just goes on from there.
+  static void run(const std::vector<Descent*>& descents, std::vector<float>& scratch) {
+    if (descents.empty()) return;
+    const auto& decoder = descents.front()->state->decoder;
+    while (true) {
+      int64_t depth = std::numeric_limits<int64_t>::max();
+      for (auto* d : descents)
+        if (!d->finished) depth = std::min(depth, d->cur.depth);
+      if (depth == std::numeric_limits<int64_t>::max()) return;
+      std::vector<Descent*> group;
+      int64_t stop = std::numeric_limits<int64_t>::max();
+      for (auto* d : descents)
+        if (!d->finished && d->cur.depth == depth) {
+          group.push_back(d);
+          stop = std::min(stop, d->state->next_stop(depth));
+        }
+      std::vector<Decoder::DecodeStep> steps;
+      for (auto* d : group) steps.push_back({d->cur.rows, d->cur.first_pos, &d->state->kv});
+      const auto rows = decoder.forward(steps, depth, stop, scratch);  // each (n_i, dim)
+      for (size_t i = 0; i < group.size(); ++i) {
+        group[i]->cur.rows = rows[i];
+        group[i]->cur.depth = stop;
+        group[i]->state->reached(*group[i]);
+      }
+    }
+  }
+
+  StepOutcome descend(RowGroup cur, const ExitRule& rule, bool run_to_end = false) {
+    auto d = start(std::move(cur), rule, run_to_end);
+    run({&d}, scratch);
+    return d.out;
+  }
+
+  // The rows of `tokens` at the next positions, at depth 0. Throws before anything changes when
+  // they do not fit.
+  RowGroup feed(const std::vector<int32_t>& tokens) {
+    if (tokens.empty()) throw ModelError("early-exit runner: no tokens to feed");
+    if (next_pos + static_cast<int64_t>(tokens.size()) > model->config().max_seq)
+      throw ModelError("early-exit runner: sequence would exceed max_seq " + std::to_string(model->config().max_seq));
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    RowGroup cur{0, next_pos, decoder.embed(torch::tensor(ids, torch::kLong))};  // (T, dim)
+    next_pos += static_cast<int64_t>(tokens.size());
+    return cur;
   }
 };
 
@@ -124,15 +194,36 @@ EarlyExitRunner::~EarlyExitRunner() = default;
 StepOutcome EarlyExitRunner::advance(const std::vector<int32_t>& tokens, const ExitRule& rule) {
   torch::InferenceMode guard;
   auto& s = *state_;
-  if (tokens.empty()) throw ModelError("early-exit runner: no tokens to feed");
-  if (s.next_pos + static_cast<int64_t>(tokens.size()) > s.model->config().max_seq)
-    throw ModelError("early-exit runner: sequence would exceed max_seq " +
-                     std::to_string(s.model->config().max_seq));
-  std::vector<int64_t> ids(tokens.begin(), tokens.end());
-  auto x = s.decoder.embed(torch::tensor(ids, torch::kLong));  // (T, dim)
-  RowGroup cur{0, s.next_pos, x};
-  s.next_pos += static_cast<int64_t>(tokens.size());
-  return s.descend(std::move(cur), rule, tokens.size() > 1);
+  return s.descend(s.feed(tokens), rule, tokens.size() > 1);
+}
+
+std::vector<StepOutcome> EarlyExitRunner::advance(const std::vector<Advance>& batch, std::vector<float>& scratch) {
+  torch::InferenceMode guard;
+  for (size_t i = 0; i < batch.size(); ++i) {  // everything refused before any runner changes
+    const auto* r = batch[i].runner;
+    if (!r) throw ModelError("early-exit runner: batch item " + std::to_string(i) + " has no runner");
+    const auto& first = *batch.front().runner->state_;
+    if (r->state_->model != first.model || r->state_->layer_end != first.layer_end)
+      throw ModelError("early-exit runner: a batch mixes models or layer ranges");
+    for (size_t j = 0; j < i; ++j)
+      if (batch[j].runner == r) throw ModelError("early-exit runner: one runner twice in a batch");
+    if (batch[i].tokens.empty()) throw ModelError("early-exit runner: no tokens to feed");
+    if (r->state_->next_pos + static_cast<int64_t>(batch[i].tokens.size()) > r->state_->model->config().max_seq)
+      throw ModelError("early-exit runner: sequence would exceed max_seq " +
+                       std::to_string(r->state_->model->config().max_seq));
+  }
+  std::vector<State::Descent> descents;
+  descents.reserve(batch.size());
+  for (const auto& a : batch) {
+    auto& s = *a.runner->state_;
+    descents.push_back(s.start(s.feed(a.tokens), a.rule, a.tokens.size() > 1));
+  }
+  std::vector<State::Descent*> all;
+  for (auto& d : descents) all.push_back(&d);
+  State::run(all, scratch);
+  std::vector<StepOutcome> out;
+  for (const auto& d : descents) out.push_back(d.out);
+  return out;
 }
 
 void EarlyExitRunner::flush() {

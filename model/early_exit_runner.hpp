@@ -53,6 +53,18 @@ class EarlyExitRunner {
   // Feeds `tokens` at the next positions and decides the token after the last one. A prompt
   // (more than one token) runs to layer_end whole, so its states are complete at once.
   StepOutcome advance(const std::vector<int32_t>& tokens, const ExitRule& rule);
+  // Several runners (of one model and layer range, each once) advanced together, as an edge's
+  // scheduler steps all of its responses: the rows of all of them go through each layer segment
+  // as one batched forward (Decoder::forward over their caches), each runner's exits decide for
+  // it alone. Outcome i is what runner i's advance(tokens, rule) would give; a bad item (no
+  // runner, no tokens, past max_seq, a runner twice, mixed models) is refused before any runner
+  // changes. `scratch` is the caller's.
+  struct Advance {
+    EarlyExitRunner* runner = nullptr;
+    std::vector<int32_t> tokens;
+    ExitRule rule;
+  };
+  static std::vector<StepOutcome> advance(const std::vector<Advance>& batch, std::vector<float>& scratch);
   // Runs every pending row to layer_end.
   void flush();
   // Split-layer states (fp16) of the rows that reached layer_end since the last call, in position

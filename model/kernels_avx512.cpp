@@ -4,10 +4,11 @@
 
 #include "model/kernels.hpp"
 #include "model/kernels_isa.hpp"
+#include "model/kernels_q8_256.hpp"
 
 namespace {
 
-struct V {
+struct V : ce::kernels::Q8Registers256 {
   using reg = __m512;
   static constexpr int64_t N = 16;
   static constexpr int kOutRows4 = 4;  // block<4, 4>: 16 accumulators + 4 weight registers
@@ -33,24 +34,7 @@ struct V {
   static float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
   static float reduce(reg a) { return _mm512_reduce_add_ps(a); }
 
-  // int8 blocks on 256-bit registers, one 32-value block each (as the AVX2 build).
-  using qreg = __m256;
-  static constexpr int kQ8Rows4 = 4;
-  static qreg qzero() { return _mm256_setzero_ps(); }
-  static qreg q8_dot(const int8_t* w, const int8_t* x) {
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-    // |x| as unsigned times w with x's sign: maddubs multiplies u8 by s8 into int16 pairs (at most
-    // 2 * 127 * 127, no saturation), madd adds the pairs into int32.
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-  }
-  static qreg qfma(qreg d, float scale, qreg acc) { return _mm256_fmadd_ps(d, _mm256_set1_ps(scale), acc); }
-  static float qreduce(qreg a) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-  }
+  static constexpr int kQ8Rows4 = 4;  // int8: block_q8<4, 4>
 };
 
 }  // namespace

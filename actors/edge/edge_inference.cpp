@@ -4,6 +4,7 @@
 #include <chrono>
 #include <map>
 #include <random>
+#include <utility>
 
 #include "actors/log.hpp"
 #include "messages/codec.hpp"
@@ -59,6 +60,9 @@ struct EdgeState {
   std::map<uint64_t, std::unique_ptr<Generation>> generations;
   uint64_t next_generation = 1;
   std::mt19937_64 rng{std::random_device{}()};
+  std::vector<uint64_t> due;  // responses whose next step waits for the next batched step
+  bool batch_sent = false;    // a (step_atom) is in the mailbox
+  std::vector<float> scratch;  // the batched step's, kept between steps
   static inline const char* name = "edge_inference";
 };
 
@@ -279,15 +283,62 @@ void start(self_ptr self, Generation& g) {
   handle(self, g);
 }
 
-void step(self_ptr self, Generation& g) {
-  const int32_t last = g.result.tokens.back();
-  if (!strategy_for(g.policy.mode).edge_layers) {
-    upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {last});
-    g.position += 1;
-    return ask_cloud(self, g);
+// Cloud-only (no edge layers): the last token goes up and the cloud decides the next.
+void step_cloud_only(self_ptr self, Generation& g) {
+  upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {g.result.tokens.back()});
+  g.position += 1;
+  ask_cloud(self, g);
+}
+
+// One batched step: every due response that is still computing advances by one token, those
+// with edge layers together (EarlyExitRunner::advance over all their runners: one forward per
+// layer segment for all of them), cloud-only ones as before. Each is then decided on its own; a
+// response waiting for the cloud or held by backpressure is not due and holds no one up.
+void step_due(self_ptr self) {
+  auto& st = self->state;
+  st.batch_sent = false;
+  std::vector<Generation*> batched;
+  std::vector<EarlyExitRunner::Advance> batch;
+  for (const auto id : std::exchange(st.due, {})) {
+    auto* g = find(self, id);
+    if (!g || g->state != ResponseState::computing) continue;  // a step only moves a computing response
+    if (!g->runner) {
+      try {
+        step_cloud_only(self, *g);
+      } catch (const std::exception& e) {
+        g->result.error = e.what();
+        deliver(self, id);
+      }
+      continue;
+    }
+    batched.push_back(g);
+    batch.push_back({g->runner.get(), {g->result.tokens.back()}, g->rule});
   }
-  run_edge(self, g, {last});
-  handle(self, g);
+  if (batch.empty()) return;
+  const auto t = clock_type::now();
+  std::vector<StepOutcome> outcomes;
+  try {
+    outcomes = EarlyExitRunner::advance(batch, st.scratch);
+  } catch (const std::exception& e) {
+    for (auto* g : batched) {
+      g->result.error = e.what();
+      deliver(self, g->id);
+    }
+    return;
+  }
+  const double ms = ms_since(t);  // each response waited for the whole step
+  for (size_t i = 0; i < batched.size(); ++i) {
+    auto& g = *batched[i];
+    try {
+      g.outcome = outcomes[i];
+      ship_rows(self, g);
+      g.result.stats.edge_ms += ms;
+      handle(self, g);
+    } catch (const std::exception& e) {
+      g.result.error = e.what();
+      deliver(self, g.id);
+    }
+  }
 }
 
 void finish(self_ptr self, Generation& g) {
@@ -382,15 +433,13 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
         }
       },
       [=](step_atom, uint64_t id) {
-        auto* g = find(self, id);
-        if (!g || g->state != ResponseState::computing) return;  // a step only moves a computing response
-        try {
-          step(self, *g);
-        } catch (const std::exception& e) {
-          g->result.error = e.what();
-          deliver(self, id);
-        }
+        // Due for the next batched step, which runs after every message already in the mailbox.
+        self->state.due.push_back(id);
+        if (self->state.batch_sent) return;
+        self->state.batch_sent = true;
+        self->send(self, step_atom::value);
       },
+      [=](step_atom) { step_due(self); },
   };
 }
 

@@ -43,7 +43,8 @@ using backlog_listener_actor = caf::typed_actor<
 using edge_inference_actor = backlog_listener_actor::extend<
     caf::reacts_to<generate_atom, GenerateRequest>,  // start a response (events go to its listener)
     caf::reacts_to<cancel_atom, uint64_t>,           // end response `generation` at its next token
-    caf::reacts_to<step_atom, uint64_t>>;            // own: compute the next token of a response
+    caf::reacts_to<step_atom, uint64_t>,             // own: a response's next token is due
+    caf::reacts_to<step_atom>>;                      // own: one batched step of every due response
 
 using exit_decider_actor = caf::typed_actor<
     caf::replies_to<policy_atom>::with<Policy>,  // the policy a new response runs with (link-aware)

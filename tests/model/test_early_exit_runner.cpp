@@ -327,6 +327,88 @@ BOOST_FIXTURE_TEST_CASE(run_only_fills_states_without_deciding, Fixture) {
   BOOST_TEST(!full.advance({1, 2}, rule).resolved);  // no final-layer decision either
 }
 
+// Runners advanced together (an edge scheduler's step) decide and complete exactly what each
+// decides alone: several thresholds (exits taken at different depths, so pending rows at
+// different depths meet in one batch), prompts of different lengths, runners joining late and
+// sitting out steps, the edge range and the full model.
+BOOST_FIXTURE_TEST_CASE(batched_advances_equal_each_runner_alone, Fixture) {
+  const double theta = mixing_threshold();
+  const std::vector<double> thresholds = {theta, 0.0, theta, ExitRule::never_exit, 0.5, theta};
+  for (int64_t layer_end : {split, c.n_layers}) {
+    const size_t n = thresholds.size();
+    std::vector<std::unique_ptr<EarlyExitRunner>> together, alone;
+    std::vector<std::vector<int64_t>> tokens;
+    std::vector<ExitRule> rules(n);
+    for (size_t i = 0; i < n; ++i) {
+      together.push_back(std::make_unique<EarlyExitRunner>(m, layer_end));
+      alone.push_back(std::make_unique<EarlyExitRunner>(m, layer_end));
+      tokens.push_back(some_tokens(steps + 8, c.vocab_size, 50 + i));
+      rules[i].threshold = thresholds[i];
+    }
+    std::vector<size_t> fed(n, 0);
+    std::vector<float> scratch;
+    for (int step = 0; step < steps; ++step) {
+      std::vector<EarlyExitRunner::Advance> batch;
+      std::vector<size_t> who;
+      for (size_t i = 0; i < n; ++i) {
+        if (i == 4 && step < 5) continue;            // joins late
+        if (i == 1 && step % 3 == 2) continue;       // sits out every third step
+        const size_t count = fed[i] == 0 ? 1 + i % 4 : 1;  // first a prompt of 1..4 tokens
+        std::vector<int32_t> t(tokens[i].begin() + static_cast<int64_t>(fed[i]),
+                               tokens[i].begin() + static_cast<int64_t>(fed[i] + count));
+        batch.push_back({together[i].get(), t, rules[i]});
+        who.push_back(i);
+        fed[i] += count;
+      }
+      const auto outs = EarlyExitRunner::advance(batch, scratch);
+      BOOST_REQUIRE_EQUAL(outs.size(), batch.size());
+      for (size_t j = 0; j < who.size(); ++j) {
+        const auto i = who[j];
+        const auto want = alone[i]->advance(batch[j].tokens, rules[i]);
+        const auto& got = outs[j];
+        BOOST_TEST_CONTEXT("layer_end " << layer_end << " step " << step << " runner " << i) {
+          BOOST_TEST(got.position == want.position);
+          BOOST_TEST(got.resolved == want.resolved);
+          BOOST_TEST(got.token == want.token);
+          BOOST_TEST(got.exit_layer == want.exit_layer);
+          BOOST_TEST(std::abs(got.confidence - want.confidence) < 1e-4);
+          BOOST_TEST(got.fallback_token == want.fallback_token);
+          BOOST_TEST(got.fallback_layer == want.fallback_layer);
+          BOOST_TEST(together[i]->completed_positions() == alone[i]->completed_positions());
+        }
+      }
+    }
+    for (size_t i = 0; i < n; ++i) {
+      together[i]->flush();
+      alone[i]->flush();
+      std::vector<float> a, b;
+      together[i]->take_completed(&a);
+      alone[i]->take_completed(&b);
+      BOOST_REQUIRE_EQUAL(a.size(), b.size());
+      double worst = 0;
+      for (size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(double(a[k]) - b[k]));
+      BOOST_TEST(worst < 1e-4, "layer_end " << layer_end << " runner " << i << " completed states differ by " << worst);
+    }
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(batched_advance_refuses_bad_items_before_any_runner_moves, Fixture) {
+  EarlyExitRunner a(m, split), b(m, split), full(m, c.n_layers);
+  std::vector<float> scratch;
+  const ExitRule rule;
+  const auto error = [&](std::vector<EarlyExitRunner::Advance> batch) {
+    return model_error_text([&] { EarlyExitRunner::advance(batch, scratch); });
+  };
+  BOOST_TEST(contains(error({{&a, {3}, rule}, {&a, {4}, rule}}), "one runner twice"));
+  BOOST_TEST(contains(error({{&a, {3}, rule}, {&full, {4}, rule}}), "mixes models or layer ranges"));
+  BOOST_TEST(contains(error({{&a, {3}, rule}, {&b, {}, rule}}), "no tokens"));
+  BOOST_TEST(contains(error({{&a, {3}, rule}, {nullptr, {4}, rule}}), "has no runner"));
+  BOOST_TEST(contains(error({{&a, {3}, rule}, {&b, std::vector<int32_t>(static_cast<size_t>(c.max_seq) + 1, 3), rule}}),
+                      "exceed max_seq"));
+  BOOST_TEST(a.positions() == 0);
+  BOOST_TEST(EarlyExitRunner::advance({}, scratch).empty());
+}
+
 BOOST_FIXTURE_TEST_CASE(misuse_throws, Fixture) {
   BOOST_CHECK_THROW(EarlyExitRunner(m, 0), ModelError);
   BOOST_CHECK_THROW(EarlyExitRunner(m, c.n_layers + 1), ModelError);
