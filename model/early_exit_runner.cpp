@@ -97,20 +97,23 @@ struct EarlyExitRunner::State {
     d.finished = true;
   }
 
-  // After a forward that brought the descent to d.cur.depth: the exit there, when it is read, may
-  // decide the token (and stop the descent); else it goes on.
-  void reached(Descent& d) {
+  // Whether the descent, having just arrived at d.cur.depth, reads the exit there. With no chance
+  // of leaving early (threshold > 1) only the last exit is read, as standalone's fallback, and not
+  // even that when the range ends at the final head, which always decides.
+  bool reads_exit(const Descent& d) const {
     const int64_t stop = d.cur.depth;
     const int64_t last_exit = exits.empty() ? -1 : exits.back();
     const bool at_exit = std::find(exits.begin(), exits.end(), stop) != exits.end();
-    // With no chance of leaving early (threshold > 1) only the last exit is read, as standalone's
-    // fallback, and not even that when the range ends at the final head, which always decides.
     const bool fallback_needed = stop == last_exit && layer_end < model->config().n_layers;
-    const bool read_exit =
-        d.rule.evaluate_exits && !d.out.resolved && at_exit && (d.rule.threshold <= 1.0 || fallback_needed);
-    if (read_exit) {
-      auto logits = decoder.exit_logits(stop, d.cur.rows[-1]);  // (vocab)
-      const auto choice = choose_token(logits, d.rule.sampling, static_cast<uint64_t>(d.out.position));
+    return d.rule.evaluate_exits && !d.out.resolved && at_exit && (d.rule.threshold <= 1.0 || fallback_needed);
+  }
+
+  // After a forward that brought the descent to d.cur.depth, with the exit's logits (vocab) there
+  // when reads_exit(d): the exit may decide the token (and stop the descent); else it goes on.
+  void reached(Descent& d, const at::Tensor& exit_logits) {
+    if (exit_logits.defined()) {
+      const int64_t stop = d.cur.depth;
+      const auto choice = choose_token(exit_logits, d.rule.sampling, static_cast<uint64_t>(d.out.position));
       d.out.fallback_token = choice.token;
       d.out.fallback_confidence = choice.confidence;
       d.out.fallback_layer = static_cast<int32_t>(stop);
@@ -154,11 +157,17 @@ struct EarlyExitRunner::State {
       std::vector<Decoder::DecodeStep> steps;
       for (auto* d : group) steps.push_back({d->cur.rows, d->cur.first_pos, &d->state->kv});
       const auto rows = decoder.forward(steps, depth, stop, scratch);  // each (n_i, dim)
+      std::vector<at::Tensor> last;  // (dim) the last rows of those that read the exit at `stop`
       for (size_t i = 0; i < group.size(); ++i) {
         group[i]->cur.rows = rows[i];
         group[i]->cur.depth = stop;
-        group[i]->state->reached(*group[i]);
+        if (group[i]->state->reads_exit(*group[i])) last.push_back(rows[i][-1]);
       }
+      // One head product for all of them: (readers, vocab).
+      const auto logits = last.empty() ? at::Tensor() : decoder.exit_logits(stop, torch::stack(last));
+      int64_t reader = 0;
+      for (auto* d : group)
+        d->state->reached(*d, d->state->reads_exit(*d) ? logits[reader++] : at::Tensor());
     }
   }
 
