@@ -102,9 +102,10 @@ BOOST_AUTO_TEST_CASE(mixed_threshold_matches_the_oracle) {
   BOOST_TEST(got.stats.degraded_tokens == 0);
 }
 
-// Eight responses at once on one edge (different prompts, θ from "every token at the edge" to
-// "every token to the cloud"): the edge steps them together and the cloud batches their requests,
-// yet each response equals its own oracle, as when it runs alone.
+// Eleven responses at once on one edge (different prompts, θ from "every token at the edge" to
+// "every token to the cloud", and the cloud-only and naïve-split baselines, whose contexts run other
+// layers on the cloud): the edge steps them together and the cloud batches their requests by layer
+// range, yet each response equals its own oracle, as when it runs alone.
 BOOST_AUTO_TEST_CASE(concurrent_responses_each_match_their_oracle) {
   Cluster c;
   const int n = 16;
@@ -112,21 +113,29 @@ BOOST_AUTO_TEST_CASE(concurrent_responses_each_match_their_oracle) {
   BOOST_REQUIRE(mixing > 0);
   struct Case {
     std::vector<int32_t> prompt;
-    double theta;
+    double theta;  // of the oracle: 2 for the baselines, which equal the full model's greedy tokens
+    InferenceMode mode = InferenceMode::collaborative;
   };
   std::vector<Case> cases;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 11; ++i) {
     auto prompt = i % 2 ? prompt_b() : prompt_a();
     prompt.push_back(static_cast<int32_t>(3 + 7 * i));  // each its own prompt
-    cases.push_back({prompt, i % 4 == 0 ? 0.0 : i % 4 == 1 ? 2.0 : mixing});
+    const auto mode = i == 8 || i == 9 ? InferenceMode::cloud_only
+                      : i == 10       ? InferenceMode::naive_split
+                                      : InferenceMode::collaborative;
+    cases.push_back({prompt, i >= 8 ? 2.0 : i % 4 == 0 ? 0.0 : i % 4 == 1 ? 2.0 : mixing, mode});
   }
   std::vector<GenerateResult> got(cases.size());
   std::vector<std::thread> clients;
   for (size_t i = 0; i < cases.size(); ++i)
-    clients.emplace_back([&, i] { got[i] = c.edge->generate(request_for(cases[i].prompt, cases[i].theta, n)); });
+    clients.emplace_back([&, i] {
+      auto req = request_for(cases[i].prompt, cases[i].theta, n);
+      req.mode = cases[i].mode;
+      got[i] = c.edge->generate(req);
+    });
   for (auto& t : clients) t.join();
   for (size_t i = 0; i < cases.size(); ++i) {
-    BOOST_TEST_CONTEXT("response " << i << " theta " << cases[i].theta) {
+    BOOST_TEST_CONTEXT("response " << i << " theta " << cases[i].theta << " mode " << to_string(cases[i].mode)) {
       BOOST_TEST(got[i].error == "");
       expect_matches_oracle(got[i].tokens, oracle(c.edge->model(), cases[i].prompt, cases[i].theta, n), cases[i].theta);
       BOOST_TEST(got[i].stats.degraded_tokens == 0);
