@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
       .add("deadline", "MS", "deadline of each request", "60000")
       .add("tag", "TEXT", "copied into every line");
   cli.parse(argc, argv);
+  if (!cli.has("port")) cli.fail("--port is required: the running cloud node's ce.listen.port");
+  const long long port = cli.get_int("port");
+  if (port < 1 || port > 65535) cli.fail("--port must be in 1..65535");
   try {
     const auto model = ce::Model::load(cli.get("model"));
     std::ifstream in(cli.get("text"));
@@ -57,7 +60,7 @@ int main(int argc, char** argv) {
       if (n < 1) cli.fail("--sessions needs positive counts");
       ce::bench::LoadOptions o;
       o.host = cli.get("host");
-      o.port = static_cast<uint16_t>(cli.get_int("port"));
+      o.port = static_cast<uint16_t>(port);
       o.sessions = static_cast<int>(n);
       o.session_base = base;
       base += static_cast<uint64_t>(n) + 1;
