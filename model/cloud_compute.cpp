@@ -95,16 +95,16 @@ std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Req
   std::vector<std::optional<TokenChoice>> out(requests.size());
   if (requests.empty()) return out;
   if (max_rows < 1) throw ModelError("cloud step: max_rows must be at least 1");
+  check(requests.front());
+  const auto& first = *requests.front().context->state_;
   for (size_t i = 0; i < requests.size(); ++i) {  // everything refused before any row is taken
     check(requests[i]);
     const auto& s = *requests[i].context->state_;
-    const auto& first = *requests.front().context->state_;
     if (s.model != first.model || s.layer_begin != first.layer_begin)
       throw ModelError("cloud step: contexts of different models or layer ranges in one batch");
     for (size_t j = 0; j < i; ++j)
       if (requests[j].context == requests[i].context) throw ModelError("cloud step: one cache twice in a batch");
   }
-  const auto& first = *requests.front().context->state_;
   std::vector<Decoder::DecodeStep> steps;
   for (const auto& r : requests) {
     auto& s = *r.context->state_;

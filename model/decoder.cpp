@@ -148,13 +148,14 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   auto p = std::make_unique<Packed>();
   {
     size_t arena = 0;
-    std::set<const void*> heads;  // tied heads are packed once
+    std::set<const void*> heads;  // tied heads are packed once, as head() does
+    const auto head_bytes = [&](const at::Tensor& h) {
+      return heads.insert(h.data_ptr()).second ? Packed::converted_bytes(h, precision) : 0;
+    };
     for (const auto& l : weights_->layers)
       for (auto [loaded, mat] : Packed::layer_matrices) arena += Packed::converted_bytes(l.*loaded, precision);
-    for (const auto* head : {&weights_->lm_head})
-      if (heads.insert(head->data_ptr()).second) arena += Packed::converted_bytes(*head, precision);
-    for (const auto& [layer, x] : weights_->exits)
-      if (heads.insert(x.head.data_ptr()).second) arena += Packed::converted_bytes(x.head, precision);
+    arena += head_bytes(weights_->lm_head);
+    for (const auto& [layer, x] : weights_->exits) arena += head_bytes(x.head);
     p->reserve(arena);
   }
   p->cos.assign(half_cos.data_ptr<float>(), half_cos.data_ptr<float>() + half_cos.numel());

@@ -68,7 +68,7 @@ struct EarlyExitRunner::State {
   };
 
   Descent start(RowGroup cur, const ExitRule& rule, bool run_to_end) {
-    Descent d{this, std::move(cur), rule, run_to_end};
+    Descent d{this, std::move(cur), rule, run_to_end, StepOutcome{}, false};
     d.out.position = static_cast<int32_t>(d.cur.first_pos + d.cur.rows.size(0) - 1);
     settle(d);
     return d;
@@ -158,16 +158,18 @@ struct EarlyExitRunner::State {
       for (auto* d : group) steps.push_back({d->cur.rows, d->cur.first_pos, &d->state->kv});
       const auto rows = decoder.forward(steps, depth, stop, scratch);  // each (n_i, dim)
       std::vector<at::Tensor> last;  // (dim) the last rows of those that read the exit at `stop`
+      std::vector<bool> reads(group.size());
       for (size_t i = 0; i < group.size(); ++i) {
         group[i]->cur.rows = rows[i];
         group[i]->cur.depth = stop;
-        if (group[i]->state->reads_exit(*group[i])) last.push_back(rows[i][-1]);
+        reads[i] = group[i]->state->reads_exit(*group[i]);
+        if (reads[i]) last.push_back(rows[i][-1]);
       }
       // One head product for all of them: (readers, vocab).
       const auto logits = last.empty() ? at::Tensor() : decoder.exit_logits(stop, torch::stack(last));
       int64_t reader = 0;
-      for (auto* d : group)
-        d->state->reached(*d, d->state->reads_exit(*d) ? logits[reader++] : at::Tensor());
+      for (size_t i = 0; i < group.size(); ++i)
+        group[i]->state->reached(*group[i], reads[i] ? logits[reader++] : at::Tensor());
     }
   }
 
@@ -177,12 +179,15 @@ struct EarlyExitRunner::State {
     return d.out;
   }
 
-  // The rows of `tokens` at the next positions, at depth 0. Throws before anything changes when
-  // they do not fit.
-  RowGroup feed(const std::vector<int32_t>& tokens) {
+  // Throws when `tokens` cannot be fed at the next positions.
+  void check_feed(const std::vector<int32_t>& tokens) const {
     if (tokens.empty()) throw ModelError("early-exit runner: no tokens to feed");
     if (next_pos + static_cast<int64_t>(tokens.size()) > model->config().max_seq)
       throw ModelError("early-exit runner: sequence would exceed max_seq " + std::to_string(model->config().max_seq));
+  }
+
+  // The rows of `tokens` (which passed check_feed) at the next positions, at depth 0.
+  RowGroup feed(const std::vector<int32_t>& tokens) {
     std::vector<int64_t> ids(tokens.begin(), tokens.end());
     RowGroup cur{0, next_pos, decoder.embed(torch::tensor(ids, torch::kLong))};  // (T, dim)
     next_pos += static_cast<int64_t>(tokens.size());
@@ -201,9 +206,7 @@ EarlyExitRunner::EarlyExitRunner(std::shared_ptr<const Model> model, int64_t lay
 EarlyExitRunner::~EarlyExitRunner() = default;
 
 StepOutcome EarlyExitRunner::advance(const std::vector<int32_t>& tokens, const ExitRule& rule) {
-  torch::InferenceMode guard;
-  auto& s = *state_;
-  return s.descend(s.feed(tokens), rule, tokens.size() > 1);
+  return advance({{this, tokens, rule}}, state_->scratch).front();  // a batch of one
 }
 
 std::vector<StepOutcome> EarlyExitRunner::advance(const std::vector<Advance>& batch, std::vector<float>& scratch) {
@@ -216,10 +219,7 @@ std::vector<StepOutcome> EarlyExitRunner::advance(const std::vector<Advance>& ba
       throw ModelError("early-exit runner: a batch mixes models or layer ranges");
     for (size_t j = 0; j < i; ++j)
       if (batch[j].runner == r) throw ModelError("early-exit runner: one runner twice in a batch");
-    if (batch[i].tokens.empty()) throw ModelError("early-exit runner: no tokens to feed");
-    if (r->state_->next_pos + static_cast<int64_t>(batch[i].tokens.size()) > r->state_->model->config().max_seq)
-      throw ModelError("early-exit runner: sequence would exceed max_seq " +
-                       std::to_string(r->state_->model->config().max_seq));
+    r->state_->check_feed(batch[i].tokens);
   }
   std::vector<State::Descent> descents;
   descents.reserve(batch.size());

@@ -108,6 +108,13 @@ void upload_tokens(self_ptr self, Generation& g, uint32_t first, const std::vect
 
 void finish(self_ptr self, Generation& g);
 void handle(self_ptr self, Generation& g);
+void deliver(self_ptr self, uint64_t id);
+
+// Ends a response with an error instead of tokens.
+void fail(self_ptr self, Generation& g, const std::string& why) {
+  g.result.error = why;
+  deliver(self, g.id);
+}
 
 void deliver(self_ptr self, uint64_t id) {
   auto* g = find(self, id);
@@ -270,8 +277,7 @@ void start(self_ptr self, Generation& g) {
   g.result.stats.prompt_tokens = static_cast<int>(g.request.prompt.size());
   g.state = ResponseState::computing;
   if (g.request.prompt.empty() || static_cast<int64_t>(g.request.prompt.size()) >= cfg.max_seq) {
-    g.result.error = "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens";
-    return deliver(self, g.id);
+    return fail(self, g, "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens");
   }
   if (!mode.edge_layers) {
     upload_tokens(self, g, 0, g.request.prompt);
@@ -306,8 +312,7 @@ void step_due(self_ptr self) {
       try {
         step_cloud_only(self, *g);
       } catch (const std::exception& e) {
-        g->result.error = e.what();
-        deliver(self, id);
+        fail(self, *g, e.what());
       }
       continue;
     }
@@ -320,10 +325,7 @@ void step_due(self_ptr self) {
   try {
     outcomes = EarlyExitRunner::advance(batch, st.scratch);
   } catch (const std::exception& e) {
-    for (auto* g : batched) {
-      g->result.error = e.what();
-      deliver(self, g->id);
-    }
+    for (auto* g : batched) fail(self, *g, e.what());
     return;
   }
   const double ms = ms_since(t);  // each response waited for the whole step
@@ -335,8 +337,7 @@ void step_due(self_ptr self) {
       g.result.stats.edge_ms += ms;
       handle(self, g);
     } catch (const std::exception& e) {
-      g.result.error = e.what();
-      deliver(self, g.id);
+      fail(self, g, e.what());
     }
   }
 }
@@ -401,15 +402,11 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
                   try {
                     start(self, *g);
                   } catch (const std::exception& e) {
-                    g->result.error = e.what();
-                    deliver(self, id);
+                    fail(self, *g, e.what());
                   }
                 },
                 [=](caf::error& e) {
-                  if (auto* g = find(self, id)) {
-                    g->result.error = "exit decider did not answer: " + self->system().render(e);
-                    deliver(self, id);
-                  }
+                  if (auto* g = find(self, id)) fail(self, *g, "exit decider did not answer: " + self->system().render(e));
                 });
       },
       [=](backlog_atom, uint64_t session, uint32_t released) {
