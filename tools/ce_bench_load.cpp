@@ -47,14 +47,7 @@ int main(int argc, char** argv) {
     tokens.resize(needed);
     const double threshold = cli.has("threshold") ? cli.get_double("threshold") : model->config().default_threshold;
     auto trace = ce::bench::make_trace(model, tokens, static_cast<uint32_t>(cli.get_int("prompt")), threshold);
-    const auto offloaded = [&] {
-      uint32_t n = 0;
-      for (size_t p = trace.prompt - 1; p < positions; ++p) n += trace.offloaded[p];
-      return n;
-    }();
-    ce::bench::LoadTrace session_trace = trace;  // the ordinary sessions replay the first `positions`
-    session_trace.states.resize(positions * trace.dim);
-    session_trace.offloaded.resize(positions);
+    const auto offloaded = trace.offloaded_count(static_cast<uint32_t>(positions));
     uint64_t base = 1;
     for (const auto n : cli.get_int_list("sessions")) {
       if (n < 1) cli.fail("--sessions needs positive counts");
@@ -65,8 +58,9 @@ int main(int argc, char** argv) {
       o.session_base = base;
       base += static_cast<uint64_t>(n) + 1;
       o.deadline = std::chrono::milliseconds(cli.get_int("deadline"));
+      o.positions = static_cast<uint32_t>(positions);  // the catch-up session alone goes further
       o.catch_up = catch_up;
-      const auto r = o.catch_up ? ce::bench::run_load(trace, o) : ce::bench::run_load(session_trace, o);
+      const auto r = ce::bench::run_load(trace, o);
       std::cout << std::fixed << std::setprecision(3) << "{\"tag\":\"" << cli.get("tag") << "\",\"sessions\":" << n
                 << ",\"threshold\":" << threshold << ",\"offloaded_per_session\":" << offloaded
                 << ",\"requests\":" << r.requests << ",\"errors\":" << r.errors << ",\"seconds\":" << r.seconds

@@ -97,8 +97,9 @@ class Session {
 
 }  // namespace
 
-uint32_t LoadTrace::offloaded_count() const {
-  return static_cast<uint32_t>(std::count(offloaded.begin(), offloaded.end(), uint8_t{1}));
+uint32_t LoadTrace::offloaded_count(uint32_t first_positions) const {
+  const auto end = offloaded.begin() + std::min<size_t>(first_positions, offloaded.size());
+  return static_cast<uint32_t>(std::count(offloaded.begin(), end, uint8_t{1}));
 }
 
 LoadTrace make_trace(const std::shared_ptr<const Model>& model, const std::vector<int32_t>& tokens, uint32_t prompt,
@@ -170,7 +171,8 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
   for (int i = 0; i < o.sessions; ++i)
     threads.emplace_back([&, i] {
       Session s(system, cloud, o.session_base + static_cast<uint64_t>(i), o.deadline);
-      for (uint32_t p = trace.prompt - 1; p < trace.positions(); ++p) {
+      const uint32_t end = o.positions ? std::min(o.positions, trace.positions()) : trace.positions();
+      for (uint32_t p = trace.prompt - 1; p < end; ++p) {
         if (!trace.offloaded[p]) continue;
         std::string error;
         const double ms = s.ask(trace, p, error);

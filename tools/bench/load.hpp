@@ -26,7 +26,7 @@ struct LoadTrace {
   std::vector<uint16_t> states;    // (positions, dim) fp16 split-layer states
   std::vector<uint8_t> offloaded;  // per position p: the token after p goes to the cloud
   uint32_t positions() const { return dim ? static_cast<uint32_t>(states.size() / dim) : 0; }
-  uint32_t offloaded_count() const;
+  uint32_t offloaded_count(uint32_t first_positions) const;  // offloaded among positions [0, first_positions)
 };
 
 // Runs the edge's early-exit runner over `tokens` (teacher-forced: the text's own tokens) at
@@ -40,6 +40,7 @@ struct LoadOptions {
   uint16_t port = 0;
   int sessions = 1;
   uint64_t session_base = 1;   // session ids session_base + i
+  uint32_t positions = 0;      // each session replays the trace's positions [0, positions); 0 = all
   uint32_t catch_up = 0;       // > 0: one more session uploads this many positions and asks once
   std::chrono::milliseconds deadline{60000};
 };
