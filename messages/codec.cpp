@@ -112,6 +112,12 @@ void to_capnp(const Bye& m, s::Frame::Builder frame) {
   frame.initBye().setSessionId(m.session_id);
 }
 
+void to_capnp(const Truncate& m, s::Frame::Builder frame) {
+  auto b = frame.initTruncate();
+  b.setSessionId(m.session_id);
+  b.setPositions(m.positions);
+}
+
 void to_capnp(const ErrorReply& m, s::Frame::Builder frame) {
   auto b = frame.initError();
   b.setCode(static_cast<uint8_t>(m.code));
@@ -349,6 +355,17 @@ Decoded from_capnp(s::Bye::Reader r, const Limits&) {
   return Check("Bye").finish(std::move(m));
 }
 
+Decoded from_capnp(s::Truncate::Reader r, const Limits& limits) {
+  Check c("Truncate");
+  Truncate m;
+  m.session_id = r.getSessionId();
+  m.positions = r.getPositions();
+  c.require(limits.max_positions == 0 || m.positions <= limits.max_positions, "positions", [&] {
+    return show(m.positions) + " > max_positions = " + show(limits.max_positions);
+  });
+  return c.finish(std::move(m));
+}
+
 Decoded from_capnp(s::Error::Reader r, const Limits&) {
   Check c("Error");
   ErrorReply m;
@@ -371,6 +388,7 @@ Decoded from_capnp(s::Frame::Reader frame, const Limits& limits) {
     case s::Frame::INFER_REPLY: return from_capnp(frame.getInferReply(), limits);
     case s::Frame::BYE: return from_capnp(frame.getBye(), limits);
     case s::Frame::ERROR: return from_capnp(frame.getError(), limits);
+    case s::Frame::TRUNCATE: return from_capnp(frame.getTruncate(), limits);
   }
   return fail("Frame: unknown message kind " + show(static_cast<uint16_t>(frame.which())));
 }
@@ -453,6 +471,7 @@ auto fields(const InferReply& m) {
 }
 auto fields(const Bye& m) { return std::tie(m.session_id); }
 auto fields(const ErrorReply& m) { return std::tie(m.code, m.text, m.session_id, m.request_id); }
+auto fields(const Truncate& m) { return std::tie(m.session_id, m.positions); }
 
 }  // namespace
 
@@ -497,7 +516,8 @@ const char* to_string(InferKind k) {
 
 const char* kind_name(const Message& m) {
   static const char* const names[] = {"Hello",        "Welcome",    "UploadChunk", "UploadAck",
-                                      "InferRequest", "InferReply", "Bye",         "ErrorReply"};
+                                      "InferRequest", "InferReply", "Bye",         "ErrorReply",
+                                      "Truncate"};
   static_assert(std::size(names) == std::variant_size_v<Message>);
   return names[m.index()];
 }

@@ -93,6 +93,13 @@ struct Bye {
   uint64_t session_id = 0;
 };
 
+// Edge -> cloud: positions [positions, ...) of the session were a wrong speculation; the cloud
+// drops them and cancels its requests for them. Answered with an UploadAck (what is still held).
+struct Truncate {
+  uint64_t session_id = 0;
+  uint32_t positions = 0;
+};
+
 // Either way: a refusal. On the wire it is the Error struct.
 struct ErrorReply {
   error code = error::none;
@@ -102,7 +109,7 @@ struct ErrorReply {
 };
 
 using Message =
-    std::variant<Hello, Welcome, UploadChunk, UploadAck, InferRequest, InferReply, Bye, ErrorReply>;
+    std::variant<Hello, Welcome, UploadChunk, UploadAck, InferRequest, InferReply, Bye, ErrorReply, Truncate>;
 
 // What the receiver accepts. Zero hidden_dim / max_positions skip the checks that need them.
 struct Limits {

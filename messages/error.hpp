@@ -19,10 +19,11 @@ enum class error : uint8_t {
   timeout,
   bad_request,
   internal,
+  cancelled,  // a request overtaken by a Truncate of its position (a wrong speculation)
 };
 
 // The highest value in use; a wire code above it comes from a newer peer.
-inline constexpr error last_error = error::internal;
+inline constexpr error last_error = error::cancelled;
 
 inline const char* to_string(error e) {
   switch (e) {
@@ -37,6 +38,7 @@ inline const char* to_string(error e) {
     case error::timeout: return "timeout";
     case error::bad_request: return "bad_request";
     case error::internal: return "internal";
+    case error::cancelled: return "cancelled";
   }
   return "unknown_error";
 }

@@ -94,6 +94,14 @@ struct Bye {
   sessionId @0 :UInt64;
 }
 
+# Edge -> cloud: the session's positions from `positions` on were speculative and wrong: the
+# cloud drops their states and KV and cancels its requests for them (answered with `cancelled`).
+# The reply is an UploadAck naming what the cloud still holds.
+struct Truncate {
+  sessionId @0 :UInt64;
+  positions @1 :UInt32;
+}
+
 # Either way: a refusal. `code` is a ce::error value (messages/error.hpp).
 struct Error {
   code @0 :UInt8;
@@ -113,5 +121,6 @@ struct Frame {
     inferReply @5 :InferReply;
     bye @6 :Bye;
     error @7 :Error;
+    truncate @8 :Truncate;
   }
 }

@@ -1,5 +1,7 @@
 #include "model/cloud_compute.hpp"
 
+#include <algorithm>
+
 #include <torch/torch.h>
 
 #include <limits>
@@ -130,6 +132,17 @@ std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Req
     out[answered[j]] = choose_token(logits[static_cast<int64_t>(j)], r.sampling, r.position);
   }
   return out;
+}
+
+int64_t CloudCompute::truncate(uint32_t positions) {
+  auto& s = *state_;
+  const int64_t dropped = std::max<int64_t>(0, s.computed - positions);
+  if (dropped > 0) {
+    for (int64_t l = s.kv.layer_begin(); l < s.kv.layer_end(); ++l) s.kv.truncate(l, positions);
+    s.computed = positions;
+  }
+  s.waiting.truncate(positions);  // [computed, held) keeps what lies before `positions`
+  return dropped;
 }
 
 int64_t CloudCompute::bytes() const {

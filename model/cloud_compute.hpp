@@ -28,6 +28,9 @@ class CloudCompute {
   // Token after `position`; requires position < held() and position >= computed().
   TokenChoice infer(uint32_t position, const SamplingParams& sampling);
   int64_t bytes() const;     // memory held (KV capacity + pending states)
+  // Forgets positions from `positions` on, uploaded or computed (a wrong speculation of the edge);
+  // no-op past held(). Returns how many computed positions it dropped (wasted cloud work).
+  int64_t truncate(uint32_t positions);
   int64_t layer_begin() const;
 
   // One request of a batched cloud step: fill `context` toward `position` and answer it.

@@ -31,6 +31,15 @@ struct EarlyExitRunner::State {
   int64_t done_first = 0;
   std::vector<float> scratch;     // the forward's, when this runner advances alone
 
+  // What rewind() restores; KV rows before the lengths are never rewritten, so lengths suffice.
+  struct Checkpoint {
+    int64_t next_pos = 0, completed = 0, done_first = 0;
+    std::vector<int64_t> kv_lengths;  // per layer of [0, layer_end)
+    std::vector<RowGroup> pending;    // copies: the descents that follow consume the originals
+    std::vector<at::Tensor> done;
+  };
+  std::vector<Checkpoint> checkpoints;  // by increasing next_pos
+
   State(std::shared_ptr<const Model> m, int64_t end)
       : model(std::move(m)), decoder(model->decoder()), layer_end(end), kv(model->config(), 0, end) {
     for (auto e : model->config().exit_layers)
@@ -257,6 +266,38 @@ PositionRows EarlyExitRunner::take_completed(std::vector<float>* fp32) {
   s.done.clear();
   return PositionRows::states_f16(static_cast<uint32_t>(s.done_first), static_cast<uint32_t>(half.size(0)), dim,
                                   reinterpret_cast<const uint16_t*>(half.data_ptr()));
+}
+
+void EarlyExitRunner::checkpoint() {
+  torch::InferenceMode guard;
+  auto& s = *state_;
+  if (!s.checkpoints.empty() && s.checkpoints.back().next_pos == s.next_pos) return;
+  State::Checkpoint c{s.next_pos, s.completed, s.done_first, {}, {}, {}};
+  for (int64_t l = 0; l < s.layer_end; ++l) c.kv_lengths.push_back(s.kv.length(l));
+  for (const auto& g : s.pending) c.pending.push_back({g.depth, g.first_pos, g.rows.clone()});
+  for (const auto& t : s.done) c.done.push_back(t.clone());
+  s.checkpoints.push_back(std::move(c));
+}
+
+void EarlyExitRunner::rewind(int64_t positions) {
+  auto& s = *state_;
+  auto it = std::find_if(s.checkpoints.begin(), s.checkpoints.end(),
+                         [&](const State::Checkpoint& c) { return c.next_pos == positions; });
+  if (it == s.checkpoints.end())
+    throw ModelError("early-exit runner: no checkpoint at position " + std::to_string(positions));
+  for (int64_t l = 0; l < s.layer_end; ++l) s.kv.truncate(l, it->kv_lengths[static_cast<size_t>(l)]);
+  s.next_pos = it->next_pos;
+  s.completed = it->completed;
+  s.done_first = it->done_first;
+  s.pending = std::move(it->pending);
+  s.done = std::move(it->done);
+  s.checkpoints.erase(it, s.checkpoints.end());
+}
+
+void EarlyExitRunner::confirm(int64_t positions) {
+  auto& c = state_->checkpoints;
+  c.erase(std::remove_if(c.begin(), c.end(), [&](const State::Checkpoint& k) { return k.next_pos <= positions; }),
+          c.end());
 }
 
 int64_t EarlyExitRunner::positions() const { return state_->next_pos; }

@@ -70,6 +70,15 @@ class EarlyExitRunner {
   // Split-layer states (fp16) of the rows that reached layer_end since the last call, in position
   // order; `fp32`, when given, gets the same rows unrounded appended (the naïve-split baseline).
   PositionRows take_completed(std::vector<float>* fp32 = nullptr);
+  // Speculation (the edge feeds its own guess while the cloud decides): checkpoint() keeps the
+  // state before the next fed position (KV lengths, rows waiting at their depth, rows not yet
+  // taken), and rewind(p) returns to the checkpoint taken at positions() == p exactly, as if
+  // nothing had been fed since, dropping later checkpoints; completed_positions() then says from
+  // where the split states must be uploaded again. confirm(p) forgets checkpoints at or before p.
+  // rewind throws ModelError when no checkpoint was taken at p.
+  void checkpoint();
+  void rewind(int64_t positions);
+  void confirm(int64_t positions);
   int64_t positions() const;        // tokens fed so far
   int64_t completed_positions() const;  // positions that reached layer_end
   int64_t layer_end() const;

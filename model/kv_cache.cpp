@@ -53,6 +53,12 @@ int64_t KvCache::bytes() const {
   return total;
 }
 
+void KvCache::truncate(int64_t layer, int64_t length) {
+  auto& l = const_cast<Layer&>(at_layer(layer));
+  if (length < 0) throw ModelError("kv cache: truncate to a negative length " + std::to_string(length));
+  l.length = std::min(l.length, length);
+}
+
 void KvCache::clear() {
   for (auto& l : layers_) l = Layer{};
 }

@@ -31,6 +31,9 @@ class KvCache {
   // Bytes held by the cache (capacity, not only the used part; scratch excluded).
   int64_t bytes() const;
   void clear();
+  // Forgets the layer's positions from `length` on (no-op when it holds no more): a rolled-back
+  // speculation. Storage is kept for the positions that replace them.
+  void truncate(int64_t layer, int64_t length);
 
   // At least `floats` floats of scratch, kept between calls (grown, never shrunk).
   float* scratch(size_t floats);

@@ -65,4 +65,14 @@ PositionRows PositionRows::take_front(uint32_t n) {
   return front;
 }
 
+void PositionRows::truncate(uint32_t end) {
+  if (end >= this->end()) return;
+  if (end <= first_) {
+    *this = empty_at(kind_, row_bytes_, end);
+    return;
+  }
+  count_ = end - first_;
+  bytes_.resize(static_cast<size_t>(count_) * row_bytes_);
+}
+
 }  // namespace ce

@@ -39,6 +39,9 @@ class PositionRows {
   PositionRows slice(uint32_t from, uint32_t n) const;
   // Removes and returns the first n positions (all of them if n >= count()).
   PositionRows take_front(uint32_t n);
+  // Keeps the positions before `end` (a rolled-back speculation drops the rest); when `end` lies
+  // before first_position() none is kept and the next rows must start at `end`.
+  void truncate(uint32_t end);
 
  private:
   RowKind kind_ = RowKind::states_f16;

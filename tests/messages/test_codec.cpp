@@ -51,6 +51,9 @@ bool operator==(const InferReply& a, const InferReply& b) {
          a.cloud_compute_us == b.cloud_compute_us;
 }
 bool operator==(const Bye& a, const Bye& b) { return a.session_id == b.session_id; }
+bool operator==(const Truncate& a, const Truncate& b) {
+  return a.session_id == b.session_id && a.positions == b.positions;
+}
 bool operator==(const ErrorReply& a, const ErrorReply& b) {
   return a.code == b.code && a.text == b.text && a.session_id == b.session_id &&
          a.request_id == b.request_id;
@@ -153,7 +156,8 @@ std::vector<Message> all_kinds() {
           request(InferKind::naive_split),
           reply(),
           Bye{77},
-          error_reply()};
+          error_reply(),
+          Truncate{77, 12}};
 }
 
 // Expects a refusal naming `field` in its text.
@@ -306,17 +310,24 @@ BOOST_AUTO_TEST_CASE(malformed_capnp_is_refused) {
 
 BOOST_AUTO_TEST_CASE(unknown_message_kind_is_refused) {
   // A Bye frame is: segment table (8 bytes), root pointer (8), then the Frame struct whose
-  // first data word holds the union discriminant (Bye = 6). A newer peer might send 8.
+  // first data word holds the union discriminant (Bye = 6). A newer peer might send 9.
   std::vector<char> bytes = encode(Bye{5});
   BOOST_TEST_REQUIRE(bytes.size() >= 18u);
   BOOST_TEST_REQUIRE(bytes[16] == 6);
   BOOST_TEST_REQUIRE(bytes[17] == 0);
   BOOST_TEST_REQUIRE(decode(bytes, limits).ok);
-  bytes[16] = 8;
+  bytes[16] = 8;  // Truncate, the last kind this side knows (its fields all zero)
+  BOOST_TEST(decode(bytes, limits).ok);
+  bytes[16] = 9;
   const Decoded d = decode(bytes, limits);
   BOOST_TEST(!d.ok);
   BOOST_TEST((d.code == error::bad_message));
   BOOST_TEST(d.error_text.find("unknown message kind") != std::string::npos, d.error_text);
+}
+
+BOOST_AUTO_TEST_CASE(truncate_past_max_positions_is_refused) {
+  expect_accepted(Truncate{3, 128}, limits);  // every position dropped but none kept past the end
+  expect_refused(Truncate{3, 129}, limits, "Truncate.positions");
 }
 
 BOOST_AUTO_TEST_CASE(enum_out_of_range_is_refused) {

@@ -126,6 +126,30 @@ BOOST_FIXTURE_TEST_CASE(lazy_fill_answers_later_positions, Fixture) {
   check(cloud.infer(11, {}), 11);
 }
 
+// A wrong speculation of the edge: states of the wrong path uploaded and even computed, then
+// truncated; the right rows that follow answer as if the wrong ones had never come.
+BOOST_FIXTURE_TEST_CASE(truncate_forgets_a_wrong_path, Fixture) {
+  CloudCompute cloud(m, split);
+  cloud.append(hidden(0, 5, row(0)));
+  check(cloud.infer(4, {}), 4);
+  cloud.append(hidden(5, 3, row(9)));  // positions 5..7 hold the states of 9..11: a wrong path
+  cloud.infer(7, {});
+  cloud.append(hidden(8, 2, row(8)));  // uploaded, not computed
+  BOOST_TEST(cloud.truncate(12) == 0);  // past held(): nothing dropped
+  BOOST_TEST(cloud.held() == 10);
+  BOOST_TEST(cloud.truncate(5) == 3);   // computed 5..7 dropped, 8..9 forgotten
+  BOOST_TEST(cloud.held() == 5);
+  BOOST_TEST(cloud.computed() == 5);
+  BOOST_CHECK_THROW(cloud.append(hidden(6, 1, row(6))), ModelError);  // the next rows start at 5
+  cloud.append(hidden(5, 4, row(5)));
+  check(cloud.infer(6, {}), 6);
+  // Truncating inside the uploaded, not computed rows keeps those before it.
+  BOOST_TEST(cloud.truncate(8) == 0);
+  BOOST_TEST(cloud.held() == 8);
+  cloud.append(hidden(8, 4, row(8)));
+  check(cloud.infer(11, {}), 11);
+}
+
 BOOST_FIXTURE_TEST_CASE(gaps_overlaps_and_bad_infers_throw, Fixture) {
   CloudCompute cloud(m, split);
   BOOST_CHECK_THROW(cloud.append(hidden(1, 1, row(1))), ModelError);  // gap at the start

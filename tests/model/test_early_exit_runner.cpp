@@ -409,6 +409,74 @@ BOOST_FIXTURE_TEST_CASE(batched_advance_refuses_bad_items_before_any_runner_move
   BOOST_TEST(EarlyExitRunner::advance({}, scratch).empty());
 }
 
+// Speculation: a runner that feeds wrong guesses and rewinds must end in exactly the state of one
+// that only ever saw the right tokens: same outcomes bit for bit, same split states bit for bit
+// (the uploads after a rewind restart at completed_positions()). Wrong paths run deep enough to
+// consume rows that waited at an exit, which the rewind must put back.
+BOOST_FIXTURE_TEST_CASE(rewind_restores_the_state_of_a_runner_that_never_speculated, Fixture) {
+  const double theta = mixing_threshold();
+  ExitRule rule;
+  rule.threshold = theta;
+  const auto path = some_tokens(steps + 4, c.vocab_size, 7);
+  for (int64_t layer_end : {split, c.n_layers}) {
+    EarlyExitRunner straight(m, layer_end), spec(m, layer_end);
+    std::vector<int32_t> prompt_ids(path.begin(), path.begin() + 3);
+    std::vector<uint16_t> want_rows, got_rows;  // split states (fp16 bits), by position
+    auto take = [](EarlyExitRunner& r, std::vector<uint16_t>& into) {
+      auto rows = r.take_completed();
+      const size_t row = rows.row_bytes() / 2;
+      into.resize(static_cast<size_t>(rows.first_position()) * row);  // a rewind drops the tail
+      into.insert(into.end(), rows.f16(), rows.f16() + static_cast<size_t>(rows.count()) * row);
+    };
+    auto same = [](const StepOutcome& a, const StepOutcome& b) {
+      return a.position == b.position && a.resolved == b.resolved && a.token == b.token &&
+             a.confidence == b.confidence && a.exit_layer == b.exit_layer && a.fallback_token == b.fallback_token &&
+             a.fallback_confidence == b.fallback_confidence && a.fallback_layer == b.fallback_layer;
+    };
+    BOOST_TEST(same(straight.advance(prompt_ids, rule), spec.advance(prompt_ids, rule)));
+    take(straight, want_rows);
+    take(spec, got_rows);
+    int rewinds = 0;
+    for (size_t i = 3; i < path.size(); ++i) {
+      const auto token = static_cast<int32_t>(path[i]);
+      const auto want = straight.advance({token}, rule);
+      take(straight, want_rows);
+      if (i % 4 == 1) {
+        // A wrong guess, then 1..3 tokens on that path (one more checkpoint inside it), rewound.
+        const int64_t at = spec.positions();
+        spec.checkpoint();
+        spec.advance({static_cast<int32_t>((token + 1) % c.vocab_size)}, rule);
+        take(spec, got_rows);
+        for (size_t k = 0; k < 1 + i % 3; ++k) {
+          spec.checkpoint();
+          spec.advance({static_cast<int32_t>(path[(i + k * 5) % path.size()])}, rule);
+          take(spec, got_rows);
+        }
+        spec.rewind(at);
+        ++rewinds;
+        BOOST_TEST(spec.positions() == at);
+        BOOST_CHECK_THROW(spec.rewind(at + 1), ModelError);  // the later checkpoints went with it
+      } else if (i % 4 == 2) {
+        spec.checkpoint();  // a right guess: confirmed later
+      }
+      const auto got = spec.advance({token}, rule);
+      take(spec, got_rows);
+      BOOST_TEST_CONTEXT("layer_end " << layer_end << " position " << i) {
+        BOOST_TEST(same(got, want));
+        BOOST_TEST(spec.completed_positions() == straight.completed_positions());
+      }
+      spec.confirm(spec.positions() - 1);
+    }
+    BOOST_TEST(rewinds >= 4);
+    straight.flush();
+    spec.flush();
+    take(straight, want_rows);
+    take(spec, got_rows);
+    BOOST_TEST(got_rows == want_rows, "layer_end " << layer_end << ": split states differ after rewinds");
+    BOOST_CHECK_THROW(spec.rewind(3), ModelError);  // confirmed: no checkpoint left
+  }
+}
+
 BOOST_FIXTURE_TEST_CASE(misuse_throws, Fixture) {
   BOOST_CHECK_THROW(EarlyExitRunner(m, 0), ModelError);
   BOOST_CHECK_THROW(EarlyExitRunner(m, c.n_layers + 1), ModelError);

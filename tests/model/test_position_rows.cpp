@@ -78,6 +78,22 @@ BOOST_AUTO_TEST_CASE(taking_the_front_leaves_the_rest_appendable) {
   check_numbered(rows, 6, 2);
 }
 
+BOOST_AUTO_TEST_CASE(truncating_keeps_the_positions_before_the_end) {
+  auto rows = numbered(4, 6);  // positions 4..9
+  rows.truncate(12);           // past the end: unchanged
+  check_numbered(rows, 4, 6);
+  rows.truncate(7);
+  check_numbered(rows, 4, 3);
+  BOOST_CHECK_THROW(rows.append(numbered(8, 1)), ModelError);
+  rows.append(numbered(7, 1));
+  check_numbered(rows, 4, 4);
+  rows.truncate(2);  // before the first position: nothing kept, the next rows start at 2
+  BOOST_TEST(rows.empty());
+  BOOST_TEST(rows.first_position() == 2u);
+  rows.append(numbered(2, 3));
+  check_numbered(rows, 2, 3);
+}
+
 BOOST_AUTO_TEST_CASE(token_ids_keep_their_values) {
   std::vector<int32_t> ids(9);
   std::iota(ids.begin(), ids.end(), -4);
