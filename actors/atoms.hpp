@@ -34,6 +34,7 @@ using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;     // edge: end a response early
 using clients_atom = caf::atom_constant<caf::atom("clients")>;   // cloud: requests per client
 using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;  // cloud: an early request's wait ends
+using truncate_atom = caf::atom_constant<caf::atom("truncate")>;  // edge -> uploader: drop a wrong speculation
 
 // What an edge reaches across the network, the one message that travels between nodes:
 // a Hello, UploadChunk, InferRequest or Bye frame -> the reply frame.
@@ -75,9 +76,21 @@ struct GenerationStats {
   int cloud_tokens = 0;
   int degraded_tokens = 0;
   int resyncs = 0;                // contexts rebuilt after the cloud lost them (evicted, restarted)
+  int cloud_requests = 0;         // infer requests sent (cloud tokens, plus speculative ones rolled back)
   int backpressure_pauses = 0;    // steps held until the upload backlog halved
   uint64_t bytes_uploaded = 0;    // upload payload bytes of this response
   uint64_t bytes_inline = 0;      // payload bytes sent inside infer requests (naive split)
+  // Speculation (collaborative mode, ce.speculation.enabled): the edge goes on with its own guess
+  // while the cloud answers. confirmed = speculated - rolled_back.
+  bool speculation = false;       // this response ran ahead of the cloud (up to max_ahead tokens)
+  int max_ahead = 0;
+  int speculated = 0;             // positions computed on a path the cloud had not confirmed yet
+  int rolled_back = 0;            // of those, positions dropped because a guess was wrong
+  int misses = 0;                 // guesses the cloud answered differently (each a rollback)
+  int blocking_round_trips = 0;   // waits for the cloud with nothing left to compute (without
+                                  // speculation: one per cloud token)
+  double blocked_ms = 0;          // time spent in those waits
+  uint64_t bytes_wasted = 0;      // of bytes_uploaded, the rows of rolled-back positions
   double edge_ms = 0;             // edge compute
   double cloud_ms = 0;            // cloud compute, as the cloud reports it
   double wait_ms = 0;             // cloud round trips minus cloud compute: network + queueing
@@ -105,6 +118,8 @@ struct CloudStats {
   uint64_t sessions_refused = 0;    // new contexts refused at the context-count or memory cap
   uint64_t edges_welcomed = 0;      // Hellos answered with a Welcome
   uint64_t edges_refused = 0;       // Hellos refused (model, version, split, dim, dtype mismatch)
+  uint64_t truncates = 0;           // Truncate frames served (edges' wrong speculations)
+  uint64_t positions_rolled_back = 0;  // computed positions those dropped: wasted cloud work
   // The scheduler's batched steps (cloud_inference), so far.
   struct Batching {
     uint64_t steps = 0;

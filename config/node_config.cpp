@@ -410,6 +410,12 @@ std::vector<KeyDescriptor> build_key_table() {
                       "most uploaded positions one session fills per batched step (a long catch-up cannot stall the others)"));
   t.push_back(duration_key("ce.request.deadline", &C::request_deadline, milliseconds(1),
                            "edge's deadline for each cloud request before it falls back"));
+  t.push_back(bool_key("ce.speculation.enabled", &C::speculation_enabled,
+                       "collaborative mode goes on with the edge's own guess while the cloud answers, rolling back a miss"));
+  t.push_back(int_key("ce.speculation.max-ahead", &C::speculation_max_ahead, 1, 1024,
+                      "most tokens the edge runs ahead of the cloud's answers (fewer when a round trip takes fewer edge steps)"));
+  t.push_back(int_key("ce.speculation.test-miss-every", &C::speculation_test_miss_every, 0, no_limit,
+                      "testing: every Nth guess is made wrong, so that rollbacks happen; 0 = off"));
   t.push_back(int_key("ce.upload.batch", &C::upload_batch, 1, 4096, "most positions in one upload chunk"));
   t.push_back(int_key("ce.upload.queue-limit", &C::upload_queue_limit, 1, no_limit,
                       "most positions queued for upload"));

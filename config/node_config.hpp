@@ -74,6 +74,9 @@ struct NodeConfig {
   int batch_max_sessions = defaults::batch_max_sessions;            // ce.batch.max-sessions
   int batch_catch_up_chunk = defaults::batch_catch_up_chunk;        // ce.batch.catch-up-chunk
   std::chrono::milliseconds request_deadline = defaults::request_deadline;  // ce.request.deadline
+  bool speculation_enabled = defaults::speculation_enabled;      // ce.speculation.enabled
+  int speculation_max_ahead = defaults::speculation_max_ahead;   // ce.speculation.max-ahead
+  int speculation_test_miss_every = 0;                           // ce.speculation.test-miss-every
 
   int upload_batch = defaults::upload_batch;              // ce.upload.batch
   int upload_queue_limit = defaults::upload_queue_limit;  // ce.upload.queue-limit (positions)

@@ -39,10 +39,14 @@ int main(int argc, char** argv) {
       .add("tokens", "N", "new tokens per prompt", "100")
       .add("prompt-tokens", "N", "prompt length in tokens", "32")
       .add("links", "LIST", "link profiles from bench/links/NAME.ini", "loopback,lan,wan,mobile")
+      .add("modes", "LIST", "only these modes (labels as in summary.csv, e.g. standalone,collaborative,"
+                            "collaborative-speculative); default: all", "")
       .add("sweep", "LIST", "thresholds for the θ sweep (on the sweep link)", "0.2,0.4,0.5,0.6,0.7,0.8,0.9,0.95")
       .add("sweep-link", "NAME", "link of the θ sweep", "wan")
       .add("eval-tokens", "N", "held-out tokens for the accuracy table", "20000")
       .add("out-dir", "DIR", "where CSV, Markdown and PNG go", "docs/bench")
+      .add("max-ahead", "N", "ce.speculation.max-ahead of the edge (speculative mode)",
+           std::to_string(defaults::speculation_max_ahead))
       .add("quick", "", "small preset for CI: 3 prompts x 16 tokens, loopback and wan, short sweep")
       .add("threads", "N", "compute threads, 0 = all cores", "0")
       .add("no-resume", "", "ignore the checkpoint of an interrupted run of the same configuration and start over")
@@ -82,12 +86,12 @@ int main(int argc, char** argv) {
     if (prompts.empty()) throw std::runtime_error("no prompts could be cut from " + cli.get("text"));
 
     const double theta_default = mc.default_threshold;
-    const Plan plan = make_plan(links, paper_modes(theta_default), sweep, quick ? std::string("wan") : cli.get("sweep-link"));
+    const Plan plan = make_plan(links, select_modes(paper_modes(theta_default), cli.get("modes")), sweep, quick ? std::string("wan") : cli.get("sweep-link"));
 
     // Responses already measured by an interrupted run of this same configuration.
     const std::string checkpoint_path = out_dir + "/ce-bench.checkpoint";
     std::ostringstream run_key;
-    run_key << "# ce-bench checkpoint v1 weights=" << cloud.model().weights_hash() << " theta=" << theta_default
+    run_key << "# ce-bench checkpoint v2 weights=" << cloud.model().weights_hash() << " theta=" << theta_default
             << " text=" << cli.get("text") << " prompts=" << prompts.size() << " prompt_tokens="
             << cli.get_int("prompt-tokens") << " tokens=" << n_tokens;
     std::vector<Row> checkpointed;
@@ -138,6 +142,7 @@ int main(int argc, char** argv) {
       req.max_tokens = n_tokens;
       req.threshold = m.threshold;
       req.mode = m.mode;
+      req.speculate = m.speculate;
       req.stop_at_eos = false;
       Row row{link, m.label, static_cast<int>(i), edge.generate(req)};
       if (!row.result.error.empty()) failures.push_back(link + "/" + m.label + ": " + row.result.error);
@@ -166,6 +171,7 @@ int main(int argc, char** argv) {
       edge_cfg.role = Role::edge;
       edge_cfg.cloud_port = emulator.port();
       edge_cfg.request_deadline = std::chrono::seconds(30);
+      edge_cfg.speculation_max_ahead = static_cast<int>(cli.get_int("max-ahead"));
       Node edge(edge_cfg);
       if (!edge.wait_for_cloud(std::chrono::seconds(10))) throw std::runtime_error("no cloud link over " + link);
       // Prompt-major order: this VM's speed drifts by tens of percent over minutes, and running every mode on

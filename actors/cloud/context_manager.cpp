@@ -2,7 +2,9 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <deque>
+#include <optional>
 #include <map>
 #include <set>
 
@@ -28,6 +30,7 @@ struct Context {
                                                // the positions held
   uint32_t computed = 0;                       // positions whose KV is filled
   bool busy = false;                           // a job is with cloud_inference
+  std::optional<uint32_t> truncate_after_job;  // a Truncate that came while the job held compute
   uint32_t held() const { return new_rows.end(); }
   bool token_ids() const { return new_rows.kind() == RowKind::token_ids; }  // a cloud-only context
   std::deque<ParkedInfer> parked;              // waiting for uploads or for the running job
@@ -57,6 +60,8 @@ struct ManagerState {
   uint64_t sessions_refused = 0;    // new contexts refused at the count or memory cap
   uint64_t edges_welcomed = 0, edges_refused = 0;
   uint64_t kv_bytes_per_position = 0;
+  uint64_t truncates = 0;
+  uint64_t positions_rolled_back = 0;  // computed positions that truncates dropped
   static inline const char* name = "context_manager";
 };
 
@@ -100,6 +105,7 @@ void arm_idle_timer(self_ptr self, const ContextKey& key, std::chrono::milliseco
 }
 
 void dispatch(self_ptr self, const ContextKey& key);
+void drop_computed(self_ptr self, Context& c, uint32_t keep);
 
 // The job failed part-way: the cloud cannot tell which of its uploads the compute state took in,
 // so the context is ended. Its request gets the failure; requests queued behind it and later
@@ -131,6 +137,7 @@ void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parke
               ctx.last_request_id = request_id;
               ctx.last_reply = reply;
               ctx.last_activity = clock_type::now();
+              if (auto keep = std::exchange(ctx.truncate_after_job, std::nullopt)) drop_computed(self, ctx, *keep);
             }
             promise.deliver(std::move(reply));
             dispatch(self, key);
@@ -140,6 +147,38 @@ void run_job(self_ptr self, const ContextKey& key, Context& c, ParkedInfer parke
             promise.deliver(error_frame(error::internal, "cloud inference failed: " + why, key.second, request_id));
             if (self->state.contexts.count(key)) fail_context(self, key, "cloud inference failed: " + why);
           });
+}
+
+// The compute state's part of a truncation (between jobs only: a running job holds the state).
+void drop_computed(self_ptr self, Context& c, uint32_t keep) {
+  if (c.computed > keep) {  // the last reply answered a dropped position: no retry may get it
+    c.last_request_id = 0;
+    c.last_reply.clear();
+  }
+  self->state.positions_rolled_back += static_cast<uint64_t>(c.compute->truncate(keep));
+  c.computed = std::min(c.computed, keep);
+}
+
+// Drops the context's positions from `keep` on (a wrong speculation of its edge). Requests for
+// them will never be asked again: they are answered `cancelled`. The uploaded rows go now, so
+// that the rows replacing them are taken in at once; the compute state's part waits for the end
+// of a running job (run_job).
+void drop_positions(self_ptr self, Context& c, uint32_t keep) {
+  for (auto it = c.parked.begin(); it != c.parked.end();) {
+    if (it->request.position < keep) {
+      ++it;
+      continue;
+    }
+    it->promise.deliver(error_frame(error::cancelled,
+                                    "position " + std::to_string(it->request.position) + " was truncated",
+                                    it->request.session_id, it->request.request_id));
+    it = c.parked.erase(it);
+  }
+  c.new_rows.truncate(keep);
+  if (c.busy)
+    c.truncate_after_job = std::min(keep, c.truncate_after_job.value_or(keep));
+  else
+    drop_computed(self, c, keep);
 }
 
 // Starts the first parked request whose positions are all uploaded, if no job is running.
@@ -281,6 +320,17 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
   return wire::encode(ack);
 }
 
+std::vector<char> on_truncate(self_ptr self, const caf::node_id& node, const wire::Truncate& t) {
+  auto it = self->state.contexts.find({node, t.session_id});
+  if (it == self->state.contexts.end())
+    return error_frame(error::unknown_session, "no context for session " + hex(t.session_id), t.session_id);
+  auto& c = it->second;
+  c.last_activity = clock_type::now();
+  self->state.truncates++;
+  drop_positions(self, c, t.positions);
+  return wire::encode(wire::UploadAck{t.session_id, 0, c.held()});
+}
+
 caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node, wire::InferRequest& req) {
   auto& st = self->state;
   st.infer_requests[st.client_names[node]]++;
@@ -344,6 +394,11 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
           return error_frame(error::bad_request, std::string(wire::kind_name(msg)) + " before Hello");
         if (auto* chunk = std::get_if<wire::UploadChunk>(&msg)) return on_upload(self, node, *chunk);
         if (auto* req = std::get_if<wire::InferRequest>(&msg)) return on_infer(self, node, *req);
+        if (auto* t = std::get_if<wire::Truncate>(&msg)) {
+          auto reply = on_truncate(self, node, *t);
+          dispatch(self, {node, t->session_id});
+          return reply;
+        }
         if (auto* bye = std::get_if<wire::Bye>(&msg)) {
           end_context(self, {node, bye->session_id}, "closed by Bye");
           return wire::encode(wire::Bye{bye->session_id});  // echoed as the acknowledgement
@@ -381,6 +436,8 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
         s.sessions_refused = st.sessions_refused;
         s.edges_welcomed = st.edges_welcomed;
         s.edges_refused = st.edges_refused;
+        s.truncates = st.truncates;
+        s.positions_rolled_back = st.positions_rolled_back;
         return s;
       },
       [=](clients_atom) {

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <deque>
+#include <optional>
+#include <tuple>
 #include <map>
 #include <random>
 #include <utility>
@@ -23,10 +27,31 @@ double ms_since(clock_type::time_point t) {
 // Where a response is in its life; what it waits for decides which message moves it on.
 enum class ResponseState {
   starting,        // waiting for the exit decider's policy
+  deciding,        // between a step and what comes next (go_on decides)
   computing,       // a step is due or running on the edge
-  awaiting_cloud,  // an InferRequest is out (pending_request names it)
+  awaiting_cloud,  // nothing to compute until the cloud answers (the path is as long as allowed)
   held,            // the next step waits for the upload backlog to halve
   closing,         // the last rows and the Bye are with the uploader
+};
+
+// A token chosen but not shown yet, on the response's path. Tokens are shown in order, each once
+// it is settled: the edge's own at once, the cloud's when it answers. While a cloud token is
+// outstanding the edge goes on (speculation) with its guess: the token its last exit picks under
+// the same rule, which the cloud confirms most of the time; a different answer rolls back what
+// followed the guess.
+struct Tentative {
+  int32_t position = 0;        // the token is the one after `position`
+  int32_t token = -1;          // what the edge feeds after `position`: its own choice or, for a
+                               // cloud token, its guess (-1: none, cloud-only)
+  TokenSource source = TokenSource::edge_exit;  // edge_exit: decided here; cloud: asked
+  int32_t layer = -1;
+  float confidence = 0;
+  Decision fallback;           // cloud tokens: the last exit's choice, standing in if the cloud fails
+  uint64_t request_id = 0;     // cloud tokens: the request out for it
+  bool answered = false;
+  int32_t answer = -1;         // the cloud's token, once answered
+  float answer_confidence = 0;
+  std::string failure;         // non-empty: the request failed (why)
 };
 
 struct Generation {
@@ -36,11 +61,12 @@ struct Generation {
   Policy policy;
   ExitRule rule;
   std::unique_ptr<EarlyExitRunner> runner;  // absent in cloud-only mode
-  StepOutcome outcome;                      // of the token being decided
-  int32_t position = 0;                     // position whose next token is being decided
+  std::deque<Tentative> path;               // chosen, not yet shown, in position order
+  int max_ahead = 0;                        // most tokens on the path before the edge waits
   std::vector<float> naive_states;          // naïve split: fp32 split states of all positions
   uint64_t next_request_id = 1;
-  uint64_t pending_request = 0;
+  uint64_t resync_floor = 0;  // requests below this id went out before the resync: re-asked, not failed
+  uint64_t guesses = 0;       // for ce.speculation.test-miss-every
   ResponseState state = ResponseState::starting;
   bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
   uint32_t shipped = 0;     // positions handed to the uploader
@@ -48,7 +74,10 @@ struct Generation {
   bool paused = false;      // shipped - released passed ce.upload.queue-limit and has not halved yet
   bool cancel_requested = false;  // the listener wants no more tokens
   GenerateResult result;
-  clock_type::time_point started, token_started;
+  clock_type::time_point started, token_started, blocked_since;
+
+  // Positions of the shown sequence (prompt + shown tokens): the next shown token goes there.
+  int32_t shown_end() const { return static_cast<int32_t>(request.prompt.size() + result.tokens.size()); }
 };
 
 struct EdgeState {
@@ -63,6 +92,10 @@ struct EdgeState {
   std::vector<uint64_t> due;  // responses whose next step waits for the next batched step
   bool batch_sent = false;    // a (step_atom) is in the mailbox
   std::vector<float> scratch;  // the batched step's, kept between steps
+  // Moving averages of a cloud round trip and of an edge step: running further ahead of the cloud
+  // than the positions one round trip lets the edge compute gains no time and wastes uploads (and,
+  // on a near link, compute the cloud needs), so speculation goes no further (speculation_depth).
+  double round_trip_ms = 0, step_ms = 0;
   static inline const char* name = "edge_inference";
 };
 
@@ -107,7 +140,7 @@ void upload_tokens(self_ptr self, Generation& g, uint32_t first, const std::vect
 }
 
 void finish(self_ptr self, Generation& g);
-void handle(self_ptr self, Generation& g);
+void settle(self_ptr self, Generation& g);
 void deliver(self_ptr self, uint64_t id);
 
 // Ends a response with an error instead of tokens.
@@ -124,13 +157,27 @@ void deliver(self_ptr self, uint64_t id) {
   CE_LOG(info, "edge", "response " << id << " session " << std::hex << g->session << std::dec << " done: "
                                    << s.generated << " tokens, " << s.cloud_tokens << " from cloud, "
                                    << s.degraded_tokens << " degraded, " << s.bytes_uploaded << " B uploaded, "
+                                   << s.rolled_back << "/" << s.speculated << " speculated positions rolled back, "
                                    << s.total_ms << " ms");
   if (!g->result.error.empty()) g->result.finish_reason = FinishReason::error;
   if (g->request.listener) self->send(g->request.listener, done_atom::value, std::move(g->result));
   self->state.generations.erase(id);
 }
 
-void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32_t layer, float confidence) {
+// Why a response would end with `token` as its count-th token, after position `position`.
+std::optional<FinishReason> ends_with(self_ptr self, const Generation& g, int32_t token, int32_t position,
+                                      size_t count) {
+  const auto& c = self->state.model->config();
+  if (g.request.stop_at_eos && token == c.eos_id) return FinishReason::eos;
+  if (g.cancel_requested) return FinishReason::cancelled;
+  if (count >= static_cast<size_t>(g.request.max_tokens)) return FinishReason::length;
+  if (position + 2 >= c.max_seq) return FinishReason::context;
+  return std::nullopt;
+}
+
+// Shows a settled token to the listener; true when it ended the response.
+bool show(self_ptr self, Generation& g, int32_t position, int32_t token, TokenSource source, int32_t layer,
+          float confidence) {
   auto& r = g.result;
   r.tokens.push_back(token);
   r.sources.push_back(source);
@@ -143,50 +190,78 @@ void emit(self_ptr self, Generation& g, int32_t token, TokenSource source, int32
   r.stats.token_ms.push_back(ms_since(g.token_started));
   g.token_started = clock_type::now();
   if (g.request.listener)
-    self->send(g.request.listener, token_atom::value,
-               TokenEvent{g.id, g.position + 1, token, source, layer, confidence});
-  const bool eos = g.request.stop_at_eos && token == self->state.model->config().eos_id;
-  const bool full = g.position + 2 >= self->state.model->config().max_seq;
-  if (eos || full || g.cancel_requested || r.stats.generated >= g.request.max_tokens) {
-    r.finish_reason = eos ? FinishReason::eos
-                      : g.cancel_requested ? FinishReason::cancelled
-                      : r.stats.generated >= g.request.max_tokens ? FinishReason::length
-                                                                   : FinishReason::context;
-    finish(self, g);
+    self->send(g.request.listener, token_atom::value, TokenEvent{g.id, position + 1, token, source, layer, confidence});
+  const auto end = ends_with(self, g, token, position, r.tokens.size());
+  if (!end) return false;
+  r.finish_reason = *end;
+  finish(self, g);
+  return true;
+}
+
+void update_average(double& average, double sample) {
+  average = average == 0 ? sample : 0.8 * average + 0.2 * sample;
+}
+
+// How many tokens the path may hold before the edge waits: ce.speculation.max-ahead, but no more
+// than the positions the edge computes in one round trip (at least 1).
+int speculation_depth(const EdgeState& st, const Generation& g) {
+  if (g.max_ahead == 0 || st.round_trip_ms <= 0 || st.step_ms <= 0) return g.max_ahead;
+  const double fits = std::ceil(st.round_trip_ms / st.step_ms);
+  return static_cast<int>(std::clamp(fits, 1.0, static_cast<double>(g.max_ahead)));
+}
+
+// Computes the next position now, waits for the cloud, or is held by backpressure.
+void go_on(self_ptr self, Generation& g) {
+  if (g.state == ResponseState::computing || g.state == ResponseState::closing) return;
+  bool waits = false;
+  if (!g.path.empty()) {
+    const auto& last = g.path.back();
+    waits = last.token < 0 || static_cast<int>(g.path.size()) > speculation_depth(self->state, g) ||
+            ends_with(self, g, last.token, last.position, g.result.tokens.size() + g.path.size());
+  }
+  auto& stats = g.result.stats;
+  if (waits) {
+    if (g.state != ResponseState::awaiting_cloud) {
+      g.state = ResponseState::awaiting_cloud;
+      stats.blocking_round_trips++;
+      g.blocked_since = clock_type::now();
+    }
     return;
   }
+  if (g.state == ResponseState::awaiting_cloud) stats.blocked_ms += ms_since(g.blocked_since);
   if (g.paused) {
+    if (g.state != ResponseState::held) stats.backpressure_pauses++;
     g.state = ResponseState::held;
-    r.stats.backpressure_pauses++;
     return;
   }
   g.state = ResponseState::computing;
   self->send(self, step_atom::value, g.id);
 }
 
-void degrade(self_ptr self, Generation& g, const std::string& why) {
-  if (!strategy_for(g.policy.mode).edge_layers) {  // cloud-only has no edge exit to fall back on
-    g.result.error = "cloud-only response failed at position " + std::to_string(g.position) + ": " + why;
-    CE_LOG(warning, "edge", g.result.error);
-    finish(self, g);
-    return;
-  }
-  if (!g.cloud_lost)
-    CE_LOG(warning, "edge", "session " << std::hex << g.session << std::dec << " position " << g.position
-                                       << ": cloud unavailable (" << why
-                                       << "); the edge's last exit stands in for the rest of this response");
-  // One failure ends cloud use for this response: waiting out the deadline token after token
-  // would stall it. The next response asks the cloud again.
-  g.cloud_lost = true;
-  auto d = fallback(g.outcome);
-  emit(self, g, d.token, TokenSource::degraded, d.layer, d.confidence);
+// Drops what the runner computed after the position it keeps (a wrong guess), and the uploads of
+// it: the uploader truncates its log and tells the cloud, which cancels its requests past it.
+void rewind_to(self_ptr self, Generation& g, int32_t keep) {
+  if (!g.runner || g.runner->positions() <= keep) return;
+  g.result.stats.rolled_back += static_cast<int>(g.runner->positions() - keep);
+  g.runner->rewind(keep);
+  const auto rows = static_cast<uint32_t>(g.runner->completed_positions());
+  if (g.shipped <= rows) return;
+  g.shipped = rows;
+  g.released = std::min(g.released, rows);
+  update_pause(g, static_cast<uint32_t>(self->state.config.upload_queue_limit));
+  self->send(self->state.uploader, truncate_atom::value, g.session, rows);
 }
 
-void ask_cloud(self_ptr self, Generation& g) {
+void on_cloud_failure(self_ptr self, Generation& g, uint64_t request_id, const std::string& why);
+void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std::vector<char>& reply, double round_trip);
+
+// Asks the cloud for the token after `position`; returns the request's id.
+uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
   wire::InferRequest req;
   req.session_id = g.session;
   req.request_id = g.next_request_id++;
-  req.position = static_cast<uint32_t>(g.position);
+  g.result.stats.cloud_requests++;
+  req.position = static_cast<uint32_t>(position);
   req.temperature = g.request.sampling.temperature;
   req.top_p = g.request.sampling.top_p;
   req.seed = g.request.sampling.seed;
@@ -194,72 +269,165 @@ void ask_cloud(self_ptr self, Generation& g) {
   req.kind = mode.kind;
   if (mode.inlines_states) {
     req.inline_dtype = wire::Dtype::f32;
-    req.inline_count = static_cast<uint32_t>(g.position + 1);
+    req.inline_count = static_cast<uint32_t>(position + 1);
     req.inline_payload.assign(reinterpret_cast<const uint8_t*>(g.naive_states.data()),
                               reinterpret_cast<const uint8_t*>(g.naive_states.data() + g.naive_states.size()));
     g.result.stats.bytes_inline += req.inline_payload.size();
   }
-  g.pending_request = req.request_id;
-  g.state = ResponseState::awaiting_cloud;
   const auto sent = clock_type::now();
   const uint64_t id = g.id, request_id = req.request_id;
   self->request(self->state.uploader, self->state.config.request_deadline + std::chrono::milliseconds(100),
                 infer_atom::value, g.session, wire::encode(req))
       .then(
           [=](const std::vector<char>& reply) {
-            auto* g = find(self, id);
-            if (!g || g->pending_request != request_id) return;
-            g->pending_request = 0;
-            const double round_trip = ms_since(sent);
-            auto decoded = wire::decode(reply, {});
-            if (!decoded.ok) return degrade(self, *g, "undecodable reply: " + decoded.error_text);
-            if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
-              if (err->code == error::unknown_session && strategy_for(g->policy.mode).uploads &&
-                  g->result.stats.resyncs == 0) {
-                // Evicted for inactivity or a restarted cloud: rebuild the context (once), ask again.
-                g->result.stats.resyncs++;
-                self->send(self->state.uploader, resync_atom::value, g->session);
-                return ask_cloud(self, *g);
-              }
-              return degrade(self, *g, std::string(to_string(err->code)) + ": " + err->text);
-            }
-            auto* ans = std::get_if<wire::InferReply>(&decoded.message);
-            if (!ans || ans->request_id != request_id) return degrade(self, *g, "unexpected reply");
-            // The cloud is another machine: its token must name a vocabulary entry, for this position.
-            const int64_t vocab = self->state.model->config().vocab_size;
-            if (ans->token < 0 || ans->token >= vocab || ans->position != static_cast<uint32_t>(g->position))
-              return degrade(self, *g, "cloud answered token " + std::to_string(ans->token) + " for position " +
-                                           std::to_string(ans->position) + " (want a token in [0, " +
-                                           std::to_string(vocab) + ") for position " + std::to_string(g->position) + ")");
-            const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
-            g->result.stats.cloud_ms += cloud_ms;
-            g->result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);
-            emit(self, *g, ans->token, TokenSource::cloud, static_cast<int32_t>(self->state.plan.n_layers),
-                 ans->confidence);
+            if (auto* g = find(self, id)) on_cloud_reply(self, *g, request_id, reply, ms_since(sent));
           },
           [=](caf::error& e) {
             auto* g = find(self, id);
-            if (!g || g->pending_request != request_id) return;
-            g->pending_request = 0;
+            if (!g) return;
             g->result.stats.wait_ms += ms_since(sent);
-            degrade(self, *g, self->system().render(e));
+            on_cloud_failure(self, *g, request_id, self->system().render(e));
           });
+  return request_id;
 }
 
-// Decides the token after g.position from g.outcome.
-void handle(self_ptr self, Generation& g) {
-  g.position = g.outcome.position;
-  auto d = decide(g.policy, g.outcome);
-  if (d.action == Action::emit_local) return emit(self, g, d.token, TokenSource::edge_exit, d.layer, d.confidence);
-  if (g.cloud_lost) return degrade(self, g, "cloud lost earlier in this response");
-  ask_cloud(self, g);
+// The path's cloud token that request `request_id` is out for; null once it is gone (rolled
+// back, asked again, or the response is closing).
+Tentative* asked_by(Generation& g, uint64_t request_id) {
+  if (g.state == ResponseState::closing) return nullptr;
+  for (auto& e : g.path)
+    if (e.source == TokenSource::cloud && e.request_id == request_id) return &e;
+  return nullptr;
 }
 
-void run_edge(self_ptr self, Generation& g, const std::vector<int32_t>& tokens) {
-  const auto t = clock_type::now();
-  g.outcome = g.runner->advance(tokens, g.rule);
-  ship_rows(self, g);
-  g.result.stats.edge_ms += ms_since(t);
+void on_cloud_failure(self_ptr self, Generation& g, uint64_t request_id, const std::string& why) {
+  auto* e = asked_by(g, request_id);
+  if (!e) return;
+  e->failure = why.empty() ? "failed" : why;
+  settle(self, g);
+}
+
+void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std::vector<char>& reply,
+                    double round_trip) {
+  auto* e = asked_by(g, request_id);
+  if (!e) return;  // a request overtaken by a rollback: its answer is stale
+  auto decoded = wire::decode(reply, {});
+  if (!decoded.ok) return on_cloud_failure(self, g, request_id, "undecodable reply: " + decoded.error_text);
+  if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
+    const bool resent_since = request_id < g.resync_floor;
+    if (err->code == error::unknown_session && strategy_for(g.policy.mode).uploads &&
+        (g.result.stats.resyncs == 0 || resent_since)) {
+      // Evicted for inactivity or a restarted cloud: rebuild the context (once), ask again; requests
+      // that went out before the rebuild are asked again too.
+      if (!resent_since) {
+        g.result.stats.resyncs++;
+        self->send(self->state.uploader, resync_atom::value, g.session);
+        g.resync_floor = g.next_request_id;
+      }
+      e->request_id = ask_cloud(self, g, e->position);
+      return;
+    }
+    return on_cloud_failure(self, g, request_id, std::string(to_string(err->code)) + ": " + err->text);
+  }
+  auto* ans = std::get_if<wire::InferReply>(&decoded.message);
+  if (!ans || ans->request_id != request_id) return on_cloud_failure(self, g, request_id, "unexpected reply");
+  // The cloud is another machine: its token must name a vocabulary entry, for this position.
+  const int64_t vocab = self->state.model->config().vocab_size;
+  if (ans->token < 0 || ans->token >= vocab || ans->position != static_cast<uint32_t>(e->position))
+    return on_cloud_failure(self, g, request_id,
+                            "cloud answered token " + std::to_string(ans->token) + " for position " +
+                                std::to_string(ans->position) + " (want a token in [0, " + std::to_string(vocab) +
+                                ") for position " + std::to_string(e->position) + ")");
+  const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
+  update_average(self->state.round_trip_ms, round_trip);
+  g.result.stats.cloud_ms += cloud_ms;
+  g.result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);
+  e->answered = true;
+  e->answer = ans->token;
+  e->answer_confidence = ans->confidence;
+  settle(self, g);
+}
+
+// One failure ends cloud use for this response: waiting out the deadline token after token
+// would stall it. The next response asks the cloud again.
+void lose_cloud(Generation& g, int32_t position, const std::string& why) {
+  if (g.cloud_lost) return;
+  g.cloud_lost = true;
+  CE_LOG(warning, "edge", "session " << std::hex << g.session << std::dec << " position " << position
+                                     << ": cloud unavailable (" << why
+                                     << "); the edge's last exit stands in for the rest of this response");
+}
+
+// Shows the settled tokens at the front of the path: the edge's own, the cloud's as they come
+// (or, once the cloud failed, the last exit's in its place). A token that differs from the guess
+// the edge went on with rolls back everything after it.
+void settle(self_ptr self, Generation& g) {
+  while (!g.path.empty() && g.state != ResponseState::closing) {
+    const Tentative e = g.path.front();
+    int32_t token = e.token, layer = e.layer;
+    float confidence = e.confidence;
+    TokenSource source = e.source;
+    if (e.source == TokenSource::cloud) {
+      if (!e.failure.empty()) lose_cloud(g, e.position, e.failure);
+      if (g.cloud_lost) {
+        if (e.fallback.token < 0) {  // cloud-only has no edge exit to fall back on
+          g.result.error = "cloud-only response failed at position " + std::to_string(e.position) + ": " +
+                           (e.failure.empty() ? std::string("cloud lost earlier in this response") : e.failure);
+          CE_LOG(warning, "edge", g.result.error);
+          finish(self, g);
+          return;
+        }
+        std::tie(token, layer, confidence, source) =
+            std::make_tuple(e.fallback.token, e.fallback.layer, e.fallback.confidence, TokenSource::degraded);
+      } else if (!e.answered) {
+        break;
+      } else {
+        std::tie(token, layer, confidence) =
+            std::make_tuple(e.answer, static_cast<int32_t>(self->state.plan.n_layers), e.answer_confidence);
+      }
+      if (token != e.token) {
+        g.result.stats.misses += g.max_ahead > 0;
+        g.path.resize(1);
+        rewind_to(self, g, e.position + 1);
+      } else if (g.runner) {
+        g.runner->confirm(e.position + 1);
+      }
+    }
+    g.path.pop_front();
+    if (show(self, g, e.position, token, source, layer, confidence)) return;
+  }
+  go_on(self, g);
+}
+
+// The token after outcome.position, decided from the edge's exits: shown at once if confident
+// (and nothing before it waits), else asked of the cloud with the last exit's choice as the guess.
+void choose(self_ptr self, Generation& g, const StepOutcome& outcome) {
+  const auto d = decide(g.policy, outcome);
+  Tentative t;
+  t.position = outcome.position;
+  if (d.action == Action::emit_local) {
+    std::tie(t.token, t.layer, t.confidence) = std::make_tuple(d.token, d.layer, d.confidence);
+  } else {
+    t.source = TokenSource::cloud;
+    t.fallback = fallback(outcome);
+    t.token = t.fallback.token;
+    const int miss_every = self->state.config.speculation_test_miss_every;
+    if (g.max_ahead > 0 && miss_every > 0 && ++g.guesses % static_cast<uint64_t>(miss_every) == 0)
+      t.token = static_cast<int32_t>((t.token + 1) % self->state.model->config().vocab_size);  // a forced miss
+    if (!g.cloud_lost) t.request_id = ask_cloud(self, g, t.position);
+  }
+  g.path.push_back(std::move(t));
+  settle(self, g);
+}
+
+// Cloud-only (no edge layers): the cloud decides the token after `position`; it has no guess.
+void ask_only_cloud(self_ptr self, Generation& g, int32_t position) {
+  Tentative t;
+  t.position = position;
+  t.source = TokenSource::cloud;
+  t.request_id = ask_cloud(self, g, position);
+  g.path.push_back(std::move(t));
+  settle(self, g);
 }
 
 void start(self_ptr self, Generation& g) {
@@ -271,35 +439,36 @@ void start(self_ptr self, Generation& g) {
   const auto& mode = strategy_for(g.policy.mode);
   // A mode whose exits cannot resolve still evaluates them: the last one stands in if the cloud fails.
   if (!mode.exits_resolve) g.rule.threshold = ExitRule::never_exit;
+  const bool speculates = mode.may_speculate && g.request.speculate.value_or(self->state.config.speculation_enabled);
+  g.max_ahead = speculates ? self->state.config.speculation_max_ahead : 0;
   g.result.generation = g.id;
   g.result.stats.mode = g.policy.mode;
   g.result.stats.threshold = g.policy.threshold;
   g.result.stats.prompt_tokens = static_cast<int>(g.request.prompt.size());
-  g.state = ResponseState::computing;
+  g.result.stats.speculation = speculates;
+  g.result.stats.max_ahead = g.max_ahead;
+  g.state = ResponseState::deciding;
   if (g.request.prompt.empty() || static_cast<int64_t>(g.request.prompt.size()) >= cfg.max_seq) {
     return fail(self, g, "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens");
   }
   if (!mode.edge_layers) {
     upload_tokens(self, g, 0, g.request.prompt);
-    g.position = static_cast<int32_t>(g.request.prompt.size()) - 1;
-    return ask_cloud(self, g);
+    return ask_only_cloud(self, g, g.shown_end() - 1);
   }
   g.runner = std::make_unique<EarlyExitRunner>(self->state.model, self->state.plan.split);
-  run_edge(self, g, g.request.prompt);
-  handle(self, g);
-}
-
-// Cloud-only (no edge layers): the last token goes up and the cloud decides the next.
-void step_cloud_only(self_ptr self, Generation& g) {
-  upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {g.result.tokens.back()});
-  g.position += 1;
-  ask_cloud(self, g);
+  const auto t = clock_type::now();
+  const auto outcome = g.runner->advance(g.request.prompt, g.rule);
+  ship_rows(self, g);
+  g.result.stats.edge_ms += ms_since(t);
+  choose(self, g, outcome);
 }
 
 // One batched step: every due response that is still computing advances by one token, those
 // with edge layers together (EarlyExitRunner::advance over all their runners: one forward per
 // layer segment for all of them), cloud-only ones as before. Each is then decided on its own; a
-// response waiting for the cloud or held by backpressure is not due and holds no one up.
+// response waiting for the cloud or held by backpressure is not due and holds no one up. A
+// response with tokens on its path feeds the last of them, a checkpoint first, so that a wrong
+// guess before it can be rolled back.
 void step_due(self_ptr self) {
   auto& st = self->state;
   st.batch_sent = false;
@@ -308,16 +477,24 @@ void step_due(self_ptr self) {
   for (const auto id : std::exchange(st.due, {})) {
     auto* g = find(self, id);
     if (!g || g->state != ResponseState::computing) continue;  // a step only moves a computing response
-    if (!g->runner) {
-      try {
-        step_cloud_only(self, *g);
-      } catch (const std::exception& e) {
-        fail(self, *g, e.what());
+    g->state = ResponseState::deciding;
+    try {
+      if (!g->runner) {  // cloud-only: the last token goes up and the cloud decides the next
+        const int32_t position = g->shown_end() - 1;
+        upload_tokens(self, *g, static_cast<uint32_t>(position), {g->result.tokens.back()});
+        ask_only_cloud(self, *g, position);
+        continue;
       }
+      if (!g->path.empty()) {
+        g->runner->checkpoint();
+        g->result.stats.speculated++;
+      }
+    } catch (const std::exception& e) {
+      fail(self, *g, e.what());
       continue;
     }
     batched.push_back(g);
-    batch.push_back({g->runner.get(), {g->result.tokens.back()}, g->rule});
+    batch.push_back({g->runner.get(), {g->path.empty() ? g->result.tokens.back() : g->path.back().token}, g->rule});
   }
   if (batch.empty()) return;
   const auto t = clock_type::now();
@@ -329,13 +506,13 @@ void step_due(self_ptr self) {
     return;
   }
   const double ms = ms_since(t);  // each response waited for the whole step
+  update_average(st.step_ms, ms);
   for (size_t i = 0; i < batched.size(); ++i) {
     auto& g = *batched[i];
     try {
-      g.outcome = outcomes[i];
       ship_rows(self, g);
       g.result.stats.edge_ms += ms;
-      handle(self, g);
+      choose(self, g, outcomes[i]);
     } catch (const std::exception& e) {
       fail(self, g, e.what());
     }
@@ -343,29 +520,37 @@ void step_due(self_ptr self) {
 }
 
 void finish(self_ptr self, Generation& g) {
+  if (g.state == ResponseState::awaiting_cloud) g.result.stats.blocked_ms += ms_since(g.blocked_since);
   g.state = ResponseState::closing;
   if (!strategy_for(g.policy.mode).uploads) return deliver(self, g.id);
   // The last token's state goes up too, so the cloud's context covers the whole response
   // (prompt + generated positions, each exactly once) and a follow-up could continue from it.
+  // What the edge computed past it (a response cancelled while it ran ahead) is dropped first.
   if (!g.result.tokens.empty() && g.result.error.empty()) {
     const int32_t last = g.result.tokens.back();
     if (g.runner) {
-      ExitRule run_only = g.rule;
-      run_only.evaluate_exits = false;
       const auto t = clock_type::now();
-      g.runner->advance({last}, run_only);
+      rewind_to(self, g, g.shown_end());
+      if (g.runner->positions() < g.shown_end()) {
+        ExitRule run_only = g.rule;
+        run_only.evaluate_exits = false;
+        g.runner->advance({last}, run_only);
+      }
       g.runner->flush();
       ship_rows(self, g);
       g.result.stats.edge_ms += ms_since(t);
     } else {
-      upload_tokens(self, g, static_cast<uint32_t>(g.position + 1), {last});
+      upload_tokens(self, g, static_cast<uint32_t>(g.shown_end() - 1), {last});
     }
   }
   const uint64_t id = g.id;
   self->request(self->state.uploader, self->state.config.request_deadline * 2, bye_atom::value, g.session)
       .then(
-          [=](uint64_t bytes) {
-            if (auto* g = find(self, id)) g->result.stats.bytes_uploaded = bytes;
+          [=](uint64_t bytes, uint64_t wasted) {
+            if (auto* g = find(self, id)) {
+              g->result.stats.bytes_uploaded = bytes;
+              g->result.stats.bytes_wasted = wasted;
+            }
             deliver(self, id);
           },
           [=](caf::error& e) {
@@ -415,8 +600,8 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
           g->released = std::max(g->released, released);
           update_pause(*g, static_cast<uint32_t>(self->state.config.upload_queue_limit));
           if (!g->paused && g->state == ResponseState::held) {
-            g->state = ResponseState::computing;
-            self->send(self, step_atom::value, id);
+            g->state = ResponseState::deciding;
+            go_on(self, *g);
           }
         }
       },

@@ -3,11 +3,11 @@
 namespace ce {
 
 const ModeStrategy& strategy_for(InferenceMode mode) {
-  //                                    edge   exits  cloud  upload inline kind
-  static const ModeStrategy standalone{true, true, false, false, false, wire::InferKind::collaborative};
-  static const ModeStrategy collaborative{true, true, true, true, false, wire::InferKind::collaborative};
-  static const ModeStrategy cloud_only{false, false, true, true, false, wire::InferKind::cloud_only};
-  static const ModeStrategy naive_split{true, false, true, false, true, wire::InferKind::naive_split};
+  //                                    edge   exits  cloud  upload inline speculate kind
+  static const ModeStrategy standalone{true, true, false, false, false, false, wire::InferKind::collaborative};
+  static const ModeStrategy collaborative{true, true, true, true, false, true, wire::InferKind::collaborative};
+  static const ModeStrategy cloud_only{false, false, true, true, false, false, wire::InferKind::cloud_only};
+  static const ModeStrategy naive_split{true, false, true, false, true, false, wire::InferKind::naive_split};
   switch (mode) {
     case InferenceMode::standalone: return standalone;
     case InferenceMode::collaborative: return collaborative;

@@ -17,6 +17,8 @@ struct ModeStrategy {
   bool asks_cloud;         // unresolved tokens go to the cloud (all but standalone)
   bool uploads;            // the session goes through the uploader, each position once
   bool inlines_states;     // naïve split: every request carries the whole sequence in fp32
+  bool may_speculate;      // may go on with the last exit's guess while the cloud answers (the
+                           // baselines wait, as the paper's do)
   wire::InferKind kind;    // how the cloud serves its requests
 };
 const ModeStrategy& strategy_for(InferenceMode mode);

@@ -31,6 +31,7 @@ struct GenerateRequest {
   int max_tokens = 64;
   std::optional<double> threshold;        // θ; unset: the exit decider's
   std::optional<InferenceMode> mode;      // unset: the exit decider's
+  std::optional<bool> speculate;          // unset: ce.speculation.enabled (collaborative mode only)
   SamplingParams sampling;
   response_listener_actor listener;       // gets the tokens and the result; may be unset
   bool stop_at_eos = true;
@@ -56,7 +57,10 @@ using uploader_actor = caf::typed_actor<
     caf::replies_to<infer_atom, uint64_t, std::vector<char>>::with<std::vector<char>>,  // InferRequest
                                                         // frame -> InferReply or ErrorReply frame
     caf::reacts_to<resync_atom, uint64_t>,              // the cloud lost the session: re-send its log
-    caf::replies_to<bye_atom, uint64_t>::with<uint64_t>,  // end a session -> payload bytes uploaded
+    caf::reacts_to<truncate_atom, uint64_t, uint32_t>,  // drop a session's rows from this position on
+                                                        // (a wrong speculation), here and on the cloud
+    caf::replies_to<bye_atom, uint64_t>::with<uint64_t, uint64_t>,  // end a session -> payload bytes
+                                                        // uploaded, of them bytes of truncated positions
     caf::replies_to<stats_atom>::with<LinkStats>,       // link state and upload backlog
     caf::reacts_to<link_atom>>;                         // own: (re)connect to the cloud
 

@@ -4,6 +4,7 @@
 #include <caf/io/all.hpp>
 #include <caf/openssl/all.hpp>
 
+#include <algorithm>
 #include <map>
 
 #include "actors/errors.hpp"
@@ -21,11 +22,14 @@ struct SessionLog {
   uint32_t acked = 0;   // positions the cloud confirmed holding
   uint32_t in_flight = 0;
   uint64_t bytes_sent = 0;
+  uint64_t bytes_wasted = 0;  // of bytes_sent, rows of positions truncated after they went out
+  uint64_t epoch = 0;   // bumped by a truncate or a resync: replies to chunks sent before it say
+                        // nothing of the rows as they are now
   bool failed = false;  // a chunk was lost (timeout): the cloud's copy is incomplete
   bool refused = false; // the cloud refused an upload (overloaded, lost context): send no more until a resync
   backlog_listener_actor owner;  // the edge_inference that feeds this session (told what is released)
   uint32_t released_reported = 0;
-  std::vector<caf::typed_response_promise<uint64_t>> byes;
+  std::vector<caf::typed_response_promise<uint64_t, uint64_t>> byes;
 };
 
 struct UploaderState {
@@ -79,7 +83,7 @@ void finish_byes(self_ptr self, uint64_t session) {
                 CE_LOG(info, "uploader", "session " << std::hex << session << std::dec
                                                     << ": Bye not acknowledged: " << self->system().render(e));
               });
-  for (auto& rp : log.byes) rp.deliver(log.bytes_sent);
+  for (auto& rp : log.byes) rp.deliver(log.bytes_sent, log.bytes_wasted);
   CE_LOG(debug, "uploader", "session " << std::hex << session << std::dec << " closed after " << log.bytes_sent
                                         << " bytes");
   self->state.sessions.erase(it);
@@ -97,7 +101,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
   log.sent += count;
   log.in_flight++;
   log.bytes_sent += chunk.payload.size();
-  const uint64_t epoch = self->state.link_epoch;
+  const uint64_t epoch = self->state.link_epoch, session_epoch = log.epoch;
   self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value, wire::encode(chunk))
       .then(
           [=](const std::vector<char>& reply) {
@@ -106,7 +110,9 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             auto& l = it->second;
             l.in_flight--;
             auto decoded = wire::decode(reply, {});
-            if (decoded.ok) {
+            // A chunk sent before a truncate or a resync speaks of rows the cloud no longer has
+            // (or will get again): its ack or refusal says nothing about the log as it is now.
+            if (decoded.ok && session_epoch == l.epoch) {
               if (auto* ack = std::get_if<wire::UploadAck>(&decoded.message)) {
                 l.acked = std::max(l.acked, ack->held_positions);
               } else if (auto* err = std::get_if<wire::ErrorReply>(&decoded.message)) {
@@ -124,6 +130,7 @@ void send_chunk(self_ptr self, uint64_t session, SessionLog& log) {
             auto it = self->state.sessions.find(session);
             if (it == self->state.sessions.end() || epoch != self->state.link_epoch) return;
             it->second.in_flight--;
+            if (session_epoch != it->second.epoch) return pump(self, session, false);
             it->second.failed = true;
             report_released(self, session, it->second);
             CE_LOG(warning, "uploader", "session " << std::hex << session << std::dec
@@ -266,6 +273,7 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
                                             << it->second.rows.end() << " positions)");
         it->second.sent = 0;
         it->second.acked = 0;
+        it->second.epoch++;
         it->second.failed = false;
         it->second.refused = false;
         pump(self, session, true);
@@ -295,10 +303,40 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
                   });
         return rp;
       },
-      [=](bye_atom, uint64_t session) -> caf::result<uint64_t> {
+      [=](truncate_atom, uint64_t session, uint32_t positions) {
         auto it = self->state.sessions.find(session);
-        if (it == self->state.sessions.end()) return uint64_t{0};
-        auto rp = self->make_response_promise<uint64_t>();
+        if (it == self->state.sessions.end() || positions >= it->second.rows.end()) return;
+        auto& log = it->second;
+        const bool cloud_has_more = log.sent > positions;
+        log.rows.truncate(positions);
+        log.epoch++;
+        log.acked = std::min(log.acked, positions);
+        log.released_reported = std::min(log.released_reported, positions);
+        if (!cloud_has_more) return;  // the wrong rows never left: nothing to tell the cloud
+        log.bytes_wasted += static_cast<uint64_t>(log.sent - positions) * log.rows.row_bytes();
+        log.sent = positions;
+        if (!self->state.connected || log.refused) return;  // a resync re-sends from the log anyway
+        // Sent behind the chunks already on the way and before the ones that replace them: the
+        // cloud sees the same order.
+        self->request(self->state.cloud, self->state.config.request_deadline, frame_atom::value,
+                      wire::encode(wire::Truncate{session, positions}))
+            .then(
+                [=](const std::vector<char>& reply) {
+                  auto decoded = wire::decode(reply, {});
+                  if (decoded.ok && std::holds_alternative<wire::UploadAck>(decoded.message)) return;
+                  // An unknown session is rebuilt by the edge's next request; anything else is logged.
+                  CE_LOG(info, "uploader", "session " << std::hex << session << std::dec << ": Truncate answered with "
+                                                      << (decoded.ok ? wire::kind_name(decoded.message) : decoded.error_text));
+                },
+                [=](caf::error& e) {
+                  CE_LOG(info, "uploader", "session " << std::hex << session << std::dec
+                                                      << ": Truncate not acknowledged: " << self->system().render(e));
+                });
+      },
+      [=](bye_atom, uint64_t session) -> caf::result<uint64_t, uint64_t> {
+        auto it = self->state.sessions.find(session);
+        if (it == self->state.sessions.end()) return {uint64_t{0}, uint64_t{0}};
+        auto rp = self->make_response_promise<uint64_t, uint64_t>();
         it->second.byes.push_back(rp);
         pump(self, session, true);
         finish_byes(self, session);

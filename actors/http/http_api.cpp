@@ -190,6 +190,12 @@ struct HttpApi::Impl {
       metrics.declare_counter(kFallbackTokens, "tokens the edge's last exit produced because the cloud failed");
       metrics.declare_counter(kFallbackResponses, "completions that fell back to standalone for some tokens");
       metrics.declare_counter(kEvictionsSeen, "times the cloud had lost a session (evicted, restarted) and the edge rebuilt it");
+      metrics.declare_counter("ce_cloud_requests_total", "infer requests sent to the cloud (speculative ones included)");
+      metrics.declare_counter("ce_speculation_positions_total",
+                              "positions computed ahead of the cloud's answer, by outcome (confirmed, rolled_back)");
+      metrics.declare_counter("ce_speculation_blocking_round_trips_total",
+                              "waits for the cloud with nothing left to compute");
+      metrics.declare_counter("ce_upload_wasted_bytes_total", "uploaded bytes of positions a rollback dropped");
     }
     if (cloud) {
       metrics.declare_gauge("ce_cloud_contexts_live", "client contexts held");
@@ -212,6 +218,9 @@ struct HttpApi::Impl {
       metrics.declare_gauge("ce_cloud_batch_max_sessions", "the largest batch so far, in sessions");
       metrics.declare_counter("ce_cloud_batch_step_seconds_total", "time spent in batched steps");
       metrics.declare_gauge("ce_cloud_queue_depth", "infer jobs waiting for the next batched step");
+      metrics.declare_counter("ce_cloud_truncates_total", "Truncate frames served (wrong speculations of edges)");
+      metrics.declare_counter("ce_cloud_positions_rolled_back_total",
+                              "computed positions that truncates dropped (wasted cloud work)");
     }
   }
 
@@ -323,6 +332,8 @@ struct HttpApi::Impl {
       metrics.set("ce_cloud_batch_max_sessions", static_cast<double>(s.batching.max_sessions));
       metrics.set("ce_cloud_batch_step_seconds_total", s.batching.step_seconds);
       metrics.set("ce_cloud_queue_depth", static_cast<double>(s.batching.queue_depth));
+      metrics.set("ce_cloud_truncates_total", static_cast<double>(s.truncates));
+      metrics.set("ce_cloud_positions_rolled_back_total", static_cast<double>(s.positions_rolled_back));
       metrics.set("ce_cloud_hellos_total", static_cast<double>(s.edges_welcomed), {{"result", "welcomed"}});
       metrics.set("ce_cloud_hellos_total", static_cast<double>(s.edges_refused), {{"result", "refused"}});
       const auto l = node.listener_stats();
@@ -353,6 +364,11 @@ struct HttpApi::Impl {
     metrics.add(kFallbackTokens, s.degraded_tokens);
     if (s.degraded_tokens) metrics.add(kFallbackResponses);
     metrics.add(kEvictionsSeen, s.resyncs);
+    metrics.add("ce_cloud_requests_total", s.cloud_requests);
+    metrics.add("ce_speculation_positions_total", s.speculated - s.rolled_back, {{"outcome", "confirmed"}});
+    metrics.add("ce_speculation_positions_total", s.rolled_back, {{"outcome", "rolled_back"}});
+    metrics.add("ce_speculation_blocking_round_trips_total", s.blocking_round_trips);
+    metrics.add("ce_upload_wasted_bytes_total", static_cast<double>(s.bytes_wasted));
     metrics.add(kResponses, 1, {{"mode", to_string(s.mode)}, {"finish", run.stop_hit ? "stop" : to_string(r.finish_reason)}});
   }
 

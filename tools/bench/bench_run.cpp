@@ -1,8 +1,10 @@
 #include "tools/bench/bench_run.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 #include "model/tokenizer.hpp"
 
@@ -15,7 +17,24 @@ std::vector<ModeSpec> paper_modes(double theta_default) {
                                  {"collaborative", InferenceMode::collaborative, theta_default}};
   if (std::abs(theta_default - 0.8) >= 1e-9) modes.push_back({"collaborative-0.8", InferenceMode::collaborative, 0.8});
   modes.push_back({"collaborative-all-cloud", InferenceMode::collaborative, 2.0});
+  modes.push_back({"collaborative-speculative", InferenceMode::collaborative, theta_default, true});
   return modes;
+}
+
+std::vector<ModeSpec> select_modes(const std::vector<ModeSpec>& modes, const std::string& only) {
+  if (only.empty()) return modes;
+  std::vector<ModeSpec> out;
+  std::stringstream s(only);
+  for (std::string label; std::getline(s, label, ',');) {
+    auto it = std::find_if(modes.begin(), modes.end(), [&](const ModeSpec& m) { return m.label == label; });
+    if (it == modes.end()) {
+      std::string known;
+      for (auto& m : modes) known += (known.empty() ? "" : ", ") + m.label;
+      throw std::runtime_error("--modes: unknown mode '" + label + "' (known: " + known + ")");
+    }
+    out.push_back(*it);
+  }
+  return out;
 }
 
 Plan make_plan(const std::vector<std::string>& links, const std::vector<ModeSpec>& modes,

@@ -18,6 +18,7 @@ struct ModeSpec {
   std::string label;
   InferenceMode mode;
   double threshold;
+  bool speculate = false;  // collaborative only: go on with the edge's guess while the cloud answers
 };
 
 struct Row {  // one response
@@ -27,7 +28,8 @@ struct Row {  // one response
 };
 
 // The paper's comparison at the model's θ: the baselines, standalone, collaborative (also at the
-// paper's θ 0.8 unless that is the model's own) and collaborative with every token to the cloud.
+// paper's θ 0.8 unless that is the model's own) and collaborative with every token to the cloud;
+// then speculative collaborative at the model's θ. The paper's modes wait for every cloud token.
 std::vector<ModeSpec> paper_modes(double theta_default);
 
 // Every mode on every link, and the θ sweep on the sweep link, in measuring order.
@@ -42,6 +44,8 @@ struct Plan {
 };
 Plan make_plan(const std::vector<std::string>& links, const std::vector<ModeSpec>& modes,
                const std::vector<double>& sweep, const std::string& sweep_link);
+// The modes whose labels `only` names (comma-separated; empty: all); throws naming an unknown label.
+std::vector<ModeSpec> select_modes(const std::vector<ModeSpec>& modes, const std::string& only);
 
 // The prompts: the first `prompt_tokens` tokens of test paragraphs long enough to hold them.
 std::vector<std::vector<int32_t>> make_prompts(const Tokenizer& tok, const std::string& text, int count,

@@ -109,7 +109,12 @@ BOOST_AUTO_TEST_CASE(a_completion_equals_the_nodes_own_generation) {
     BOOST_TEST(j["usage"]["completion_tokens"].get<size_t>() == want.tokens.size());
     BOOST_TEST(j["usage"]["prompt_tokens"].get<int>() == want.stats.prompt_tokens);
     BOOST_TEST(j["x_ce"]["cloud_tokens"].get<int>() == want.stats.cloud_tokens);
-    BOOST_TEST(j["x_ce"]["bytes_uploaded"].get<uint64_t>() == want.stats.bytes_uploaded);
+    // Confirmed bytes: what a rolled-back speculation wasted differs from run to run.
+    BOOST_TEST(j["x_ce"]["bytes_uploaded"].get<uint64_t>() - j["x_ce"]["bytes_wasted"].get<uint64_t>() ==
+               want.stats.bytes_uploaded - want.stats.bytes_wasted);
+    BOOST_TEST(j["x_ce"]["speculation"].get<bool>());  // collaborative mode speculates by default
+    BOOST_TEST(j["x_ce"]["confirmed_positions"].get<int>() ==
+               j["x_ce"]["speculated_positions"].get<int>() - j["x_ce"]["rolled_back_positions"].get<int>());
     if (theta == 2.0) BOOST_TEST(j["x_ce"]["offload_share"].get<double>() == 1.0);
     if (theta == 0.0) BOOST_TEST(j["x_ce"]["cloud_tokens"].get<int>() == 0);
   }
@@ -271,10 +276,11 @@ BOOST_AUTO_TEST_CASE(metrics_move_as_requests_are_served) {
   BOOST_TEST(before.find("# TYPE ce_tokens_total counter") != std::string::npos);
   BOOST_TEST(metric(before, "ce_cloud_connected") == 1);
   BOOST_TEST(metric(before, "ce_cloud_contexts_live") == 0);
-  int cloud = 0, edge = 0;
+  int cloud = 0, edge = 0, requests = 0;
   for (double theta : {0.0, 2.0}) {
     auto j = json::parse(s.post({{"prompt", "A"}, {"max_tokens", 5}, {"x_ce", {{"threshold", theta}}}})->body);
     cloud += j["x_ce"]["cloud_tokens"].get<int>();
+    requests += j["x_ce"]["cloud_requests"].get<int>();
     edge += 5 - j["x_ce"]["cloud_tokens"].get<int>();
   }
   s.post({{"prompt", ""}});
@@ -290,7 +296,11 @@ BOOST_AUTO_TEST_CASE(metrics_move_as_requests_are_served) {
                        char h[256] = {0};
                        gethostname(h, sizeof h - 1);
                        return std::string(h);
-                     }() + "\"}") == cloud);
+                     }() + "\"}") == requests);
+  BOOST_TEST(requests >= cloud);  // speculation asks for positions it then rolls back
+  BOOST_TEST(metric(after, "ce_cloud_requests_total") == requests);
+  BOOST_TEST(metric(after, R"(ce_speculation_positions_total{outcome="confirmed"})") >= 0);
+  BOOST_TEST(after.find("ce_cloud_truncates_total") != std::string::npos);
   // Both sessions closed by Bye; each Bye travels after its response, so wait for the second.
   for (int i = 0; i < 500 && metric(after, "ce_cloud_evictions_total") < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
