@@ -34,6 +34,7 @@ using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;     // edge: end a response early
 using clients_atom = caf::atom_constant<caf::atom("clients")>;   // cloud: requests per client
 using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;  // cloud: an early request's wait ends
+using timing_atom = caf::atom_constant<caf::atom("timing")>;    // edge -> exit decider: link timing
 using truncate_atom = caf::atom_constant<caf::atom("truncate")>;  // edge -> uploader: drop a wrong speculation
 
 // What an edge reaches across the network, the one message that travels between nodes:

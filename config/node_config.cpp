@@ -227,6 +227,8 @@ constexpr Choice<InferenceMode> mode_choices[] = {{"standalone", InferenceMode::
                                                   {"collaborative", InferenceMode::collaborative},
                                                   {"cloud-only", InferenceMode::cloud_only},
                                                   {"naive-split", InferenceMode::naive_split}};
+constexpr Choice<ExitPolicy> exit_policy_choices[] = {{"fixed", ExitPolicy::fixed},
+                                                     {"latency-budget", ExitPolicy::latency_budget}};
 constexpr Choice<LogLevel> log_level_choices[] = {
     {"error", LogLevel::error}, {"warning", LogLevel::warning}, {"info", LogLevel::info}, {"debug", LogLevel::debug}};
 
@@ -379,6 +381,18 @@ std::vector<KeyDescriptor> build_key_table() {
         return x == -1.0 || (x >= 0.0 && x <= 2.0) ? std::string() : std::string("must be -1 or in 0..2");
       },
       "exit confidence θ in [0, 1]; -1 = the model's default; > 1 = never exit early"));
+  t.push_back(enum_key("ce.exit.policy", &C::exit_policy, exit_policy_choices,
+                       "fixed: θ as set; latency-budget: per response, the highest θ whose expected time per token "
+                       "(edge + cloud share at θ x measured round trip) fits ce.exit.latency-budget"));
+  t.push_back(duration_key("ce.exit.latency-budget", &C::latency_budget, milliseconds(1),
+                           "expected time per token the latency-budget policy aims at"));
+  t.push_back(float_key(
+      "ce.exit.threshold-floor", &C::threshold_floor, "0..1",
+      [](const double& x) { return x >= 0.0 && x <= 1.0 ? std::string() : std::string("must be in 0..1"); },
+      "lowest θ the latency-budget policy picks, however slow the link"));
+  t.push_back(string_key("ce.exit.calibration", &C::exit_calibration, true, anything(),
+                         "CSV of θ and the cloud share it gives (ce-eval's sweep: columns threshold, cloud_share); "
+                         "empty = MODEL/eval/valid.csv"));
   t.push_back(string_key("ce.cloud.host", &C::cloud_host, false, not_empty("must not be empty"),
                          "cloud node the edge connects to"));
   t.push_back(int_key("ce.cloud.port", &C::cloud_port, 1, 65535, "port of the cloud node"));
@@ -414,6 +428,13 @@ std::vector<KeyDescriptor> build_key_table() {
                        "collaborative mode goes on with the edge's own guess while the cloud answers, rolling back a miss"));
   t.push_back(int_key("ce.speculation.max-ahead", &C::speculation_max_ahead, 1, 1024,
                       "most tokens the edge runs ahead of the cloud's answers (fewer when a round trip takes fewer edge steps)"));
+  t.push_back(int_key("ce.speculation.max-requests", &C::speculation_max_requests, 1, 1024,
+                      "most guessed tokens asked of the cloud at once; the rows after them go up once those hold"));
+  t.push_back(float_key(
+      "ce.speculation.min-path-confidence", &C::speculation_min_path_confidence, "0..1",
+      [](const double& x) { return x >= 0.0 && x <= 1.0 ? std::string() : std::string("must be in 0..1"); },
+      "a guess is asked of the cloud (and the rows before it uploaded) only while the product of the exit confidences "
+      "of the unconfirmed guesses before it reaches this: a long guessed path is seldom right"));
   t.push_back(int_key("ce.speculation.test-miss-every", &C::speculation_test_miss_every, 0, no_limit,
                       "testing: every Nth guess is made wrong, so that rollbacks happen; 0 = off"));
   t.push_back(int_key("ce.upload.batch", &C::upload_batch, 1, 4096, "most positions in one upload chunk"));
@@ -634,6 +655,11 @@ void check_listener(const NodeConfig& c, const std::string& where) {
 const char* to_string(Role role) { return name_of(role_choices, role); }
 const char* to_string(InferenceMode mode) { return name_of(mode_choices, mode); }
 const char* to_string(LogLevel level) { return name_of(log_level_choices, level); }
+const char* to_string(ExitPolicy policy) { return name_of(exit_policy_choices, policy); }
+
+std::string NodeConfig::calibration_path() const {
+  return exit_calibration.empty() ? (fs::path(model_path) / "eval" / "valid.csv").string() : exit_calibration;
+}
 
 std::optional<InferenceMode> inference_mode_named(const std::string& name) {
   for (const auto& c : mode_choices)
@@ -647,6 +673,9 @@ void NodeConfig::validate() const {
   for (const auto& d : key_table())
     if (auto why = d.check(*this); !why.empty()) throw ConfigError(where + d.name + " = " + d.show(*this) + ": " + why);
   check_model_dir(*this, where);
+  if (exit_policy == ExitPolicy::latency_budget && !is_file(calibration_path()))
+    throw ConfigError(where + "ce.exit.policy = latency-budget needs a calibration table: " + calibration_path() +
+                      " does not exist (set ce.exit.calibration, or write it with ce-eval --out-csv MODEL/eval/valid.csv)");
   check_tls(*this, where);
   check_listener(*this, where);
 }

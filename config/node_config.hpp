@@ -27,11 +27,13 @@ namespace ce {
 enum class Role { edge, cloud, both };
 enum class InferenceMode { standalone, collaborative, cloud_only, naive_split };
 enum class LogLevel { error, warning, info, debug };
+enum class ExitPolicy { fixed, latency_budget };
 
 // The spelling used in config files: "edge", "cloud-only", "warning", ...
 const char* to_string(Role role);
 const char* to_string(InferenceMode mode);
 const char* to_string(LogLevel level);
+const char* to_string(ExitPolicy policy);
 // The mode a config-file spelling names ("cloud-only" -> cloud_only), nullopt for anything else;
 // and the spellings, "standalone|collaborative|cloud-only|naive-split".
 std::optional<InferenceMode> inference_mode_named(const std::string& name);
@@ -50,6 +52,12 @@ struct NodeConfig {
   int split_layer = defaults::split_layer;           // ce.split.layer
   double exit_threshold = defaults::exit_threshold;  // ce.exit.threshold
   InferenceMode mode = InferenceMode::collaborative;  // ce.mode
+  ExitPolicy exit_policy = ExitPolicy::fixed;          // ce.exit.policy
+  std::chrono::milliseconds latency_budget = defaults::latency_budget;  // ce.exit.latency-budget (per token)
+  double threshold_floor = defaults::threshold_floor;  // ce.exit.threshold-floor
+  std::string exit_calibration;  // ce.exit.calibration; empty: MODEL/eval/valid.csv
+  // The θ -> cloud share table the latency-budget policy reads.
+  std::string calibration_path() const;
   // The θ the config asks for; nullopt where it leaves the choice to the model (the documented -1).
   std::optional<double> threshold_override() const {
     return exit_threshold < 0 ? std::nullopt : std::optional<double>(exit_threshold);
@@ -76,6 +84,8 @@ struct NodeConfig {
   std::chrono::milliseconds request_deadline = defaults::request_deadline;  // ce.request.deadline
   bool speculation_enabled = defaults::speculation_enabled;      // ce.speculation.enabled
   int speculation_max_ahead = defaults::speculation_max_ahead;   // ce.speculation.max-ahead
+  int speculation_max_requests = defaults::speculation_max_requests;  // ce.speculation.max-requests
+  double speculation_min_path_confidence = defaults::speculation_min_path_confidence;  // ce.speculation.min-path-confidence
   int speculation_test_miss_every = 0;                           // ce.speculation.test-miss-every
 
   int upload_batch = defaults::upload_batch;              // ce.upload.batch

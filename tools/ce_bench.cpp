@@ -47,6 +47,11 @@ int main(int argc, char** argv) {
       .add("out-dir", "DIR", "where CSV, Markdown and PNG go", "docs/bench")
       .add("max-ahead", "N", "ce.speculation.max-ahead of the edge (speculative mode)",
            std::to_string(defaults::speculation_max_ahead))
+      .add("max-requests", "N", "ce.speculation.max-requests of the edge (speculative mode)",
+           std::to_string(defaults::speculation_max_requests))
+      .add("min-path-confidence", "X", "ce.speculation.min-path-confidence of the edge (speculative mode)",
+           std::to_string(defaults::speculation_min_path_confidence))
+      .add("latency-budget", "MS", "ce.exit.latency-budget of the edge (collaborative-budget mode)", "10")
       .add("quick", "", "small preset for CI: 3 prompts x 16 tokens, loopback and wan, short sweep")
       .add("threads", "N", "compute threads, 0 = all cores", "0")
       .add("no-resume", "", "ignore the checkpoint of an interrupted run of the same configuration and start over")
@@ -140,7 +145,7 @@ int main(int argc, char** argv) {
       GenerateRequest req;
       req.prompt = prompts[i];
       req.max_tokens = n_tokens;
-      req.threshold = m.threshold;
+      if (!m.budget) req.threshold = m.threshold;  // else the edge's latency-budget policy picks θ
       req.mode = m.mode;
       req.speculate = m.speculate;
       req.stop_at_eos = false;
@@ -172,6 +177,12 @@ int main(int argc, char** argv) {
       edge_cfg.cloud_port = emulator.port();
       edge_cfg.request_deadline = std::chrono::seconds(30);
       edge_cfg.speculation_max_ahead = static_cast<int>(cli.get_int("max-ahead"));
+      edge_cfg.speculation_max_requests = static_cast<int>(cli.get_int("max-requests"));
+      edge_cfg.speculation_min_path_confidence = std::stod(cli.get("min-path-confidence"));
+      // Only responses without a θ of their own (collaborative-budget) are decided by the policy.
+      if (std::any_of(link_modes.begin(), link_modes.end(), [](const ModeSpec& m) { return m.budget; }))
+        edge_cfg.exit_policy = ExitPolicy::latency_budget;
+      edge_cfg.latency_budget = std::chrono::milliseconds(cli.get_int("latency-budget"));
       Node edge(edge_cfg);
       if (!edge.wait_for_cloud(std::chrono::seconds(10))) throw std::runtime_error("no cloud link over " + link);
       // Prompt-major order: this VM's speed drifts by tens of percent over minutes, and running every mode on

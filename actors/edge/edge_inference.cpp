@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <map>
@@ -63,6 +64,9 @@ struct Generation {
   std::unique_ptr<EarlyExitRunner> runner;  // absent in cloud-only mode
   std::deque<Tentative> path;               // chosen, not yet shown, in position order
   int max_ahead = 0;                        // most tokens on the path before the edge waits
+  int max_requests = 0;                     // most cloud tokens of the path with a request out
+  PositionRows unsent;  // split states past the last request of an unconfirmed path: the cloud
+                        // needs them only if the guesses before them hold (flush_rows)
   std::vector<float> naive_states;          // naïve split: fp32 split states of all positions
   uint64_t next_request_id = 1;
   uint64_t resync_floor = 0;  // requests below this id went out before the resync: re-asked, not failed
@@ -126,13 +130,37 @@ void hand_to_uploader(self_ptr self, Generation& g, PositionRows rows) {
   self->send(self->state.uploader, upload_atom::value, g.session, std::move(rows));
 }
 
-// Hands newly completed split-layer rows to the uploader (collaborative) or keeps them (naïve).
+// The positions the cloud may get now: all of them while no guess waits for its answer, else
+// those up to the last cloud token asked for (its request needs them); the rest of a guessed
+// path goes up once the guesses before it are confirmed, or never if one is wrong.
+uint32_t upload_limit(const Generation& g) {
+  bool guessing = false;
+  uint32_t limit = 0;
+  for (const auto& e : g.path) {
+    if (e.source != TokenSource::cloud) continue;
+    guessing = true;
+    if (e.request_id != 0) limit = static_cast<uint32_t>(e.position + 1);
+  }
+  return guessing ? limit : std::numeric_limits<uint32_t>::max();
+}
+
+// Hands the completed rows the cloud may get (at least those before `at_least`) to the uploader.
+void flush_rows(self_ptr self, Generation& g, uint32_t at_least = 0) {
+  const uint32_t limit = std::max(upload_limit(g), at_least);
+  if (g.unsent.empty() || g.unsent.first_position() >= limit) return;
+  hand_to_uploader(self, g, g.unsent.take_front(limit - g.unsent.first_position()));
+}
+
+// Takes newly completed split-layer rows from the runner: kept for the naïve baseline's requests,
+// else queued for the uploader (flush_rows).
 void ship_rows(self_ptr self, Generation& g) {
   const auto& mode = strategy_for(g.policy.mode);
   const bool naive = mode.inlines_states;
   auto rows = g.runner->take_completed(naive ? &g.naive_states : nullptr);
   if (rows.empty() || naive || !mode.uploads) return;
-  hand_to_uploader(self, g, std::move(rows));
+  if (g.unsent.row_bytes() == 0) g.unsent = PositionRows::empty_at(rows.kind(), rows.row_bytes(), rows.first_position());
+  g.unsent.append(rows);
+  flush_rows(self, g);
 }
 
 void upload_tokens(self_ptr self, Generation& g, uint32_t first, const std::vector<int32_t>& tokens) {
@@ -245,6 +273,7 @@ void rewind_to(self_ptr self, Generation& g, int32_t keep) {
   g.result.stats.rolled_back += static_cast<int>(g.runner->positions() - keep);
   g.runner->rewind(keep);
   const auto rows = static_cast<uint32_t>(g.runner->completed_positions());
+  g.unsent.truncate(rows);
   if (g.shipped <= rows) return;
   g.shipped = rows;
   g.released = std::min(g.released, rows);
@@ -280,13 +309,23 @@ uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
                 infer_atom::value, g.session, wire::encode(req))
       .then(
           [=](const std::vector<char>& reply) {
-            if (auto* g = find(self, id)) on_cloud_reply(self, *g, request_id, reply, ms_since(sent));
+            auto* g = find(self, id);
+            if (!g) return;
+            try {  // a rollback rewinds the runner: a bug there ends this response, not the actor
+              on_cloud_reply(self, *g, request_id, reply, ms_since(sent));
+            } catch (const std::exception& e) {
+              fail(self, *g, e.what());
+            }
           },
           [=](caf::error& e) {
             auto* g = find(self, id);
             if (!g) return;
             g->result.stats.wait_ms += ms_since(sent);
-            on_cloud_failure(self, *g, request_id, self->system().render(e));
+            try {
+              on_cloud_failure(self, *g, request_id, self->system().render(e));
+            } catch (const std::exception& ex) {
+              fail(self, *g, ex.what());
+            }
           });
   return request_id;
 }
@@ -340,6 +379,7 @@ void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std
                                 ") for position " + std::to_string(e->position) + ")");
   const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
   update_average(self->state.round_trip_ms, round_trip);
+  self->send(self->state.decider, timing_atom::value, LinkTiming{self->state.round_trip_ms, self->state.step_ms});
   g.result.stats.cloud_ms += cloud_ms;
   g.result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);
   e->answered = true;
@@ -356,6 +396,23 @@ void lose_cloud(Generation& g, int32_t position, const std::string& why) {
   CE_LOG(warning, "edge", "session " << std::hex << g.session << std::dec << " position " << position
                                      << ": cloud unavailable (" << why
                                      << "); the edge's last exit stands in for the rest of this response");
+}
+
+// Sends the requests of the path's first ce.speculation.max-requests cloud tokens (one without
+// speculation), with the rows they need. Later guesses wait: each is right only if all before it
+// are, so asking for them early would mostly upload rows of a path about to be dropped.
+void ask_within_window(self_ptr self, Generation& g) {
+  if (g.cloud_lost) return;
+  int asked = 0;
+  double path_confidence = 1;  // the guesses before this one all hold, as their exits estimate it
+  for (auto& e : g.path) {
+    if (e.source != TokenSource::cloud) continue;
+    if (asked++ >= g.max_requests || path_confidence < self->state.config.speculation_min_path_confidence) break;
+    path_confidence *= e.fallback.confidence;
+    if (e.request_id != 0) continue;
+    flush_rows(self, g, static_cast<uint32_t>(e.position + 1));
+    e.request_id = ask_cloud(self, g, e.position);
+  }
 }
 
 // Shows the settled tokens at the front of the path: the edge's own, the cloud's as they come
@@ -396,6 +453,8 @@ void settle(self_ptr self, Generation& g) {
     g.path.pop_front();
     if (show(self, g, e.position, token, source, layer, confidence)) return;
   }
+  if (g.state == ResponseState::closing) return;
+  ask_within_window(self, g);
   go_on(self, g);
 }
 
@@ -414,8 +473,7 @@ void choose(self_ptr self, Generation& g, const StepOutcome& outcome) {
     const int miss_every = self->state.config.speculation_test_miss_every;
     if (g.max_ahead > 0 && miss_every > 0 && ++g.guesses % static_cast<uint64_t>(miss_every) == 0)
       t.token = static_cast<int32_t>((t.token + 1) % self->state.model->config().vocab_size);  // a forced miss
-    if (!g.cloud_lost) t.request_id = ask_cloud(self, g, t.position);
-  }
+  }  // the request goes out from settle(), within the path's window of requests
   g.path.push_back(std::move(t));
   settle(self, g);
 }
@@ -441,6 +499,7 @@ void start(self_ptr self, Generation& g) {
   if (!mode.exits_resolve) g.rule.threshold = ExitRule::never_exit;
   const bool speculates = mode.may_speculate && g.request.speculate.value_or(self->state.config.speculation_enabled);
   g.max_ahead = speculates ? self->state.config.speculation_max_ahead : 0;
+  g.max_requests = speculates ? self->state.config.speculation_max_requests : 1;
   g.result.generation = g.id;
   g.result.stats.mode = g.policy.mode;
   g.result.stats.threshold = g.policy.threshold;
@@ -538,6 +597,7 @@ void finish(self_ptr self, Generation& g) {
       }
       g.runner->flush();
       ship_rows(self, g);
+      flush_rows(self, g, std::numeric_limits<uint32_t>::max());
       g.result.stats.edge_ms += ms_since(t);
     } else {
       upload_tokens(self, g, static_cast<uint32_t>(g.shown_end() - 1), {last});

@@ -1,5 +1,11 @@
 #include "actors/edge/exit_policy.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
 namespace ce {
 
 const ModeStrategy& strategy_for(InferenceMode mode) {
@@ -26,6 +32,61 @@ Decision decide(const Policy& policy, const StepOutcome& o) {
   if (mode.exits_resolve && o.resolved) return {Action::emit_local, o.token, o.exit_layer, o.confidence};
   if (mode.asks_cloud) return {Action::ask_cloud, -1, -1, 0};
   return fallback(o);
+}
+
+OffloadCurve::OffloadCurve(std::vector<std::pair<double, double>> points) : points_(std::move(points)) {
+  std::sort(points_.begin(), points_.end());
+}
+
+OffloadCurve OffloadCurve::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("calibration " + path + ": cannot read");
+  std::string line;
+  std::getline(in, line);
+  std::vector<std::string> header;
+  {
+    std::stringstream s(line);
+    for (std::string cell; std::getline(s, cell, ',');) header.push_back(cell);
+  }
+  const auto column = [&](const char* name) {
+    const auto it = std::find(header.begin(), header.end(), name);
+    if (it == header.end()) throw ConfigError("calibration " + path + ": no column '" + name + "' in its header");
+    return static_cast<size_t>(it - header.begin());
+  };
+  const size_t theta_at = column("threshold"), share_at = column("cloud_share");
+  std::vector<std::pair<double, double>> points;
+  for (int number = 2; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    std::vector<std::string> cells;
+    std::stringstream s(line);
+    for (std::string cell; std::getline(s, cell, ',');) cells.push_back(cell);
+    const auto bad = [&](const std::string& why) {
+      return ConfigError("calibration " + path + ":" + std::to_string(number) + ": " + why);
+    };
+    if (cells.size() <= std::max(theta_at, share_at)) throw bad("too few columns");
+    double theta = 0, share = 0;
+    try {
+      size_t used_theta = 0, used_share = 0;
+      theta = std::stod(cells[theta_at], &used_theta);
+      share = std::stod(cells[share_at], &used_share);
+      if (used_theta != cells[theta_at].size() || used_share != cells[share_at].size()) throw std::invalid_argument("");
+    } catch (const std::exception&) {
+      throw bad("threshold and cloud_share must be numbers");
+    }
+    if (!std::isfinite(theta) || !(share >= 0 && share <= 1)) throw bad("cloud_share must be in [0, 1]");
+    points.emplace_back(theta, share);
+  }
+  if (points.empty()) throw ConfigError("calibration " + path + ": no rows");
+  return OffloadCurve(std::move(points));
+}
+
+double budget_threshold(const OffloadCurve& curve, const LinkTiming& link, double budget_ms, double floor,
+                        double ceiling) {
+  double best = floor;
+  for (const auto& [theta, share] : curve.points())
+    if (theta >= floor && theta <= ceiling && link.edge_token_ms + share * link.round_trip_ms <= budget_ms)
+      best = std::max(best, theta);
+  return best;
 }
 
 InferenceMode effective_mode(InferenceMode configured, bool cloud_up) {

@@ -2,6 +2,9 @@
 // The exit rule and mode policy, as pure logic: what to do with a token once the edge has run
 // its exits. The exit_decider actor holds one of these; unit-tested without a model.
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "config/node_config.hpp"
 #include "messages/codec.hpp"
@@ -43,6 +46,34 @@ Decision decide(const Policy& policy, const StepOutcome& outcome);
 
 // The local token that stands in when the cloud cannot answer (standalone fallback).
 Decision fallback(const StepOutcome& outcome);
+
+// The share of tokens a threshold sends to the cloud, measured on held-out text (ce-eval's θ
+// sweep, the model's eval/valid.csv): what the latency-budget policy expects of each θ.
+class OffloadCurve {
+ public:
+  // Reads the columns `threshold` and `cloud_share` of a CSV with a header. Throws ConfigError
+  // naming the file (and line) when it cannot be read, lacks a column, holds a bad number or a
+  // share outside [0, 1], or no row.
+  static OffloadCurve load(const std::string& path);
+  explicit OffloadCurve(std::vector<std::pair<double, double>> points);  // (θ, share), any order
+  const std::vector<std::pair<double, double>>& points() const { return points_; }  // θ ascending
+
+ private:
+  std::vector<std::pair<double, double>> points_;
+};
+
+// What the edge measured of its link, as moving averages (0: not measured yet).
+struct LinkTiming {
+  double round_trip_ms = 0;  // an infer request to its answer, cloud compute included
+  double edge_token_ms = 0;  // one edge step
+};
+
+// The latency-budget exit policy: the highest θ of the curve, in [floor, ceiling], whose expected
+// time per token, edge_token_ms + share(θ) x round_trip_ms, fits budget_ms; `floor` when none does
+// (a slow link lowers accuracy only so far). A higher θ keeps more tokens on the cloud: more
+// accurate, slower.
+double budget_threshold(const OffloadCurve& curve, const LinkTiming& link, double budget_ms, double floor,
+                        double ceiling);
 
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
 // standalone up front rather than timing out token by token; the baselines keep their mode.

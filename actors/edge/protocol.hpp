@@ -50,7 +50,8 @@ using edge_inference_actor = backlog_listener_actor::extend<
 using exit_decider_actor = caf::typed_actor<
     caf::replies_to<policy_atom>::with<Policy>,  // the policy a new response runs with (link-aware)
     caf::reacts_to<policy_atom, Policy>,         // replace the configured policy
-    caf::reacts_to<cloud_state_atom, bool>>;     // the uploader's cloud link went up (true) or down
+    caf::reacts_to<cloud_state_atom, bool>,      // the uploader's cloud link went up (true) or down
+    caf::reacts_to<timing_atom, LinkTiming>>;    // edge_inference's round-trip and step averages
 
 using uploader_actor = caf::typed_actor<
     caf::reacts_to<upload_atom, uint64_t, PositionRows>,  // rows of a session, in position order
@@ -68,4 +69,5 @@ using uploader_actor = caf::typed_actor<
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::GenerateRequest)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::Policy)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::LinkTiming)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ce::PositionRows)

@@ -181,8 +181,11 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
       } else if (it.key() == "mode") {
         if (it->is_string()) r.mode = inference_mode_named(it->get<std::string>());
         if (!r.mode) return bad("x_ce.mode", "'x_ce.mode' must be one of " + inference_mode_names());
+      } else if (it.key() == "speculate") {
+        if (!it->is_boolean()) return bad("x_ce.speculate", "'x_ce.speculate' must be true or false");
+        r.speculate = it->get<bool>();
       } else {
-        return bad("x_ce." + it.key(), "Unrecognized x_ce option: " + it.key() + " (known: threshold, mode)");
+        return bad("x_ce." + it.key(), "Unrecognized x_ce option: " + it.key() + " (known: threshold, mode, speculate)");
       }
     }
   }

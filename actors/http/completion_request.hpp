@@ -45,6 +45,7 @@ struct CompletionRequest {
   bool include_usage = false;              // stream_options.include_usage
   std::optional<double> threshold;         // x_ce.threshold
   std::optional<InferenceMode> mode;       // x_ce.mode, spelled as in config files
+  std::optional<bool> speculate;           // x_ce.speculate (collaborative mode; default ce.speculation.enabled)
 };
 
 std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& body,

@@ -443,6 +443,7 @@ struct HttpApi::Impl {
                          static_cast<uint64_t>(request.seed)};
     generate.threshold = request.threshold;
     generate.mode = request.mode;
+    generate.speculate = request.speculate;
     auto run = std::make_shared<CompletionRun>(*tokenizer, std::move(prompt), request.stop);
     const std::string id = completion_id();
 

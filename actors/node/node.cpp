@@ -113,7 +113,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
     hello.split_layer = static_cast<uint32_t>(plan.split);
     hello.hidden_dim = static_cast<uint32_t>(mc.dim);
     hello.client_name = host_name();
-    actors_->exit_decider = spawn_exit_decider(*system_, {config_.mode, config_.exit_threshold});
+    actors_->exit_decider = spawn_exit_decider(*system_, config_);
     actors_->uploader = spawn_uploader(*system_, config_, hello, actors_->exit_decider);
     actors_->edge_inference =
         spawn_edge_inference(*system_, model_, plan, config_, actors_->uploader, actors_->exit_decider);

@@ -5,6 +5,7 @@
 #include <caf/io/all.hpp>
 
 #include <atomic>
+#include <fstream>
 #include <thread>
 
 #include "actors/node/node.hpp"
@@ -794,6 +795,43 @@ BOOST_AUTO_TEST_CASE(a_response_cancelled_while_ahead_keeps_only_its_shown_posit
   BOOST_TEST(r.stats.speculated > 0);
   const uint64_t row = 2 * static_cast<uint64_t>(edge->model().config().dim);
   BOOST_TEST(r.stats.bytes_uploaded - r.stats.bytes_wasted == (prompt_a().size() + r.tokens.size()) * row);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(exit_decider)
+
+BOOST_AUTO_TEST_CASE(the_latency_budget_policy_lowers_theta_on_a_slow_link_only) {
+  // Calibration: θ 0.3 keeps every token on the edge, 0.6 sends 30%, 0.9 sends 90%. Budget 10 ms
+  // per token: over a 20 ms link (40 ms round trips) only θ 0.3 fits; over loopback all do, and the
+  // configured θ 0.9 (the ceiling) stays. The first response of each edge, before any round trip
+  // was measured, runs at the ceiling.
+  Cluster c;
+  const std::string calibration = c.dir.file("calibration.csv");
+  std::ofstream(calibration) << "threshold,cloud_share\n0.3,0\n0.6,0.3\n0.9,0.9\n";
+  linkem::LinkEmulator link(delayed(20ms), "127.0.0.1", c.cloud->cloud_port());
+  auto budgeted = [&](NodeConfig& e) {
+    e.exit_policy = ExitPolicy::latency_budget;
+    e.exit_calibration = calibration;
+    e.latency_budget = 10ms;
+    e.threshold_floor = 0.3;
+    e.exit_threshold = 0.9;
+  };
+  auto far = c.make_edge([&](NodeConfig& e) {
+    budgeted(e);
+    e.cloud_port = link.port();
+  });
+  auto near = c.make_edge(budgeted);
+  for (Node* edge : {far.get(), near.get()}) {
+    auto req = request_for(prompt_a(), 0, 6);
+    req.threshold.reset();  // the decider's
+    const auto first = edge->generate(req), second = edge->generate(req);
+    BOOST_TEST_CONTEXT((edge == far.get() ? "20 ms link" : "loopback")) {
+      BOOST_TEST(first.error == "");
+      BOOST_TEST(first.stats.threshold == 0.9);
+      BOOST_TEST(second.stats.threshold == (edge == far.get() ? 0.3 : 0.9));
+    }
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

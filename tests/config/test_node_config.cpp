@@ -384,6 +384,24 @@ BOOST_AUTO_TEST_CASE(validate_checks_model_directory) {
   BOOST_CHECK_NO_THROW(c.validate());
 }
 
+BOOST_AUTO_TEST_CASE(the_latency_budget_policy_needs_its_calibration_table) {
+  TempDir dir;
+  ce::NodeConfig c;
+  c.source_path = "edge.ini";
+  c.model_path = dir.make_model().string();
+  c.exit_policy = ce::ExitPolicy::latency_budget;
+  check_contains(error_of([&] { c.validate(); }),
+                 {"edge.ini: ce.exit.policy = latency-budget needs a calibration table", "eval/valid.csv does not exist"});
+  c.exit_calibration = dir.str() + "/my.csv";
+  check_contains(error_of([&] { c.validate(); }), {"my.csv does not exist"});
+  dir.write("my.csv");
+  BOOST_CHECK_NO_THROW(c.validate());
+  c.threshold_floor = 1.5;
+  check_contains(error_of([&] { c.validate(); }), {"ce.exit.threshold-floor = 1.5", "must be in 0..1"});
+  check_contains(parse_error("[ce]\nrole = edge\nmodel.path = m\nexit.policy = fastest\n"),
+                 {"ce.exit.policy", "fixed", "latency-budget"});
+}
+
 BOOST_AUTO_TEST_CASE(validate_rechecks_ranges_of_fields_set_in_code) {
   TempDir dir;
   ce::NodeConfig c;
@@ -514,7 +532,7 @@ BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   const std::string described = ce::describe(ce::NodeConfig{});
   std::size_t lines = 0;
   for (char ch : help) lines += ch == '\n';
-  BOOST_TEST(lines == 38u);
+  BOOST_TEST(lines == 44u);
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
                         "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level",

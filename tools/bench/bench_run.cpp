@@ -18,6 +18,7 @@ std::vector<ModeSpec> paper_modes(double theta_default) {
   if (std::abs(theta_default - 0.8) >= 1e-9) modes.push_back({"collaborative-0.8", InferenceMode::collaborative, 0.8});
   modes.push_back({"collaborative-all-cloud", InferenceMode::collaborative, 2.0});
   modes.push_back({"collaborative-speculative", InferenceMode::collaborative, theta_default, true});
+  modes.push_back({"collaborative-budget", InferenceMode::collaborative, theta_default, false, true});
   return modes;
 }
 

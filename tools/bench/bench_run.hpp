@@ -19,6 +19,7 @@ struct ModeSpec {
   InferenceMode mode;
   double threshold;
   bool speculate = false;  // collaborative only: go on with the edge's guess while the cloud answers
+  bool budget = false;     // θ left to the edge's latency-budget policy (threshold: its ceiling)
 };
 
 struct Row {  // one response

@@ -214,6 +214,39 @@ BOOST_AUTO_TEST_CASE(a_retried_request_gets_the_same_answer_without_a_second_app
   BOOST_TEST(std::get<wire::InferReply>(a).token == std::get<wire::InferReply>(b).token);
 }
 
+// A wrong speculation of an edge: positions 6..7 uploaded with other states and even answered,
+// then truncated; a request parked for a dropped position is cancelled; the right rows that follow
+// get the answer of a session that only ever saw them.
+BOOST_AUTO_TEST_CASE(truncate_drops_a_wrong_path_and_cancels_its_requests) {
+  RawClient c;
+  c.ask(c.good_hello());
+  auto wrong = c.rows(31, 6, 2);
+  for (size_t i = 0; i < wrong.payload.size(); i += 2) wrong.payload[i + 1] ^= 0x04;  // other finite values
+  c.ask(c.rows(31, 0, 6));
+  c.ask(wrong);
+  BOOST_REQUIRE(std::holds_alternative<wire::InferReply>(c.ask(infer(31, 7, 1))));
+  auto ack = c.ask(wire::Truncate{31, 6});
+  BOOST_REQUIRE(std::holds_alternative<wire::UploadAck>(ack));
+  BOOST_TEST(std::get<wire::UploadAck>(ack).held_positions == 6u);
+  auto stats = c.cloud->cloud_stats();
+  BOOST_TEST(stats.truncates == 1u);
+  BOOST_TEST(stats.positions_rolled_back == 2u);
+  // A request for a position not uploaded yet waits; a truncate below it cancels it.
+  auto replies = ask_together(c, {infer(31, 8, 2), wire::Truncate{31, 8}}, std::chrono::seconds(5));
+  expect_error(replies[0], error::cancelled);
+  BOOST_TEST(std::holds_alternative<wire::UploadAck>(replies[1]));
+  // The right rows, then the same answer as a session that never saw the wrong ones.
+  BOOST_TEST(std::get<wire::UploadAck>(c.ask(c.rows(31, 6, 2))).held_positions == 8u);
+  c.ask(c.rows(32, 0, 6));
+  c.ask(c.rows(32, 6, 2));
+  auto got = c.ask(infer(31, 7, 3)), want = c.ask(infer(32, 7, 1));
+  BOOST_REQUIRE(std::holds_alternative<wire::InferReply>(got));
+  BOOST_REQUIRE(std::holds_alternative<wire::InferReply>(want));
+  BOOST_TEST(std::get<wire::InferReply>(got).token == std::get<wire::InferReply>(want).token);
+  BOOST_TEST(std::get<wire::InferReply>(got).confidence == std::get<wire::InferReply>(want).confidence);
+  expect_error(c.ask(wire::Truncate{99, 0}), error::unknown_session);
+}
+
 BOOST_AUTO_TEST_CASE(idle_contexts_are_evicted_and_then_unknown) {
   RawClient c([](NodeConfig& cc) { cc.idle_timeout = std::chrono::milliseconds(300); });
   c.ask(c.good_hello());

@@ -3,6 +3,10 @@
 
 #include "actors/edge/exit_policy.hpp"
 
+#include <fstream>
+
+#include "tests/model/tiny_model.hpp"
+
 using namespace ce;
 
 namespace {
@@ -73,6 +77,50 @@ BOOST_AUTO_TEST_CASE(a_down_link_degrades_new_responses_to_standalone) {
   // Baselines are measured as what they are: never silently standalone.
   for (auto baseline : {InferenceMode::cloud_only, InferenceMode::naive_split})
     BOOST_TEST(static_cast<int>(effective_mode(baseline, false)) == static_cast<int>(baseline));
+}
+
+// The latency-budget policy against a plain reading of its rule: expected ms per token =
+// edge + share(θ) x round trip; the highest θ in [floor, ceiling] that fits, else the floor.
+BOOST_AUTO_TEST_CASE(the_latency_budget_picks_the_highest_threshold_that_fits) {
+  const OffloadCurve curve({{0.9, 0.65}, {0.5, 0.19}, {0.7, 0.42}, {0.3, 0.03}, {0.83, 0.58}});
+  BOOST_TEST(curve.points().front().first == 0.3);  // sorted by θ
+  const double floor = 0.3, ceiling = 0.83, budget = 10;
+  // A near link: every θ fits, the ceiling wins (0.9 lies above it).
+  BOOST_TEST(budget_threshold(curve, {1.0, 1.5}, budget, floor, ceiling) == 0.83);
+  // 20 ms: 1.5 + share x 20 <= 10 -> share <= 0.425 -> 0.7.
+  BOOST_TEST(budget_threshold(curve, {20.0, 1.5}, budget, floor, ceiling) == 0.7);
+  // 40 ms: share <= 0.2125 -> 0.5.
+  BOOST_TEST(budget_threshold(curve, {40.0, 1.5}, budget, floor, ceiling) == 0.5);
+  // 1 s: nothing fits, the floor stands.
+  BOOST_TEST(budget_threshold(curve, {1000.0, 1.5}, budget, 0.45, ceiling) == 0.45);
+}
+
+BOOST_AUTO_TEST_CASE(a_broken_calibration_file_is_refused_naming_the_file_and_line) {
+  ce::test::TempDir dir;
+  const auto write = [&](const std::string& text) {
+    const std::string path = dir.path() + "/cal.csv";
+    std::ofstream(path) << text;
+    return path;
+  };
+  const auto error_of = [](const std::string& path) {
+    try {
+      OffloadCurve::load(path);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const auto good = OffloadCurve::load(write("threshold,edge_share,cloud_share\n0.5,0.8,0.2\n0.8,0.46,0.54\n"));
+  BOOST_TEST(good.points().size() == 2u);
+  BOOST_TEST(good.points()[1].second == 0.54);
+  BOOST_TEST(error_of(dir.path() + "/none.csv").find("none.csv: cannot read") != std::string::npos);
+  BOOST_TEST(error_of(write("threshold,edge_share\n0.5,0.8\n")).find("no column 'cloud_share'") != std::string::npos);
+  BOOST_TEST(error_of(write("threshold,cloud_share\n0.5,0.2\n0.6,x\n")).find("cal.csv:3: threshold and cloud_share must be numbers") !=
+             std::string::npos);
+  BOOST_TEST(error_of(write("threshold,cloud_share\n0.5,1.2\n")).find("cal.csv:2: cloud_share must be in [0, 1]") !=
+             std::string::npos);
+  BOOST_TEST(error_of(write("threshold,cloud_share\n")).find("no rows") != std::string::npos);
+  BOOST_TEST(error_of(write("threshold,cloud_share\n0.5\n")).find("too few columns") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -35,10 +35,11 @@ BOOST_AUTO_TEST_CASE(defaults_come_from_the_node_and_fields_override_them) {
   BOOST_TEST(r.seed == 7);
   BOOST_TEST(!r.stream);
   BOOST_TEST(!r.threshold.has_value());
+  BOOST_TEST(!r.speculate.has_value());
   r = parsed(R"({"model": "tiny", "prompt": ["Hi"], "max_tokens": 5, "temperature": 0.7, "top_p": 0.9, "seed": -3,
                "stop": ["\n", "."], "stream": true, "stream_options": {"include_usage": true}, "n": 1, "echo": false,
                "logprobs": null, "user": "me", "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {},
-               "x_ce": {"threshold": 0.5, "mode": "standalone"}})");
+               "x_ce": {"threshold": 0.5, "mode": "standalone", "speculate": false}})");
   BOOST_TEST(r.prompt == "Hi");
   BOOST_TEST(r.max_tokens == 5);
   BOOST_TEST(r.temperature == 0.7);
@@ -49,6 +50,7 @@ BOOST_AUTO_TEST_CASE(defaults_come_from_the_node_and_fields_override_them) {
   BOOST_TEST(r.include_usage);
   BOOST_TEST(*r.threshold == 0.5);
   BOOST_TEST((*r.mode == InferenceMode::standalone));
+  BOOST_TEST((r.speculate == std::optional<bool>(false)));
   r = parsed(R"({"prompt": [1, 5, 99]})");
   BOOST_TEST(r.prompt_ids == (std::vector<int32_t>{1, 5, 99}));
   r = parsed(R"({"prompt": [[3, 4]], "stop": "x"})");
@@ -89,6 +91,7 @@ BOOST_AUTO_TEST_CASE(every_bad_field_is_named_with_a_4xx) {
       {R"({"prompt": "x", "x_ce": 1})", "x_ce"},
       {R"({"prompt": "x", "x_ce": {"threshold": -0.1}})", "x_ce.threshold"},
       {R"({"prompt": "x", "x_ce": {"mode": "fast"}})", "x_ce.mode"},
+      {R"({"prompt": "x", "x_ce": {"speculate": 1}})", "x_ce.speculate"},
       {R"({"prompt": "x", "x_ce": {"speed": 1}})", "x_ce.speed"},
       {R"({"prompt": "x", "colour": "blue"})", "colour"},
   };

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Writes the speculation page (issue 19) from a ce-bench run of standalone, collaborative and
+collaborative-speculative on the emulated links:
+
+    build/tools/ce-bench --links loopback,lan,wan,mobile \\
+        --modes standalone,collaborative,collaborative-speculative --sweep-link none \\
+        --out-dir docs/bench/speculation
+    python3 scripts/bench-speculation-report.py [--bench-dir docs/bench/speculation]
+
+Per link: total time of each mode and the ratio speculative / collaborative (sums over the run, and
+min / median / max over the prompts, each prompt's modes measured back to back), blocking round trips,
+wasted upload bytes against the confirmed ones, and the cost model
+    T_spec ≈ T_standalone + misses × (RTT + t_cloud)
+(RTT = twice the link's one-way delay, t_cloud = the cloud's compute per request in the speculative
+run) against the measured time. Output: BENCH_DIR/README.md (and stdout). Exit 1 on a missing input.
+"""
+import argparse
+import csv
+import os
+import re
+import statistics
+import sys
+
+TARGETS = {"wan": 0.5, "mobile": 0.45, "loopback": 1.05, "lan": 1.05}
+
+
+def read_csv(path):
+    if not os.path.exists(path):
+        sys.exit(f"bench-speculation-report: {path} is missing (run ce-bench first)")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def one_way_delay_ms(link):
+    try:
+        for line in open(f"bench/links/{link}.ini"):
+            m = re.match(r"\s*delay\s*=\s*([0-9.]+)ms", line)
+            if m:
+                return float(m.group(1))
+    except OSError:
+        pass
+    return 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench-dir", default="docs/bench/speculation")
+    a = ap.parse_args()
+    summary = {(r["link"], r["mode"]): r for r in read_csv(f"{a.bench_dir}/summary.csv")}
+    responses = read_csv(f"{a.bench_dir}/responses.csv")
+    prov = {}
+    if os.path.exists(f"{a.bench_dir}/provenance.txt"):
+        prov = dict(l.strip().split("=", 1) for l in open(f"{a.bench_dir}/provenance.txt") if "=" in l)
+    links = [l for l in ["loopback", "lan", "wan", "mobile"] if (l, "collaborative-speculative") in summary]
+    if not links:
+        sys.exit(f"bench-speculation-report: {a.bench_dir}/summary.csv has no collaborative-speculative rows")
+
+    out = []
+    w = out.append
+    any_row = summary[(links[0], "collaborative")]
+    w("# Speculative collaboration: measured (issue 19)\n")
+    w(f"ce-bench run {prov.get('finished', '?')}, commit `{prov.get('commit', '?')}`, "
+      f"{prov.get('machine', 'this machine')}; {any_row['responses']} prompts × "
+      f"{int(float(any_row['tokens']) / float(any_row['responses']))} new tokens each, greedy, θ {float(any_row['threshold']):g} "
+      "(the model's default), links emulated by ce-linkem (`bench/links/*.ini`). Modes of one prompt run back to back "
+      "(prompt-major), so the machine's drift spreads over all of them. Raw rows: [responses.csv](responses.csv), "
+      "sums: [summary.csv](summary.csv). Written by `scripts/bench-speculation-report.py`.\n")
+    w("Every speculative response equals its non-speculative one token for token (ce-bench checks it and fails "
+      "otherwise), and uploads each confirmed position exactly once: uploaded − wasted = (prompt + generated) × dim × 2.\n")
+
+    w("## Time, round trips and bytes (sums over the run)\n")
+    w("| link | standalone (s) | collaborative (s) | speculative (s) | speculative / collaborative: all (per prompt min / median / max) | target | "
+      "blocking round trips / response: collaborative → speculative (ratio) | misses / cloud tokens | wasted / confirmed upload bytes |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    verdicts = []
+    model_rows = []
+    for link in links:
+        st, co, sp = (summary[(link, m)] for m in ("standalone", "collaborative", "collaborative-speculative"))
+        t_st, t_co, t_sp = float(st["total_s"]), float(co["total_s"]), float(sp["total_s"])
+        per_prompt = {}
+        for r in responses:
+            if r["link"] == link and r["mode"] in ("collaborative", "collaborative-speculative"):
+                per_prompt.setdefault(r["prompt"], {})[r["mode"]] = float(r["total_ms"])
+        ratios = sorted(p["collaborative-speculative"] / p["collaborative"] for p in per_prompt.values()
+                        if len(p) == 2 and p["collaborative"] > 0)
+        n = float(sp["responses"])
+        b_co, b_sp = float(co["blocking_round_trips"]) / n, float(sp["blocking_round_trips"]) / n
+        confirmed = sum(int(r["bytes_uploaded"]) - int(r["bytes_wasted"]) for r in responses
+                        if r["link"] == link and r["mode"] == "collaborative-speculative")
+        wasted = sum(int(r["bytes_wasted"]) for r in responses
+                     if r["link"] == link and r["mode"] == "collaborative-speculative")
+        misses, cloud_tokens = int(float(sp["misses"])), int(float(sp["tokens"]) * float(sp["cloud_share"]) + 0.5)
+        ratio = t_sp / t_co
+        target = TARGETS.get(link)
+        ok = target is not None and ratio <= target
+        verdicts.append((link, ratio, target, ok, b_sp / b_co if b_co else 0, wasted / confirmed if confirmed else 0))
+        w(f"| {link} | {t_st:.2f} | {t_co:.2f} | {t_sp:.2f} | **{ratio:.2f}×** ({ratios[0]:.2f} / "
+          f"{statistics.median(ratios):.2f} / {ratios[-1]:.2f}) | ≤ {target:g}× {'✓' if ok else '✗'} | "
+          f"{b_co:.1f} → {b_sp:.1f} ({b_sp / b_co if b_co else 0:.2f}×) | {misses} / {cloud_tokens} "
+          f"({100 * misses / max(cloud_tokens, 1):.1f}%) | {wasted:,} / {confirmed:,} ({100 * wasted / max(confirmed, 1):.0f}%) |")
+        rtt_s = 2 * one_way_delay_ms(link) / 1000
+        t_cloud = float(sp["cloud_s"]) / max(float(sp["cloud_requests"]), 1)
+        predicted = t_st + misses * (rtt_s + t_cloud)
+        ends = int(float(sp["responses"]))  # each response waits for its last answers once
+        model_rows.append((link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, predicted + ends * (rtt_s + t_cloud)))
+
+    w("\n## Cost model\n")
+    w("A confirmed guess costs the edge nothing: it has already computed on. A miss costs what the edge "
+      "computed past the guess, which is about one round trip plus the cloud's compute of that request, "
+      "after which it starts over from the cloud's token. So\n")
+    w("    T_spec ≈ T_standalone + misses × (RTT + t_cloud)\n")
+    w("with RTT twice the link's one-way delay and t_cloud the cloud's compute per request. A response also "
+      "waits once at its end for the answers to its last guesses, one more (RTT + t_cloud) per response: the "
+      "second prediction adds it. Neither counts the window of requests (ce.speculation.max-requests, "
+      "min-path-confidence: a guess deep in an uncertain path is asked only once the guesses before it hold), "
+      "the upload of the rows, the cloud's queueing, or on a near link (loopback, LAN) that the cloud's compute "
+      "shares the edge's two cores: the model is meant for links where the round trip dominates.\n")
+    w("| link | T_standalone (s) | misses | RTT (ms) | t_cloud (ms) | predicted (s) | measured / predicted | "
+      "predicted with the end waits (s) | measured / that | measured (s) |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, with_ends in model_rows:
+        w(f"| {link} | {t_st:.2f} | {misses} | {1000 * rtt_s:.0f} | {1000 * t_cloud:.2f} | {predicted:.2f} | "
+          f"{t_sp / predicted:.2f} | {with_ends:.2f} | {t_sp / with_ends:.2f} | {t_sp:.2f} |")
+
+    budget_links = [l for l in links if (l, "collaborative-budget") in summary]
+    if budget_links:
+        curve = {}
+        test_csv = "models/ce-brown-8l/eval/test.csv"
+        if os.path.exists(test_csv):
+            for r in read_csv(test_csv):
+                curve[round(float(r["threshold"]), 4)] = float(r["accuracy_collaborative"])
+
+        def accuracy(theta):
+            if not curve:
+                return "?"
+            nearest = min(curve, key=lambda t: abs(t - theta))
+            return f"{100 * curve[nearest]:.2f}%"
+
+        w("\n## Link-aware θ (ce.exit.policy = latency-budget)\n")
+        w("Without speculation, against the fixed θ: the edge's exit decider keeps moving averages of the round "
+          "trip and of an edge step and gives each new response the highest θ (at most the configured one) whose "
+          "expected time per token, edge step + cloud share(θ) × round trip, fits ce.exit.latency-budget "
+          f"({prov.get('latency_budget_ms', '10')} ms here), never below ce.exit.threshold-floor; cloud share(θ) "
+          "comes from the model's validation sweep (eval/valid.csv). Accuracy: next-token accuracy of collaborative "
+          "inference at that θ on the held-out test text (the model's eval/test.csv). The first response of a run "
+          "has no measured round trip yet and runs at the configured θ.\n")
+        w("| link | policy | θ (median over responses; min – max) | total (s) | ms / token | to cloud | accuracy at θ |")
+        w("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+        for link in budget_links:
+            for mode, label in (("collaborative", "fixed"), ("collaborative-budget", "latency-budget")):
+                s = summary[(link, mode)]
+                thetas = sorted(float(r["threshold"]) for r in responses if r["link"] == link and r["mode"] == mode)
+                med = statistics.median(thetas)
+                w(f"| {link} | {label} | {med:g} ({thetas[0]:g} – {thetas[-1]:g}) | {float(s['total_s']):.2f} | "
+                  f"{1000 * float(s['total_s']) / float(s['tokens']):.2f} | {100 * float(s['cloud_share']):.1f}% | "
+                  f"{accuracy(med)} |")
+
+    w("\n## Against the issue's targets\n")
+    for link, ratio, target, ok, blocking, waste in verdicts:
+        w(f"- {link}: total {ratio:.2f}× non-speculative (target ≤ {target:g}×: {'met' if ok else 'NOT met'}); "
+          f"blocking round trips {blocking:.2f}× (target ≤ 0.45×: {'met' if blocking <= 0.45 else 'NOT met'}); "
+          f"wasted upload bytes {100 * waste:.0f}% of the confirmed ones (target ≤ 50%: "
+          f"{'met' if waste <= 0.5 else 'NOT met'}).")
+    text = "\n".join(out) + "\n"
+    with open(f"{a.bench_dir}/README.md", "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
