@@ -15,6 +15,8 @@ import re
 import subprocess
 import sys
 
+from bench_common import machine
+
 LINK_NAMES = {"loopback": "loopback", "lan": "LAN", "wan": "WAN", "mobile": "mobile"}
 SLOW_LINKS = ("wan", "mobile")
 TABLE_LINKS = ("wan", "mobile", "lan", "loopback")  # the order of the page's tables
@@ -71,19 +73,6 @@ def link_profile(name):
     except OSError:
         pass
     return prof
-
-
-def machine():
-    cores = os.cpu_count()
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cores} CPU cores ({cpu}), no GPU"
 
 
 def by_link_and_mode(summary):

@@ -19,7 +19,10 @@ import csv
 import os
 import re
 import statistics
+import subprocess
 import sys
+
+from bench_common import machine
 
 TARGETS = {"wan": 0.5, "mobile": 0.45, "loopback": 1.05, "lan": 1.05}
 
@@ -51,6 +54,12 @@ def main():
     prov = {}
     if os.path.exists(f"{a.bench_dir}/provenance.txt"):
         prov = dict(l.strip().split("=", 1) for l in open(f"{a.bench_dir}/provenance.txt") if "=" in l)
+    if "commit" not in prov:
+        try:
+            prov["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            prov["commit"] = "?"
     links = [l for l in ["loopback", "lan", "wan", "mobile"] if (l, "collaborative-speculative") in summary]
     if not links:
         sys.exit(f"bench-speculation-report: {a.bench_dir}/summary.csv has no collaborative-speculative rows")
@@ -59,8 +68,9 @@ def main():
     w = out.append
     any_row = summary[(links[0], "collaborative")]
     w("# Speculative collaboration: measured (issue 19)\n")
+    knobs = ", ".join(f"{k} {prov[k]}" for k in ("max_ahead", "max_requests", "min_path_confidence") if k in prov)
     w(f"ce-bench run {prov.get('finished', '?')}, commit `{prov.get('commit', '?')}`, "
-      f"{prov.get('machine', 'this machine')}; {any_row['responses']} prompts × "
+      f"{prov.get('machine', machine() + ', cloud and edge in one process sharing them')}; {'speculation: ' + knobs + '; ' if knobs else ''}{any_row['responses']} prompts × "
       f"{int(float(any_row['tokens']) / float(any_row['responses']))} new tokens each, greedy, θ {float(any_row['threshold']):g} "
       "(the model's default), links emulated by ce-linkem (`bench/links/*.ini`). Modes of one prompt run back to back "
       "(prompt-major), so the machine's drift spreads over all of them. Raw rows: [responses.csv](responses.csv), "
