@@ -2,9 +2,13 @@
 """Writes the speculation page (issue 19) from a ce-bench run of standalone, collaborative and
 collaborative-speculative on the emulated links:
 
-    build/tools/ce-bench --links loopback,lan,wan,mobile \\
-        --modes standalone,collaborative,collaborative-speculative --sweep-link none \\
-        --out-dir docs/bench/speculation
+    build/tools/ce-bench --links loopback,lan,wan,mobile --prompts 100 --tokens 100 \\
+        --modes standalone,collaborative,collaborative-speculative,collaborative-budget \\
+        --sweep-link none --eval-tokens 2000 --out-dir docs/bench/speculation
+    # optional, for the cost model without the request window (BENCH_DIR/unwindowed):
+    build/tools/ce-bench --links wan,mobile --prompts 20 --tokens 100 \\
+        --modes standalone,collaborative,collaborative-speculative --sweep-link none --eval-tokens 500 \\
+        --max-requests 1024 --min-path-confidence 0 --out-dir docs/bench/speculation/unwindowed
     python3 scripts/bench-speculation-report.py [--bench-dir docs/bench/speculation]
 
 Per link: total time of each mode and the ratio speculative / collaborative (sums over the run, and
@@ -45,39 +49,8 @@ def one_way_delay_ms(link):
     return 0.0
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench-dir", default="docs/bench/speculation")
-    a = ap.parse_args()
-    summary = {(r["link"], r["mode"]): r for r in read_csv(f"{a.bench_dir}/summary.csv")}
-    responses = read_csv(f"{a.bench_dir}/responses.csv")
-    prov = {}
-    if os.path.exists(f"{a.bench_dir}/provenance.txt"):
-        prov = dict(l.strip().split("=", 1) for l in open(f"{a.bench_dir}/provenance.txt") if "=" in l)
-    if "commit" not in prov:
-        try:
-            prov["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            prov["commit"] = "?"
-    links = [l for l in ["loopback", "lan", "wan", "mobile"] if (l, "collaborative-speculative") in summary]
-    if not links:
-        sys.exit(f"bench-speculation-report: {a.bench_dir}/summary.csv has no collaborative-speculative rows")
-
-    out = []
-    w = out.append
-    any_row = summary[(links[0], "collaborative")]
-    w("# Speculative collaboration: measured (issue 19)\n")
-    knobs = ", ".join(f"{k} {prov[k]}" for k in ("max_ahead", "max_requests", "min_path_confidence") if k in prov)
-    w(f"ce-bench run {prov.get('finished', '?')}, commit `{prov.get('commit', '?')}`, "
-      f"{prov.get('machine', machine() + ', cloud and edge in one process sharing them')}; {'speculation: ' + knobs + '; ' if knobs else ''}{any_row['responses']} prompts × "
-      f"{int(float(any_row['tokens']) / float(any_row['responses']))} new tokens each, greedy, θ {float(any_row['threshold']):g} "
-      "(the model's default), links emulated by ce-linkem (`bench/links/*.ini`). Modes of one prompt run back to back "
-      "(prompt-major), so the machine's drift spreads over all of them. Raw rows: [responses.csv](responses.csv), "
-      "sums: [summary.csv](summary.csv). Written by `scripts/bench-speculation-report.py`.\n")
-    w("Every speculative response equals its non-speculative one token for token (ce-bench checks it and fails "
-      "otherwise), and uploads each confirmed position exactly once: uploaded − wasted = (prompt + generated) × dim × 2.\n")
-
+def speculation_tables(w, summary, responses, links):
+    """The time / round trips / bytes table and the cost model of one run; returns the verdicts."""
     w("## Time, round trips and bytes (sums over the run)\n")
     w("| link | standalone (s) | collaborative (s) | speculative (s) | speculative / collaborative: all (per prompt min / median / max) | target | "
       "blocking round trips / response: collaborative → speculative (ratio) | misses / cloud tokens | wasted / confirmed upload bytes |")
@@ -131,6 +104,53 @@ def main():
     for link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, with_ends in model_rows:
         w(f"| {link} | {t_st:.2f} | {misses} | {1000 * rtt_s:.0f} | {1000 * t_cloud:.2f} | {predicted:.2f} | "
           f"{t_sp / predicted:.2f} | {with_ends:.2f} | {t_sp / with_ends:.2f} | {t_sp:.2f} |")
+    return verdicts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench-dir", default="docs/bench/speculation")
+    a = ap.parse_args()
+    summary = {(r["link"], r["mode"]): r for r in read_csv(f"{a.bench_dir}/summary.csv")}
+    responses = read_csv(f"{a.bench_dir}/responses.csv")
+    prov = {}
+    if os.path.exists(f"{a.bench_dir}/provenance.txt"):
+        prov = dict(l.strip().split("=", 1) for l in open(f"{a.bench_dir}/provenance.txt") if "=" in l)
+    if "commit" not in prov:
+        try:
+            prov["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            prov["commit"] = "?"
+    links = [l for l in ["loopback", "lan", "wan", "mobile"] if (l, "collaborative-speculative") in summary]
+    if not links:
+        sys.exit(f"bench-speculation-report: {a.bench_dir}/summary.csv has no collaborative-speculative rows")
+
+    out = []
+    w = out.append
+    any_row = summary[(links[0], "collaborative")]
+    w("# Speculative collaboration: measured (issue 19)\n")
+    knobs = ", ".join(f"{k} {prov[k]}" for k in ("max_ahead", "max_requests", "min_path_confidence") if k in prov)
+    w(f"ce-bench run {prov.get('finished', '?')}, commit `{prov.get('commit', '?')}`, "
+      f"{prov.get('machine', machine() + ', cloud and edge in one process sharing them')}; {'speculation: ' + knobs + '; ' if knobs else ''}{any_row['responses']} prompts × "
+      f"{int(float(any_row['tokens']) / float(any_row['responses']))} new tokens each, greedy, θ {float(any_row['threshold']):g} "
+      "(the model's default), links emulated by ce-linkem (`bench/links/*.ini`). Modes of one prompt run back to back "
+      "(prompt-major), so the machine's drift spreads over all of them. Raw rows: [responses.csv](responses.csv), "
+      "sums: [summary.csv](summary.csv). Written by `scripts/bench-speculation-report.py`.\n")
+    w("Every speculative response equals its non-speculative one token for token (ce-bench checks it and fails "
+      "otherwise), and uploads each confirmed position exactly once: uploaded − wasted = (prompt + generated) × dim × 2.\n")
+
+    verdicts = speculation_tables(w, summary, responses, links)
+    unwindowed = f"{a.bench_dir}/unwindowed"
+    if os.path.exists(f"{unwindowed}/summary.csv"):
+        u_summary = {(r["link"], r["mode"]): r for r in read_csv(f"{unwindowed}/summary.csv")}
+        u_links = [l for l in links if (l, "collaborative-speculative") in u_summary]
+        u_rows = read_csv(f"{unwindowed}/responses.csv")
+        n = u_summary[(u_links[0], "collaborative")]["responses"] if u_links else "?"
+        w(f"\n## Without the request window ({n} prompts, [unwindowed/](unwindowed/summary.csv))\n")
+        w("Every guess asked at once and every row uploaded as soon as computed (--max-requests 1024 "
+          "--min-path-confidence 0): the time the cost model describes, and the bytes the window saves.\n")
+        speculation_tables(w, u_summary, u_rows, u_links)
 
     budget_links = [l for l in links if (l, "collaborative-budget") in summary]
     if budget_links:
