@@ -737,6 +737,36 @@ BOOST_AUTO_TEST_CASE(speculative_output_equals_non_speculative_token_for_token) 
   BOOST_TEST(eventually([&] { return c.cloud->cloud_stats().live == 0u; }));
 }
 
+BOOST_AUTO_TEST_CASE(the_uploader_truncates_its_log_and_the_cloud_and_counts_the_waste) {
+  // Fed straight to the uploader as edge_inference would: 10 rows go up, the last 4 turn out to be
+  // a wrong path, 3 others replace them. The cloud drops the 4 (one Truncate), takes the 3, and the
+  // Bye reports 13 rows uploaded of which 4 wasted. A truncate of nothing past the log is a no-op.
+  Cluster c;
+  const auto dim = static_cast<uint32_t>(c.edge->model().config().dim);
+  auto rows = [&](uint32_t first, uint32_t count, uint16_t bits) {
+    return PositionRows::states_f16(first, count, dim, std::vector<uint16_t>(count * dim, bits).data());
+  };
+  caf::scoped_actor producer{c.edge->system()};
+  const uint64_t session = 41;
+  producer->send(c.edge->uploader(), upload_atom::value, session, rows(0, 10, 0));
+  BOOST_REQUIRE(eventually([&] { return c.cloud->cloud_stats().positions_received == 10u; }));
+  producer->send(c.edge->uploader(), truncate_atom::value, session, uint32_t{6});
+  producer->send(c.edge->uploader(), truncate_atom::value, session, uint32_t{20});
+  producer->send(c.edge->uploader(), upload_atom::value, session, rows(6, 3, 0x3c00));
+  BOOST_REQUIRE(eventually([&] { return c.cloud->cloud_stats().positions_received == 13u; }));
+  const auto s = c.cloud->cloud_stats();
+  BOOST_TEST(s.truncates == 1u);
+  BOOST_TEST(s.positions_repeated == 0u);  // the replacing rows were taken as new, not as re-sends
+  const uint64_t row = 2 * dim;
+  producer->request(c.edge->uploader(), 10s, bye_atom::value, session)
+      .receive(
+          [&](uint64_t bytes, uint64_t wasted) {
+            BOOST_TEST(bytes == 13 * row);
+            BOOST_TEST(wasted == 4 * row);
+          },
+          [](caf::error& e) { BOOST_FAIL("bye: " << to_string(e)); });
+}
+
 BOOST_AUTO_TEST_CASE(a_cloud_lost_mid_speculation_leaves_a_consistent_response) {
   // Every token goes to the cloud over a 10 ms link and every second guess is wrong, so several
   // guesses and requests are out when the cloud process goes away at the 6th token. The response
