@@ -8,14 +8,12 @@ Usage: bench-report.py [--bench-dir docs/bench] [--model models/ce-brown-8l] [--
 """
 import argparse
 import csv
-import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 
-from bench_common import machine
+from bench_common import machine, provenance
 
 LINK_NAMES = {"loopback": "loopback", "lan": "LAN", "wan": "WAN", "mobile": "mobile"}
 SLOW_LINKS = ("wan", "mobile")
@@ -78,23 +76,6 @@ def link_profile(name):
 def by_link_and_mode(summary):
     return {(r["link"], r["mode"]): {k: (float(v) if k not in ("link", "mode") else v) for k, v in r.items()}
             for r in summary}
-
-
-def provenance(bench_dir):
-    """How the figures came about: written by ce-bench (date, resumed responses, minutes of the last sitting)
-    and scripts/run-bench (commit); HEAD and today where the file lacks them."""
-    p = {}
-    path = f"{bench_dir}/provenance.txt"
-    if os.path.exists(path):
-        p = dict(line.strip().split("=", 1) for line in open(path) if "=" in line)
-    if "commit" not in p:
-        try:
-            p["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                         check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            p["commit"] = "unknown"
-    p.setdefault("finished", datetime.date.today().isoformat())
-    return p
 
 
 def parse_accuracy(results_md):

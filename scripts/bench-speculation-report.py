@@ -23,10 +23,9 @@ import csv
 import os
 import re
 import statistics
-import subprocess
 import sys
 
-from bench_common import machine
+from bench_common import machine, provenance
 
 TARGETS = {"wan": 0.5, "mobile": 0.45, "loopback": 1.05, "lan": 1.05}
 
@@ -113,15 +112,7 @@ def main():
     a = ap.parse_args()
     summary = {(r["link"], r["mode"]): r for r in read_csv(f"{a.bench_dir}/summary.csv")}
     responses = read_csv(f"{a.bench_dir}/responses.csv")
-    prov = {}
-    if os.path.exists(f"{a.bench_dir}/provenance.txt"):
-        prov = dict(l.strip().split("=", 1) for l in open(f"{a.bench_dir}/provenance.txt") if "=" in l)
-    if "commit" not in prov:
-        try:
-            prov["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            prov["commit"] = "?"
+    prov = provenance(a.bench_dir)
     links = [l for l in ["loopback", "lan", "wan", "mobile"] if (l, "collaborative-speculative") in summary]
     if not links:
         sys.exit(f"bench-speculation-report: {a.bench_dir}/summary.csv has no collaborative-speculative rows")
