@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "actors/atoms.hpp"
+#include "actors/http/stats_json.hpp"
 #include "model/early_exit_runner.hpp"
 #include "model/runtime.hpp"
 #include "model/split_plan.hpp"
@@ -22,12 +23,6 @@ using clock_type = std::chrono::steady_clock;
 
 double ms_since(clock_type::time_point t0) {
   return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
-
-double percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5)];
 }
 
 // One simulated edge session against the cloud: the frames an edge's uploader sends.

@@ -5,16 +5,9 @@
 #include <iomanip>
 #include <sstream>
 
+#include "actors/http/stats_json.hpp"
+
 namespace ce::bench {
-namespace {
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
-}
-
-}  // namespace
 
 Summary summarize(const std::string& link, const ModeSpec& m, const std::vector<Row>& rows) {
   Summary s;
