@@ -8,7 +8,7 @@
 #include <functional>
 
 #include "model/rotary_layout.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 #include "model/weights.hpp"
 
 namespace ce {
@@ -130,7 +130,7 @@ std::vector<Entry> entries(const Weights& w, GgufType type) {
   return out;
 }
 
-void put_metadata(Metadata& m, const Weights& w, const Tokenizer& tok, GgufType type) {
+void put_metadata(Metadata& m, const Weights& w, const SentencePieceTokenizer& tok, GgufType type) {
   const auto& c = w.config;
   m.string("general.architecture", "llama");
   m.string("general.name", c.name);
@@ -169,7 +169,7 @@ GgufType gguf_type_from_string(const std::string& name) {
   throw ModelError("GGUF type '" + name + "' unknown (choices: f32, f16, q8_0)");
 }
 
-void write_gguf(const Weights& w, const Tokenizer& tok, GgufType type, const std::string& path) {
+void write_gguf(const Weights& w, const SentencePieceTokenizer& tok, GgufType type, const std::string& path) {
   if (tok.vocab_size() != w.config.vocab_size)
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok.vocab_size()) + " pieces, the model " +
                      std::to_string(w.config.vocab_size));

@@ -17,12 +17,12 @@
 namespace ce {
 
 struct Weights;
-class Tokenizer;
+class SentencePieceTokenizer;
 
 enum class GgufType { f32, f16, q8_0 };
 
 // Throws ModelError naming `path` when it cannot be written.
-void write_gguf(const Weights& weights, const Tokenizer& tokenizer, GgufType type, const std::string& path);
+void write_gguf(const Weights& weights, const SentencePieceTokenizer& tokenizer, GgufType type, const std::string& path);
 
 // "f32", "f16", "q8_0"; throws ModelError naming the choices otherwise.
 GgufType gguf_type_from_string(const std::string& name);

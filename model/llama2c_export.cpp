@@ -6,7 +6,7 @@
 #include <fstream>
 
 #include "model/rotary_layout.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 #include "model/weights.hpp"
 
 namespace ce {
@@ -58,7 +58,7 @@ void write_llama2c_model(const Weights& w, const std::string& path) {
   if (!out) throw ModelError(path + ": write failed");
 }
 
-void write_llama2c_tokenizer(const Tokenizer& t, const std::string& path) {
+void write_llama2c_tokenizer(const SentencePieceTokenizer& t, const std::string& path) {
   std::vector<std::string> pieces;
   int32_t longest = 0;
   for (int32_t id = 0; id < t.vocab_size(); ++id) {

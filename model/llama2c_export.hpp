@@ -13,9 +13,9 @@
 namespace ce {
 
 struct Weights;
-class Tokenizer;
+class SentencePieceTokenizer;
 
 void write_llama2c_model(const Weights& weights, const std::string& path);
-void write_llama2c_tokenizer(const Tokenizer& tokenizer, const std::string& path);
+void write_llama2c_tokenizer(const SentencePieceTokenizer& tokenizer, const std::string& path);
 
 }  // namespace ce

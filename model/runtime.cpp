@@ -2,12 +2,18 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "model/decoder.hpp"
 #include "model/kernels.hpp"
 
 namespace ce {
+
+std::string Model::tokenizer_path() const {
+  const std::string json = dir_ + "/tokenizer.json";
+  return std::filesystem::exists(json) ? json : dir_ + "/tokenizer.model";
+}
 
 const char* to_string(WeightPrecision p) {
   switch (p) {

@@ -32,7 +32,8 @@ class Model {
   std::string precision() const;  // the weight matrices as held: "fp32", "fp16", "bf16" or "int8"
   int64_t weight_bytes() const;   // bytes of the weight matrices as held
   const std::string& dir() const { return dir_; }
-  std::string tokenizer_path() const { return dir_ + "/tokenizer.model"; }
+  // dir/tokenizer.json where there is one, else dir/tokenizer.model (which may be absent).
+  std::string tokenizer_path() const;
   const Decoder& decoder() const { return *decoder_; }
 
  private:

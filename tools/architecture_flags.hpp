@@ -3,7 +3,7 @@
 #include <string>
 
 #include "model/model_config.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tools/cli.hpp"
 
 namespace ce::cli {

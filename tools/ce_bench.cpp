@@ -17,7 +17,7 @@
 #include "model/blas_kernel.hpp"
 #include "model/evaluation.hpp"
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tools/cli.hpp"
 #include "tools/weights_flag.hpp"
 #include "linkem/link_emulator.hpp"
@@ -84,7 +84,8 @@ int main(int argc, char** argv) {
     cloud_cfg.log_level = LogLevel::warning;
     Node cloud(cloud_cfg);
     const auto& mc = cloud.model().config();
-    Tokenizer tok(cloud.model().tokenizer_path());
+    const auto tokenizer = open_tokenizer(cloud.model().tokenizer_path());
+    const Tokenizer& tok = *tokenizer;
     const std::string text = read_text(cli.get("text"));
     auto prompts = make_prompts(tok, text, n_prompts, static_cast<int>(cli.get_int("prompt-tokens")),
                                 static_cast<int32_t>(mc.bos_id));

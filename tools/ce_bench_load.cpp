@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tools/bench/load.hpp"
 #include "tools/cli.hpp"
 
@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     if (!in) cli.fail("--text: cannot read " + cli.get("text"));
     std::stringstream text;
     text << in.rdbuf();
-    auto tokens = ce::Tokenizer(model->tokenizer_path()).encode(text.str());
+    auto tokens = ce::open_tokenizer(model->tokenizer_path())->encode(text.str());
     tokens.insert(tokens.begin(), static_cast<int32_t>(model->config().bos_id));
     const auto positions = static_cast<size_t>(cli.get_int("positions"));
     const auto catch_up = static_cast<uint32_t>(cli.get_int("catch-up"));

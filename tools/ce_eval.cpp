@@ -17,7 +17,7 @@
 #include "model/blas_kernel.hpp"
 #include "model/evaluation.hpp"
 #include "model/split_plan.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tools/cli.hpp"
 #include "tools/weights_flag.hpp"
 
@@ -204,7 +204,8 @@ int main(int argc, char** argv) {
     if (options.window < 1 || options.window > cfg.max_seq)
       throw Failure("--window " + std::to_string(options.window) + " outside [1, " + std::to_string(cfg.max_seq) +
                     "] (the model's max_position_embeddings)");
-    ce::Tokenizer tokenizer(tok_path);
+    const auto opened = ce::open_tokenizer(tok_path);
+    const ce::Tokenizer& tokenizer = *opened;
     if (tokenizer.vocab_size() > cfg.vocab_size)
       throw Failure(tok_path + ": tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                     " pieces, more than the model's vocabulary of " + std::to_string(cfg.vocab_size));

@@ -7,10 +7,10 @@
 #include <optional>
 
 #include "model/blas_kernel.hpp"
-#include "model/detokenizer.hpp"
+#include "model/text/detokenizer.hpp"
 #include "model/early_exit_runner.hpp"
 #include "model/split_plan.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tools/cli.hpp"
 #include "tools/weights_flag.hpp"
 
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
 
     std::unique_ptr<ce::Tokenizer> tokenizer;
     const std::string tok_path = cli.has("tokenizer") ? cli.get("tokenizer") : model->tokenizer_path();
-    if (std::filesystem::exists(tok_path)) tokenizer = std::make_unique<ce::Tokenizer>(tok_path);
+    if (std::filesystem::exists(tok_path)) tokenizer = ce::open_tokenizer(tok_path);
 
     std::vector<int32_t> prompt;
     if (!cli.has("no-bos")) prompt.push_back(static_cast<int32_t>(cfg.bos_id));

@@ -8,7 +8,8 @@
 #include "model/gguf_export.hpp"
 #include "model/llama2c_export.hpp"
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "model/weights.hpp"
 #include "tools/architecture_flags.hpp"
 
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
       std::filesystem::create_directories(dir);
       ce::write_llama2c_model(*ce::load_weights(from), dir + "/model.bin");
       if (std::filesystem::exists(from + "/tokenizer.model"))
-        ce::write_llama2c_tokenizer(ce::Tokenizer(from + "/tokenizer.model"), dir + "/tokenizer.bin");
+        ce::write_llama2c_tokenizer(ce::SentencePieceTokenizer(from + "/tokenizer.model"), dir + "/tokenizer.bin");
       std::cout << "wrote " << dir << "/model.bin" << (std::filesystem::exists(dir + "/tokenizer.bin") ? " and tokenizer.bin" : "")
                 << " from " << from << "\n";
       return 0;
@@ -52,13 +53,13 @@ int main(int argc, char** argv) {
       const auto path = cli.get("export-gguf"), from = cli.get("model");
       const auto type = ce::gguf_type_from_string(cli.get("gguf-type"));
       const std::string tokenizer = cli.has("tokenizer") ? cli.get("tokenizer") : from + "/tokenizer.model";
-      ce::write_gguf(*ce::load_weights(from, ce::StoredType::keep), ce::Tokenizer(tokenizer), type, path);
+      ce::write_gguf(*ce::load_weights(from, ce::StoredType::keep), ce::SentencePieceTokenizer(tokenizer), type, path);
       std::cout << "wrote " << path << " (" << cli.get("gguf-type") << ") from " << from << "\n";
       return 0;
     }
     const std::string out = cli.require("random-out");
     std::unique_ptr<ce::Tokenizer> tok;
-    if (cli.has("tokenizer")) tok = std::make_unique<ce::Tokenizer>(cli.get("tokenizer"));
+    if (cli.has("tokenizer")) tok = ce::open_tokenizer(cli.get("tokenizer"));
     auto c = ce::cli::architecture_from_flags(cli, tok.get(), cli.get_int("vocab"));
     c.name = "random-" + cli.get("seed");
     auto w = ce::random_weights(c, static_cast<uint64_t>(cli.get_int("seed")));

@@ -12,9 +12,9 @@
 #include "actors/log.hpp"
 #include "actors/node/node.hpp"
 #include "model/blas_kernel.hpp"
-#include "model/detokenizer.hpp"
+#include "model/text/detokenizer.hpp"
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tools/cli.hpp"
 
 namespace {
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (cli.has("ready-file")) write_ready_file(cli.get("ready-file"), node.cloud_port(), 0);
-    std::unique_ptr<ce::Tokenizer> tokenizer = std::make_unique<ce::Tokenizer>(node.model().tokenizer_path());
+    std::unique_ptr<ce::Tokenizer> tokenizer = ce::open_tokenizer(node.model().tokenizer_path());
     const auto& mc = node.model().config();
     if (config.mode != ce::InferenceMode::standalone &&
         !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))

@@ -8,7 +8,7 @@
 
 #include "model/blas_kernel.hpp"
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 #include "model/trainer.hpp"
 #include "tools/architecture_flags.hpp"
 
@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
   cli.parse(argc, argv);
   try {
     ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
-    ce::Tokenizer tok(cli.get("tokenizer"));
+    const auto opened = ce::open_tokenizer(cli.get("tokenizer"));
+    const ce::Tokenizer& tok = *opened;
     ce::TrainOptions o;
     o.config = ce::cli::architecture_from_flags(cli, &tok, tok.vocab_size());
     o.config.name = cli.get("name");

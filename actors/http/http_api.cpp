@@ -17,9 +17,9 @@
 #include "actors/http/metrics.hpp"
 #include "actors/http/stats_json.hpp"
 #include "actors/node/node.hpp"
-#include "model/detokenizer.hpp"
+#include "model/text/detokenizer.hpp"
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 
 namespace ce {
 namespace {
@@ -130,7 +130,7 @@ struct HttpApi::Impl {
       : node(n), config(n.config()), edge(n.config().role != Role::cloud), cloud(n.config().role != Role::edge) {
     const auto& mc = node.model().config();
     if (edge) {
-      tokenizer = std::make_unique<Tokenizer>(node.model().tokenizer_path());
+      tokenizer = open_tokenizer(node.model().tokenizer_path());
       defaults = {mc.name, config.max_tokens, config.temperature, config.top_p, config.seed,
                   static_cast<int>(mc.vocab_size)};
     }

@@ -10,7 +10,7 @@
 #include <random>
 
 #include "model/runtime.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 #include "tests/integration/processes.hpp"
 #include "linkem/link_emulator.hpp"
 
@@ -30,7 +30,7 @@ linkem::LinkProfile one_way(double ms) {
 }
 
 std::vector<int32_t> prompt_ids(const Deployment& d, const std::string& prompt) {
-  Tokenizer tok(tokenizer_file);
+  SentencePieceTokenizer tok(tokenizer_file);
   auto model = Model::load(d.model_path);
   std::vector<int32_t> ids{static_cast<int32_t>(model->config().bos_id)};
   for (auto id : tok.encode(prompt)) ids.push_back(id);

@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "model/blas_kernel.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 #include "tests/integration/processes.hpp"
 #include "tests/prometheus.hpp"
 
@@ -31,7 +31,7 @@ BOOST_AUTO_TEST_CASE(edge_and_cloud_processes_answer_like_one_process) {
       "edge.ini", "role = \"edge\"\n[ce.cloud]\nport = " + std::to_string(cloud.port) + "\n");
   const std::string prompt = "The jury said";
   auto model = Model::load(d.model_path);
-  Tokenizer tok(d.model_path + "/tokenizer.model");
+  SentencePieceTokenizer tok(d.model_path + "/tokenizer.model");
   std::vector<int32_t> ids{static_cast<int32_t>(model->config().bos_id)};
   for (auto id : tok.encode(prompt)) ids.push_back(id);
   const int n = 16;

@@ -10,7 +10,7 @@
 #include <map>
 
 #include "model/gguf_export.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 #include "tests/model/tiny_model.hpp"
 
 using namespace ce;
@@ -162,7 +162,7 @@ BOOST_AUTO_TEST_SUITE(gguf_export)
 BOOST_AUTO_TEST_CASE(layout_metadata_and_values_per_type) {
   const auto c = gguf_config();
   const auto w = scaled_weights(c, 7, 0.1, true);
-  const Tokenizer tok(tokenizer_path);
+  const SentencePieceTokenizer tok(tokenizer_path);
   TempDir dir;
   for (const auto type : {GgufType::f32, GgufType::f16, GgufType::q8_0}) {
     BOOST_TEST_CONTEXT("type " << static_cast<int>(type)) {
@@ -248,7 +248,7 @@ BOOST_AUTO_TEST_CASE(q8_0_blocks_round_to_nearest_step) {
   row[2] = 0.76f;    // 1.52 steps -> 2 -> 1.0
   row[33] = -0.25f;  // second block: alone, its own scale
   TempDir dir;
-  write_gguf(*w, Tokenizer(tokenizer_path), GgufType::q8_0, dir.file("m.gguf"));
+  write_gguf(*w, SentencePieceTokenizer(tokenizer_path), GgufType::q8_0, dir.file("m.gguf"));
   const auto f = read_gguf(dir.file("m.gguf"));
   const auto up = values_of(f, "blk.0.ffn_up.weight");
   BOOST_CHECK_EQUAL(up[0][0].item<float>(), 63.5f);
@@ -261,11 +261,11 @@ BOOST_AUTO_TEST_CASE(q8_0_blocks_round_to_nearest_step) {
 BOOST_AUTO_TEST_CASE(refusals_name_the_problem) {
   const auto w = scaled_weights(tiny_config(), 1, 0.1);  // vocab 96, the tokenizer has 2048
   TempDir dir;
-  BOOST_CHECK(contains(model_error_text([&] { write_gguf(*w, Tokenizer(tokenizer_path), GgufType::f16, dir.file("m.gguf")); }),
+  BOOST_CHECK(contains(model_error_text([&] { write_gguf(*w, SentencePieceTokenizer(tokenizer_path), GgufType::f16, dir.file("m.gguf")); }),
                        "2048 pieces"));
   BOOST_CHECK(contains(model_error_text([] { gguf_type_from_string("q4_k"); }), "q4_k"));
   const auto ok = scaled_weights(gguf_config(), 1, 0.1);
-  BOOST_CHECK(contains(model_error_text([&] { write_gguf(*ok, Tokenizer(tokenizer_path), GgufType::f16, dir.path() + "/no/such/dir/m.gguf"); }),
+  BOOST_CHECK(contains(model_error_text([&] { write_gguf(*ok, SentencePieceTokenizer(tokenizer_path), GgufType::f16, dir.path() + "/no/such/dir/m.gguf"); }),
                        "cannot write"));
 }
 

@@ -3,18 +3,17 @@
 // raw-file writers. Everything here is deterministic (seeded).
 #include <ATen/ATen.h>
 
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "model/model_config.hpp"
 #include "model/runtime.hpp"
 #include "model/weights.hpp"
+#include "tests/test_files.hpp"
 
 namespace ce::test {
 
@@ -64,39 +63,6 @@ inline std::shared_ptr<const Model> tiny_model(const ModelConfig& c, uint64_t se
   return Model::from_weights(scaled_weights(c, seed, matrix_std, random_norms, head_std));
 }
 
-// A fresh directory under the system temp dir, removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = (std::filesystem::temp_directory_path() /
-             ("ce-model-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++)))
-                .string();
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-inline void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 // A safetensors file from a raw header text and data section (for malformed-file tests).
 inline std::string safetensors_bytes(const std::string& header, const std::string& data,
@@ -107,20 +73,6 @@ inline std::string safetensors_bytes(const std::string& header, const std::strin
   return out + header + data;
 }
 
-// what() of the ModelError `f` throws; a marker text when it throws something else or nothing.
-template <class F>
-std::string model_error_text(F&& f) {
-  try {
-    f();
-  } catch (const ModelError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("<not a ModelError: ") + e.what() + ">";
-  }
-  return "<no exception>";
-}
-
-inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();

@@ -10,7 +10,7 @@
 #include "model/evaluation.hpp"
 #include "model/runtime.hpp"
 #include "model/split_plan.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 
 namespace {
 const std::string model_dir = std::string(CE_SOURCE_DIR) + "/models/ce-brown-8l";
@@ -32,7 +32,7 @@ BOOST_AUTO_TEST_CASE(loads_and_reproduces_its_card_on_a_test_slice) {
   std::ifstream(slice_file) >> card;
   BOOST_TEST(card["weights_hash"].get<std::string>() == model->weights_hash());
 
-  ce::Tokenizer tok(model->tokenizer_path());
+  ce::SentencePieceTokenizer tok(model->tokenizer_path());
   std::ifstream in(std::string(CE_SOURCE_DIR) + "/data/brown/test.txt");
   std::stringstream text;
   text << in.rdbuf();

@@ -6,7 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 
 namespace ce::bench {
 

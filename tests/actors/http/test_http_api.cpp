@@ -13,7 +13,7 @@
 #include "actors/http/http_api.hpp"
 #include "actors/node/node.hpp"
 #include "linkem/link_emulator.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 #include "tests/actors/fixtures.hpp"
 #include "tests/loopback.hpp"
 #include "tests/prometheus.hpp"
@@ -57,7 +57,7 @@ struct Server {
   // GenerateResult of the same request straight from the node.
   GenerateResult direct(const std::string& prompt, int max_tokens, std::optional<double> threshold, float temperature = 0,
                         uint64_t seed = 0) {
-    Tokenizer tok(tokenizer_file);
+    SentencePieceTokenizer tok(tokenizer_file);
     GenerateRequest req;
     req.prompt = {static_cast<int32_t>(node->model().config().bos_id)};
     for (auto id : tok.encode(prompt)) req.prompt.push_back(id);

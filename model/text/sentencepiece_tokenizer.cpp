@@ -1,4 +1,4 @@
-#include "model/tokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -84,14 +84,14 @@ size_t utf8_length(unsigned char lead) {
 
 }  // namespace
 
-Tokenizer::Tokenizer(const std::string& model_file) {
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file) {
   std::ifstream in(model_file, std::ios::binary);
   if (!in) throw ModelError(model_file + ": cannot open tokenizer model");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   parse(bytes, model_file);
 }
 
-void Tokenizer::parse(const std::string& bytes, const std::string& file) {
+void SentencePieceTokenizer::parse(const std::string& bytes, const std::string& file) {
   std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
   ProtoReader top(bytes, file);
   uint32_t field, wire;
@@ -146,7 +146,7 @@ void Tokenizer::parse(const std::string& bytes, const std::string& file) {
     if (id >= static_cast<int32_t>(pieces_.size())) throw ModelError(file + ": special token id out of range");
 }
 
-std::string Tokenizer::normalize(const std::string& text) const {
+std::string SentencePieceTokenizer::normalize(const std::string& text) const {
   std::string s = text;
   if (remove_extra_whitespaces_) {
     std::string collapsed;
@@ -171,7 +171,7 @@ std::string Tokenizer::normalize(const std::string& text) const {
   return out;
 }
 
-std::vector<int32_t> Tokenizer::encode_word(const std::vector<std::string>& chars) const {
+std::vector<int32_t> SentencePieceTokenizer::encode_word(const std::vector<std::string>& chars) const {
   std::vector<std::string> symbols = chars;
   // BPE: repeatedly merge the adjacent pair whose union is the best-scored piece (leftmost on ties).
   while (symbols.size() > 1) {
@@ -204,7 +204,7 @@ std::vector<int32_t> Tokenizer::encode_word(const std::vector<std::string>& char
   return ids;
 }
 
-std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
+std::vector<int32_t> SentencePieceTokenizer::encode(const std::string& text) const {
   const std::string s = normalize(text);
   // Pieces never span a word start (the visible space) or a user-defined symbol, so the text is
   // encoded word by word, each word once (a cache keeps long texts linear).
@@ -240,7 +240,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   return ids;
 }
 
-std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+std::string SentencePieceTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   for (auto id : ids) {
     if (id < 0 || id >= vocab_size()) throw ModelError("tokenizer: id " + std::to_string(id) + " outside the vocabulary");

@@ -6,8 +6,8 @@
 #include <cstdlib>
 #include <sstream>
 
-#include "model/tokenizer.hpp"
-#include "tests/model/tiny_model.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
+#include "tests/test_files.hpp"
 
 using namespace ce;
 using namespace ce::test;
@@ -17,8 +17,8 @@ namespace {
 const std::string model_path = CE_SOURCE_DIR "/data/brown/tokenizer-2048.model";
 const std::string valid_path = CE_SOURCE_DIR "/data/brown/valid.txt";
 
-const Tokenizer& tokenizer() {
-  static const Tokenizer t(model_path);
+const SentencePieceTokenizer& tokenizer() {
+  static const SentencePieceTokenizer t(model_path);
   return t;
 }
 
@@ -135,17 +135,17 @@ BOOST_AUTO_TEST_CASE(decode_encode_round_trips_non_ascii) {
 
 BOOST_AUTO_TEST_CASE(bad_files_throw_naming_the_file) {
   TempDir dir;
-  auto e = model_error_text([&] { Tokenizer t(dir.file("absent.model")); });
+  auto e = model_error_text([&] { SentencePieceTokenizer t(dir.file("absent.model")); });
   BOOST_TEST(contains(e, dir.file("absent.model")), e);
   write_file(dir.file("empty.model"), "");
-  e = model_error_text([&] { Tokenizer t(dir.file("empty.model")); });
+  e = model_error_text([&] { SentencePieceTokenizer t(dir.file("empty.model")); });
   BOOST_TEST(contains(e, dir.file("empty.model")), e);
   write_file(dir.file("garbage.model"), std::string(64, '\xff'));
-  e = model_error_text([&] { Tokenizer t(dir.file("garbage.model")); });
+  e = model_error_text([&] { SentencePieceTokenizer t(dir.file("garbage.model")); });
   BOOST_TEST(contains(e, dir.file("garbage.model")), e);
   const auto real = read_file(model_path);
   write_file(dir.file("cut.model"), real.substr(0, real.size() / 3));
-  e = model_error_text([&] { Tokenizer t(dir.file("cut.model")); });
+  e = model_error_text([&] { SentencePieceTokenizer t(dir.file("cut.model")); });
   BOOST_TEST(contains(e, dir.file("cut.model")), e);
   BOOST_CHECK_THROW(tokenizer().decode({2048}), ModelError);
   BOOST_CHECK_THROW(tokenizer().decode({-1}), ModelError);

@@ -1,6 +1,6 @@
-#include "model/detokenizer.hpp"
+#include "model/text/detokenizer.hpp"
 
-#include "model/tokenizer.hpp"
+#include "model/text/tokenizer.hpp"
 
 namespace ce {
 

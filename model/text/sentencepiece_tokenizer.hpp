@@ -7,24 +7,27 @@
 #include <unordered_map>
 #include <vector>
 
+#include "model/text/tokenizer.hpp"
+
 namespace ce {
 
-class Tokenizer {
+class SentencePieceTokenizer final : public Tokenizer {
  public:
   // SentencePiece's piece types, numbered as its ModelProto (and GGUF's token_type) numbers them.
   enum class PieceType { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
 
-  explicit Tokenizer(const std::string& model_file);  // throws ModelError naming the file
-  std::vector<int32_t> encode(const std::string& text) const;
-  std::string decode(const std::vector<int32_t>& ids) const;
-  int32_t vocab_size() const { return static_cast<int32_t>(pieces_.size()); }
+  explicit SentencePieceTokenizer(const std::string& model_file);  // throws ModelError naming the file
+  std::vector<int32_t> encode(const std::string& text) const override;
+  std::string decode(const std::vector<int32_t>& ids) const override;
+  int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
   // A piece's text as the model file stores it (U+2581 for a space, "<0x0A>" for a byte piece)
   // and its merge score; id must be in [0, vocab_size()).
   const std::string& piece(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).text; }
   float score(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).score; }
   PieceType type(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).type; }
-  int32_t bos_id() const { return bos_id_; }
-  int32_t eos_id() const { return eos_id_; }
+  int32_t bos_id() const override { return bos_id_; }
+  int32_t eos_id() const override { return eos_id_; }
+  bool adds_bos() const override { return bos_id_ >= 0; }
   int32_t unk_id() const { return unk_id_; }
 
  private:

@@ -4,15 +4,15 @@
 
 #include <algorithm>
 
-#include "model/detokenizer.hpp"
-#include "model/tokenizer.hpp"
+#include "model/text/detokenizer.hpp"
+#include "model/text/sentencepiece_tokenizer.hpp"
 
 using namespace ce;
 
 namespace {
 
 const Tokenizer& tokenizer() {
-  static const Tokenizer t(CE_SOURCE_DIR "/data/brown/tokenizer-2048.model");
+  static const SentencePieceTokenizer t(CE_SOURCE_DIR "/data/brown/tokenizer-2048.model");
   return t;
 }
 
