@@ -24,8 +24,10 @@ struct Decoder::Packed {
     kernels::Matrix view;
   };
   struct Layer {
-    const float* attn_norm;
-    const float* ffn_norm;
+    bool loaded = false;  // a layer outside the process's ModelParts stays empty
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    const float *bq = nullptr, *bk = nullptr, *bv = nullptr, *bo = nullptr;  // biases, where the model has them
     Mat wq, wk, wv, wo, gate, up, down;
   };
   // A layer's matrices as loaded and as packed: one list for packing them and for releasing them.
@@ -39,7 +41,7 @@ struct Decoder::Packed {
   };
   std::vector<Layer> layers;
   std::map<const void*, std::unique_ptr<Mat>> heads_by_storage;  // lm_head, exit heads: each storage once
-  Head final_head;
+  std::optional<Head> final_head;  // absent on an edge
   std::map<int64_t, Head> exits;
   std::vector<float> cos, sin;  // (max_seq, head_dim / 2)
   int64_t bytes = 0;
@@ -137,8 +139,8 @@ struct Decoder::Packed {
 
 Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precision) : weights_(std::move(weights)) {
   const auto& c = config();
-  const int64_t hd = c.head_dim();
-  auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, hd, 2, torch::kDouble) / static_cast<double>(hd));
+  const auto frequencies = rope_inverse_frequencies(c);
+  auto inv_freq = torch::tensor(frequencies, torch::kDouble);  // (hd/2)
   auto pos = torch::arange(c.max_seq, torch::kDouble);
   auto freqs = torch::outer(pos, inv_freq);  // (max_seq, hd/2)
   const auto half_cos = freqs.cos().to(torch::kFloat).contiguous(), half_sin = freqs.sin().to(torch::kFloat).contiguous();
@@ -153,19 +155,24 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
       return heads.insert(h.data_ptr()).second ? Packed::converted_bytes(h, precision) : 0;
     };
     for (const auto& l : weights_->layers)
-      for (auto [loaded, mat] : Packed::layer_matrices) arena += Packed::converted_bytes(l.*loaded, precision);
-    arena += head_bytes(weights_->lm_head);
+      if (l.wq.defined())
+        for (auto [loaded, mat] : Packed::layer_matrices) arena += Packed::converted_bytes(l.*loaded, precision);
+    if (weights_->final_norm.defined()) arena += head_bytes(weights_->lm_head);
     for (const auto& [layer, x] : weights_->exits) arena += head_bytes(x.head);
     p->reserve(arena);
   }
   p->cos.assign(half_cos.data_ptr<float>(), half_cos.data_ptr<float>() + half_cos.numel());
   p->sin.assign(half_sin.data_ptr<float>(), half_sin.data_ptr<float>() + half_sin.numel());
+  const auto floats = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
   for (const auto& l : weights_->layers) {
-    Packed::Layer packed{l.attn_norm.data_ptr<float>(), l.ffn_norm.data_ptr<float>()};
-    for (auto [loaded, mat] : Packed::layer_matrices) packed.*mat = p->pack(l.*loaded, precision);
+    Packed::Layer packed;
+    if (l.wq.defined()) {
+      packed = {true, floats(l.attn_norm), floats(l.ffn_norm), floats(l.bq), floats(l.bk), floats(l.bv), floats(l.bo)};
+      for (auto [loaded, mat] : Packed::layer_matrices) packed.*mat = p->pack(l.*loaded, precision);
+    }
     p->layers.push_back(std::move(packed));
   }
-  p->final_head = p->head(weights_->final_norm, weights_->lm_head, precision);
+  if (weights_->final_norm.defined()) p->final_head = p->head(weights_->final_norm, weights_->lm_head, precision);
   for (const auto& [layer, x] : weights_->exits) p->exits.emplace(layer, p->head(x.norm, x.head, precision));
   packed_ = std::move(p);
   release_converted_matrices();
@@ -177,7 +184,7 @@ void Decoder::release_converted_matrices() {
   // loaded one; the caller's Weights, if it still has one, is left alone. The embedding stays: it
   // is a lookup, read as stored.
   const auto shares = [](const at::Tensor& loaded, const Packed::Mat& m) {
-    return m.values.defined() && loaded.defined() && m.values.data_ptr() == loaded.data_ptr();
+    return !loaded.defined() || (m.values.defined() && m.values.data_ptr() == loaded.data_ptr());
   };
   auto slim = std::make_shared<Weights>(*weights_);
   bool changed = false;
@@ -196,9 +203,12 @@ void Decoder::release_converted_matrices() {
       changed = true;
     }
   };
-  release_head(slim->lm_head, packed_->final_head);
+  if (packed_->final_head) release_head(slim->lm_head, *packed_->final_head);
   for (auto& [layer, x] : slim->exits) release_head(x.head, packed_->exits.at(layer));
-  if (!changed) return;
+  if (!changed || !slim->embed.defined()) {
+    if (changed) weights_ = std::move(slim);
+    return;
+  }
   // Its own embedding too: a view would keep the whole file's mapping (and the pages the load
   // touched) alive for one tensor.
   const at::Tensor old_embed = slim->embed;
@@ -217,6 +227,8 @@ std::string Decoder::precision() const { return packed_->precision; }
 int64_t Decoder::matrix_bytes() const { return packed_->bytes; }
 
 at::Tensor Decoder::embed(const at::Tensor& tokens) const {
+  if (!weights_->embed.defined())
+    throw ModelError("embed: this process did not load the token embedding (its model parts: the cloud's layers)");
   if (tokens.dim() != 1) throw ModelError("embed: tokens must be 1-D");
   if (tokens.numel() && (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= config().vocab_size))
     throw ModelError("embed: token id outside the vocabulary of " + std::to_string(config().vocab_size));
@@ -237,6 +249,10 @@ void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_
   if (start < 0 || start + t > c.max_seq)
     throw ModelError("decoder: positions [" + std::to_string(start) + ", " + std::to_string(start + t) +
                      ") exceed max_seq " + std::to_string(c.max_seq));
+  for (int64_t l = layer_begin; l < layer_end; ++l)
+    if (!packed_->layers[static_cast<size_t>(l)].loaded)
+      throw ModelError("decoder: layer " + std::to_string(l) + " is not loaded in this process (it holds " +
+                       describe_loaded_layers() + ")");
   for (int64_t l = layer_begin; l < layer_end; ++l)
     if (kv.length(l) != start)
       throw ModelError("decoder: layer " + std::to_string(l) + " has " + std::to_string(kv.length(l)) +
@@ -282,19 +298,19 @@ std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, i
 void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, int64_t layer_begin, int64_t layer_end,
                          const std::function<float*(size_t)>& scratch_of) const {
   const auto& c = config();
-  const int64_t dim = c.dim, hd = c.head_dim(), kv_dim = c.n_kv_heads * hd, ffn = c.ffn_dim;
+  const int64_t dim = c.dim, hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_dim;
   int64_t t = 0, score_floats = 0;  // all rows; attention scores of every segment (rows, heads, start + rows)
   for (size_t i = 0; i < n_segments; ++i) {
     t += segments[i].rows;
     score_floats += segments[i].rows * c.n_heads * (segments[i].start + segments[i].rows);
   }
   // One block of scratch for the whole call, carved up (T rows each):
-  float* xb = scratch_of(static_cast<size_t>(t * (3 * dim + 2 * kv_dim + 2 * ffn) + score_floats));
+  float* xb = scratch_of(static_cast<size_t>(t * (dim + 2 * q_dim + 2 * kv_dim + 2 * ffn) + score_floats));
   float* q = xb + t * dim;         // (T, heads, hd)
-  float* k = q + t * dim;          // (T, kv_heads, hd)
+  float* k = q + t * q_dim;        // (T, kv_heads, hd)
   float* v = k + t * kv_dim;       // (T, kv_heads, hd)
-  float* att = v + t * kv_dim;     // (T, dim)
-  float* gate = att + t * dim;     // (T, ffn)
+  float* att = v + t * kv_dim;     // (T, heads, hd)
+  float* gate = att + t * q_dim;   // (T, ffn)
   float* up = gate + t * ffn;      // (T, ffn)
   float* scores = up + t * ffn;    // per segment (rows, heads, start + rows)
   const float eps = static_cast<float>(c.norm_eps);
@@ -318,25 +334,35 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
       kernels::linear(xb, t, w.wv.view, v, false, me);
 #pragma omp barrier
 #pragma omp single
+      {
+        if (w.bq) {
+          kernels::add_bias(q, t, q_dim, w.bq);
+          kernels::add_bias(k, t, kv_dim, w.bk);
+          kernels::add_bias(v, t, kv_dim, w.bv);
+        }
       for (size_t i = 0; i < n_segments; ++i) {
         const auto& s = segments[i];
-        kernels::rope(q + s.row * dim, s.rows, c.n_heads, hd, s.start, cos, sin);
+        kernels::rope(q + s.row * q_dim, s.rows, c.n_heads, hd, s.start, cos, sin);
         kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
         s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
+      }
       }
       // Attention: each session's queries over its own cache only (ragged, no padding).
       float* seg_scores = scores;
       for (size_t i = 0; i < n_segments; ++i) {
         const auto& s = segments[i];
-        kernels::attention(q + s.row * dim, s.rows, c.n_heads, c.n_kv_heads, hd, s.start, s.kv->keys(l),
-                           s.kv->values(l), seg_scores, att + s.row * dim, me);
+        kernels::attention(q + s.row * q_dim, s.rows, c.n_heads, c.n_kv_heads, hd, s.start, s.kv->keys(l),
+                           s.kv->values(l), seg_scores, att + s.row * q_dim, me);
         seg_scores += s.rows * c.n_heads * (s.start + s.rows);
       }
 #pragma omp barrier
       kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true, me);
 #pragma omp barrier
 #pragma omp single
-      kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
+      {
+        if (w.bo) kernels::add_bias(x, t, dim, w.bo);
+        kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
+      }
       kernels::linear(xb, t, w.gate.view, gate, false, me);
       kernels::linear(xb, t, w.up.view, up, false, me);
       for (int64_t r = 0; r < t; ++r)  // this thread's gate and up rows are complete: no barrier
@@ -370,7 +396,22 @@ at::Tensor Decoder::exit_logits(int64_t exit_layer, const at::Tensor& hidden) co
   return head_logits(&it->second, hidden);
 }
 
-at::Tensor Decoder::final_logits(const at::Tensor& hidden) const { return head_logits(&packed_->final_head, hidden); }
+at::Tensor Decoder::final_logits(const at::Tensor& hidden) const {
+  if (!packed_->final_head)
+    throw ModelError("decoder: this process did not load the final norm and head (its model parts: the edge's)");
+  return head_logits(&*packed_->final_head, hidden);
+}
+
+std::string Decoder::describe_loaded_layers() const {
+  int64_t first = -1, last = -1;
+  for (size_t i = 0; i < packed_->layers.size(); ++i)
+    if (packed_->layers[i].loaded) {
+      if (first < 0) first = static_cast<int64_t>(i);
+      last = static_cast<int64_t>(i);
+    }
+  if (first < 0) return "no layers";
+  return "layers [" + std::to_string(first) + ", " + std::to_string(last + 1) + ")";
+}
 
 // ---- training: libtorch with autograd -------------------------------------------------------
 
@@ -400,9 +441,9 @@ at::Tensor Decoder::layer_forward_train(int64_t layer, const at::Tensor& x) cons
   const int64_t b = x.size(0), t = x.size(1), hd = c.head_dim();
 
   auto h = rms_norm(x, w.attn_norm);
-  auto q = torch::linear(h, w.wq).view({b, t, c.n_heads, hd}).transpose(1, 2);     // (B, H, T, hd)
-  auto k = torch::linear(h, w.wk).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);  // (B, KV, T, hd)
-  auto v = torch::linear(h, w.wv).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);
+  auto q = torch::linear(h, w.wq, w.bq).view({b, t, c.n_heads, hd}).transpose(1, 2);     // (B, H, T, hd)
+  auto k = torch::linear(h, w.wk, w.bk).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);  // (B, KV, T, hd)
+  auto v = torch::linear(h, w.wv, w.bv).view({b, t, c.n_kv_heads, hd}).transpose(1, 2);
   q = rope(q);
   k = rope(k);
   const int64_t n_rep = c.n_heads / c.n_kv_heads;
@@ -416,7 +457,7 @@ at::Tensor Decoder::layer_forward_train(int64_t layer, const at::Tensor& x) cons
     scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
   }
   auto attn = torch::matmul(torch::softmax(scores, -1), v);  // (B, H, T, hd)
-  auto out = x + torch::linear(attn.transpose(1, 2).reshape({b, t, c.dim}), w.wo);
+  auto out = x + torch::linear(attn.transpose(1, 2).reshape({b, t, c.q_dim()}), w.wo, w.bo);
   auto g = rms_norm(out, w.ffn_norm);
   return out + torch::linear(torch::silu(torch::linear(g, w.w_gate)) * torch::linear(g, w.w_up), w.w_down);
 }

@@ -170,6 +170,8 @@ GgufType gguf_type_from_string(const std::string& name) {
 }
 
 void write_gguf(const Weights& w, const SentencePieceTokenizer& tok, GgufType type, const std::string& path) {
+  if (const auto extended = w.config.extensions(); !extended.empty())
+    throw ModelError("GGUF export: the format cannot express this model's " + extended);
   if (tok.vocab_size() != w.config.vocab_size)
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok.vocab_size()) + " pieces, the model " +
                      std::to_string(w.config.vocab_size));

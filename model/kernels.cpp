@@ -102,6 +102,11 @@ void silu_mul(float* gate, const float* up, int64_t n) { CE_KERNELS_DISPATCH(sil
 
 #undef CE_KERNELS_DISPATCH
 
+void add_bias(float* x, int64_t rows, int64_t cols, const float* bias) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < cols; ++i) x[r * cols + i] += bias[i];
+}
+
 void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales) {
   // Also the input rows of every int8 product, so written for the vectorizer: round to nearest
   // (ties to even) by adding and subtracting 1.5 * 2^23, exact for |v| <= 127, no libm call.

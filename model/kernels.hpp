@@ -68,6 +68,9 @@ void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64
 // gate (n, ffn) = silu(gate) * up, in place.
 void silu_mul(float* gate, const float* up, int64_t n);
 
+// x (rows, cols) += bias (cols) on every row (the q/k/v/o biases of Qwen2-style attention).
+void add_bias(float* x, int64_t rows, int64_t cols, const float* bias);
+
 // Quantizes a (rows, cols) fp32 matrix: q (rows, cols) int8, scales (rows, ceil(cols / 32)) with
 // scale = max |value| / 127 of its block (0 for an all-zero block) and q = value / scale rounded
 // to nearest, ties to even. The weights at load and, in every int8 product, the input rows.

@@ -30,6 +30,8 @@ at::Tensor rotate_half_to_interleaved(const at::Tensor& w, int64_t heads) {
 }
 
 void write_llama2c_model(const Weights& w, const std::string& path) {
+  if (const auto extended = w.config.extensions(); !extended.empty())
+    throw ModelError("llama2.c export: the format cannot express this model's " + extended);
   const auto& c = w.config;
   if (c.rope_theta != 10000.0)
     throw ModelError("llama2.c export: run.c fixes rope_theta at 10000, this model has " + std::to_string(c.rope_theta));

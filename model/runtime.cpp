@@ -7,6 +7,7 @@
 
 #include "model/decoder.hpp"
 #include "model/kernels.hpp"
+#include "model/weights.hpp"
 
 namespace ce {
 
@@ -32,9 +33,13 @@ std::optional<WeightPrecision> weight_precision_named(const std::string& name) {
 }
 
 std::shared_ptr<const Model> Model::load(const std::string& dir, WeightPrecision precision) {
+  return load(dir, precision, ModelParts::all());
+}
+
+std::shared_ptr<const Model> Model::load(const std::string& dir, WeightPrecision precision, const ModelParts& parts) {
   // Only an fp32 request widens at load; every other precision starts from the stored matrices.
   const bool widen = precision == WeightPrecision::fp32;
-  return from_weights(load_weights(dir, widen ? StoredType::widen_to_fp32 : StoredType::keep), dir, precision);
+  return from_weights(load_weights(dir, widen ? StoredType::widen_to_fp32 : StoredType::keep, parts), dir, precision);
 }
 
 std::shared_ptr<const Model> Model::from_weights(std::shared_ptr<const Weights> weights, std::string dir,

@@ -11,6 +11,7 @@ namespace ce {
 
 class Decoder;
 struct Weights;
+struct ModelParts;
 
 // How the weight matrices are held for inference: as the file stores them (fp16 files stay fp16
 // in memory, widened inside the kernels), or converted once at load.
@@ -21,9 +22,11 @@ constexpr const char* weight_precision_names = "auto|fp32|fp16|int8";
 
 class Model {
  public:
-  // Loads config.json + model.safetensors from `dir` (tokenizer optional, see tokenizer_path()).
+  // Loads config.json + the weights (model.safetensors, or shards with their index) from `dir`,
+  // all of them or a role's parts (tokenizer optional, see tokenizer_path()).
   static std::shared_ptr<const Model> load(const std::string& dir,
                                            WeightPrecision precision = WeightPrecision::as_stored);
+  static std::shared_ptr<const Model> load(const std::string& dir, WeightPrecision precision, const ModelParts& parts);
   static std::shared_ptr<const Model> from_weights(std::shared_ptr<const Weights> weights, std::string dir = {},
                                                    WeightPrecision precision = WeightPrecision::as_stored);
 

@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 namespace ce {
 namespace {
@@ -11,31 +13,48 @@ namespace {
 // The one table of a decoder layer's tensors: Hugging Face name, slot, and shape (rows, cols) in
 // config sizes. Loading, saving and the expected shapes all read it, so a name cannot be pinned
 // to one slot on load and another on save.
-enum class Size { none, dim, kv_dim, ffn };
+enum class Size { none, dim, q_dim, kv_dim, ffn };
+// Which configs have the tensor: biases only where the config says so.
+enum class Present { always, with_qkv_bias, with_output_bias };
 
 struct LayerTensor {
   const char* leaf;
   at::Tensor LayerWeights::*slot;
   Size rows, cols;
+  Present present = Present::always;
 };
 
 constexpr LayerTensor layer_tensors[] = {
     {"input_layernorm.weight", &LayerWeights::attn_norm, Size::dim, Size::none},
-    {"self_attn.q_proj.weight", &LayerWeights::wq, Size::dim, Size::dim},
+    {"self_attn.q_proj.weight", &LayerWeights::wq, Size::q_dim, Size::dim},
     {"self_attn.k_proj.weight", &LayerWeights::wk, Size::kv_dim, Size::dim},
     {"self_attn.v_proj.weight", &LayerWeights::wv, Size::kv_dim, Size::dim},
-    {"self_attn.o_proj.weight", &LayerWeights::wo, Size::dim, Size::dim},
+    {"self_attn.o_proj.weight", &LayerWeights::wo, Size::dim, Size::q_dim},
+    {"self_attn.q_proj.bias", &LayerWeights::bq, Size::q_dim, Size::none, Present::with_qkv_bias},
+    {"self_attn.k_proj.bias", &LayerWeights::bk, Size::kv_dim, Size::none, Present::with_qkv_bias},
+    {"self_attn.v_proj.bias", &LayerWeights::bv, Size::kv_dim, Size::none, Present::with_qkv_bias},
+    {"self_attn.o_proj.bias", &LayerWeights::bo, Size::dim, Size::none, Present::with_output_bias},
     {"post_attention_layernorm.weight", &LayerWeights::ffn_norm, Size::dim, Size::none},
     {"mlp.gate_proj.weight", &LayerWeights::w_gate, Size::ffn, Size::dim},
     {"mlp.up_proj.weight", &LayerWeights::w_up, Size::ffn, Size::dim},
     {"mlp.down_proj.weight", &LayerWeights::w_down, Size::dim, Size::ffn},
 };
 
+bool present(const LayerTensor& t, const ModelConfig& c) {
+  switch (t.present) {
+    case Present::always: return true;
+    case Present::with_qkv_bias: return c.qkv_bias;
+    case Present::with_output_bias: return c.output_bias;
+  }
+  return false;
+}
+
 std::vector<int64_t> shape_of(const LayerTensor& t, const ModelConfig& c) {
   auto size = [&](Size s) -> int64_t {
     switch (s) {
       case Size::dim: return c.dim;
-      case Size::kv_dim: return c.n_kv_heads * c.head_dim();
+      case Size::q_dim: return c.q_dim();
+      case Size::kv_dim: return c.kv_dim();
       case Size::ffn: return c.ffn_dim;
       case Size::none: break;
     }
@@ -43,6 +62,13 @@ std::vector<int64_t> shape_of(const LayerTensor& t, const ModelConfig& c) {
   };
   if (t.cols == Size::none) return {size(t.rows)};
   return {size(t.rows), size(t.cols)};
+}
+
+// Published checkpoints of older transformers versions store RoPE's inverse frequencies as a
+// buffer; they are recomputed from the config, so such tensors are skipped, not refused.
+bool is_recomputed_buffer(const std::string& name) {
+  const std::string leaf = "rotary_emb.inv_freq";
+  return name.size() >= leaf.size() && name.compare(name.size() - leaf.size(), leaf.size(), leaf) == 0;
 }
 
 constexpr const char* embed_name = "model.embed_tokens.weight";
@@ -62,7 +88,8 @@ std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelCo
   std::map<std::string, std::vector<int64_t>> s;
   s[embed_name] = {c.vocab_size, c.dim};
   for (int64_t i = 0; i < c.n_layers; ++i)
-    for (const auto& t : layer_tensors) s[layer_name(i, t.leaf)] = shape_of(t, c);
+    for (const auto& t : layer_tensors)
+      if (present(t, c)) s[layer_name(i, t.leaf)] = shape_of(t, c);
   s[final_norm_name] = {c.dim};
   if (!c.tie_word_embeddings) s[lm_head_name] = {c.vocab_size, c.dim};
   for (auto e : c.exit_layers) {
@@ -72,60 +99,85 @@ std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelCo
   return s;
 }
 
+namespace {
+
+// NaN/Inf anywhere in `t`, checked a slice at a time: a whole-tensor isfinite() would allocate a
+// byte per value (hundreds of MB for a large vocabulary's embedding).
+bool all_finite(const at::Tensor& t) {
+  const auto flat = t.reshape({-1});
+  constexpr int64_t slice = int64_t{1} << 20;
+  for (int64_t i = 0; i < flat.numel(); i += slice)
+    if (!torch::isfinite(flat.narrow(0, i, std::min(slice, flat.numel() - i))).all().item<bool>()) return false;
+  return true;
+}
+
+}  // namespace
+
 std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const TensorMap& tensors,
-                                              const std::string& source, StoredType stored) {
+                                              const std::string& source, StoredType stored, const ModelParts& parts) {
   const auto expected = expected_tensor_shapes(c);
   for (auto& [name, t] : tensors)
-    if (!expected.count(name)) throw ModelError(source + ": unexpected tensor '" + name + "' for this config");
-  auto fetch = [&](const std::string& name) {
+    if (!expected.count(name) && !is_recomputed_buffer(name))
+      throw ModelError(source + ": unexpected tensor '" + name + "' for this config");
+  for (auto& [name, want] : expected) {  // every tensor, loaded here or not: the header is at hand
     auto it = tensors.find(name);
     if (it == tensors.end()) throw ModelError(source + ": missing tensor '" + name + "'");
-    const auto& want = expected.at(name);
     if (it->second.sizes().vec() != want) {
       std::string got, exp;
       for (auto d : it->second.sizes()) got += std::to_string(d) + ",";
       for (auto d : want) exp += std::to_string(d) + ",";
       throw ModelError(source + ": tensor '" + name + "' has shape (" + got + ") but the config needs (" + exp + ")");
     }
-    auto st = it->second.scalar_type();
+  }
+  auto fetch = [&](const std::string& name) {
+    const auto& t = tensors.at(name);
+    const bool keep = stored == StoredType::keep && t.dim() == 2;
+    auto st = t.scalar_type();
     if (st != at::kFloat && st != at::kHalf && st != at::kBFloat16)
       throw ModelError(source + ": tensor '" + name + "' must be F32, F16 or BF16");
-    const bool keep = stored == StoredType::keep && want.size() == 2;
-    auto f = (keep ? it->second : it->second.to(at::kFloat)).contiguous();
-    if (!torch::isfinite(f).all().item<bool>())
-      throw ModelError(source + ": tensor '" + name + "' holds NaN or infinite values");
+    auto f = (keep ? t : t.to(at::kFloat)).contiguous();
+    if (!all_finite(f)) throw ModelError(source + ": tensor '" + name + "' holds NaN or infinite values");
     return f;
   };
   auto w = std::make_shared<Weights>();
   w->config = c;
-  w->embed = fetch(embed_name);
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    LayerWeights l;
-    for (const auto& t : layer_tensors) l.*t.slot = fetch(layer_name(i, t.leaf));
-    w->layers.push_back(std::move(l));
-  }
-  w->final_norm = fetch(final_norm_name);
-  w->lm_head = c.tie_word_embeddings ? w->embed : fetch(lm_head_name);
-  for (auto e : c.exit_layers) {
-    ExitWeights x;
-    x.norm = fetch(exit_name(e, "norm.weight"));
-    x.head = c.tie_exit_heads ? w->lm_head : fetch(exit_name(e, "head.weight"));
-    w->exits.emplace(e, std::move(x));
-  }
+  w->parts = parts;
+  // The embedding is the output head too when tied: a process with the final head holds it.
+  const bool embed_needed = parts.embed || (parts.final_head && c.tie_word_embeddings) ||
+                            (parts.exits && c.tie_exit_heads && c.tie_word_embeddings && !c.exit_layers.empty());
+  if (embed_needed) w->embed = fetch(embed_name);
+  w->layers.resize(static_cast<size_t>(c.n_layers));
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    if (parts.holds_layer(i, c.n_layers))
+      for (const auto& t : layer_tensors)
+        if (present(t, c)) w->layers[static_cast<size_t>(i)].*t.slot = fetch(layer_name(i, t.leaf));
+  const bool lm_head_needed = parts.final_head || (parts.exits && c.tie_exit_heads && !c.exit_layers.empty());
+  if (parts.final_head) w->final_norm = fetch(final_norm_name);
+  if (lm_head_needed) w->lm_head = c.tie_word_embeddings ? w->embed : fetch(lm_head_name);
+  if (parts.exits)
+    for (auto e : c.exit_layers) {
+      ExitWeights x;
+      x.norm = fetch(exit_name(e, "norm.weight"));
+      x.head = c.tie_exit_heads ? w->lm_head : fetch(exit_name(e, "head.weight"));
+      w->exits.emplace(e, std::move(x));
+    }
   w->hash = weights_digest(tensors);
   return w;
 }
 
 TensorMap Weights::named_tensors() const {
   TensorMap m;
-  m[embed_name] = embed;
+  const auto put = [&](const std::string& name, const at::Tensor& t) {
+    if (t.defined()) m[name] = t;
+  };
+  put(embed_name, embed);
   for (size_t i = 0; i < layers.size(); ++i)
-    for (const auto& t : layer_tensors) m[layer_name(static_cast<int64_t>(i), t.leaf)] = layers[i].*t.slot;
-  m[final_norm_name] = final_norm;
-  if (!config.tie_word_embeddings) m[lm_head_name] = lm_head;
+    for (const auto& t : layer_tensors) put(layer_name(static_cast<int64_t>(i), t.leaf), layers[i].*t.slot);
+  put(final_norm_name, final_norm);
+  if (!config.tie_word_embeddings) put(lm_head_name, lm_head);
   for (auto& [e, x] : exits) {
-    m[exit_name(e, "norm.weight")] = x.norm;
-    if (!config.tie_exit_heads) m[exit_name(e, "head.weight")] = x.head;
+    put(exit_name(e, "norm.weight"), x.norm);
+    if (!config.tie_exit_heads) put(exit_name(e, "head.weight"), x.head);
   }
   return m;
 }
@@ -138,22 +190,83 @@ std::string weights_digest(const TensorMap& tensors) {
     auto b = static_cast<const unsigned char*>(p);
     for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
   };
+  constexpr int64_t block = 2048, blocks = 16;  // values per sampled block; blocks per large tensor
   for (auto& [name, t] : tensors) {
+    if (is_recomputed_buffer(name)) continue;
     mix(name.data(), name.size());
     for (auto d : t.sizes()) mix(&d, sizeof d);
-    auto half = t.detach().to(at::kHalf).contiguous();
-    mix(half.data_ptr(), half.nbytes());
+    const auto flat = t.detach().reshape({-1});
+    const int64_t n = flat.numel();
+    const auto digest_values = [&](int64_t begin, int64_t count) {
+      auto half = flat.narrow(0, begin, count).to(at::kHalf).contiguous();
+      mix(half.data_ptr(), half.nbytes());
+    };
+    if (n <= block * blocks) {
+      digest_values(0, n);
+    } else {
+      for (int64_t i = 0; i < blocks; ++i) digest_values((n - block) * i / (blocks - 1), block);
+    }
   }
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
 }
 
-std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored) {
+TensorMap read_checkpoint_tensors(const std::string& dir, std::string* source) {
+  namespace fs = std::filesystem;
+  const std::string single = dir + "/model.safetensors", index_file = dir + "/model.safetensors.index.json";
+  if (!fs::exists(index_file)) {
+    if (!fs::exists(single)) throw ModelError(single + ": weights file not found (nor " + index_file + ")");
+    if (source) *source = single;
+    return read_safetensors(single);
+  }
+  std::ifstream in(index_file);
+  nlohmann::json index;
+  try {
+    in >> index;
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(index_file + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    throw ModelError(index_file + ": no 'weight_map' object");
+  std::map<std::string, std::string> shard_of;  // tensor -> shard file name, as the index says
+  for (auto& [tensor, file] : index["weight_map"].items()) {
+    if (!file.is_string()) throw ModelError(index_file + ": weight_map entry '" + tensor + "' is not a file name");
+    const std::string name = file.get<std::string>();
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+      throw ModelError(index_file + ": weight_map entry '" + tensor + "' names '" + name + "', not a file in " + dir);
+    shard_of[tensor] = name;
+  }
+  std::map<std::string, TensorMap> shards;
+  for (auto& [tensor, file] : shard_of) {
+    if (shards.count(file)) continue;
+    const std::string path = dir + "/" + file;
+    if (!fs::exists(path)) throw ModelError(path + ": shard listed by " + index_file + " not found");
+    shards[file] = read_safetensors(path);
+  }
+  TensorMap all;
+  for (auto& [file, tensors] : shards)
+    for (auto& [tensor, t] : tensors) {
+      auto listed = shard_of.find(tensor);
+      if (listed == shard_of.end())
+        throw ModelError(dir + "/" + file + ": holds tensor '" + tensor + "' that " + index_file + " does not list");
+      if (listed->second != file)
+        throw ModelError(dir + "/" + file + ": holds tensor '" + tensor + "' that " + index_file + " places in " +
+                         listed->second);
+      all[tensor] = t;
+    }
+  for (auto& [tensor, file] : shard_of)
+    if (!all.count(tensor))
+      throw ModelError(dir + "/" + file + ": lacks tensor '" + tensor + "' that " + index_file + " places there");
+  if (source) *source = dir + "/" + (shards.size() == 1 ? shards.begin()->first : "model-*.safetensors");
+  return all;
+}
+
+std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored, const ModelParts& parts) {
   const auto config = load_model_config(dir + "/config.json");
-  const std::string file = dir + "/model.safetensors";
-  if (!std::filesystem::exists(file)) throw ModelError(file + ": weights file not found");
-  return weights_from_tensors(config, read_safetensors(file), file, stored);
+  std::string source;
+  const auto tensors = read_checkpoint_tensors(dir, &source);
+  return weights_from_tensors(config, tensors, source, stored, parts);
 }
 
 std::shared_ptr<Weights> random_weights(const ModelConfig& c, uint64_t seed) {
@@ -161,18 +274,49 @@ std::shared_ptr<Weights> random_weights(const ModelConfig& c, uint64_t seed) {
   torch::manual_seed(seed);
   TensorMap t;
   for (auto& [name, shape] : expected_tensor_shapes(c)) {
-    const bool is_norm = shape.size() == 1;
+    const bool is_norm = shape.size() == 1 && name.find(".bias") == std::string::npos;
     t[name] = is_norm ? torch::ones(shape) : torch::randn(shape) * 0.02;
   }
   return weights_from_tensors(c, t, "random init");
 }
 
-void save_weights(const Weights& w, const std::string& dir, bool keep_fp32) {
+void save_weights(const Weights& w, const std::string& dir, const SaveOptions& options) {
+  if (options.shards < 1) throw ModelError(dir + ": shards must be at least 1");
   std::filesystem::create_directories(dir);
   save_model_config(w.config, dir + "/config.json");
   TensorMap out;
-  for (auto& [name, t] : w.named_tensors()) out[name] = keep_fp32 ? t.detach() : t.detach().to(at::kHalf);
-  write_safetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
+  for (auto& [name, t] : w.named_tensors())
+    out[name] = t.dim() == 2 || options.all_in_dtype ? t.detach().to(options.dtype) : t.detach().to(at::kFloat);
+  const std::map<std::string, std::string> metadata{{"format", "pt"}};
+  if (options.shards == 1) {
+    write_safetensors(dir + "/model.safetensors", out, metadata);
+    return;
+  }
+  // Shards of about equal bytes, tensors in name order (as transformers' save_pretrained fills them).
+  int64_t total = 0;
+  for (auto& [name, t] : out) total += static_cast<int64_t>(t.nbytes());
+  const int64_t per_shard = (total + options.shards - 1) / options.shards;
+  std::vector<TensorMap> shards(static_cast<size_t>(options.shards));
+  nlohmann::json weight_map = nlohmann::json::object();
+  size_t shard = 0;
+  int64_t filled = 0;
+  char file[64];
+  for (auto& [name, t] : out) {
+    if (filled >= per_shard && shard + 1 < shards.size()) {
+      ++shard;
+      filled = 0;
+    }
+    shards[shard][name] = t;
+    filled += static_cast<int64_t>(t.nbytes());
+    std::snprintf(file, sizeof file, "model-%05zu-of-%05d.safetensors", shard + 1, options.shards);
+    weight_map[name] = file;
+  }
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(file, sizeof file, "model-%05zu-of-%05d.safetensors", i + 1, options.shards);
+    write_safetensors(dir + "/" + file, shards[i], metadata);
+  }
+  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump(2) << "\n";
 }
 
 }  // namespace ce

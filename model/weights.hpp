@@ -15,7 +15,8 @@ namespace ce {
 
 struct LayerWeights {
   at::Tensor attn_norm;              // (dim)
-  at::Tensor wq, wk, wv, wo;         // (out, in) as nn.Linear stores them
+  at::Tensor wq, wk, wv, wo;         // (q_dim, dim), (kv_dim, dim), (kv_dim, dim), (dim, q_dim) as nn.Linear stores them
+  at::Tensor bq, bk, bv, bo;         // (q_dim), (kv_dim), (kv_dim), (dim) fp32; undefined without biases
   at::Tensor ffn_norm;               // (dim)
   at::Tensor w_gate, w_up, w_down;   // (ffn, dim), (ffn, dim), (dim, ffn)
 };
@@ -25,14 +26,31 @@ struct ExitWeights {
   at::Tensor head;  // (vocab, dim), may alias lm_head
 };
 
+// Which tensors a process holds: the edge its layers, the embedding and its exits; the cloud its
+// layers and the final head. Tensors outside stay on disk (the file is mapped, never read whole).
+struct ModelParts {
+  bool embed = true;
+  int64_t layer_begin = 0, layer_end = -1;  // layer_end -1: to the last layer
+  bool exits = true;
+  bool final_head = true;
+
+  static ModelParts all() { return {}; }
+  static ModelParts edge(int64_t split) { return {true, 0, split, true, false}; }
+  static ModelParts cloud(int64_t split) { return {false, split, -1, false, true}; }
+  bool holds_layer(int64_t layer, int64_t n_layers) const {
+    return layer >= layer_begin && layer < (layer_end < 0 ? n_layers : layer_end);
+  }
+};
+
 struct Weights {
   ModelConfig config;
+  ModelParts parts;       // what is loaded; the rest of the tensors below are undefined
   at::Tensor embed;       // (vocab, dim)
   std::vector<LayerWeights> layers;
   at::Tensor final_norm;  // (dim)
   at::Tensor lm_head;     // (vocab, dim), may alias embed
   std::map<int64_t, ExitWeights> exits;  // keyed by exit layer
-  std::string hash;       // identifies the weights (hex digest of the stored tensors)
+  std::string hash;       // identifies the checkpoint, whatever parts are loaded (weights_digest)
 
   // Every stored tensor by its file name; tied tensors appear once, under their owner's name.
   TensorMap named_tensors() const;
@@ -48,22 +66,41 @@ std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelCo
 // fp32 (they are tiny and feed fp32 arithmetic).
 enum class StoredType { widen_to_fp32, keep };
 
-// Builds Weights from a tensor map; every missing, extra or misshaped tensor is an error naming
-// `source` and the tensor.
+// Builds Weights from a tensor map (every tensor of the checkpoint, loaded or not: the digest covers
+// them all); every missing, extra or misshaped tensor is an error naming `source` and the tensor.
 std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& config, const TensorMap& tensors,
                                               const std::string& source,
-                                              StoredType stored = StoredType::widen_to_fp32);
+                                              StoredType stored = StoredType::widen_to_fp32,
+                                              const ModelParts& parts = ModelParts::all());
 
-// Loads `dir`/config.json and `dir`/model.safetensors.
-std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored = StoredType::widen_to_fp32);
+// Every tensor of a model directory, as views of the mapped files: `dir`/model.safetensors, or the
+// shards listed by `dir`/model.safetensors.index.json (each listed shard must exist and hold
+// exactly the tensors the index assigns to it). `source` is set to the file(s) read, for errors.
+TensorMap read_checkpoint_tensors(const std::string& dir, std::string* source = nullptr);
+
+// Loads `dir`/config.json and the checkpoint's tensors (one file or shards), `parts` of them.
+std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored = StoredType::widen_to_fp32,
+                                      const ModelParts& parts = ModelParts::all());
 
 // Small normal init (std 0.02, norms at 1) from a seed; used by tests and as ce-train's start.
 std::shared_ptr<Weights> random_weights(const ModelConfig& config, uint64_t seed);
 
-// Writes config.json and model.safetensors (fp16 unless keep_fp32) into `dir`.
-void save_weights(const Weights& weights, const std::string& dir, bool keep_fp32 = false);
+// How save_weights writes a checkpoint: the matrices' type (norms and biases stay fp32 unless bf16
+// is asked: published checkpoints store everything in one type), and one file or `shards` files
+// model-0000K-of-0000N.safetensors with model.safetensors.index.json, as Hugging Face publishes.
+struct SaveOptions {
+  at::ScalarType dtype = at::kHalf;
+  int shards = 1;
+  bool all_in_dtype = false;  // norms and biases in dtype too (as a published bf16 checkpoint)
+};
 
-// Hex digest of the tensors' names, shapes and fp32 values rounded to fp16.
+// Writes config.json and the weights into `dir`.
+void save_weights(const Weights& weights, const std::string& dir, const SaveOptions& options = {});
+
+// Hex digest of the tensors' names, shapes and values rounded to fp16: all values of a small tensor,
+// evenly spaced blocks of a large one (a few pages each: the digest of a mapped 2 GB checkpoint reads
+// ~20 MB, so an edge that loads a quarter of it does not page in the rest). The same for an fp32
+// checkpoint and its fp16 export.
 std::string weights_digest(const TensorMap& tensors);
 
 }  // namespace ce

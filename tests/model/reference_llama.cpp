@@ -21,12 +21,13 @@ double silu(double x) { return x / (1.0 + std::exp(-x)); }
 }  // namespace
 
 ReferenceLlama::ReferenceLlama(const Weights& w, RefVariant variant) : c_(w.config), variant_(variant) {
-  auto matrix = [&](const at::Tensor& t) {
+  auto matrix = [&](const at::Tensor& t, const at::Tensor& bias = {}) {
     Matrix m;
     m.q8_input = variant.q8_activations;
     m.out = t.size(0);
     m.in = t.size(1);
     m.w = to_vector(t);
+    if (bias.defined()) m.bias = to_vector(bias);
     return m;
   };
   embed_ = to_vector(w.embed);
@@ -34,10 +35,10 @@ ReferenceLlama::ReferenceLlama(const Weights& w, RefVariant variant) : c_(w.conf
     Layer r;
     r.attn_norm = to_vector(l.attn_norm);
     r.ffn_norm = to_vector(l.ffn_norm);
-    r.wq = matrix(l.wq);
-    r.wk = matrix(l.wk);
-    r.wv = matrix(l.wv);
-    r.wo = matrix(l.wo);
+    r.wq = matrix(l.wq, l.bq);
+    r.wk = matrix(l.wk, l.bk);
+    r.wv = matrix(l.wv, l.bv);
+    r.wo = matrix(l.wo, l.bo);
     r.gate = matrix(l.w_gate);
     r.up = matrix(l.w_up);
     r.down = matrix(l.w_down);
@@ -74,7 +75,7 @@ Vec ReferenceLlama::Matrix::apply(const Vec& input) const {
     double s = 0;
     const float* row = w.data() + o * in;
     for (int64_t i = 0; i < in; ++i) s += static_cast<double>(row[i]) * x[static_cast<size_t>(i)];
-    y[static_cast<size_t>(o)] = s;
+    y[static_cast<size_t>(o)] = s + (bias.empty() ? 0.0 : static_cast<double>(bias[static_cast<size_t>(o)]));
   }
   return y;
 }
@@ -98,12 +99,30 @@ Vec ReferenceLlama::rms_norm(const Vec& x, const std::vector<float>& w) const {
   return y;
 }
 
+double ReferenceLlama::inverse_frequency(int64_t pair) const {
+  const double hd = static_cast<double>(c_.head_dim());
+  const double base = 1.0 / std::pow(c_.rope_theta, static_cast<double>(2 * pair) / hd);
+  const auto& r = c_.rope_scaling;
+  if (r.kind == RopeScaling::Kind::linear) return base / r.factor;
+  if (r.kind != RopeScaling::Kind::llama3) return base;
+  // transformers' _compute_llama3_parameters, step by step.
+  const double old_context = static_cast<double>(r.original_max_position);
+  const double low_freq_wavelen = old_context / r.low_freq_factor;
+  const double high_freq_wavelen = old_context / r.high_freq_factor;
+  const double wavelen = 2 * M_PI / base;
+  const double inv_freq_llama = wavelen > low_freq_wavelen ? base / r.factor : base;
+  const double smooth_factor = (old_context / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  const double smoothed = (1 - smooth_factor) * inv_freq_llama / r.factor + smooth_factor * inv_freq_llama;
+  const bool is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+  return is_medium ? smoothed : inv_freq_llama;
+}
+
 void ReferenceLlama::rope(Vec& x, int64_t n_heads, int64_t position) const {
   const int64_t hd = c_.head_dim(), half = hd / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
     double* v = x.data() + h * hd;
     for (int64_t i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(c_.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+      const double inv_freq = inverse_frequency(i);
       const double angle = static_cast<double>(position) * inv_freq;
       const double cs = std::cos(angle), sn = std::sin(angle);
       // rotate_half pairs element i with i + half; the wrong variant pairs 2i with 2i + 1.

@@ -35,6 +35,7 @@ class ReferenceLlama {
   struct Matrix {
     int64_t out = 0, in = 0;
     std::vector<float> w;  // row-major (out, in), as nn.Linear stores it
+    std::vector<float> bias;  // (out), empty without
     bool q8_input = false;  // RefVariant::q8_activations
     Vec apply(const Vec& x) const;
   };
@@ -48,6 +49,7 @@ class ReferenceLlama {
   };
   Vec rms_norm(const Vec& x, const std::vector<float>& w) const;
   void rope(Vec& x, int64_t n_heads, int64_t position) const;  // in place, x holds n_heads heads
+  double inverse_frequency(int64_t pair) const;  // HF's rope_init_fn, rope_scaling applied
   Rows layer(const Layer& l, const Rows& x) const;
 
   ModelConfig c_;

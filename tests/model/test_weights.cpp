@@ -91,7 +91,7 @@ BOOST_AUTO_TEST_CASE(every_hugging_face_name_is_pinned_to_its_decoder_slot) {
   c.tie_word_embeddings = false;
   c.tie_exit_heads = false;
   TempDir dir;
-  save_weights(*weights_from_tensors(c, good_tensors(c), "test"), dir.path(), /*keep_fp32=*/true);  // norms random too
+  save_weights(*weights_from_tensors(c, good_tensors(c), "test"), dir.path(), {at::kFloat});  // norms random too
   const auto file = read_safetensors(dir.file("model.safetensors"));
   auto w = load_weights(dir.path());
   using Slot = at::Tensor LayerWeights::*;
@@ -195,7 +195,7 @@ BOOST_AUTO_TEST_CASE(save_and_load_round_trip) {
   BOOST_TEST(model->config().dim == c.dim);
 
   TempDir exact;
-  save_weights(*w, exact.path(), /*keep_fp32=*/true);
+  save_weights(*w, exact.path(), {at::kFloat});
   auto back32 = load_weights(exact.path());
   for (auto& [name, t] : w->named_tensors()) BOOST_TEST(at::equal(back32->named_tensors().at(name), t), name);
 

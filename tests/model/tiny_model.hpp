@@ -50,7 +50,8 @@ inline std::shared_ptr<Weights> scaled_weights(const ModelConfig& c, uint64_t se
   at::manual_seed(seed + 1000);
   for (auto& [name, t] : w->named_tensors()) {
     const bool head = name == "lm_head.weight" || (Weights::is_exit_tensor(name) && t.dim() == 2);
-    if (t.dim() == 2)
+    const bool bias = name.find(".bias") != std::string::npos;
+    if (t.dim() == 2 || bias)
       t.mul_((head && head_std > 0 ? head_std : matrix_std) / 0.02);
     else if (random_norms)
       t.copy_(1.0 + 0.2 * at::randn(t.sizes()));
