@@ -372,6 +372,15 @@ std::vector<KeyDescriptor> build_key_table() {
         return std::string("must be one of auto|fp32|fp16|int8");
       },
       "auto|fp32|fp16|int8: weight matrices in memory; auto = as the file stores them (fp16 stays fp16)"));
+  t.push_back(string_key(
+      "ce.model.parts", &C::model_parts, false,
+      [](const std::string& v) {
+        for (const char* ok : {"auto", "role", "all"})
+          if (v == ok) return std::string();
+        return std::string("must be one of auto|role|all");
+      },
+      "auto|role|all: tensors loaded; role = the edge's layers, embedding and exits, or the cloud's layers and head; "
+      "auto = role on an edge, all on a cloud (it serves the cloud-only baseline)"));
   t.push_back(enum_key("ce.mode", &C::mode, mode_choices, "inference mode (baselines: cloud-only, naive-split)"));
   t.push_back(int_key("ce.split.layer", &C::split_layer, 0, no_limit,
                       "edge runs layers [0, split); 0 = the model's default split"));

@@ -49,6 +49,7 @@ struct NodeConfig {
   Role role = Role::edge;  // ce.role, required in a file
   std::string model_path;  // ce.model.path, required; resolved against the config's directory
   std::string model_weights = "auto";  // ce.model.weights: auto (as stored), fp32, fp16 or int8
+  std::string model_parts = "auto";    // ce.model.parts: auto, role or all (which tensors this node loads)
   int split_layer = defaults::split_layer;           // ce.split.layer
   double exit_threshold = defaults::exit_threshold;  // ce.exit.threshold
   InferenceMode mode = InferenceMode::collaborative;  // ce.mode

@@ -224,6 +224,28 @@ void read_special_ids(const json& j, ModelConfig& c, const std::string& path) {
   c.more_eos_ids.assign(ids.begin() + 1, ids.end());
 }
 
+// generation_config.json beside config.json may name more ids that end a response (Llama 3.x
+// Instruct: <|eot_id|> and <|eom_id|> besides <|end_of_text|>); they join more_eos_ids.
+void merge_generation_eos(const std::string& config_path, ModelConfig& c) {
+  const auto dir = config_path.substr(0, config_path.find_last_of('/') + 1);
+  const std::string path = dir + "generation_config.json";
+  std::ifstream probe(path);
+  if (!probe) return;
+  const json j = read_config_json(path);
+  auto eos = j.find("eos_token_id");
+  if (eos == j.end() || eos->is_null()) return;
+  std::vector<int64_t> ids;
+  if (eos->is_array()) {
+    read_field(j, "eos_token_id", ids, path, false);
+  } else {
+    int64_t id = 0;
+    read_field(j, "eos_token_id", id, path, false);
+    ids.push_back(id);
+  }
+  for (auto id : ids)
+    if (!c.is_eos(id)) c.more_eos_ids.push_back(id);
+}
+
 }  // namespace
 
 ModelConfig load_model_config(const std::string& path) {
@@ -258,6 +280,7 @@ ModelConfig load_model_config(const std::string& path) {
   c.qkv_bias = arch.qkv_bias || attention_bias;
   c.output_bias = attention_bias;
   read_special_ids(j, c, path);
+  merge_generation_eos(path, c);
   read_field(j, "_name_or_path", c.name, path, false);
   auto ee = j.find("early_exit");
   if (ee == j.end()) {

@@ -47,12 +47,12 @@ int main(int argc, char** argv) {
     if (std::filesystem::exists(tok_path)) tokenizer = ce::open_tokenizer(tok_path);
 
     std::vector<int32_t> prompt;
-    if (!cli.has("no-bos")) prompt.push_back(static_cast<int32_t>(cfg.bos_id));
     if (cli.has("prompt-ids")) {
+      if (!cli.has("no-bos") && cfg.bos_id >= 0) prompt.push_back(static_cast<int32_t>(cfg.bos_id));
       for (auto id : cli.get_int_list("prompt-ids")) prompt.push_back(static_cast<int32_t>(id));
     } else {
       if (!tokenizer) cli.fail("no tokenizer at " + tok_path + ": pass --tokenizer or --prompt-ids");
-      for (auto id : tokenizer->encode(cli.require("prompt"))) prompt.push_back(id);
+      prompt = ce::encode_prompt(*tokenizer, cli.has("no-bos") ? -1 : cfg.bos_id, cli.require("prompt"));
     }
 
     ce::ExitRule rule;
@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
         text->push(token);
         std::cout << text->take_ready() << std::flush;
       }
-      if (token == cfg.eos_id) break;
+      if (cfg.is_eos(token)) break;
       if (i + 1 < max_tokens) out = runner.advance({token}, rule);
     }
     auto t_end = clock::now();

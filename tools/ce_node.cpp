@@ -132,8 +132,7 @@ int main(int argc, char** argv) {
     const bool tty = isatty(STDOUT_FILENO);
     auto answer = [&](const std::string& prompt) {
       ce::GenerateRequest req;
-      req.prompt.push_back(static_cast<int32_t>(mc.bos_id));
-      for (auto id : tokenizer->encode(prompt)) req.prompt.push_back(id);
+      req.prompt = ce::encode_prompt(*tokenizer, mc.bos_id, prompt);
       req.max_tokens = cli.has("max-tokens") ? static_cast<int>(cli.get_int("max-tokens")) : config.max_tokens;
       req.sampling = {static_cast<float>(config.temperature), static_cast<float>(config.top_p),
                       static_cast<uint64_t>(config.seed)};

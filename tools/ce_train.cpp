@@ -1,5 +1,6 @@
 // ce-train: trains an early-exit LLaMA on a text file (joint training, or EE-Tuning of the exit
-// heads with --freeze-backbone), with checkpoint/resume, and writes an fp16 model directory.
+// heads with --freeze-backbone), with checkpoint/resume, and writes an fp16 model directory; or, with
+// --add-exits, adds exits to a published checkpoint (--from) and EE-Tunes them (model/exit_tuning).
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +8,7 @@
 #include <sstream>
 
 #include "model/blas_kernel.hpp"
+#include "model/exit_tuning.hpp"
 #include "model/runtime.hpp"
 #include "model/text/tokenizer.hpp"
 #include "model/trainer.hpp"
@@ -27,6 +29,71 @@ std::vector<int32_t> tokenize_documents(const ce::Tokenizer& tok, const std::str
   auto all = tok.encode(text);
   ids.insert(ids.end(), all.begin(), all.end());
   return ids;
+}
+
+// --add-exits: the training text is the shipped validation split unless --train says otherwise
+// (data/brown/train.txt is not in git: scripts/make-corpus regenerates it).
+constexpr const char* kAddExitsDefaultText = "data/brown/valid.txt";
+
+long long int_or(const ce::cli::Parser& cli, const char* name, long long fallback) {
+  return cli.has(name) ? cli.get_int(name) : fallback;
+}
+
+ce::AddExitsOptions add_exits_options(const ce::cli::Parser& cli) {
+  for (const char* joint_only : {"init", "freeze-backbone", "checkpoint-dir", "exits", "tokenizer"})
+    if (cli.has(joint_only)) cli.fail("--" + std::string(joint_only) + " does not apply to --add-exits");
+  ce::AddExitsOptions o;
+  o.from = cli.require("from");
+  o.out = cli.require("out");
+  o.force = cli.has("force");
+  for (auto layer : cli.get_int_list("add-exits")) o.exits.exit_layers.push_back(layer);
+  o.exits.own_heads = cli.has("own-heads");
+  auto& t = o.tuning;
+  t.steps = int_or(cli, "steps", 200);
+  t.batch = int_or(cli, "batch", 4);
+  t.seq_len = int_or(cli, "seq-len", int_or(cli, "seq", 256));
+  t.lr = cli.has("lr") ? cli.get_double("lr") : 1e-3;
+  t.head_lr = cli.get_double("head-lr");
+  t.seed = static_cast<uint64_t>(cli.get_int("seed"));
+  return o;
+}
+
+void print_exit_losses(const char* what, const std::vector<int64_t>& exits, const std::vector<double>& losses) {
+  std::fprintf(stderr, "%s", what);
+  for (size_t k = 0; k < losses.size(); ++k) std::fprintf(stderr, " exit%lld=%.4f", static_cast<long long>(exits[k]), losses[k]);
+}
+
+int run_add_exits(const ce::cli::Parser& cli) {
+  auto o = add_exits_options(cli);
+  ce::check_add_exits(o);  // refusals before the text is read
+  if (o.tuning.steps > 0) {
+    const std::string train = cli.has("train") ? cli.get("train") : kAddExitsDefaultText;
+    const auto opened = ce::open_tokenizer(o.from);
+    std::cerr << "tokenizing " << train << " with " << o.from << "'s tokenizer ...\n";
+    o.tuning.train_tokens = opened->encode(read_file(train));
+    if (cli.has("valid")) o.tuning.valid_tokens = opened->encode(read_file(cli.get("valid")));
+    std::cerr << "train tokens " << o.tuning.train_tokens.size() << ", held-out tokens "
+              << (cli.has("valid") ? std::to_string(o.tuning.valid_tokens.size()) : "the last 5% of them") << "\n";
+  }
+  const auto& exits = o.exits.exit_layers;
+  const auto result = ce::add_exits(o, [&](const ce::ExitTuningProgress& p) {
+    using Kind = ce::ExitTuningProgress::Kind;
+    if (p.kind == Kind::step) {
+      std::fprintf(stderr, "ee-tune step %lld/%lld lr %.2e", static_cast<long long>(p.step),
+                   static_cast<long long>(p.total_steps), p.lr);
+      print_exit_losses(" loss", exits, p.losses);
+      std::fprintf(stderr, " | %.0f tok/s\n", p.tokens_per_second);
+    } else {
+      print_exit_losses(p.kind == Kind::held_out_before ? "held-out loss before tuning" : "held-out loss after tuning",
+                        exits, p.losses);
+      std::fprintf(stderr, "\n");
+    }
+  });
+  std::cerr << "wrote " << o.out << ": exits at " << cli.get("add-exits") << " ("
+            << (o.exits.own_heads ? "own heads" : "heads tied to lm_head") << "), " << result.steps_done
+            << " tuning steps, default_split " << result.config.default_split << ", default_threshold "
+            << result.config.default_threshold << " (calibrate it: ce-eval --model " << o.out << " --write-threshold)\n";
+  return 0;
 }
 }  // namespace
 
@@ -51,10 +118,22 @@ int main(int argc, char** argv) {
       .add("checkpoint-every", "N", "checkpoint interval", "200")
       .add("stop-after", "N", "stop this sitting after N steps (resume later)", "0")
       .add("threads", "N", "torch threads, 0 = all cores", "0");
+  cli.add("add-exits", "LIST",
+          "add exits after these layers to the published checkpoint --from and EE-Tune them (backbone frozen, as "
+          "stored), writing --out; own defaults: --train " + std::string(kAddExitsDefaultText) +
+              " --steps 200 --batch 4 --seq-len 256 --lr 0.001, held-out loss on --valid or the last 5% of --train; "
+              "--steps 0 writes the untuned exits. Example: ce-train --add-exits 4,8 --from ~/hf/Llama-3.2-1B "
+              "--out runs/llama-1b-ee --steps 300")
+      .add("from", "DIR", "--add-exits: Hugging Face model directory without exits (config.json, safetensors, tokenizer)")
+      .add("own-heads", "", "--add-exits: each exit gets its own head, a copy of lm_head (default: tied to lm_head)")
+      .add("head-lr", "X", "--add-exits --own-heads: learning rate of the heads, 0 = --lr / 10", "0")
+      .add("seq-len", "N", "--add-exits: tokens per window (as --seq)")
+      .add("force", "", "--add-exits: write into an existing non-empty --out");
   ce::cli::add_architecture_flags(cli);
   cli.parse(argc, argv);
   try {
     ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
+    if (cli.has("add-exits")) return run_add_exits(cli);
     const auto opened = ce::open_tokenizer(cli.get("tokenizer"));
     const ce::Tokenizer& tok = *opened;
     ce::TrainOptions o;

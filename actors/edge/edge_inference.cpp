@@ -196,7 +196,7 @@ void deliver(self_ptr self, uint64_t id) {
 std::optional<FinishReason> ends_with(self_ptr self, const Generation& g, int32_t token, int32_t position,
                                       size_t count) {
   const auto& c = self->state.model->config();
-  if (g.request.stop_at_eos && token == c.eos_id) return FinishReason::eos;
+  if (g.request.stop_at_eos && c.is_eos(token)) return FinishReason::eos;
   if (g.cancel_requested) return FinishReason::cancelled;
   if (count >= static_cast<size_t>(g.request.max_tokens)) return FinishReason::length;
   if (position + 2 >= c.max_seq) return FinishReason::context;

@@ -71,21 +71,15 @@ struct FieldReader {
   }
 };
 
-const std::set<std::string> known_fields = {
-    "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n",
-    "best_of", "echo", "logprobs", "suffix", "user", "presence_penalty", "frequency_penalty", "logit_bias", "x_ce"};
+// The fields /v1/completions and /v1/chat/completions share; each endpoint adds its own.
+const std::set<std::string> shared_fields = {
+    "model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n", "user",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "x_ce"};
+const std::set<std::string> completion_fields = {"prompt", "best_of", "echo", "suffix"};
+const std::set<std::string> chat_fields = {"messages", "max_completion_tokens", "top_logprobs", "response_format",
+                                           "tools", "tool_choice", "parallel_tool_calls"};
 
-}  // namespace
-
-std::string to_json(const ApiError& e) {
-  auto or_null = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
-  json body = {{"error", {{"message", e.message}, {"type", e.type}, {"param", or_null(e.param)}, {"code", or_null(e.code)}}}};
-  return body.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& text,
-                                                                   const CompletionDefaults& defaults) {
-  json body;
+std::optional<ApiError> parse_body(const std::string& text, const std::set<std::string>& own_fields, json& body) {
   try {
     body = json::parse(text);
   } catch (const json::parse_error& e) {
@@ -93,44 +87,22 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
   }
   if (!body.is_object()) return bad("", std::string("the body must be a JSON object, not ") + type_name(body));
   for (auto it = body.begin(); it != body.end(); ++it)
-    if (!known_fields.count(it.key())) return bad(it.key(), "Unrecognized request argument supplied: " + it.key());
+    if (!shared_fields.count(it.key()) && !own_fields.count(it.key()))
+      return bad(it.key(), "Unrecognized request argument supplied: " + it.key());
+  return std::nullopt;
+}
 
-  CompletionRequest r;
+// Every field but the prompt (or messages) into `r`; the first problem found, if any.
+std::optional<ApiError> parse_shared(const json& body, const CompletionDefaults& defaults, CompletionRequest& r,
+                                     const char* max_tokens_field) {
   FieldReader f{body, std::nullopt};
-
   if (const json* m = f.get("model")) {
     if (!m->is_string()) return bad("model", std::string("'model' must be a string, not ") + type_name(*m));
     if (m->get<std::string>() != defaults.model)
       return ApiError{404, "The model '" + m->get<std::string>() + "' does not exist; this server serves '" + defaults.model + "'",
                       "invalid_request_error", "model", "model_not_found"};
   }
-
-  const json* prompt = f.get("prompt");
-  if (!prompt) return bad("prompt", "'prompt' is required");
-  auto take_ids = [&](const json& arr) -> std::optional<ApiError> {
-    for (const auto& id : arr) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= defaults.vocab_size)
-        return bad("prompt", "token ids in 'prompt' must be integers in [0, " + std::to_string(defaults.vocab_size) + ")");
-      r.prompt_ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
-    }
-    return std::nullopt;
-  };
-  if (prompt->is_string()) {
-    r.prompt = prompt->get<std::string>();
-  } else if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_string()) {
-    r.prompt = (*prompt)[0].get<std::string>();
-  } else if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number()) {
-    if (auto e = take_ids(*prompt)) return *e;
-  } else if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_array()) {
-    if (auto e = take_ids((*prompt)[0])) return *e;
-  } else if (prompt->is_array() && prompt->size() > 1) {
-    return bad("prompt", "batched prompts are not supported: send one prompt per request");
-  } else {
-    return bad("prompt", std::string("'prompt' must be a string (or an array of token ids), not ") + type_name(*prompt));
-  }
-  if (r.prompt.empty() && r.prompt_ids.empty()) return bad("prompt", "'prompt' must not be empty");
-
-  r.max_tokens = static_cast<int>(f.integer("max_tokens", 1, 1 << 20).value_or(defaults.max_tokens));
+  r.max_tokens = static_cast<int>(f.integer(max_tokens_field, 1, 1 << 20).value_or(defaults.max_tokens));
   r.temperature = f.number("temperature", 0, 2).value_or(defaults.temperature);
   r.top_p = f.number("top_p", 0, 1, true).value_or(defaults.top_p);
   r.seed = f.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()).value_or(defaults.seed);
@@ -161,10 +133,6 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
   }
   // Accepted at their defaults only: anything else would silently change the meaning.
   if (auto n = f.integer("n", 1, 128); n && *n != 1) return bad("n", "only n = 1 is supported");
-  if (auto b = f.integer("best_of", 1, 128); b && *b != 1) return bad("best_of", "only best_of = 1 is supported");
-  if (auto echo = f.boolean("echo"); echo && *echo) return bad("echo", "echo is not supported");
-  if (auto lp = f.integer("logprobs", 0, 5); lp && *lp != 0) return bad("logprobs", "logprobs are not supported");
-  if (const json* suffix = f.get("suffix"); suffix) return bad("suffix", "suffix is not supported");
   if (const json* user = f.get("user"); user && !user->is_string()) return bad("user", "'user' must be a string");
   for (const char* penalty : {"presence_penalty", "frequency_penalty"})
     if (auto p = f.number(penalty, -2, 2); p && *p != 0) return bad(penalty, std::string(penalty) + " is not supported");
@@ -189,6 +157,106 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
       }
     }
   }
+  if (f.error) return *f.error;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string to_json(const ApiError& e) {
+  auto or_null = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
+  json body = {{"error", {{"message", e.message}, {"type", e.type}, {"param", or_null(e.param)}, {"code", or_null(e.code)}}}};
+  return body.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& text,
+                                                                   const CompletionDefaults& defaults) {
+  json body;
+  if (auto e = parse_body(text, completion_fields, body)) return *e;
+  CompletionRequest r;
+  FieldReader f{body, std::nullopt};
+  const json* prompt = f.get("prompt");
+  if (!prompt) return bad("prompt", "'prompt' is required");
+  auto take_ids = [&](const json& arr) -> std::optional<ApiError> {
+    for (const auto& id : arr) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= defaults.vocab_size)
+        return bad("prompt", "token ids in 'prompt' must be integers in [0, " + std::to_string(defaults.vocab_size) + ")");
+      r.prompt_ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
+    }
+    return std::nullopt;
+  };
+  if (prompt->is_string()) {
+    r.prompt = prompt->get<std::string>();
+  } else if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_string()) {
+    r.prompt = (*prompt)[0].get<std::string>();
+  } else if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number()) {
+    if (auto e = take_ids(*prompt)) return *e;
+  } else if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_array()) {
+    if (auto e = take_ids((*prompt)[0])) return *e;
+  } else if (prompt->is_array() && prompt->size() > 1) {
+    return bad("prompt", "batched prompts are not supported: send one prompt per request");
+  } else {
+    return bad("prompt", std::string("'prompt' must be a string (or an array of token ids), not ") + type_name(*prompt));
+  }
+  if (r.prompt.empty() && r.prompt_ids.empty()) return bad("prompt", "'prompt' must not be empty");
+  if (auto e = parse_shared(body, defaults, r, "max_tokens")) return *e;
+  if (auto b = f.integer("best_of", 1, 128); b && *b != 1) return bad("best_of", "only best_of = 1 is supported");
+  if (auto echo = f.boolean("echo"); echo && *echo) return bad("echo", "echo is not supported");
+  if (auto lp = f.integer("logprobs", 0, 5); lp && *lp != 0) return bad("logprobs", "logprobs are not supported");
+  if (const json* suffix = f.get("suffix"); suffix) return bad("suffix", "suffix is not supported");
+  if (f.error) return *f.error;
+  return r;
+}
+
+std::variant<ChatRequest, ApiError> parse_chat_request(const std::string& text, const CompletionDefaults& defaults) {
+  json body;
+  if (auto e = parse_body(text, chat_fields, body)) return *e;
+  ChatRequest r;
+  FieldReader f{body, std::nullopt};
+  const json* messages = f.get("messages");
+  if (!messages) return bad("messages", "'messages' is required");
+  if (!messages->is_array() || messages->empty())
+    return bad("messages", "'messages' must be a non-empty array of {role, content} objects");
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    const std::string at = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) return bad(at, at + " must be an object with 'role' and 'content'");
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string() || role->get<std::string>().empty())
+      return bad(at + ".role", at + ".role must be a non-empty string");
+    ChatTurn turn{role->get<std::string>(), ""};
+    auto content = m.find("content");
+    if (content == m.end() || content->is_null()) {
+      if (turn.role != "assistant") return bad(at + ".content", at + ".content is required");
+    } else if (content->is_string()) {
+      turn.content = content->get<std::string>();
+    } else if (content->is_array()) {  // content parts: only text ones can be read by a text model
+      for (const auto& part : *content) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+          return bad(at + ".content", at + ".content parts must be {\"type\": \"text\", \"text\": ...}: this model reads text only");
+        turn.content += part["text"].get<std::string>();
+      }
+    } else {
+      return bad(at + ".content", at + ".content must be a string or an array of text parts, not " + type_name(*content));
+    }
+    for (auto it = m.begin(); it != m.end(); ++it)
+      if (it.key() != "role" && it.key() != "content" && it.key() != "name")
+        return bad(at + "." + it.key(), at + "." + it.key() + " is not supported (tool calls are not)");
+    r.messages.push_back(std::move(turn));
+  }
+  const bool has_max_tokens = f.get("max_tokens") != nullptr, has_max_completion = f.get("max_completion_tokens") != nullptr;
+  if (has_max_tokens && has_max_completion)
+    return bad("max_completion_tokens", "give 'max_completion_tokens' or its older name 'max_tokens', not both");
+  if (auto e = parse_shared(body, defaults, r.completion, has_max_tokens ? "max_tokens" : "max_completion_tokens")) return *e;
+  if (auto lp = f.boolean("logprobs"); lp && *lp) return bad("logprobs", "logprobs are not supported");
+  if (auto top = f.integer("top_logprobs", 0, 20); top && *top != 0) return bad("top_logprobs", "logprobs are not supported");
+  if (const json* format = f.get("response_format");
+      format && !(format->is_object() && format->value("type", "") == "text"))
+    return bad("response_format", "only response_format {\"type\": \"text\"} is supported");
+  if (const json* tools = f.get("tools"); tools && !(tools->is_array() && tools->empty()))
+    return bad("tools", "tools are not supported");
+  if (const json* choice = f.get("tool_choice"); choice && !(choice->is_string() && choice->get<std::string>() == "none"))
+    return bad("tool_choice", "tools are not supported (tool_choice may only be \"none\")");
   if (f.error) return *f.error;
   return r;
 }

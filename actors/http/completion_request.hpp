@@ -1,5 +1,5 @@
 #pragma once
-// The body of an OpenAI-style POST /v1/completions, parsed and checked field by field. Every
+// The body of an OpenAI-style POST /v1/completions or /v1/chat/completions, parsed and checked field by field. Every
 // problem becomes an ApiError whose message names the field, as OpenAI's API answers. Kept
 // apart from the HTTP server so that it can be tested without sockets. JSON-free header.
 #include <cstdint>
@@ -50,6 +50,21 @@ struct CompletionRequest {
 
 std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& body,
                                                                    const CompletionDefaults& defaults);
+
+// One message of a conversation; content parts of type text are joined.
+struct ChatTurn {
+  std::string role, content;
+};
+
+// POST /v1/chat/completions: the conversation and the same generation fields as a completion
+// (max_completion_tokens, or its older name max_tokens); `completion.prompt` stays empty until the
+// chat template renders the messages.
+struct ChatRequest {
+  std::vector<ChatTurn> messages;
+  CompletionRequest completion;
+};
+
+std::variant<ChatRequest, ApiError> parse_chat_request(const std::string& body, const CompletionDefaults& defaults);
 
 // Where the first stop string occurs in text (npos if none), and how many trailing bytes of
 // text could still become the start of a stop string (to hold back while streaming).

@@ -17,6 +17,7 @@
 #include "actors/http/metrics.hpp"
 #include "actors/http/stats_json.hpp"
 #include "actors/node/node.hpp"
+#include "model/text/chat_template.hpp"
 #include "model/text/detokenizer.hpp"
 #include "model/runtime.hpp"
 #include "model/text/tokenizer.hpp"
@@ -33,10 +34,14 @@ void send_error(httplib::Response& res, const ApiError& e) {
   res.set_content(to_json(e), "application/json");
 }
 
-std::string completion_id() {
+// The two OpenAI endpoints that generate: they differ only in the prompt and the response shape.
+enum class Endpoint { completions, chat };
+
+std::string completion_id(Endpoint endpoint) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "cmpl-%016llx", static_cast<unsigned long long>(rng()));
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%s-%016llx", endpoint == Endpoint::chat ? "chatcmpl" : "cmpl",
+                static_cast<unsigned long long>(rng()));
   return buf;
 }
 
@@ -117,6 +122,8 @@ struct HttpApi::Impl {
   const NodeConfig& config;
   const bool edge, cloud;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<ChatTemplate> chat_template;  // null: the model has none (or it did not parse)
+  std::string no_chat_reason;                   // why chat_template is null
   CompletionDefaults defaults;
   Metrics metrics;
   std::atomic<int> in_flight{0};
@@ -133,6 +140,7 @@ struct HttpApi::Impl {
       tokenizer = open_tokenizer(node.model().tokenizer_path());
       defaults = {mc.name, config.max_tokens, config.temperature, config.top_p, config.seed,
                   static_cast<int>(mc.vocab_size)};
+      load_chat_template();
     }
     declare_metrics();
     routes();
@@ -160,11 +168,28 @@ struct HttpApi::Impl {
     // destruction cannot leave the thread in accept() forever.
     for (int i = 0; i < 500 && !server.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     CE_LOG(info, "http", "HTTP API on http://" << config.http_host << ":" << port
-                                               << (edge ? " (/v1/completions, /v1/models, " : " (")
+                                               << (edge ? " (/v1/completions, /v1/chat/completions, /v1/models, " : " (")
                                                << "/health, /metrics)");
     if (edge && config.http_api_key.empty() && config.http_host != "127.0.0.1" && config.http_host != "localhost")
       CE_LOG(warning, "http", "the completions API listens on " << config.http_host
                                                                << " without ce.http.api-key: anyone who reaches it can use it");
+  }
+
+  // A template that does not parse leaves /v1/completions working and makes chat answer 400 with
+  // the reason (logged once here).
+  void load_chat_template() {
+    try {
+      const auto source = read_chat_template(node.model().dir());
+      if (source.empty()) {
+        no_chat_reason = "this model has no chat template (no chat_template in " + node.model().dir() +
+                         "/tokenizer_config.json): it is a base model; use /v1/completions with a plain-text prompt";
+        return;
+      }
+      chat_template = std::make_unique<ChatTemplate>(source);
+    } catch (const std::exception& e) {
+      no_chat_reason = std::string("this model's chat template does not parse: ") + e.what();
+      CE_LOG(warning, "http", no_chat_reason);
+    }
   }
 
   ~Impl() {
@@ -231,7 +256,8 @@ struct HttpApi::Impl {
 
   void routes() {
     server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-      static const std::set<std::string> known = {"/v1/completions", "/v1/models", "/health", "/metrics"};
+      static const std::set<std::string> known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
+                                                  "/metrics"};
       metrics.add(kRequests, 1, {{"path", known.count(req.path) ? req.path : "other"}, {"code", std::to_string(res.status)}});
     });
     server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
@@ -278,11 +304,8 @@ struct HttpApi::Impl {
     });
     server.Post("/v1/completions",
                 [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
-    server.Post("/v1/chat/completions", [](const httplib::Request&, httplib::Response& res) {
-      send_error(res, ApiError{404, "This server has /v1/completions only: the model is a base model without a chat "
-                                    "template. Send the conversation as a plain-text prompt.",
-                               "invalid_request_error", "", "unsupported_endpoint"});
-    });
+    server.Post("/v1/chat/completions",
+                [this](const httplib::Request& req, httplib::Response& res) { chat_completions(req, res); });
   }
 
   void unauthorized(httplib::Response& res) {
@@ -390,16 +413,29 @@ struct HttpApi::Impl {
             {"total_tokens", run.prompt_length + completion}};
   }
 
-  json chunk(const std::string& id, const std::string& model, const std::string& text, const char* finish_reason) const {
+  // A response or one event of a stream, in the endpoint's shape: a completion's choice holds
+  // "text"; a chat completion's a "message" (whole) or a "delta" (streamed, role in the first).
+  json chunk(Endpoint endpoint, bool streamed, const std::string& id, const std::string& model, const std::string& text,
+             const char* finish_reason, bool first = false) const {
+    json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}};
+    const char* object = "text_completion";
+    if (endpoint == Endpoint::completions) {
+      choice["text"] = text;
+    } else if (!streamed) {
+      object = "chat.completion";
+      choice["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+      object = "chat.completion.chunk";
+      json delta = json::object();
+      if (first) delta["role"] = "assistant";
+      if (first || !text.empty()) delta["content"] = text;
+      choice["delta"] = std::move(delta);
+    }
     return {{"id", id},
-            {"object", "text_completion"},
+            {"object", object},
             {"created", static_cast<int64_t>(std::time(nullptr))},
             {"model", model},
-            {"choices",
-             json::array({{{"text", text},
-                           {"index", 0},
-                           {"logprobs", nullptr},
-                           {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}}})}};
+            {"choices", json::array({std::move(choice)})}};
   }
 
   void completions(const httplib::Request& http_request, httplib::Response& res) {
@@ -408,12 +444,43 @@ struct HttpApi::Impl {
     if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
     auto request = std::get<CompletionRequest>(std::move(parsed));
     const auto& mc = node.model().config();
-
     std::vector<int32_t> prompt;
-    if (request.prompt_ids.empty() || request.prompt_ids.front() != mc.bos_id)
-      prompt.push_back(static_cast<int32_t>(mc.bos_id));
-    const auto body = request.prompt_ids.empty() ? tokenizer->encode(request.prompt) : request.prompt_ids;
-    prompt.insert(prompt.end(), body.begin(), body.end());
+    if (request.prompt_ids.empty()) {
+      prompt = encode_prompt(*tokenizer, mc.bos_id, request.prompt);
+    } else {  // ids as given, behind the BOS the model expects
+      if (tokenizer->adds_bos() && mc.bos_id >= 0 && request.prompt_ids.front() != mc.bos_id)
+        prompt.push_back(static_cast<int32_t>(mc.bos_id));
+      prompt.insert(prompt.end(), request.prompt_ids.begin(), request.prompt_ids.end());
+    }
+    generate_and_answer(Endpoint::completions, request, std::move(prompt), res);
+  }
+
+  // The conversation rendered by the model's chat template (BOS and role markers are the
+  // template's), tokenized as it stands, then generated as a completion.
+  void chat_completions(const httplib::Request& http_request, httplib::Response& res) {
+    if (!authorized(http_request)) return unauthorized(res);
+    auto parsed = parse_chat_request(http_request.body, defaults);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
+    auto request = std::get<ChatRequest>(std::move(parsed));
+    if (!chat_template)
+      return send_error(res, {400, no_chat_reason, "invalid_request_error", "messages", "no_chat_template"});
+    std::vector<ChatMessage> messages;
+    for (const auto& turn : request.messages) messages.push_back({turn.role, turn.content});
+    const auto special = [&](int32_t id) { return id >= 0 ? tokenizer->decode({id}) : std::string(); };
+    std::string text;
+    try {
+      text = chat_template->render(messages, /*add_generation_prompt=*/true,
+                                   {{"bos_token", special(tokenizer->bos_id())}, {"eos_token", special(tokenizer->eos_id())}});
+    } catch (const std::exception& e) {  // the template's own raise_exception (say, roles that must alternate)
+      return send_error(res, {400, std::string("the chat template refused these messages: ") + e.what(),
+                              "invalid_request_error", "messages", ""});
+    }
+    generate_and_answer(Endpoint::chat, request.completion, tokenizer->encode(text), res);
+  }
+
+  void generate_and_answer(Endpoint endpoint, const CompletionRequest& request, std::vector<int32_t> prompt,
+                           httplib::Response& res) {
+    const auto& mc = node.model().config();
     const auto limit = static_cast<size_t>(mc.max_seq);
     if (prompt.size() >= limit)
       return send_error(res, {400, "The prompt has " + std::to_string(prompt.size()) + " tokens; this model's context is " +
@@ -445,14 +512,14 @@ struct HttpApi::Impl {
     generate.mode = request.mode;
     generate.speculate = request.speculate;
     auto run = std::make_shared<CompletionRun>(*tokenizer, std::move(prompt), request.stop);
-    const std::string id = completion_id();
+    const std::string id = completion_id(endpoint);
 
     if (!request.stream) {
       auto result = node.generate(generate, [&](const TokenEvent& ev) { return run->add(ev); });
       record(result, *run);
       if (!result.error.empty() && run->events.empty())
         return send_error(res, {503, "no completion: " + result.error, "server_error", "", ""});
-      json out = chunk(id, mc.name, run->text, openai_finish_reason(result.finish_reason, run->stop_hit));
+      json out = chunk(endpoint, false, id, mc.name, run->text, openai_finish_reason(result.finish_reason, run->stop_hit));
       out["usage"] = usage(*run);
       out["x_ce"] = summary(result, *run);
       json tokens = json::array();
@@ -467,7 +534,7 @@ struct HttpApi::Impl {
     const bool include_usage = request.include_usage;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, slot, run, generate, id, include_usage](size_t, httplib::DataSink& sink) {
+        [this, slot, run, generate, id, include_usage, endpoint](size_t, httplib::DataSink& sink) {
           const std::string model = node.model().config().name;
           bool client_gone = false;
           auto send = [&](const json& event) {
@@ -481,11 +548,13 @@ struct HttpApi::Impl {
               tokens.push_back(token_json(run->events[run->events_streamed]));
             return tokens;
           };
+          // A chat stream opens with the assistant's role, before any token (as OpenAI's does).
+          if (endpoint == Endpoint::chat && !send(chunk(endpoint, true, id, model, "", nullptr, /*first=*/true))) return false;
           auto result = node.generate(generate, [&](const TokenEvent& ev) {
             const bool more = run->add(ev);
             const size_t end = run->streamable();
             if (end > run->streamed) {
-              json c = chunk(id, model, run->text.substr(run->streamed, end - run->streamed), nullptr);
+              json c = chunk(endpoint, true, id, model, run->text.substr(run->streamed, end - run->streamed), nullptr);
               c["x_ce"] = {{"tokens", pending_tokens()}};
               run->streamed = end;
               if (!send(c)) return false;  // the client left: stop generating for it
@@ -497,13 +566,13 @@ struct HttpApi::Impl {
           if (!result.error.empty() && run->events.empty()) {
             send({{"error", {{"message", "no completion: " + result.error}, {"type", "server_error"}}}});
           } else {
-            json last = chunk(id, model, run->text.substr(std::min(run->streamed, run->text.size())),
+            json last = chunk(endpoint, true, id, model, run->text.substr(std::min(run->streamed, run->text.size())),
                               openai_finish_reason(result.finish_reason, run->stop_hit));
             last["x_ce"] = summary(result, *run);
             last["x_ce"]["tokens"] = pending_tokens();
             send(last);
             if (include_usage) {
-              json u = chunk(id, model, "", nullptr);
+              json u = chunk(endpoint, true, id, model, "", nullptr);
               u["choices"] = json::array();
               u["usage"] = usage(*run);
               send(u);

@@ -18,6 +18,7 @@
 #include "messages/codec.hpp"
 #include "model/runtime.hpp"
 #include "model/split_plan.hpp"
+#include "model/weights.hpp"
 
 namespace ce {
 
@@ -36,6 +37,16 @@ void log_dropped(caf::actor_system& system, const char* what, const caf::error& 
   CE_LOG(warning, "node", what << " unavailable: " << system.render(e));
 }
 
+// What this node's role needs of the checkpoint (ce.model.parts): an edge, its layers, the
+// embedding and its exits; a cloud, its layers and the head. The split comes from the config
+// (the model's default split when ce.split.layer is 0).
+ModelParts parts_to_load(const NodeConfig& config) {
+  const bool role_parts = config.model_parts == "role" || (config.model_parts == "auto" && config.role == Role::edge);
+  if (!role_parts || config.role == Role::both) return ModelParts::all();
+  const auto split = SplitPlan::from_config(load_model_config(config.model_path + "/config.json"), config.split_layer).split;
+  return config.role == Role::edge ? ModelParts::edge(split) : ModelParts::cloud(split);
+}
+
 std::string host_name() {
   char buf[256] = {0};
   gethostname(buf, sizeof buf - 1);
@@ -49,7 +60,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   configure_torch_threads(config_.torch_threads);
   const auto precision = weight_precision_named(config_.model_weights);
   if (!precision) throw std::runtime_error("ce.model.weights = " + config_.model_weights + ": unknown precision");
-  model_ = Model::load(config_.model_path, *precision);
+  model_ = Model::load(config_.model_path, *precision, parts_to_load(config_));
   const auto& mc = model_->config();
   const auto plan = SplitPlan::from_config(mc, config_.split_layer);
   config_.split_layer = plan.split;

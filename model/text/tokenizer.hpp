@@ -26,6 +26,10 @@ class Tokenizer {
   virtual bool adds_bos() const = 0;
 };
 
+// A plain prompt as the model reads it: the model's BOS first where the tokenizer adds one and the
+// model has one (bos_id >= 0), then encode(text).
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, int64_t bos_id, const std::string& text);
+
 // Opens `path`: a model directory (tokenizer.json preferred, else tokenizer.model), a
 // tokenizer.json file or a SentencePiece tokenizer.model file. Throws ModelError naming the file.
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path);

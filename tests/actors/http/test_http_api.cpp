@@ -92,6 +92,15 @@ std::vector<json> sse_events(const std::string& body, bool* saw_done = nullptr) 
   return out;
 }
 
+// A ChatML template (SmolLM2's and Qwen's form) written as a published tokenizer_config.json.
+const std::string chatml_template =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+void write_chat_template(const std::string& model_dir, const std::string& source) {
+  write_file(model_dir + "/tokenizer_config.json", json({{"chat_template", source}}).dump());
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(http_api)
@@ -205,9 +214,6 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_openai_style_errors_and_the_server_keeps_s
   auto r = s.client().Get("/v1/nothing");
   BOOST_TEST(r->status == 404);
   BOOST_TEST(json::parse(r->body)["error"]["message"].get<std::string>().find("/v1/nothing") != std::string::npos);
-  r = s.client().Post("/v1/chat/completions", R"({"messages": []})", "application/json");
-  BOOST_TEST(r->status == 404);
-  BOOST_TEST(json::parse(r->body)["error"]["message"].get<std::string>().find("/v1/completions") != std::string::npos);
   r = s.post({{"prompt", "Still"}, {"max_tokens", 3}});
   BOOST_TEST(r->status == 200);
 }
@@ -361,6 +367,86 @@ BOOST_AUTO_TEST_CASE(a_taken_port_is_a_clear_error) {
                         [&](const std::runtime_error& e) {
                           return std::string(e.what()).find(":" + std::to_string(taken)) != std::string::npos;
                         });
+}
+
+BOOST_AUTO_TEST_CASE(a_chat_completion_renders_the_template_and_equals_the_nodes_own_generation) {
+  Server s([](NodeConfig& c) { write_chat_template(c.model_path, chatml_template); });
+  const json messages = {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "The jury said"}}};
+  auto r = s.client().Post("/v1/chat/completions",
+                           json({{"messages", messages}, {"max_completion_tokens", 10}, {"x_ce", {{"threshold", 2}}}}).dump(),
+                           "application/json");
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->status == 200, r->body);
+  const auto j = json::parse(r->body);
+  BOOST_TEST(j["object"] == "chat.completion");
+  BOOST_TEST(j["id"].get<std::string>().rfind("chatcmpl-", 0) == 0);
+  BOOST_TEST(j["choices"][0]["message"]["role"] == "assistant");
+  // The prompt is the template's text as it stands (no BOS added: a template places its own).
+  SentencePieceTokenizer tok(tokenizer_file);
+  GenerateRequest req;
+  req.prompt = tok.encode("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe jury said<|im_end|>\n"
+                          "<|im_start|>assistant\n");
+  req.max_tokens = 10;
+  req.threshold = 2.0;
+  const auto want = s.node->generate(req);
+  BOOST_TEST(ids_of(j["x_ce"]["tokens"]) == want.tokens);
+  BOOST_TEST(j["usage"]["prompt_tokens"].get<size_t>() == req.prompt.size());
+  BOOST_TEST(j["choices"][0]["message"]["content"] == tok.decode(want.tokens).substr(0, j["choices"][0]["message"]["content"].get<std::string>().size()));
+
+  // Streamed: the role first, then content deltas that add up to the same text, then the finish.
+  auto streamed = s.client().Post(
+      "/v1/chat/completions",
+      json({{"messages", messages}, {"max_tokens", 10}, {"stream", true}, {"x_ce", {{"threshold", 2}}}}).dump(),
+      "application/json");
+  BOOST_REQUIRE(streamed);
+  bool done = false;
+  const auto events = sse_events(streamed->body, &done);
+  BOOST_TEST(done);
+  BOOST_REQUIRE(events.size() >= 2u);
+  BOOST_TEST(events.front()["object"] == "chat.completion.chunk");
+  BOOST_TEST(events.front()["choices"][0]["delta"]["role"] == "assistant");
+  std::string text;
+  for (const auto& e : events) text += e["choices"][0]["delta"].value("content", "");
+  BOOST_TEST(text == j["choices"][0]["message"]["content"].get<std::string>());
+  BOOST_TEST(!events.back()["choices"][0]["finish_reason"].is_null());
+}
+
+BOOST_AUTO_TEST_CASE(chat_requests_without_a_template_or_that_it_refuses_are_clear_400s) {
+  {
+    Server base;  // the model has no chat template: a base model
+    auto r = base.client().Post("/v1/chat/completions",
+                                json({{"messages", {{{"role", "user"}, {"content", "hi"}}}}}).dump(), "application/json");
+    BOOST_REQUIRE(r);
+    BOOST_TEST(r->status == 400);
+    BOOST_TEST(json::parse(r->body)["error"]["code"] == "no_chat_template");
+  }
+  Server s([](NodeConfig& c) {
+    write_chat_template(c.model_path, "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                                      "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}");
+  });
+  const auto post = [&](const json& body) {
+    auto r = s.client().Post("/v1/chat/completions", body.dump(), "application/json");
+    BOOST_REQUIRE(r);
+    return std::make_pair(r->status, json::parse(r->body));
+  };
+  auto [status, body] = post({{"messages", {{{"role", "system"}, {"content", "x"}}, {{"role", "user"}, {"content", "hi"}}}}});
+  BOOST_TEST(status == 400);
+  BOOST_TEST(body["error"]["message"].get<std::string>().find("System role not supported") != std::string::npos);
+  std::tie(status, body) = post({{"messages", {{{"content", "no role"}}}}});
+  BOOST_TEST(status == 400);
+  BOOST_TEST(body["error"]["param"] == "messages[0].role");
+  std::tie(status, body) = post({{"messages", json::array()}});
+  BOOST_TEST(status == 400);
+  std::tie(status, body) = post({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 4}, {"max_completion_tokens", 4}});
+  BOOST_TEST(status == 400);
+  BOOST_TEST(body["error"]["param"] == "max_completion_tokens");
+  std::tie(status, body) = post({{"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}}}}}}}});
+  BOOST_TEST(status == 400);
+  BOOST_TEST(body["error"]["message"].get<std::string>().find("text only") != std::string::npos);
+  // And the server still serves a good one.
+  std::tie(status, body) = post({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 3}});
+  BOOST_TEST(status == 200);
+  BOOST_TEST(body["choices"][0]["message"]["role"] == "assistant");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
