@@ -101,14 +101,24 @@ std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelCo
 
 namespace {
 
-// NaN/Inf anywhere in `t`, checked a slice at a time: a whole-tensor isfinite() would allocate a
-// byte per value (hundreds of MB for a large vocabulary's embedding).
+// NaN/Inf anywhere in `t`: a value is one exactly when its exponent bits are all set. Read as
+// bits in one pass at memory speed (libtorch's isfinite on a mapped 2.5 GB bf16 checkpoint took
+// ~25 s and a byte of output per value).
 bool all_finite(const at::Tensor& t) {
-  const auto flat = t.reshape({-1});
-  constexpr int64_t slice = int64_t{1} << 20;
-  for (int64_t i = 0; i < flat.numel(); i += slice)
-    if (!torch::isfinite(flat.narrow(0, i, std::min(slice, flat.numel() - i))).all().item<bool>()) return false;
-  return true;
+  const auto c = t.contiguous();
+  const auto none_set = [&](auto word, auto exponent) {
+    using Word = decltype(word);
+    const auto* p = static_cast<const Word*>(c.data_ptr());
+    for (int64_t i = 0, n = c.numel(); i < n; ++i)
+      if ((p[i] & exponent) == exponent) return false;
+    return true;
+  };
+  switch (c.scalar_type()) {
+    case at::kFloat: return none_set(uint32_t{}, uint32_t{0x7f800000});
+    case at::kHalf: return none_set(uint16_t{}, uint16_t{0x7c00});
+    case at::kBFloat16: return none_set(uint16_t{}, uint16_t{0x7f80});
+    default: return torch::isfinite(c).all().item<bool>();
+  }
 }
 
 }  // namespace

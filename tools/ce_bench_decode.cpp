@@ -5,6 +5,8 @@
 //   cloud  CloudCompute over [split, L): one uploaded fp16 state in, one token out
 //   catchup  the cloud filling a gap of g uploaded positions in one infer, per position, against
 //            a one-position step at the same depth of context
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <chrono>
 #include <iomanip>
@@ -21,6 +23,7 @@
 #include "model/kernels.hpp"
 #include "model/runtime.hpp"
 #include "model/split_plan.hpp"
+#include "model/weights.hpp"
 #include "tools/cli.hpp"
 #include "tools/weights_flag.hpp"
 
@@ -56,6 +59,14 @@ ce::PositionRows edge_states(const std::shared_ptr<const ce::Model>& model, int6
   for (int64_t i = 1; i < n; ++i) out = runner.advance({std::max(0, out.standalone_token())}, rule);
   runner.flush();
   return runner.take_completed();
+}
+
+// Rows of N(0, 1) values for positions [0, n): what a cloud that holds only its own layers is fed
+// (the timing does not depend on the values).
+ce::PositionRows random_states(int64_t dim, int64_t n) {
+  const auto bits = at::randn({n, dim}).to(at::kHalf).contiguous();
+  return ce::PositionRows::states_f16(0, static_cast<uint32_t>(n), static_cast<uint32_t>(dim),
+                                      static_cast<const uint16_t*>(bits.data_ptr()));
 }
 
 double cloud_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
@@ -105,16 +116,32 @@ int main(int argc, char** argv) {
       .add("gaps", "LIST", "catch-up gaps, in positions", "1,4,16,64,256")
       .add("context", "N", "positions already computed before a catch-up", "64")
       .add("threads", "N", "compute threads, 0 = all cores", "1")
-      .add("tag", "TEXT", "copied into every line (e.g. the repeat number)", "");
+      .add("tag", "TEXT", "copied into every line (e.g. the repeat number)", "")
+      .add("parts", "WHICH", "tensors loaded: all, or role = only what --ranges' one range needs (edge: embedding, layers "
+                             "[0, split), exits; cloud: layers [split, L) and the head, fed random split-layer states)",
+           "all");
   ce::cli::add_weights_flag(cli);
   cli.parse(argc, argv);
   try {
     const int threads = static_cast<int>(cli.get_int("threads"));
     ce::configure_torch_threads(threads);
     const auto precision = ce::cli::weights_from_flag(cli);
-    auto model = ce::Model::load(cli.get("model"), precision);
+    const auto ranges = cli.get_list("ranges");
+    const bool role_parts = cli.get("parts") == "role";
+    if (!role_parts && cli.get("parts") != "all") cli.fail("--parts must be all or role");
+    if (role_parts && (ranges.size() != 1 || (ranges[0] != "edge" && ranges[0] != "cloud")))
+      cli.fail("--parts role needs exactly one range, edge or cloud");
+    const bool splits = std::any_of(ranges.begin(), ranges.end(), [](const std::string& r) { return r != "full"; });
+    const auto split = splits ? ce::SplitPlan::from_config(ce::load_model_config(cli.get("model") + "/config.json"),
+                                                           cli.get_int("split")).split
+                              : 0;
+    const auto load_start = clock_type::now();
+    auto model = ce::Model::load(cli.get("model"), precision,
+                                 !role_parts          ? ce::ModelParts::all()
+                                 : ranges[0] == "edge" ? ce::ModelParts::edge(split)
+                                                       : ce::ModelParts::cloud(split));
+    const double load_seconds = seconds_since(load_start);
     const auto& c = model->config();
-    const auto split = ce::SplitPlan::from_config(c, cli.get_int("split")).split;
     const int steps = static_cast<int>(cli.get_int("tokens"));
     if (steps < 1 || steps + 1 > c.max_seq) cli.fail("--tokens must be in [1, max_seq - 1]");
     const auto line = [&](const std::string& range) {
@@ -122,7 +149,8 @@ int main(int argc, char** argv) {
       o << std::fixed << std::setprecision(4) << "{\"engine\":\"cecollm\",\"model\":\"" << c.name << "\",\"weights\":\""
         << model->decoder().precision() << "\",\"threads\":" << ce::kernels::threads() << ",\"isa\":\""
         << ce::kernels::isa() << "\",\"range\":\"" << range << "\",\"tag\":\"" << cli.get("tag")
-        << "\",\"weight_mib\":" << model->weight_bytes() / 1048576.0 << ",\"rss_mib\":" << status_kib("VmRSS:") / 1024.0
+        << "\",\"parts\":\"" << cli.get("parts") << "\",\"load_s\":" << load_seconds
+        << ",\"weight_mib\":" << model->weight_bytes() / 1048576.0 << ",\"rss_mib\":" << status_kib("VmRSS:") / 1024.0
         << ",\"peak_rss_mib\":" << status_kib("VmHWM:") / 1024.0;
       return o.str();
     };
@@ -139,14 +167,14 @@ int main(int argc, char** argv) {
     int64_t needed = steps + 1;
     for (auto g : gaps) needed = std::max(needed, context + g);
     std::optional<ce::PositionRows> states;
-    for (const auto& range : cli.get_list("ranges")) {
+    for (const auto& range : ranges) {
       if (range == "full") {
         report(range, runner_seconds(model, c.n_layers, false, steps));
       } else if (range == "edge") {
         report(range, runner_seconds(model, split, true, steps));
       } else if (range == "cloud" || range == "catchup") {
         if (needed > c.max_seq) cli.fail("--tokens, --context and --gaps need more positions than max_seq");
-        if (!states) states = edge_states(model, split, needed);
+        if (!states) states = role_parts ? random_states(c.dim, needed) : edge_states(model, split, needed);
         if (range == "cloud") {
           report(range, cloud_seconds(model, split, *states, steps));
           continue;

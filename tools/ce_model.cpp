@@ -1,6 +1,7 @@
 // ce-model: writes a random early-exit model (for tests and demos without a trained one) and
 // prints what a model directory holds.
 #include <filesystem>
+#include <map>
 #include <iostream>
 #include <memory>
 
@@ -13,6 +14,34 @@
 #include "model/weights.hpp"
 #include "tools/architecture_flags.hpp"
 
+namespace {
+
+// Llama 3.2 1B's published config.json, as ModelConfig (no exits: add them with ce-train --add-exits).
+ce::ModelConfig llama32_1b_shape() {
+  ce::ModelConfig c;
+  c.dim = 2048;
+  c.n_layers = 16;
+  c.n_heads = 32;
+  c.n_kv_heads = 8;
+  c.head_size = 64;
+  c.ffn_dim = 8192;
+  c.vocab_size = 128256;
+  c.max_seq = 131072;
+  c.rope_theta = 500000.0;
+  c.rope_scaling = {ce::RopeScaling::Kind::llama3, 32.0, 1.0, 4.0, 8192};
+  c.norm_eps = 1e-5;
+  c.tie_word_embeddings = true;
+  c.bos_id = 128000;
+  c.eos_id = 128001;
+  c.more_eos_ids = {128008, 128009};
+  c.exit_layers = {};
+  c.default_split = 8;
+  c.validate();
+  return c;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   ce::use_fast_blas_kernel(argv);
   ce::cli::Parser cli("ce-model", "Writes a random early-exit LLaMA model directory (--random-out) or describes one (--info).");
@@ -24,7 +53,12 @@ int main(int argc, char** argv) {
       .add("model", "DIR", "model directory read by --export-llama2c and --export-gguf", "models/ce-brown-8l")
       .add("vocab", "N", "vocabulary size (taken from --tokenizer when given)", "1024")
       .add("tokenizer", "FILE", "tokenizer.model to copy into --random-out's directory; for --export-gguf, the vocabulary of a model without one")
-      .add("seed", "N", "random seed", "0");
+      .add("seed", "N", "random seed", "0")
+      .add("preset", "NAME", "--random-out with a published architecture instead of the flags: llama-3.2-1b (16 layers, dim "
+                             "2048, GQA 32/8, FFN 8192, vocab 128256, tied, llama3 rope scaling), written as Hugging Face "
+                             "publishes it (config.json without exits, bf16 shards + index)")
+      .add("dtype", "TYPE", "matrix type --random-out writes: fp16, bf16 or fp32", "fp16")
+      .add("shards", "N", "--random-out files: 1 = model.safetensors, N = model-0000K-of-0000N + index", "1");
   ce::cli::add_architecture_flags(cli);
   cli.parse(argc, argv);
   try {
@@ -60,13 +94,33 @@ int main(int argc, char** argv) {
     const std::string out = cli.require("random-out");
     std::unique_ptr<ce::Tokenizer> tok;
     if (cli.has("tokenizer")) tok = ce::open_tokenizer(cli.get("tokenizer"));
-    auto c = ce::cli::architecture_from_flags(cli, tok.get(), cli.get_int("vocab"));
-    c.name = "random-" + cli.get("seed");
-    auto w = ce::random_weights(c, static_cast<uint64_t>(cli.get_int("seed")));
-    ce::save_weights(*w, out);
-    if (cli.has("tokenizer"))
-      std::filesystem::copy_file(cli.get("tokenizer"), out + "/tokenizer.model",
-                                 std::filesystem::copy_options::overwrite_existing);
+    ce::ModelConfig c;
+    if (cli.has("preset")) {
+      if (cli.get("preset") != "llama-3.2-1b") cli.fail("--preset: unknown '" + cli.get("preset") + "' (known: llama-3.2-1b)");
+      c = llama32_1b_shape();
+    } else {
+      c = ce::cli::architecture_from_flags(cli, tok.get(), cli.get_int("vocab"));
+    }
+    if (tok && tok->vocab_size() > c.vocab_size)
+      cli.fail("--tokenizer has " + std::to_string(tok->vocab_size()) + " tokens, the model " + std::to_string(c.vocab_size));
+    c.name = (cli.has("preset") ? cli.get("preset") + "-random-" : "random-") + cli.get("seed");
+    const std::map<std::string, at::ScalarType> dtypes{{"fp16", at::kHalf}, {"bf16", at::kBFloat16}, {"fp32", at::kFloat}};
+    if (!dtypes.count(cli.get("dtype"))) cli.fail("--dtype must be fp16, bf16 or fp32");
+    std::cerr << "ce-model: drawing " << c.name << "'s weights\n";
+    {
+      auto w = ce::random_weights(c, static_cast<uint64_t>(cli.get_int("seed")));
+      std::cerr << "ce-model: writing " << out << "\n";
+      ce::save_weights(*w, out, {dtypes.at(cli.get("dtype")), static_cast<int>(cli.get_int("shards")), cli.has("preset")});
+    }
+    if (cli.has("tokenizer")) {  // the tokenizer file, and tokenizer_config.json beside a tokenizer.json
+      namespace fs = std::filesystem;
+      const fs::path from = cli.get("tokenizer");
+      const auto copy = [&](const fs::path& file) {
+        if (fs::exists(file)) fs::copy_file(file, fs::path(out) / file.filename(), fs::copy_options::overwrite_existing);
+      };
+      copy(from);
+      if (from.extension() == ".json") copy(from.parent_path() / "tokenizer_config.json");
+    }
     std::cout << "wrote " << out << " (hash " << ce::Model::load(out)->weights_hash() << ")\n";
   } catch (const std::exception& e) {
     std::cerr << "ce-model: " << e.what() << "\n";
