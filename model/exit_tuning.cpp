@@ -27,9 +27,9 @@ constexpr const char* kEmbedName = "model.embed_tokens.weight";
 
 // The files of a published model directory besides config.json and the weights; a model with exits
 // reads text exactly as its source did, so they are copied as they are.
-constexpr const char* kCopiedFiles[] = {"tokenizer.json",          "tokenizer_config.json", "tokenizer.model",
-                                        "generation_config.json",  "special_tokens_map.json",
-                                        "added_tokens.json",       "chat_template.jinja"};
+constexpr const char* kCopiedFiles[] = {
+    "tokenizer.json",          "tokenizer_config.json", "tokenizer.model",    "generation_config.json",
+    "special_tokens_map.json", "added_tokens.json",     "chat_template.jinja"};
 
 // At most this many logits (fp32) exist at once while scoring an exit: rows are scored in chunks
 // of kLogitFloats / vocab, so a 128 k vocabulary costs the same memory as a 2 k one (~128 MB,
@@ -57,7 +57,8 @@ void check_source_dir(const std::string& from) {
   if (!fs::is_regular_file(from + "/config.json"))
     throw ModelError("--from " + from + ": no config.json (not a model directory)");
   if (!fs::exists(from + "/model.safetensors") && !fs::exists(from + "/model.safetensors.index.json"))
-    throw ModelError("--from " + from + ": neither model.safetensors nor model.safetensors.index.json (not a model directory)");
+    throw ModelError("--from " + from +
+                     ": neither model.safetensors nor model.safetensors.index.json (not a model directory)");
 }
 
 void check_exit_layers(const ModelConfig& source, const ExitSpec& spec, const std::string& config_path) {
@@ -66,15 +67,18 @@ void check_exit_layers(const ModelConfig& source, const ExitSpec& spec, const st
   int64_t previous = 0;
   for (auto e : spec.exit_layers) {
     if (e < 1 || e >= source.n_layers)
-      throw ModelError(asked + ": exit layer " + std::to_string(e) + " outside [1, " + std::to_string(source.n_layers - 1) +
-                       "] (" + config_path + " has " + std::to_string(source.n_layers) + " layers)");
+      throw ModelError(asked + ": exit layer " + std::to_string(e) + " outside [1, " +
+                       std::to_string(source.n_layers - 1) + "] (" + config_path + " has " +
+                       std::to_string(source.n_layers) + " layers)");
     if (e <= previous) throw ModelError(asked + ": exit layers must be strictly increasing");
     previous = e;
   }
   if (!source.exit_layers.empty()) {
     if (source.exit_layers == spec.exit_layers)
-      throw ModelError(config_path + ": already has exits at layers " + join(source.exit_layers) +
-                       ", the ones asked for: nothing to add (to tune them again: ce-train --init DIR --freeze-backbone)");
+      throw ModelError(
+          config_path + ": already has exits at layers " + join(source.exit_layers) +
+          ", the ones asked for: nothing to add (to tune them again, add them to the checkpoint they were "
+          "added to)");
     throw ModelError(config_path + ": already has exits at layers " + join(source.exit_layers) +
                      "; --add-exits adds exits to a model without them");
   }
@@ -87,10 +91,12 @@ void check_out_dir(const std::string& from, const std::string& out, bool force) 
   if (!fs::exists(out)) return;
   std::error_code ec;
   if (fs::equivalent(from, out, ec))
-    throw ModelError("--out " + out + " is the --from directory: write the model with exits to a new directory");
+    throw ModelError("--out " + out +
+                     " is the --from directory: write the model with exits to a new directory");
   if (!fs::is_directory(out)) throw ModelError("--out " + out + ": exists and is not a directory");
   if (!fs::is_empty(out) && !force)
-    throw ModelError("--out " + out + ": exists and is not empty (--force writes into it, replacing its model files)");
+    throw ModelError("--out " + out +
+                     ": exists and is not empty (--force writes into it, replacing its model files)");
 }
 
 void check_tuning(const ExitTuningOptions& t, const ModelConfig& source) {
@@ -98,19 +104,21 @@ void check_tuning(const ExitTuningOptions& t, const ModelConfig& source) {
   if (t.steps == 0) return;
   if (t.batch < 1) throw ModelError("--batch must be >= 1");
   if (t.seq_len < 2 || t.seq_len > source.max_seq)
-    throw ModelError("--seq-len " + std::to_string(t.seq_len) + " outside [2, " + std::to_string(source.max_seq) +
-                     "] (the model's max_position_embeddings)");
+    throw ModelError("--seq-len " + std::to_string(t.seq_len) + " outside [2, " +
+                     std::to_string(source.max_seq) + "] (the model's max_position_embeddings)");
   if (!(t.lr > 0)) throw ModelError("--lr must be > 0");
   if (!(t.head_lr >= 0)) throw ModelError("--head-lr must be >= 0");
-  if (!(t.held_out_fraction >= 0 && t.held_out_fraction < 1)) throw ModelError("held-out fraction must be in [0, 1)");
+  if (!(t.held_out_fraction >= 0 && t.held_out_fraction < 1))
+    throw ModelError("held-out fraction must be in [0, 1)");
   if (t.held_out_windows < 0) throw ModelError("held-out windows must be >= 0");
 }
 
 void check_token_ids(const std::vector<int32_t>& tokens, int64_t vocab, const char* what) {
   for (auto t : tokens)
     if (t < 0 || t >= vocab)
-      throw ModelError(std::string(what) + ": token id " + std::to_string(t) + " outside the model's vocabulary of " +
-                       std::to_string(vocab) + " (is the tokenizer the model's?)");
+      throw ModelError(std::string(what) + ": token id " + std::to_string(t) +
+                       " outside the model's vocabulary of " + std::to_string(vocab) +
+                       " (is the tokenizer the model's?)");
 }
 
 // ---- the frozen head --------------------------------------------------------------------------
@@ -120,7 +128,8 @@ void check_token_ids(const std::vector<int32_t>& tokens, int64_t vocab, const ch
 // backward, so the only fp32 copy of it is one chunk. Gradient to x only.
 class FrozenHeadProduct : public torch::autograd::Function<FrozenHeadProduct> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& head) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& head) {
     ctx->saved_data["head"] = head;  // the stored tensor itself (a view of the mapped file), not a copy
     const int64_t vocab = head.size(0);
     auto logits = at::empty({x.size(0), vocab}, x.options());
@@ -187,14 +196,15 @@ LossSum exit_loss(const TunedExit& exit, const at::Tensor& frozen_head, const at
   out.positions = (targets != ignored).sum().item<int64_t>();
   for (int64_t row = 0; row < rows; row += rows_per_chunk) {
     const int64_t n = std::min(rows_per_chunk, rows - row);
-    const auto x = states.narrow(0, row, n);                                           // (n, dim)
-    const auto normed = x * torch::rsqrt(x.pow(2).mean(-1, true) + c.norm_eps) * exit.norm;  // RMSNorm, as the decoder's
+    const auto x = states.narrow(0, row, n);  // (n, dim)
+    // RMSNorm as the decoder computes it, the exit's norm weight trained.
+    const auto normed = x * torch::rsqrt(x.pow(2).mean(-1, true) + c.norm_eps) * exit.norm;  // (n, dim)
     const auto logits = exit.head.defined() ? torch::linear(normed, exit.head)
                                             : FrozenHeadProduct::apply(normed, frozen_head);  // (n, vocab)
     namespace F = torch::nn::functional;
-    const auto sum = F::cross_entropy(
-        logits, targets.narrow(0, row, n),
-        F::CrossEntropyFuncOptions().ignore_index(ignored).reduction(torch::kSum));
+    const auto sum =
+        F::cross_entropy(logits, targets.narrow(0, row, n),
+                         F::CrossEntropyFuncOptions().ignore_index(ignored).reduction(torch::kSum));
     if (backward_scale > 0) (sum * backward_scale).backward();
     out.nats += sum.item<double>();
   }
@@ -294,7 +304,8 @@ std::vector<double> held_out_losses(BackbonePass& pass, const std::vector<TunedE
 double schedule(int64_t step, int64_t steps) {
   const int64_t warmup = std::max<int64_t>(1, steps / 20);
   if (step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
-  const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, steps - warmup));
+  const double progress =
+      static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, steps - warmup));
   return 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
 }
 
@@ -308,8 +319,8 @@ double schedule(int64_t step, int64_t steps) {
 //
 // Memory per step: the batch's hidden states at each exit ((B * T, dim) fp32 each), one chunk of
 // logits, the decoder's KV caches and scratch for B windows; the backbone is read as stored.
-AddExitsResult tune_exits(const Decoder& decoder, const at::Tensor& frozen_head, std::vector<TunedExit>& exits,
-                          const AddExitsOptions& options,
+AddExitsResult tune_exits(const Decoder& decoder, const at::Tensor& frozen_head,
+                          std::vector<TunedExit>& exits, const AddExitsOptions& options,
                           const std::function<void(const ExitTuningProgress&)>& progress) {
   const auto& o = options.tuning;
   const auto& c = decoder.config();
@@ -322,8 +333,8 @@ AddExitsResult tune_exits(const Decoder& decoder, const at::Tensor& frozen_head,
   check_token_ids(train, c.vocab_size, "--train");
   check_token_ids(held_out, c.vocab_size, "--valid");
   if (window_starts(train, o.seq_len) < 1)
-    throw ModelError("--train: " + std::to_string(train.size()) + " training tokens, fewer than --seq-len + 1 = " +
-                     std::to_string(o.seq_len + 1));
+    throw ModelError("--train: " + std::to_string(train.size()) +
+                     " training tokens, fewer than --seq-len + 1 = " + std::to_string(o.seq_len + 1));
 
   std::vector<at::Tensor> norms, heads;
   for (auto& x : exits) {
@@ -352,30 +363,39 @@ AddExitsResult tune_exits(const Decoder& decoder, const at::Tensor& frozen_head,
   };
   report_held_out(ExitTuningProgress::Kind::held_out_before, result.held_out_before);
 
-  const auto t0 = std::chrono::steady_clock::now();
+  using clock = std::chrono::steady_clock;
+  const auto seconds_since = [](clock::time_point t) {
+    return std::chrono::duration<double>(clock::now() - t).count();
+  };
+  const auto t0 = clock::now();
   for (int64_t step = 0; step < o.steps; ++step) {
+    const auto step_start = clock::now();
     // Windows depend only on (seed, step), as ce-train's batches.
     std::mt19937_64 rng(o.seed * 1000003ull + static_cast<uint64_t>(step));
     std::uniform_int_distribution<int64_t> pick(0, window_starts(train, o.seq_len) - 1);
     std::vector<Window> batch;
     for (int64_t b = 0; b < o.batch; ++b) batch.push_back(window_at(train, pick(rng), o.seq_len, c.bos_id));
     const auto [states, targets] = pass.run(batch);
+    ExitTuningProgress p;
+    p.backbone_seconds = seconds_since(step_start);
+    const auto exits_start = clock::now();
 
     const double factor = schedule(step, o.steps);
     for (size_t g = 0; g < adam.param_groups().size(); ++g)
       static_cast<torch::optim::AdamOptions&>(adam.param_groups()[g].options()).lr(peak_lr[g] * factor);
     adam.zero_grad();
-    ExitTuningProgress p;
     const int64_t scored = (targets != ignored_target(c)).sum().item<int64_t>();
     for (size_t k = 0; k < exits.size(); ++k) {
-      // Each exit's mean loss, summed over exits: exits share no parameters, so each is trained on its own mean.
-      const auto s = exit_loss(exits[k], frozen_head, states[k], targets, c, scored ? 1.0 / static_cast<double>(scored) : 0);
+      // Each exit's mean loss, summed over exits: they share no parameters, each learns its own mean.
+      const auto s = exit_loss(exits[k], frozen_head, states[k], targets, c,
+                               scored ? 1.0 / static_cast<double>(scored) : 0);
       p.losses.push_back(s.positions ? s.nats / static_cast<double>(s.positions) : NAN);
     }
     adam.step();
+    p.exit_seconds = seconds_since(exits_start);
     result.steps_done = step + 1;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    result.tokens_per_second = static_cast<double>(result.steps_done * o.batch * o.seq_len) / seconds;
+    result.tokens_per_second =
+        static_cast<double>(result.steps_done * o.batch * o.seq_len) / seconds_since(t0);
     if (progress) {
       p.step = step + 1;
       p.total_steps = o.steps;
@@ -400,7 +420,8 @@ TensorMap exit_tensors(const TensorMap& source, const ModelConfig& source_config
   for (size_t k = 0; k < spec.exit_layers.size(); ++k) {
     const int64_t layer = spec.exit_layers[k];
     const TunedExit* t = tuned.empty() ? nullptr : &tuned[k];
-    out[exit_tensor_name(layer, "norm.weight")] = t ? t->norm.detach().to(final_norm.scalar_type()) : final_norm;
+    out[exit_tensor_name(layer, "norm.weight")] =
+        t ? t->norm.detach().to(final_norm.scalar_type()) : final_norm;
     if (spec.own_heads)
       out[exit_tensor_name(layer, "head.weight")] = t ? t->head.detach().to(lm_head.scalar_type()) : lm_head;
   }
@@ -451,8 +472,8 @@ void remove_stale_weights(const std::string& out) {
   }
 }
 
-void write_model_with_exits(const AddExitsOptions& o, const TensorMap& source, const ModelConfig& source_config,
-                            const std::vector<TunedExit>& tuned) {
+void write_model_with_exits(const AddExitsOptions& o, const TensorMap& source,
+                            const ModelConfig& source_config, const std::vector<TunedExit>& tuned) {
   fs::create_directories(o.out);
   remove_stale_weights(o.out);
   TensorMap all = source;  // views of the mapped source files: written byte for byte, in their types
@@ -476,12 +497,14 @@ ModelConfig check_add_exits(const AddExitsOptions& o) {
   return source;
 }
 
-AddExitsResult add_exits(const AddExitsOptions& o, const std::function<void(const ExitTuningProgress&)>& progress) {
+AddExitsResult add_exits(const AddExitsOptions& o,
+                         const std::function<void(const ExitTuningProgress&)>& progress) {
   const auto source_config = check_add_exits(o);
   std::string source_files;
   const TensorMap source = read_checkpoint_tensors(o.from, &source_files);
   // Every tensor of the source checked against its config (names, shapes); nothing loaded yet.
-  weights_from_tensors(source_config, source, source_files, StoredType::keep, ModelParts{false, 0, 0, false, false});
+  weights_from_tensors(source_config, source, source_files, StoredType::keep,
+                       ModelParts{false, 0, 0, false, false});
 
   AddExitsResult result;
   std::vector<TunedExit> tuned;
@@ -495,9 +518,12 @@ AddExitsResult add_exits(const AddExitsOptions& o, const std::function<void(cons
     // lm_head (vocab, dim) as stored, from the caller's Weights: a decoder that converted its
     // matrices (the portable kernels widen them) keeps only its packed copy.
     result = tune_exits(decoder, backbone->lm_head, tuned, o, progress);
-    for (auto& x : tuned) {
-      x.norm.requires_grad_(false);
-      if (x.head.defined()) x.head.requires_grad_(false);
+    for (auto& x : tuned) {  // their gradients go before the copy in the stored type is made
+      for (auto* t : {&x.norm, &x.head})
+        if (t->defined()) {
+          t->mutable_grad() = at::Tensor();
+          t->requires_grad_(false);
+        }
     }
   }
   write_model_with_exits(o, source, source_config, tuned);

@@ -42,8 +42,8 @@ struct ExitTuningOptions {
 };
 
 struct AddExitsOptions {
-  std::string from;  // the source model directory (no exits)
-  std::string out;   // the new model directory; must not be `from`
+  std::string from;    // the source model directory (no exits)
+  std::string out;     // the new model directory; must not be `from`
   bool force = false;  // write into an existing non-empty `out`
   ExitSpec exits;
   ExitTuningOptions tuning;
@@ -56,10 +56,13 @@ struct ExitTuningProgress {
   std::vector<double> losses;  // mean next-token cross-entropy (nats) per exit, ascending
   double lr = 0;
   double tokens_per_second = 0;  // positions through the backbone and the exits, per second
+  // Where the step's time went: the frozen backbone's forward, and the exits' losses and gradients
+  // (with a large vocabulary these dominate: ~4 * vocab * dim flops per position and exit).
+  double backbone_seconds = 0, exit_seconds = 0;
 };
 
 struct AddExitsResult {
-  ModelConfig config;            // of the written model
+  ModelConfig config;  // of the written model
   int64_t steps_done = 0;
   std::vector<double> held_out_before, held_out_after;  // per exit; empty when not measured
   double tokens_per_second = 0;

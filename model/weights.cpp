@@ -200,7 +200,12 @@ std::string weights_digest(const TensorMap& tensors) {
     auto b = static_cast<const unsigned char*>(p);
     for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
   };
-  constexpr int64_t block = 2048, blocks = 16;  // values per sampled block; blocks per large tensor
+  // A checkpoint of up to 64 M values is read whole (the digests of our own models stay what they
+  // were); a larger one is sampled: every tensor of up to 32 K values whole, larger ones in 16
+  // evenly spaced blocks of 2 K values.
+  constexpr int64_t block = 2048, blocks = 16, whole_checkpoint = int64_t{64} << 20;
+  int64_t total = 0;
+  for (auto& [name, t] : tensors) total += t.numel();
   for (auto& [name, t] : tensors) {
     if (is_recomputed_buffer(name)) continue;
     mix(name.data(), name.size());
@@ -211,7 +216,7 @@ std::string weights_digest(const TensorMap& tensors) {
       auto half = flat.narrow(0, begin, count).to(at::kHalf).contiguous();
       mix(half.data_ptr(), half.nbytes());
     };
-    if (n <= block * blocks) {
+    if (total <= whole_checkpoint || n <= block * blocks) {
       digest_values(0, n);
     } else {
       for (int64_t i = 0; i < blocks; ++i) digest_values((n - block) * i / (blocks - 1), block);

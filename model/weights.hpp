@@ -97,10 +97,10 @@ struct SaveOptions {
 // Writes config.json and the weights into `dir`.
 void save_weights(const Weights& weights, const std::string& dir, const SaveOptions& options = {});
 
-// Hex digest of the tensors' names, shapes and values rounded to fp16: all values of a small tensor,
-// evenly spaced blocks of a large one (a few pages each: the digest of a mapped 2 GB checkpoint reads
-// ~20 MB, so an edge that loads a quarter of it does not page in the rest). The same for an fp32
-// checkpoint and its fp16 export.
+// Hex digest of the tensors' names, shapes and values rounded to fp16: every value of a checkpoint
+// of up to 64 M values; of a larger one, evenly spaced blocks of each large tensor (a few pages each:
+// the digest of a mapped 2.5 GB checkpoint reads ~10 MB, so an edge that loads half of it does not
+// page in the rest). The same for an fp32 checkpoint and its fp16 export.
 std::string weights_digest(const TensorMap& tensors);
 
 }  // namespace ce

@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
     if (!fs::is_directory(dir)) throw Failure("model directory not found: " + dir);
     require_file(dir + "/config.json", "model config");
     require_file(dir + "/model.safetensors", "model weights");
-    const std::string tok_path = cli.has("tokenizer") ? cli.get("tokenizer") : dir + "/tokenizer.model";
+    const std::string tok_path = cli.has("tokenizer") ? cli.get("tokenizer") : (std::filesystem::exists(dir + "/tokenizer.json") ? dir + "/tokenizer.json" : dir + "/tokenizer.model");
     require_file(tok_path, "tokenizer");
     const std::string text_path = cli.get("text");
     require_file(text_path, "text");

@@ -58,9 +58,21 @@ ce::AddExitsOptions add_exits_options(const ce::cli::Parser& cli) {
   return o;
 }
 
-void print_exit_losses(const char* what, const std::vector<int64_t>& exits, const std::vector<double>& losses) {
+void print_exit_losses(const char* what, const std::vector<int64_t>& exits,
+                       const std::vector<double>& losses) {
   std::fprintf(stderr, "%s", what);
-  for (size_t k = 0; k < losses.size(); ++k) std::fprintf(stderr, " exit%lld=%.4f", static_cast<long long>(exits[k]), losses[k]);
+  for (size_t k = 0; k < losses.size(); ++k)
+    std::fprintf(stderr, " exit%lld=%.4f", static_cast<long long>(exits[k]), losses[k]);
+}
+
+std::vector<int32_t> tokenize_file(const ce::Tokenizer& tokenizer, const char* flag,
+                                   const std::string& path) {
+  if (!std::filesystem::is_regular_file(path))
+    throw ce::ModelError(std::string("--") + flag + " " + path +
+                         ": not found (paths are relative to the working directory: run from the "
+                         "repository root or pass --" + flag + " FILE)");
+  std::cerr << "tokenizing " << path << " ...\n";
+  return tokenizer.encode(read_file(path));
 }
 
 int run_add_exits(const ce::cli::Parser& cli) {
@@ -68,12 +80,12 @@ int run_add_exits(const ce::cli::Parser& cli) {
   ce::check_add_exits(o);  // refusals before the text is read
   if (o.tuning.steps > 0) {
     const std::string train = cli.has("train") ? cli.get("train") : kAddExitsDefaultText;
-    const auto opened = ce::open_tokenizer(o.from);
-    std::cerr << "tokenizing " << train << " with " << o.from << "'s tokenizer ...\n";
-    o.tuning.train_tokens = opened->encode(read_file(train));
-    if (cli.has("valid")) o.tuning.valid_tokens = opened->encode(read_file(cli.get("valid")));
-    std::cerr << "train tokens " << o.tuning.train_tokens.size() << ", held-out tokens "
-              << (cli.has("valid") ? std::to_string(o.tuning.valid_tokens.size()) : "the last 5% of them") << "\n";
+    const auto tokenizer = ce::open_tokenizer(o.from);
+    o.tuning.train_tokens = tokenize_file(*tokenizer, "train", train);
+    if (cli.has("valid")) o.tuning.valid_tokens = tokenize_file(*tokenizer, "valid", cli.get("valid"));
+    const std::string held_out =
+        cli.has("valid") ? std::to_string(o.tuning.valid_tokens.size()) : "the last 5% of them";
+    std::cerr << "train tokens " << o.tuning.train_tokens.size() << ", held-out tokens " << held_out << "\n";
   }
   const auto& exits = o.exits.exit_layers;
   const auto result = ce::add_exits(o, [&](const ce::ExitTuningProgress& p) {
@@ -82,17 +94,20 @@ int run_add_exits(const ce::cli::Parser& cli) {
       std::fprintf(stderr, "ee-tune step %lld/%lld lr %.2e", static_cast<long long>(p.step),
                    static_cast<long long>(p.total_steps), p.lr);
       print_exit_losses(" loss", exits, p.losses);
-      std::fprintf(stderr, " | %.0f tok/s\n", p.tokens_per_second);
+      std::fprintf(stderr, " | %.0f tok/s (step: backbone %.2f s, exits %.2f s)\n", p.tokens_per_second,
+                   p.backbone_seconds, p.exit_seconds);
     } else {
-      print_exit_losses(p.kind == Kind::held_out_before ? "held-out loss before tuning" : "held-out loss after tuning",
-                        exits, p.losses);
+      const bool before = p.kind == Kind::held_out_before;
+      print_exit_losses(before ? "held-out loss before tuning" : "held-out loss after tuning", exits,
+                        p.losses);
       std::fprintf(stderr, "\n");
     }
   });
   std::cerr << "wrote " << o.out << ": exits at " << cli.get("add-exits") << " ("
             << (o.exits.own_heads ? "own heads" : "heads tied to lm_head") << "), " << result.steps_done
             << " tuning steps, default_split " << result.config.default_split << ", default_threshold "
-            << result.config.default_threshold << " (calibrate it: ce-eval --model " << o.out << " --write-threshold)\n";
+            << result.config.default_threshold << " (calibrate it: ce-eval --model " << o.out
+            << " --write-threshold)\n";
   return 0;
 }
 }  // namespace
@@ -119,16 +134,21 @@ int main(int argc, char** argv) {
       .add("stop-after", "N", "stop this sitting after N steps (resume later)", "0")
       .add("threads", "N", "torch threads, 0 = all cores", "0");
   cli.add("add-exits", "LIST",
-          "add exits after these layers to the published checkpoint --from and EE-Tune them (backbone frozen, as "
-          "stored), writing --out; own defaults: --train " + std::string(kAddExitsDefaultText) +
-              " --steps 200 --batch 4 --seq-len 256 --lr 0.001, held-out loss on --valid or the last 5% of --train; "
-              "--steps 0 writes the untuned exits. Example: ce-train --add-exits 4,8 --from ~/hf/Llama-3.2-1B "
-              "--out runs/llama-1b-ee --steps 300")
-      .add("from", "DIR", "--add-exits: Hugging Face model directory without exits (config.json, safetensors, tokenizer)")
-      .add("own-heads", "", "--add-exits: each exit gets its own head, a copy of lm_head (default: tied to lm_head)")
+          "add exits after these layers to the published checkpoint --from and EE-Tune them (backbone "
+          "frozen, run as stored), writing --out; its own defaults: --train " +
+              std::string(kAddExitsDefaultText) +
+              " --steps 200 --batch 4 --seq-len 256 --lr 0.001, held-out loss on --valid or the last 5% of "
+              "--train; --steps 0 writes the untuned exits. Example: ce-train --add-exits 4,8 --from "
+              "~/hf/Llama-3.2-1B --out runs/llama-1b-ee --train my-text.txt --steps 300")
+      .add("from", "DIR",
+           "--add-exits: Hugging Face model directory without exits (config.json, safetensors, tokenizer)")
+      .add("own-heads", "",
+           "--add-exits: each exit gets its own head, a copy of lm_head (default: tied to lm_head); tuning "
+           "costs 16 bytes per head parameter (fp32 weight, gradient, Adam moments): Llama 3.2 1B, 4.2 GB "
+           "per exit")
       .add("head-lr", "X", "--add-exits --own-heads: learning rate of the heads, 0 = --lr / 10", "0")
       .add("seq-len", "N", "--add-exits: tokens per window (as --seq)")
-      .add("force", "", "--add-exits: write into an existing non-empty --out");
+      .add("force", "", "--add-exits: write into an existing non-empty --out, replacing its model files");
   ce::cli::add_architecture_flags(cli);
   cli.parse(argc, argv);
   try {

@@ -42,6 +42,9 @@ inline NodeConfig node_config(Role role, const std::string& model_path) {
   c.actor_threads = 2;
   c.request_deadline = std::chrono::seconds(5);
   c.log_level = LogLevel::warning;
+  // The oracles read the nodes' own models over every layer; the role's parts alone are tested
+  // by collaboration/nodes_holding_only_their_parts_equal_the_full_model.
+  c.model_parts = "all";
   return c;
 }
 

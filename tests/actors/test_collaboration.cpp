@@ -84,6 +84,31 @@ std::vector<int32_t> tokens_of(const std::vector<OracleToken>& v) {
 
 BOOST_AUTO_TEST_SUITE(collaboration)
 
+// The default on an edge (ce.model.parts auto) and `role` on the cloud: each process holds only its
+// tensors, and the responses still equal the oracle of the whole model, loaded apart.
+BOOST_AUTO_TEST_CASE(nodes_holding_only_their_parts_equal_the_full_model) {
+  const auto role_parts = [](NodeConfig& c) { c.model_parts = c.role == Role::edge ? "auto" : "role"; };
+  Cluster c(role_parts, role_parts);
+  const auto full = Model::load(c.model_path);
+  const auto& split = c.edge->config().split_layer;
+  BOOST_TEST(!c.edge->model().decoder().weights().layers[static_cast<size_t>(split)].wq.defined());
+  BOOST_TEST(!c.cloud->model().decoder().weights().layers[0].wq.defined());
+  BOOST_TEST(c.edge->model().weights_hash() == c.cloud->model().weights_hash());
+  const int n = 16;
+  const double theta = mixing_threshold(*full, prompt_a(), n);
+  BOOST_REQUIRE(theta > 0);
+  for (double t : {theta, 2.0}) {
+    auto got = run(*c.edge, prompt_a(), t, n);
+    expect_matches_oracle(got.tokens, oracle(*full, prompt_a(), t, n), t);
+    BOOST_TEST(got.stats.degraded_tokens == 0);
+  }
+  // The cloud-only baseline needs the layers this cloud left out: a clear failure, not a crash.
+  auto req = request_for(prompt_a(), 2.0, 4);
+  req.mode = InferenceMode::cloud_only;
+  const auto baseline = c.edge->generate(req);
+  BOOST_TEST(baseline.error.find("did not load the token embedding") != std::string::npos, baseline.error);
+}
+
 BOOST_AUTO_TEST_CASE(mixed_threshold_matches_the_oracle) {
   Cluster c;
   const int n = 24;

@@ -51,7 +51,8 @@ ModelConfig plain_config(bool tie_word_embeddings) {
 // Writes the checkpoint into `dir` as a Hugging Face directory: weights all in `dtype` in `shards`
 // files, config.json with fields this project does not read (first among them one out of
 // alphabetical order, so a rewrite that sorts keys shows), the tokenizer and a generation config.
-void write_source(const std::string& dir, const ModelConfig& c, at::ScalarType dtype, int shards, uint64_t seed) {
+void write_source(const std::string& dir, const ModelConfig& c, at::ScalarType dtype, int shards,
+                  uint64_t seed) {
   auto w = scaled_weights(c, seed, 0.12, /*random_norms=*/true, /*head_std=*/0.5);
   save_weights(*w, dir, {dtype, shards, /*all_in_dtype=*/true});
   const auto saved = ordered_json::parse(read_file(dir + "/config.json"));
@@ -63,7 +64,8 @@ void write_source(const std::string& dir, const ModelConfig& c, at::ScalarType d
   j["pad_token_id"] = nullptr;
   write_file(dir + "/config.json", j.dump(2));
   std::filesystem::copy_file(kBrown + "tokenizer-2048.model", dir + "/tokenizer.model");
-  write_file(dir + "/generation_config.json", R"({"bos_token_id": 1, "eos_token_id": [2, 3], "do_sample": false})");
+  write_file(dir + "/generation_config.json",
+             R"({"bos_token_id": 1, "eos_token_id": [2, 3], "do_sample": false})");
 }
 
 std::vector<int32_t> tokens_of(const std::string& dir, const std::string& text_file, size_t characters) {
@@ -117,7 +119,8 @@ std::vector<double> exit_nats(const std::string& dir, const std::vector<int32_t>
   options.thresholds = {0.8};
   const auto report = evaluate(*model, stream, options);
   std::vector<double> nats;
-  for (size_t k = 0; k < model->config().exit_layers.size(); ++k) nats.push_back(report.heads[k].nats_per_token);
+  for (size_t k = 0; k < model->config().exit_layers.size(); ++k)
+    nats.push_back(report.heads[k].nats_per_token);
   return nats;
 }
 
@@ -217,11 +220,12 @@ BOOST_AUTO_TEST_CASE(tuning_lowers_the_held_out_loss_of_every_exit_and_keeps_the
   BOOST_REQUIRE(result.held_out_after.size() == 2u);
 
   check_backbone_identical(src.path(), after.path());
-  const auto untuned_nats = exit_nats(before.path(), held_out), tuned_nats = exit_nats(after.path(), held_out);
+  const auto untuned_nats = exit_nats(before.path(), held_out),
+             tuned_nats = exit_nats(after.path(), held_out);
   for (size_t k = 0; k < 2; ++k) {
-    BOOST_TEST_MESSAGE("exit " << k << ": held-out nats/token " << untuned_nats[k] << " untuned, " << tuned_nats[k]
-                               << " tuned (tuner's own measure " << result.held_out_before[k] << " -> "
-                               << result.held_out_after[k] << ")");
+    BOOST_TEST_MESSAGE("exit " << k << ": held-out nats/token " << untuned_nats[k] << " untuned, "
+                               << tuned_nats[k] << " tuned (tuner's own measure " << result.held_out_before[k]
+                               << " -> " << result.held_out_after[k] << ")");
     BOOST_TEST(tuned_nats[k] < 0.95 * untuned_nats[k]);
     BOOST_TEST(result.held_out_after[k] < result.held_out_before[k]);
   }
@@ -244,7 +248,8 @@ BOOST_AUTO_TEST_CASE(refusals_name_the_flag_at_fault) {
   const auto error = [&](const AddExitsOptions& o) { return model_error_text([&] { add_exits(o); }); };
 
   // Exit layers outside [1, L-1] (L = 6) or not increasing.
-  BOOST_TEST(contains(error(untuned(src.path(), out.path(), {0, 2})), "--add-exits 0,2: exit layer 0 outside [1, 5]"));
+  BOOST_TEST(contains(error(untuned(src.path(), out.path(), {0, 2})),
+                      "--add-exits 0,2: exit layer 0 outside [1, 5]"));
   BOOST_TEST(contains(error(untuned(src.path(), out.path(), {2, 6})), "exit layer 6 outside [1, 5]"));
   BOOST_TEST(contains(error(untuned(src.path(), out.path(), {4, 2})), "strictly increasing"));
   BOOST_TEST(contains(error(untuned(src.path(), out.path(), {2, 2})), "strictly increasing"));
@@ -252,7 +257,8 @@ BOOST_AUTO_TEST_CASE(refusals_name_the_flag_at_fault) {
 
   // --from missing or not a model directory.
   BOOST_TEST(contains(error(untuned(src.file("nowhere"), out.path(), {2})), "nowhere: not a directory"));
-  BOOST_TEST(contains(error(untuned(empty.path(), out.path(), {2})), "no config.json (not a model directory)"));
+  BOOST_TEST(
+      contains(error(untuned(empty.path(), out.path(), {2})), "no config.json (not a model directory)"));
   std::filesystem::copy_file(src.file("config.json"), empty.file("config.json"));
   BOOST_TEST(contains(error(untuned(empty.path(), out.path(), {2})), "neither model.safetensors"));
 
