@@ -18,7 +18,16 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 model=ce-brown-8l
 prompt="The jury said that"
-"$build/tools/ce-node" --config "$src/config/local.ini" --set ce.listen.port=0 --set ce.http.port=0 \
+# The shipped model with a ChatML chat template beside it (as SmolLM2 and Qwen publish theirs), so
+# that the chat endpoint has a template to render.
+cp -r "$src/models/$model" "$work/model"
+python3 - "$work/model/tokenizer_config.json" <<'PY'
+import json, sys
+template = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+json.dump({"chat_template": template}, open(sys.argv[1], "w"))
+PY
+"$build/tools/ce-node" --config "$src/config/local.ini" --set ce.model.path="$work/model" --set ce.listen.port=0 --set ce.http.port=0 \
   --set ce.log.level=warning --ready-file "$work/ready" 2>"$work/node.log" &
 node_pid=$!
 for _ in $(seq 1200); do [ -s "$work/ready" ] && break; sleep 0.1; done  # a generous cap: CI runs it beside other tests
@@ -33,6 +42,10 @@ generate_ids() {
     sed -n '/^--- tokens/{n;p}' | sed -E 's/@[0-9]+//g' | tr ' ' ','
 }
 full_greedy=$(generate_ids --mode full)
+# The chat request's prompt as the template renders it, tokenized as it stands (no BOS added).
+chat_ids=$("$build/tools/ce-generate" --model "$src/models/$model" --no-bos --max-tokens 16 --threads 1 --mode full \
+  --prompt $'<|im_start|>user\nThe jury said that<|im_end|>\n<|im_start|>assistant\n' |
+  sed -n '/^--- tokens/{n;p}' | sed -E 's/@[0-9]+//g' | tr ' ' ',')
 full_sampled=$(generate_ids --mode full --temperature 0.8 --seed 7)
 exits_only=$(generate_ids --mode early-exit --threshold 0)
 echo "ce-generate full greedy:  $full_greedy"
@@ -101,9 +114,9 @@ fi
 cp "$src/tests/integration/openai_client.mjs" "$npm_dir/"
 out=$(node "$npm_dir/openai_client.mjs" "$base/v1" "$model" "$prompt")
 echo "openai package: $out"
-python3 - "$out" "$full_sampled" "$full_greedy" <<'PY'
+python3 - "$out" "$full_sampled" "$full_greedy" "$chat_ids" <<'PY'
 import json, sys
-out, sampled, greedy = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+out, sampled, greedy, chat = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 ids = lambda v: ",".join(map(str, v))
 assert out["models"] == ["ce-brown-8l"], out["models"]
 assert ids(out["plain"]["ids"]) == sampled, ("plain", out["plain"]["ids"], sampled)
@@ -111,6 +124,11 @@ assert ids(out["stream"]["ids"]) == greedy, ("stream", out["stream"]["ids"], gre
 assert out["plain"]["usage"]["completion_tokens"] == 24
 assert out["stream"]["finish"] == "length"
 assert len(out["stream"]["text"]) > 0
+assert ids(out["chat"]["ids"]) == chat, ("chat", out["chat"]["ids"], chat)
+assert ids(out["chat_stream"]["ids"]) == chat, ("chat stream", out["chat_stream"]["ids"], chat)
+assert out["chat"]["role"] == "assistant" and out["chat"]["object"] == "chat.completion"
+assert out["chat_stream"]["text"] == out["chat"]["text"], (out["chat_stream"]["text"], out["chat"]["text"])
+assert out["chat_stream"]["role"] == "assistant"
 PY
-echo "openai package: plain (sampled) and streamed completions = ce-generate"
+echo "openai package: plain (sampled) and streamed completions, plain and streamed chat completions = ce-generate"
 echo "PASS"

@@ -10,6 +10,8 @@
 
 #include "model/decoder.hpp"
 #include "model/runtime.hpp"
+#include "model/text/chat_template.hpp"
+#include "model/text/tokenizer.hpp"
 #include "tests/model/reference_llama.hpp"
 #include "tests/model/tiny_model.hpp"
 
@@ -129,6 +131,43 @@ BOOST_AUTO_TEST_CASE(llama32_like_bf16_shards_match_the_reference) {
   KvCache kv(c, 0, c.n_layers);
   const auto logits = d.final_logits(d.forward(d.embed(token_tensor(tokens)), 0, 0, c.n_layers, kv));
   BOOST_TEST(max_diff(logits, plain_logits) > 50 * gap);
+}
+
+BOOST_AUTO_TEST_CASE(llama2_like_untied_fp16_with_sentencepiece_and_a_chat_template) {
+  // Llama 2's layout: untied lm_head, one fp16 file, a SentencePiece tokenizer.model, the chat
+  // template in tokenizer_config.json, no rope scaling.
+  TempDir dir;
+  ModelConfig c;
+  c.name = "llama-2-like";
+  c.dim = 64;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.ffn_dim = 172;
+  c.vocab_size = 2048;
+  c.max_seq = 128;
+  c.exit_layers = {};
+  c.default_split = 1;
+  const auto widened = write_checkpoint(c, dir.path(), at::kHalf, 1, 12);
+  std::filesystem::copy_file(CE_SOURCE_DIR "/data/brown/tokenizer-2048.model", dir.file("tokenizer.model"));
+  write_file(dir.file("tokenizer_config.json"),
+             json({{"bos_token", "<s>"}, {"eos_token", "</s>"},
+                   {"chat_template", "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"}})
+                 .dump());
+  BOOST_TEST(std::filesystem::exists(dir.file("model.safetensors")));
+  const auto model = Model::load(dir.path());
+  BOOST_TEST(model->precision() == "fp16");
+  BOOST_TEST(widened->lm_head.defined());
+  BOOST_TEST(!widened->lm_head.is_same(widened->embed));
+  BOOST_TEST(model->tokenizer_path() == dir.file("tokenizer.model"));  // no tokenizer.json: the SentencePiece file
+  const auto tokenizer = open_tokenizer(dir.path());
+  BOOST_TEST(tokenizer->vocab_size() == 2048);
+  BOOST_TEST(tokenizer->adds_bos());
+  BOOST_TEST(contains(read_chat_template(dir.path()), "[INST]"));
+  std::vector<int64_t> tokens;
+  for (auto id : encode_prompt(*tokenizer, model->config().bos_id, "The jury said that the city")) tokens.push_back(id);
+  BOOST_TEST(tokens.front() == 1);
+  BOOST_TEST(reference_gap(*model, *widened, tokens) < 2e-3);
 }
 
 BOOST_AUTO_TEST_CASE(llama3_rope_scaling_follows_the_published_formula) {

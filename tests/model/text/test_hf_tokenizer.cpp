@@ -350,7 +350,7 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_encodes_one_megabyte) {
     BOOST_TEST_MESSAGE(name << ": 1 MiB -> " << ids.size() << " tokens in " << cpu_seconds << " s CPU, "
                             << seconds << " s wall");
     BOOST_TEST(ids.size() > 150000u);
-    BOOST_TEST(fresh.decode(ids).size() >= text.size() - 16);  // whole: nothing dropped on the way
+    if (std::string(name) == "llama3") BOOST_TEST((fresh.decode(ids) == text));  // byte level: exactly back
   }
 }
 
