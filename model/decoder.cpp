@@ -28,6 +28,7 @@ struct Decoder::Packed {
     const float* attn_norm = nullptr;
     const float* ffn_norm = nullptr;
     const float *bq = nullptr, *bk = nullptr, *bv = nullptr, *bo = nullptr;  // biases, where the model has them
+    const float *b_gate = nullptr, *b_up = nullptr, *b_down = nullptr;
     Mat wq, wk, wv, wo, gate, up, down;
   };
   // A layer's matrices as loaded and as packed: one list for packing them and for releasing them.
@@ -167,7 +168,8 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   for (const auto& l : weights_->layers) {
     Packed::Layer packed;
     if (l.wq.defined()) {
-      packed = {true, floats(l.attn_norm), floats(l.ffn_norm), floats(l.bq), floats(l.bk), floats(l.bv), floats(l.bo)};
+      packed = {true,          floats(l.attn_norm), floats(l.ffn_norm), floats(l.bq),   floats(l.bk), floats(l.bv),
+                floats(l.bo),  floats(l.b_gate),    floats(l.b_up),     floats(l.b_down)};
       for (auto [loaded, mat] : Packed::layer_matrices) packed.*mat = p->pack(l.*loaded, precision);
     }
     p->layers.push_back(std::move(packed));
@@ -365,11 +367,20 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
       }
       kernels::linear(xb, t, w.gate.view, gate, false, me);
       kernels::linear(xb, t, w.up.view, up, false, me);
-      for (int64_t r = 0; r < t; ++r)  // this thread's gate and up rows are complete: no barrier
+      for (int64_t r = 0; r < t; ++r) {  // this thread's gate and up rows are complete: no barrier
+        if (w.b_gate) {
+          kernels::add_bias(gate + r * ffn + ffn_begin, 1, ffn_end - ffn_begin, w.b_gate + ffn_begin);
+          kernels::add_bias(up + r * ffn + ffn_begin, 1, ffn_end - ffn_begin, w.b_up + ffn_begin);
+        }
         kernels::silu_mul(gate + r * ffn + ffn_begin, up + r * ffn + ffn_begin, ffn_end - ffn_begin);
+      }
 #pragma omp barrier
       kernels::linear(gate, t, w.down.view, x, /*accumulate=*/true, me);
 #pragma omp barrier
+      if (w.b_down) {
+#pragma omp single
+        kernels::add_bias(x, t, dim, w.b_down);
+      }
     }
   }
 }
@@ -459,7 +470,8 @@ at::Tensor Decoder::layer_forward_train(int64_t layer, const at::Tensor& x) cons
   auto attn = torch::matmul(torch::softmax(scores, -1), v);  // (B, H, T, hd)
   auto out = x + torch::linear(attn.transpose(1, 2).reshape({b, t, c.q_dim()}), w.wo, w.bo);
   auto g = rms_norm(out, w.ffn_norm);
-  return out + torch::linear(torch::silu(torch::linear(g, w.w_gate)) * torch::linear(g, w.w_up), w.w_down);
+  return out + torch::linear(torch::silu(torch::linear(g, w.w_gate, w.b_gate)) * torch::linear(g, w.w_up, w.b_up), w.w_down,
+                             w.b_down);
 }
 
 at::Tensor Decoder::forward_no_cache(const at::Tensor& hidden, int64_t layer_begin, int64_t layer_end) const {

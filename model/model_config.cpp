@@ -85,6 +85,7 @@ std::string ModelConfig::extensions() const {
   if (head_size > 0 && head_size * n_heads != dim) add("head_dim");
   if (rope_scaling.kind != RopeScaling::Kind::none) add("rope_scaling");
   if (qkv_bias || output_bias) add("attention biases");
+  if (mlp_bias) add("mlp biases");
   return out;
 }
 
@@ -173,7 +174,6 @@ void refuse_unsupported(const json& j, const std::string& path) {
   auto act = j.find("hidden_act");
   if (act != j.end() && (!act->is_string() || act->get<std::string>() != "silu"))
     throw ModelError(path + ": hidden_act " + act->dump() + " is not supported (only silu)");
-  if (is_true("mlp_bias")) throw ModelError(path + ": mlp_bias true is not supported");
   for (const char* key : {"quantization_config", "attn_logit_softcapping", "final_logit_softcapping"}) {
     auto it = j.find(key);
     if (it != j.end() && !it->is_null()) throw ModelError(path + ": field '" + key + "' is not supported");
@@ -279,6 +279,7 @@ ModelConfig load_model_config(const std::string& path) {
   read_field(j, "attention_bias", attention_bias, path, false);
   c.qkv_bias = arch.qkv_bias || attention_bias;
   c.output_bias = attention_bias;
+  read_field(j, "mlp_bias", c.mlp_bias, path, false);
   read_special_ids(j, c, path);
   merge_generation_eos(path, c);
   read_field(j, "_name_or_path", c.name, path, false);
@@ -340,6 +341,7 @@ void save_model_config(const ModelConfig& c, const std::string& path) {
   if (c.exit_layers.empty()) j.erase("early_exit");  // a plain checkpoint, as published
   if (c.head_size > 0) j["head_dim"] = c.head_size;
   if (c.output_bias) j["attention_bias"] = true;
+  if (c.mlp_bias) j["mlp_bias"] = true;
   else if (c.qkv_bias && !arch->qkv_bias) throw ModelError(path + ": q/k/v biases without an o_proj bias need model_type qwen2");
   const auto& r = c.rope_scaling;
   if (r.kind == RopeScaling::Kind::linear) j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", r.factor}};

@@ -36,6 +36,7 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   bool qkv_bias = false;          // q/k/v projections carry a bias (Qwen2, Llama attention_bias)
   bool output_bias = false;       // o_proj carries a bias (Llama attention_bias)
+  bool mlp_bias = false;          // gate/up/down projections carry biases (Llama mlp_bias)
   double norm_eps = 1e-5;         // rms_norm_eps
   int64_t max_seq = 1024;         // max_position_embeddings
   bool tie_word_embeddings = false;
@@ -65,7 +66,7 @@ std::vector<double> rope_inverse_frequencies(const ModelConfig& config);
 
 // Reads a config.json of the Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)
 // and our early_exit section. Anything that changes the math and is not implemented (another
-// architecture, rope_scaling type, activation, mlp_bias, quantization) is refused, naming it.
+// architecture, rope_scaling type, activation, quantization) is refused, naming it.
 ModelConfig load_model_config(const std::string& path);
 void save_model_config(const ModelConfig& config, const std::string& path);
 // Sets early_exit.default_threshold in the config.json at `path` and keeps every other field as

@@ -15,7 +15,7 @@ namespace {
 // to one slot on load and another on save.
 enum class Size { none, dim, q_dim, kv_dim, ffn };
 // Which configs have the tensor: biases only where the config says so.
-enum class Present { always, with_qkv_bias, with_output_bias };
+enum class Present { always, with_qkv_bias, with_output_bias, with_mlp_bias };
 
 struct LayerTensor {
   const char* leaf;
@@ -38,6 +38,9 @@ constexpr LayerTensor layer_tensors[] = {
     {"mlp.gate_proj.weight", &LayerWeights::w_gate, Size::ffn, Size::dim},
     {"mlp.up_proj.weight", &LayerWeights::w_up, Size::ffn, Size::dim},
     {"mlp.down_proj.weight", &LayerWeights::w_down, Size::dim, Size::ffn},
+    {"mlp.gate_proj.bias", &LayerWeights::b_gate, Size::ffn, Size::none, Present::with_mlp_bias},
+    {"mlp.up_proj.bias", &LayerWeights::b_up, Size::ffn, Size::none, Present::with_mlp_bias},
+    {"mlp.down_proj.bias", &LayerWeights::b_down, Size::dim, Size::none, Present::with_mlp_bias},
 };
 
 bool present(const LayerTensor& t, const ModelConfig& c) {
@@ -45,6 +48,7 @@ bool present(const LayerTensor& t, const ModelConfig& c) {
     case Present::always: return true;
     case Present::with_qkv_bias: return c.qkv_bias;
     case Present::with_output_bias: return c.output_bias;
+    case Present::with_mlp_bias: return c.mlp_bias;
   }
   return false;
 }

@@ -19,6 +19,7 @@ struct LayerWeights {
   at::Tensor bq, bk, bv, bo;         // (q_dim), (kv_dim), (kv_dim), (dim) fp32; undefined without biases
   at::Tensor ffn_norm;               // (dim)
   at::Tensor w_gate, w_up, w_down;   // (ffn, dim), (ffn, dim), (dim, ffn)
+  at::Tensor b_gate, b_up, b_down;   // (ffn), (ffn), (dim) fp32; undefined without mlp biases
 };
 
 struct ExitWeights {

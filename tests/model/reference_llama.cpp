@@ -39,9 +39,9 @@ ReferenceLlama::ReferenceLlama(const Weights& w, RefVariant variant) : c_(w.conf
     r.wk = matrix(l.wk, l.bk);
     r.wv = matrix(l.wv, l.bv);
     r.wo = matrix(l.wo, l.bo);
-    r.gate = matrix(l.w_gate);
-    r.up = matrix(l.w_up);
-    r.down = matrix(l.w_down);
+    r.gate = matrix(l.w_gate, l.b_gate);
+    r.up = matrix(l.w_up, l.b_up);
+    r.down = matrix(l.w_down, l.b_down);
     layers_.push_back(std::move(r));
   }
   final_norm_ = to_vector(w.final_norm);

@@ -232,14 +232,27 @@ BOOST_AUTO_TEST_CASE(qwen2_like_biases_and_head_dim_match_the_reference) {
   BOOST_TEST(reference_gap(*model, *unbiased, some_tokens(30, c.vocab_size, 2, 0)) > 50 * gap);
 }
 
-BOOST_AUTO_TEST_CASE(llama_attention_bias_covers_o_proj) {
+BOOST_AUTO_TEST_CASE(llama_attention_bias_covers_o_proj_and_mlp_bias_the_ffn) {
   TempDir dir;
   auto c = llama32_like();
   c.qkv_bias = c.output_bias = true;  // LlamaConfig attention_bias: true
+  c.mlp_bias = true;
   const auto widened = write_checkpoint(c, dir.path(), at::kFloat, 1, 5);
-  BOOST_TEST(read_json(dir.file("config.json"))["attention_bias"] == true);
+  const auto config = read_json(dir.file("config.json"));
+  BOOST_TEST(config["attention_bias"] == true);
+  BOOST_TEST(config["mlp_bias"] == true);
   BOOST_TEST(widened->layers[1].bo.defined());
-  BOOST_TEST(reference_gap(*Model::load(dir.path()), *widened, some_tokens(20, c.vocab_size, 4, 0)) < 1e-4);
+  BOOST_TEST(widened->layers[1].b_down.defined());
+  const auto tokens = some_tokens(20, c.vocab_size, 4, 0);
+  const auto model = Model::load(dir.path());
+  const double gap = reference_gap(*model, *widened, tokens);
+  BOOST_TEST(gap < 1e-4);
+  // Each bias counts: dropping the FFN's (or the o_proj's) moves the logits past the tolerance.
+  for (auto drop : {&LayerWeights::b_gate, &LayerWeights::b_up, &LayerWeights::b_down, &LayerWeights::bo}) {
+    auto without = std::make_shared<Weights>(*widened);
+    for (auto& l : without->layers) l.*drop = at::zeros_like(l.*drop);
+    BOOST_TEST(reference_gap(*model, *without, tokens) > 100 * gap);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(edge_and_cloud_parts_load_only_their_tensors_and_compose_to_the_full_run) {
@@ -358,7 +371,6 @@ BOOST_AUTO_TEST_CASE(unsupported_configs_are_refused_by_name) {
   refused([](json& j) { j["model_type"] = "gemma"; }, "model_type 'gemma' is not supported");
   refused([](json& j) { j["architectures"] = {"MistralForCausalLM"}; }, "model_type 'llama' needs LlamaForCausalLM");
   refused([](json& j) { j["hidden_act"] = "gelu"; }, "hidden_act \"gelu\" is not supported");
-  refused([](json& j) { j["mlp_bias"] = true; }, "mlp_bias true is not supported");
   refused([](json& j) { j["quantization_config"] = {{"quant_method", "awq"}}; }, "'quantization_config' is not supported");
   refused([](json& j) { j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}}; }, "missing field 'low_freq_factor'");
   refused([](json& j) { j["eos_token_id"] = json::array(); }, "'eos_token_id' is an empty list");
