@@ -739,6 +739,14 @@ std::string describe(const NodeConfig& config) {
   return out.str();
 }
 
+std::chrono::milliseconds parse_duration(const std::string& text, const std::string& what) {
+  try {
+    return to_duration(RawValue{false, text, ""});
+  } catch (const ValueError& e) {
+    throw ConfigError(what + ": " + e.what());
+  }
+}
+
 std::string config_keys_help() {
   const NodeConfig defaults_config;
   std::size_t name_width = 0, type_width = 0;

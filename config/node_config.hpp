@@ -142,4 +142,8 @@ std::string describe(const NodeConfig& config);
 // One line per key: name, type and range, default, meaning.
 std::string config_keys_help();
 
+// A duration as config files write it (500ms, 3s, 2min, 1h). Throws ConfigError "WHAT: ..." (a
+// bare number too: it needs a unit, as in the files).
+std::chrono::milliseconds parse_duration(const std::string& text, const std::string& what);
+
 }  // namespace ce

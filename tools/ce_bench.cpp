@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
       .add("sweep", "LIST", "thresholds for the θ sweep (on the sweep link)", "0.2,0.4,0.5,0.6,0.7,0.8,0.9,0.95")
       .add("sweep-link", "NAME", "link of the θ sweep", "wan")
       .add("eval-tokens", "N", "held-out tokens for the accuracy table", "20000")
-      .add("out-dir", "DIR", "where CSV, Markdown and PNG go", "docs/bench")
+      .add("out-dir", "DIR", "where CSV, Markdown and PNG go (default docs/bench; with --quick build/bench-quick, so "
+                             "a smoke run never overwrites the committed results)")
       .add("max-ahead", "N", "ce.speculation.max-ahead of the edge (speculative mode)",
            std::to_string(defaults::speculation_max_ahead))
       .add("max-requests", "N", "ce.speculation.max-requests of the edge (speculative mode)",
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
       std::stringstream s(quick ? std::string("0.5,0.9") : cli.get("sweep"));
       for (std::string t; std::getline(s, t, ',');) sweep.push_back(std::stod(t));
     }
-    const std::string out_dir = cli.get("out-dir");
+    const std::string out_dir = cli.has("out-dir") ? cli.get("out-dir") : quick ? "build/bench-quick" : "docs/bench";
     std::filesystem::create_directories(out_dir);
 
     NodeConfig cloud_cfg;

@@ -2,6 +2,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iomanip>
+#include <filesystem>
 #include <iostream>
 #include <unistd.h>
 
@@ -79,7 +80,7 @@ int main(int argc, char** argv) {
       .add("prompt", "TEXT", "edge: answer this prompt and exit (repeatable)")
       .add("stdin", "", "edge: answer each line of standard input as a prompt")
       .add("max-tokens", "N", "edge: tokens per response (default: ce.generate.max-tokens)")
-      .add("wait-cloud", "MS", "edge: wait this long for the cloud link before the first prompt", "3000")
+      .add("wait-cloud", "DURATION", "edge: wait this long for the cloud link before the first prompt (e.g. 3s, 500ms)", "3s")
       .add("json", "", "edge: print one JSON object per response instead of text")
       .add("trace", "", "edge: print one line per token (position, id, source, layer, confidence)")
       .add("ready-file", "FILE", "write 'CLOUD_PORT HTTP_PORT' into FILE once the node serves (0 = none)")
@@ -87,9 +88,12 @@ int main(int argc, char** argv) {
   cli.parse(argc, argv);
   try {
     auto config = ce::load_node_config(cli.require("config"));
-    const std::string base = config.source_path.substr(0, config.source_path.find_last_of('/') + 1);
-    for (auto& assignment : cli.all("set")) ce::apply_override(config, assignment, base.empty() ? "." : base);
+    // A path given on the command line is read as the shell reads it: against the working
+    // directory (a path in the file, against the file's directory).
+    const std::string working_dir = std::filesystem::current_path().string();
+    for (auto& assignment : cli.all("set")) ce::apply_override(config, assignment, working_dir);
     config.validate();
+    const auto wait_cloud = ce::parse_duration(cli.get("wait-cloud"), "--wait-cloud");  // checked before anything starts
     if (cli.has("print-config")) {
       std::cout << ce::describe(config);
       return 0;
@@ -111,7 +115,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<ce::HttpApi> http;
       if (serve_http) {
         if (edge && config.mode != ce::InferenceMode::standalone &&
-            !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
+            !node.wait_for_cloud(wait_cloud))
           CE_LOG(warning, "node", "no cloud link yet: " << without_cloud(config.mode));
         http = std::make_unique<ce::HttpApi>(node);
       }
@@ -125,7 +129,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<ce::Tokenizer> tokenizer = ce::open_tokenizer(node.model().tokenizer_path());
     const auto& mc = node.model().config();
     if (config.mode != ce::InferenceMode::standalone &&
-        !node.wait_for_cloud(std::chrono::milliseconds(cli.get_int("wait-cloud"))))
+        !node.wait_for_cloud(wait_cloud))
       CE_LOG(warning, "node", "no cloud link yet: " << without_cloud(config.mode));
 
     const bool from_stdin = cli.has("stdin") || prompts.empty();
@@ -166,6 +170,9 @@ int main(int argc, char** argv) {
     bool ok = true;
     for (auto& p : prompts) ok = answer(p) && ok;
     if (from_stdin && prompts.empty()) {
+      // A terminal on stdin would otherwise look like a hang: say what the node waits for.
+      if (isatty(STDIN_FILENO))
+        std::cerr << "ce-node: type a prompt and press Enter (Ctrl-D ends); set ce.http.port to serve HTTP instead\n";
       for (std::string line; std::getline(std::cin, line);)
         if (!line.empty()) ok = answer(line) && ok;
     }

@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
   cli.add("train", "FILE", "training text", "data/brown/train.txt")
       .add("valid", "FILE", "validation text (loss reported every --eval-every steps)", "data/brown/valid.txt")
       .add("tokenizer", "FILE", "SentencePiece BPE tokenizer.model", "data/brown/tokenizer-2048.model")
-      .add("out", "DIR", "output model directory")
+      .add("out", "DIR", "output model directory (required)")
       .add("init", "DIR", "start from this model (required with --freeze-backbone)")
       .add("checkpoint-dir", "DIR", "checkpoint directory; an existing checkpoint is resumed")
       .add("name", "NAME", "model name in config.json", "ce-brown-8l")
@@ -178,12 +178,16 @@ int main(int argc, char** argv) {
     o.eval_every = cli.get_int("eval-every");
     o.checkpoint_every = cli.get_int("checkpoint-every");
     o.stop_after = cli.get_int("stop-after");
+    // Training that saves nothing is never what was meant; the default text is made, not shipped.
+    const std::string out = cli.require("out");
+    if (!std::filesystem::exists(cli.get("train")))
+      cli.fail("--train " + cli.get("train") + " does not exist" +
+               (cli.get("train") == "data/brown/train.txt" ? " (it is generated: run scripts/make-corpus first)" : ""));
     std::cerr << "tokenizing " << cli.get("train") << " ...\n";
     o.train_tokens = tokenize_documents(tok, read_file(cli.get("train")), tok.bos_id());
     if (std::filesystem::exists(cli.get("valid")))
       o.valid_tokens = tokenize_documents(tok, read_file(cli.get("valid")), tok.bos_id());
     std::cerr << "train tokens " << o.train_tokens.size() << ", valid tokens " << o.valid_tokens.size() << "\n";
-    const std::string out = cli.get("out");
     auto result = ce::train(o, out, [&](const ce::TrainProgress& p) {
       std::fprintf(stderr, "%s step %lld/%lld lr %.2e loss", p.is_eval ? "EVAL" : "train", static_cast<long long>(p.step),
                    static_cast<long long>(p.total_steps), p.lr);

@@ -71,7 +71,7 @@ BOOST_AUTO_TEST_CASE(a_wrong_model_is_refused_and_the_edge_answers_standalone) {
   std::ofstream(edge) << "[ce]\nrole = \"edge\"\nmodel.path = \"" << other_model << "\"\nthreads = 1\n[ce.cloud]\nport = "
                       << cloud.port << "\n";
   const std::string log = d.dir.file("edge.log");
-  auto out = run_capture(bin + "ce-node --config " + edge + " --json --max-tokens 6 --wait-cloud 1500 --prompt 'The' 2>" + log);
+  auto out = run_capture(bin + "ce-node --config " + edge + " --json --max-tokens 6 --wait-cloud 1500ms --prompt 'The' 2>" + log);
   const std::string errors = read_file(log);
   BOOST_TEST(errors.find("weights hash") != std::string::npos, errors);
   auto j = nlohmann::json::parse(out);
@@ -84,7 +84,7 @@ BOOST_AUTO_TEST_CASE(cloud_only_without_a_cloud_is_a_clear_error_on_the_command_
   const uint16_t nobody = free_port();  // nothing listens there
   auto cfg = d.write_config("edge.ini", "role = \"edge\"\nmode = \"cloud-only\"\n[ce.cloud]\nport = " +
                                             std::to_string(nobody) + "\n");
-  auto out = run_capture(bin + "ce-node --config " + cfg + " --max-tokens 4 --wait-cloud 300 --prompt 'The' 2>&1; echo rc=$?");
+  auto out = run_capture(bin + "ce-node --config " + cfg + " --max-tokens 4 --wait-cloud 300ms --prompt 'The' 2>&1; echo rc=$?");
   BOOST_TEST(out.find("cloud-only response failed") != std::string::npos, out);
   BOOST_TEST(out.find("rc=0") == std::string::npos, out);
 }
@@ -99,6 +99,26 @@ BOOST_AUTO_TEST_CASE(bad_configs_are_refused_before_anything_starts) {
   out = run_capture(bin + "ce-node --config " + split + " --prompt x 2>&1; echo rc=$?");
   BOOST_TEST(out.find("split layer 9") != std::string::npos, out);
   BOOST_TEST(out.find("rc=1") != std::string::npos, out);
+  // --wait-cloud reads durations as the files do: a bare number is refused, naming the flag.
+  auto good = d.write_config("good.ini", "role = \"edge\"\nmode = \"standalone\"\n");
+  out = run_capture(bin + "ce-node --config " + good + " --wait-cloud 3 --prompt x 2>&1; echo rc=$?");
+  BOOST_TEST(out.find("--wait-cloud: a duration needs a unit") != std::string::npos, out);
+  BOOST_TEST(out.find("rc=1") != std::string::npos, out);
+}
+
+BOOST_AUTO_TEST_CASE(set_paths_resolve_against_the_working_directory) {
+  // The command runs inside the model folder, the config lives one level up: --set
+  // ce.model.path=../NAME is read from the working directory, as a shell user reads it (from the
+  // config file's folder it would name a sibling of that folder).
+  Deployment d;
+  auto cfg = d.write_config("edge.ini", "role = \"edge\"\nmode = \"standalone\"\n");
+  const auto model_dir = std::filesystem::path(d.model_path).lexically_normal();
+  BOOST_REQUIRE(model_dir.parent_path() != std::filesystem::path(cfg).parent_path() / "");
+  auto out = run_capture("cd " + model_dir.string() + " && " + bin + "ce-node --config " + cfg +
+                         " --set ce.model.path=../" + model_dir.filename().string() + " --print-config 2>&1; echo rc=$?");
+  const auto line = out.substr(out.find("ce.model.path"), out.find('\n', out.find("ce.model.path")) - out.find("ce.model.path"));
+  BOOST_TEST(line.find("\"" + model_dir.string() + "\"") != std::string::npos, line);
+  BOOST_TEST(out.find("rc=0") != std::string::npos, out);
 }
 
 BOOST_AUTO_TEST_CASE(mutual_tls_admits_only_edges_with_a_certificate_from_the_ca) {
@@ -127,7 +147,7 @@ BOOST_AUTO_TEST_CASE(mutual_tls_admits_only_edges_with_a_certificate_from_the_ca
     const std::string cfg = d.write_config(
         name + ".ini", "role = \"edge\"\n[ce.cloud]\nport = " + std::to_string(cloud.port) + "\n" + extra);
     auto out = run_capture(bin + "ce-node --config " + cfg +
-                           " --json --max-tokens 4 --wait-cloud 2000 --set ce.exit.threshold=2 --prompt 'The' 2>/dev/null");
+                           " --json --max-tokens 4 --wait-cloud 2s --set ce.exit.threshold=2 --prompt 'The' 2>/dev/null");
     return nlohmann::json::parse(out);
   };
   auto good = edge_run("good", tls("edge", "ca"));
