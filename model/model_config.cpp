@@ -167,10 +167,6 @@ const Architecture& architecture_of(const json& j, const std::string& path) {
 
 // Fields that change the math and that this decoder does not implement: refused, not ignored.
 void refuse_unsupported(const json& j, const std::string& path) {
-  const auto is_true = [&](const char* key) {
-    auto it = j.find(key);
-    return it != j.end() && it->is_boolean() && it->get<bool>();
-  };
   auto act = j.find("hidden_act");
   if (act != j.end() && (!act->is_string() || act->get<std::string>() != "silu"))
     throw ModelError(path + ": hidden_act " + act->dump() + " is not supported (only silu)");
