@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <ctime>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -257,7 +258,7 @@ struct HttpApi::Impl {
   void routes() {
     server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       static const std::set<std::string> known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
-                                                  "/metrics"};
+                                                  "/metrics", "/tokenize", "/detokenize"};
       metrics.add(kRequests, 1, {{"path", known.count(req.path) ? req.path : "other"}, {"code", std::to_string(res.status)}});
     });
     server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
@@ -287,25 +288,91 @@ struct HttpApi::Impl {
     if (!edge) return;
     server.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req)) return unauthorized(res);
-      const auto& mc = node.model().config();
-      json model = {{"id", mc.name},
-                    {"object", "model"},
-                    {"created", created},
-                    {"owned_by", "cecollm"},
-                    {"x_ce",
-                     {{"layers", mc.n_layers},
-                      {"exit_layers", mc.exit_layers},
-                      {"split_layer", config.split_layer},
-                      {"weights_hash", node.model().weights_hash()},
-                      {"max_context", mc.max_seq},
-                      {"default_threshold", config.exit_threshold},
-                      {"mode", to_string(config.mode)}}}};
-      res.set_content(dump({{"object", "list"}, {"data", json::array({model})}}), "application/json");
+      res.set_content(dump({{"object", "list"}, {"data", json::array({model_json()})}}), "application/json");
     });
+    server.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+      if (!authorized(req)) return unauthorized(res);
+      const std::string id = req.matches[1];
+      if (id != node.model().config().name)
+        return send_error(res, {404, "The model '" + id + "' does not exist; this server serves '" +
+                                         node.model().config().name + "'",
+                                "invalid_request_error", "model", "model_not_found"});
+      res.set_content(dump(model_json()), "application/json");
+    });
+    // llama-server's shapes: {"content", "add_special", "with_pieces"} -> {"tokens"}, and back.
+    server.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) { tokenize(req, res); });
+    server.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) { detokenize(req, res); });
     server.Post("/v1/completions",
                 [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
     server.Post("/v1/chat/completions",
                 [this](const httplib::Request& req, httplib::Response& res) { chat_completions(req, res); });
+  }
+
+  json model_json() const {
+    const auto& mc = node.model().config();
+    return {{"id", mc.name},
+            {"object", "model"},
+            {"created", created},
+            {"owned_by", "cecollm"},
+            {"x_ce",
+             {{"layers", mc.n_layers},
+              {"exit_layers", mc.exit_layers},
+              {"split_layer", config.split_layer},
+              {"weights_hash", node.model().weights_hash()},
+              {"max_context", mc.max_seq},
+              {"default_threshold", config.exit_threshold},
+              {"mode", to_string(config.mode)}}}};
+  }
+
+  // The body as a JSON object, or a 400 already sent.
+  std::optional<json> json_body(const httplib::Request& req, httplib::Response& res) {
+    try {
+      json body = json::parse(req.body);
+      if (body.is_object()) return body;
+    } catch (const json::parse_error&) {
+    }
+    send_error(res, {400, "the body must be a JSON object", "invalid_request_error", "", ""});
+    return std::nullopt;
+  }
+
+  void tokenize(const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req)) return unauthorized(res);
+    const auto body = json_body(req, res);
+    if (!body) return;
+    const auto content = body->find("content");
+    if (content == body->end() || !content->is_string())
+      return send_error(res, {400, "'content' must be a string", "invalid_request_error", "content", ""});
+    const auto flag = [&](const char* name) {
+      const auto it = body->find(name);
+      return it != body->end() && it->is_boolean() && it->get<bool>();
+    };
+    const auto ids = flag("add_special") ? encode_prompt(*tokenizer, node.model().config().bos_id, content->get<std::string>())
+                                         : tokenizer->encode(content->get<std::string>());
+    json tokens = json::array();
+    for (auto id : ids) {
+      if (flag("with_pieces")) tokens.push_back({{"id", id}, {"piece", tokenizer->decode({id})}});
+      else tokens.push_back(id);
+    }
+    res.set_content(dump({{"tokens", tokens}}), "application/json");
+  }
+
+  void detokenize(const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req)) return unauthorized(res);
+    const auto body = json_body(req, res);
+    if (!body) return;
+    const auto tokens = body->find("tokens");
+    std::vector<int32_t> ids;
+    const auto vocab = tokenizer->vocab_size();
+    if (tokens != body->end() && tokens->is_array())
+      for (const auto& t : *tokens) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= vocab)
+          return send_error(res, {400, "'tokens' must hold token ids in [0, " + std::to_string(vocab) + ")",
+                                  "invalid_request_error", "tokens", ""});
+        ids.push_back(t.get<int32_t>());
+      }
+    else
+      return send_error(res, {400, "'tokens' must be an array of token ids", "invalid_request_error", "tokens", ""});
+    res.set_content(dump({{"content", tokenizer->decode(ids)}}), "application/json");
   }
 
   void unauthorized(httplib::Response& res) {

@@ -411,6 +411,42 @@ BOOST_AUTO_TEST_CASE(a_chat_completion_renders_the_template_and_equals_the_nodes
   BOOST_TEST(!events.back()["choices"][0]["finish_reason"].is_null());
 }
 
+BOOST_AUTO_TEST_CASE(tokenize_and_detokenize_take_llama_servers_shapes_and_a_model_is_found_by_id) {
+  Server s;
+  SentencePieceTokenizer tok(tokenizer_file);
+  const auto post = [&](const char* path, const json& body) {
+    auto r = s.client().Post(path, body.dump(), "application/json");
+    BOOST_REQUIRE(r);
+    return std::make_pair(r->status, json::parse(r->body));
+  };
+  const std::string text = "The jury said that the city";
+  auto [status, body] = post("/tokenize", {{"content", text}});
+  BOOST_TEST(status == 200);
+  const auto ids = tok.encode(text);
+  BOOST_TEST(body["tokens"].get<std::vector<int32_t>>() == ids);
+  std::tie(status, body) = post("/tokenize", {{"content", text}, {"add_special", true}, {"with_pieces", true}});
+  BOOST_TEST(body["tokens"][0]["id"] == s.node->model().config().bos_id);  // BOS first, as a prompt reads
+  BOOST_TEST(body["tokens"][1]["id"] == ids[0]);
+  BOOST_TEST(body["tokens"][1]["piece"] == tok.decode({ids[0]}));
+  std::tie(status, body) = post("/detokenize", {{"tokens", ids}});
+  BOOST_TEST(status == 200);
+  BOOST_TEST(body["content"] == text);
+  std::tie(status, body) = post("/detokenize", {{"tokens", {1, 99999}}});
+  BOOST_TEST(status == 400);
+  BOOST_TEST(body["error"]["param"] == "tokens");
+  std::tie(status, body) = post("/tokenize", {{"content", 5}});
+  BOOST_TEST(status == 400);
+
+  const std::string name = s.node->model().config().name;
+  const auto one = s.get_json("/v1/models/" + name);
+  BOOST_TEST(one["id"] == name);
+  BOOST_TEST(one["object"] == "model");
+  auto missing = s.client().Get("/v1/models/no-such-model");
+  BOOST_REQUIRE(missing);
+  BOOST_TEST(missing->status == 404);
+  BOOST_TEST(json::parse(missing->body)["error"]["code"] == "model_not_found");
+}
+
 BOOST_AUTO_TEST_CASE(chat_requests_without_a_template_or_that_it_refuses_are_clear_400s) {
   {
     Server base;  // the model has no chat template: a base model
