@@ -422,6 +422,8 @@ std::vector<KeyDescriptor> build_key_table() {
                       "completions served at once; more get 429"));
   t.push_back(string_key("ce.http.api-key", &C::http_api_key, false, anything(),
                          "when set, completions need 'Authorization: Bearer KEY'"));
+  t.push_back(string_key("ce.http.api-key-file", &C::http_api_key_file, true, anything(),
+                         "file of API keys, one per line (# comments), beside ce.http.api-key and $CE_HTTP_API_KEYS"));
   t.push_back(duration_key("ce.session.idle-timeout", &C::idle_timeout, defaults::min_idle_timeout,
                            "cloud evicts a session silent this long"));
   t.push_back(int_key("ce.session.max-contexts", &C::max_contexts, 1, no_limit, "most sessions the cloud holds"));

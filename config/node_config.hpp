@@ -76,6 +76,7 @@ struct NodeConfig {
   int http_port = defaults::http_port;                    // ce.http.port, -1 = none, 0 = ephemeral
   int http_max_concurrent = defaults::http_max_concurrent;  // ce.http.max-concurrent
   std::string http_api_key;                               // ce.http.api-key, empty = no auth
+  std::string http_api_key_file;                          // ce.http.api-key-file: one key per line
 
   std::chrono::milliseconds idle_timeout = defaults::idle_timeout;  // ce.session.idle-timeout
   int max_contexts = defaults::max_contexts;                        // ce.session.max-contexts

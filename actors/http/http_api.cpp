@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <ctime>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "actors/atoms.hpp"
@@ -123,6 +126,7 @@ struct HttpApi::Impl {
   const NodeConfig& config;
   const bool edge, cloud;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::set<std::string> api_keys;               // any of them admits a request; none: no auth
   std::unique_ptr<ChatTemplate> chat_template;  // null: the model has none (or it did not parse)
   std::string no_chat_reason;                   // why chat_template is null
   CompletionDefaults defaults;
@@ -143,6 +147,7 @@ struct HttpApi::Impl {
                   static_cast<int>(mc.vocab_size)};
       load_chat_template();
     }
+    load_api_keys();
     declare_metrics();
     routes();
     const int workers = config.http_max_concurrent + 4;  // room to answer 429 and /metrics while busy
@@ -171,9 +176,30 @@ struct HttpApi::Impl {
     CE_LOG(info, "http", "HTTP API on http://" << config.http_host << ":" << port
                                                << (edge ? " (/v1/completions, /v1/chat/completions, /v1/models, " : " (")
                                                << "/health, /metrics)");
-    if (edge && config.http_api_key.empty() && config.http_host != "127.0.0.1" && config.http_host != "localhost")
+    if (edge && api_keys.empty() && config.http_host != "127.0.0.1" && config.http_host != "localhost")
       CE_LOG(warning, "http", "the completions API listens on " << config.http_host
                                                                << " without ce.http.api-key: anyone who reaches it can use it");
+  }
+
+  // The keys of ce.http.api-key, of the file ce.http.api-key-file (one per line, # comments) and of
+  // $CE_HTTP_API_KEYS (comma-separated): keys kept out of the INI file, and several of them.
+  void load_api_keys() {
+    const auto add = [&](std::string key) {
+      key.erase(0, key.find_first_not_of(" \t\r"));
+      key.erase(key.find_last_not_of(" \t\r") + 1);
+      if (!key.empty() && key[0] != '#') api_keys.insert(key);
+    };
+    add(config.http_api_key);
+    if (!config.http_api_key_file.empty()) {
+      std::ifstream in(config.http_api_key_file);
+      if (!in) throw std::runtime_error("ce.http.api-key-file = " + config.http_api_key_file + ": cannot read it");
+      for (std::string line; std::getline(in, line);) add(line);
+    }
+    if (const char* env = std::getenv("CE_HTTP_API_KEYS")) {
+      std::stringstream keys(env);
+      for (std::string key; std::getline(keys, key, ',');) add(key);
+    }
+    if (!api_keys.empty()) CE_LOG(info, "http", api_keys.size() << " API key(s) admit requests");
   }
 
   // A template that does not parse leaves /v1/completions working and makes chat answer 400 with
@@ -251,8 +277,9 @@ struct HttpApi::Impl {
   }
 
   bool authorized(const httplib::Request& req) const {
-    if (config.http_api_key.empty()) return true;
-    return req.get_header_value("Authorization") == "Bearer " + config.http_api_key;
+    if (api_keys.empty()) return true;
+    const std::string header = req.get_header_value("Authorization");
+    return header.rfind("Bearer ", 0) == 0 && api_keys.count(header.substr(7)) > 0;
   }
 
   void routes() {

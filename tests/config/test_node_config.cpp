@@ -532,7 +532,7 @@ BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   const std::string described = ce::describe(ce::NodeConfig{});
   std::size_t lines = 0;
   for (char ch : help) lines += ch == '\n';
-  BOOST_TEST(lines == 45u);
+  BOOST_TEST(lines == 46u);
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
                         "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level",

@@ -331,6 +331,28 @@ BOOST_AUTO_TEST_CASE(an_api_key_guards_the_completions) {
   BOOST_TEST(s.client().Get("/health")->status == 200);  // health and metrics stay open for probes
 }
 
+BOOST_AUTO_TEST_CASE(api_keys_come_from_the_ini_a_key_file_and_the_environment) {
+  TempDir keys;
+  write_file(keys.file("keys"), "# one per line\nfrom-file-1\n\n  from-file-2  \n");
+  ::setenv("CE_HTTP_API_KEYS", "from-env-1,from-env-2", 1);
+  Server s([&](NodeConfig& c) {
+    c.http_api_key = "from-ini";
+    c.http_api_key_file = keys.file("keys");
+  });
+  ::unsetenv("CE_HTTP_API_KEYS");
+  for (const char* key : {"from-ini", "from-file-1", "from-file-2", "from-env-1", "from-env-2"}) {
+    auto r = s.post({{"prompt", "x"}, {"max_tokens", 2}}, {{"Authorization", std::string("Bearer ") + key}});
+    BOOST_TEST(r->status == 200, key);
+  }
+  for (const char* key : {"# one per line", "", "from-file", "from-env-1,from-env-2"}) {
+    auto r = s.post({{"prompt", "x"}, {"max_tokens", 2}}, {{"Authorization", std::string("Bearer ") + key}});
+    BOOST_TEST(r->status == 401, key);
+  }
+  // A key file that cannot be read stops the node from serving, by name.
+  BOOST_CHECK_EXCEPTION(Server([&](NodeConfig& c) { c.http_api_key_file = keys.file("absent"); }), std::runtime_error,
+                        [](const std::runtime_error& e) { return std::string(e.what()).find("api-key-file") != std::string::npos; });
+}
+
 BOOST_AUTO_TEST_CASE(an_edge_without_its_cloud_answers_503_for_cloud_only_and_degrades_the_rest) {
   uint16_t nobody = 0;
   close(listen_loopback(&nobody));  // a port nothing listens on
