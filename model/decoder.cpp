@@ -24,8 +24,7 @@ struct Decoder::Packed {
     kernels::Matrix view;
   };
   struct Layer {
-    bool loaded = false;  // a layer outside the process's ModelParts stays empty
-    const float* attn_norm = nullptr;
+    const float* attn_norm = nullptr;  // null, like every field, for a layer outside the process's parts
     const float* ffn_norm = nullptr;
     const float *bq = nullptr, *bk = nullptr, *bv = nullptr, *bo = nullptr;  // biases, where the model has them
     const float *b_gate = nullptr, *b_up = nullptr, *b_down = nullptr;
@@ -168,8 +167,15 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   for (const auto& l : weights_->layers) {
     Packed::Layer packed;
     if (l.wq.defined()) {
-      packed = {true,          floats(l.attn_norm), floats(l.ffn_norm), floats(l.bq),   floats(l.bk), floats(l.bv),
-                floats(l.bo),  floats(l.b_gate),    floats(l.b_up),     floats(l.b_down)};
+      packed.attn_norm = floats(l.attn_norm);
+      packed.ffn_norm = floats(l.ffn_norm);
+      packed.bq = floats(l.bq);
+      packed.bk = floats(l.bk);
+      packed.bv = floats(l.bv);
+      packed.bo = floats(l.bo);
+      packed.b_gate = floats(l.b_gate);
+      packed.b_up = floats(l.b_up);
+      packed.b_down = floats(l.b_down);
       for (auto [loaded, mat] : Packed::layer_matrices) packed.*mat = p->pack(l.*loaded, precision);
     }
     p->layers.push_back(std::move(packed));
@@ -251,10 +257,12 @@ void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_
   if (start < 0 || start + t > c.max_seq)
     throw ModelError("decoder: positions [" + std::to_string(start) + ", " + std::to_string(start + t) +
                      ") exceed max_seq " + std::to_string(c.max_seq));
+  const auto& parts = weights_->parts;
   for (int64_t l = layer_begin; l < layer_end; ++l)
-    if (!packed_->layers[static_cast<size_t>(l)].loaded)
-      throw ModelError("decoder: layer " + std::to_string(l) + " is not loaded in this process (it holds " +
-                       describe_loaded_layers() + ")");
+    if (!parts.holds_layer(l, c.n_layers))
+      throw ModelError("decoder: layer " + std::to_string(l) + " is not loaded in this process (it holds layers [" +
+                       std::to_string(parts.layer_begin) + ", " +
+                       std::to_string(parts.layer_end < 0 ? c.n_layers : parts.layer_end) + "))");
   for (int64_t l = layer_begin; l < layer_end; ++l)
     if (kv.length(l) != start)
       throw ModelError("decoder: layer " + std::to_string(l) + " has " + std::to_string(kv.length(l)) +
@@ -413,16 +421,6 @@ at::Tensor Decoder::final_logits(const at::Tensor& hidden) const {
   return head_logits(&*packed_->final_head, hidden);
 }
 
-std::string Decoder::describe_loaded_layers() const {
-  int64_t first = -1, last = -1;
-  for (size_t i = 0; i < packed_->layers.size(); ++i)
-    if (packed_->layers[i].loaded) {
-      if (first < 0) first = static_cast<int64_t>(i);
-      last = static_cast<int64_t>(i);
-    }
-  if (first < 0) return "no layers";
-  return "layers [" + std::to_string(first) + ", " + std::to_string(last + 1) + ")";
-}
 
 // ---- training: libtorch with autograd -------------------------------------------------------
 

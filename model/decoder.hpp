@@ -81,7 +81,6 @@ class Decoder {
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor rope(const at::Tensor& x) const;  // x: (B, H, T, hd), from position 0
   void require_fp32(const char* what) const;
-  std::string describe_loaded_layers() const;
   void release_converted_matrices();
   at::Tensor head_logits(const void* head, const at::Tensor& hidden) const;
 

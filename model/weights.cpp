@@ -156,16 +156,14 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
   auto w = std::make_shared<Weights>();
   w->config = c;
   w->parts = parts;
-  // The embedding is the output head too when tied: a process with the final head holds it.
-  const bool embed_needed = parts.embed || (parts.final_head && c.tie_word_embeddings) ||
-                            (parts.exits && c.tie_exit_heads && c.tie_word_embeddings && !c.exit_layers.empty());
-  if (embed_needed) w->embed = fetch(embed_name);
+  // lm_head serves the final head and tied exit heads; when tied to the embedding, it is the embedding.
+  const bool lm_head_needed = parts.final_head || (parts.exits && c.tie_exit_heads && !c.exit_layers.empty());
+  if (parts.embed || (lm_head_needed && c.tie_word_embeddings)) w->embed = fetch(embed_name);
   w->layers.resize(static_cast<size_t>(c.n_layers));
   for (int64_t i = 0; i < c.n_layers; ++i)
     if (parts.holds_layer(i, c.n_layers))
       for (const auto& t : layer_tensors)
         if (present(t, c)) w->layers[static_cast<size_t>(i)].*t.slot = fetch(layer_name(i, t.leaf));
-  const bool lm_head_needed = parts.final_head || (parts.exits && c.tie_exit_heads && !c.exit_layers.empty());
   if (parts.final_head) w->final_norm = fetch(final_norm_name);
   if (lm_head_needed) w->lm_head = c.tie_word_embeddings ? w->embed : fetch(lm_head_name);
   if (parts.exits)
