@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/node_config.hpp"
+#include "messages/codec.hpp"
 
 namespace ce {
 
@@ -36,6 +37,8 @@ using clients_atom = caf::atom_constant<caf::atom("clients")>;   // cloud: reque
 using unknown_atom = caf::atom_constant<caf::atom("unknownses")>;  // cloud: an early request's wait ends
 using timing_atom = caf::atom_constant<caf::atom("timing")>;    // edge -> exit decider: link timing
 using truncate_atom = caf::atom_constant<caf::atom("truncate")>;  // edge -> uploader: drop a wrong speculation
+using load_atom = caf::atom_constant<caf::atom("load")>;          // uploader: ask the clouds for their load
+using drain_atom = caf::atom_constant<caf::atom("drain")>;        // cloud: take no new sessions (stopping)
 
 // What an edge reaches across the network, the one message that travels between nodes:
 // a Hello, UploadChunk, InferRequest or Bye frame -> the reply frame.
@@ -137,10 +140,22 @@ struct ClientRequests {
   std::vector<std::pair<std::string, uint64_t>> counts;
 };
 
-// An edge node's cloud link, as its uploader sees it.
-struct LinkStats {
+// One cloud node of an edge, as its uploader sees it.
+struct CloudNodeStats {
+  std::string name;               // host:port
   bool connected = false;
+  wire::Load load;                // as last reported (Welcome or LoadReport)
+  uint64_t open_sessions = 0;     // this edge's open sessions placed there
+  uint64_t placed = 0;            // sessions placed there so far (first placements and moves)
+};
+
+// An edge node's cloud links, as its uploader sees them.
+struct LinkStats {
+  bool connected = false;         // at least one cloud node is linked
   uint64_t queued_positions = 0;  // handed to the uploader and not yet acknowledged by the cloud
+  uint64_t failovers = 0;         // sessions moved to another node after theirs failed or refused them
+  uint64_t replayed_positions = 0;  // positions re-sent from the sessions' logs (moves and resyncs)
+  std::vector<CloudNodeStats> nodes;  // in ce.cloud.nodes order
 };
 
 }  // namespace ce

@@ -405,27 +405,75 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(string_key("ce.cloud.host", &C::cloud_host, false, not_empty("must not be empty"),
                          "cloud node the edge connects to"));
   t.push_back(int_key("ce.cloud.port", &C::cloud_port, 1, 65535, "port of the cloud node"));
+  t.push_back(string_key(
+      "ce.cloud.nodes", &C::cloud_nodes, false,
+      [](const std::string& s) -> std::string {
+        if (s.empty()) return "";
+        try {
+          parse_cloud_nodes(s);
+          return "";
+        } catch (const ConfigError& e) {
+          return e.what();
+        }
+      },
+      "several cloud nodes, \"host:port, host:port\": each session goes to one (rendezvous hashing by load) and "
+      "moves to the next when it fails; empty = ce.cloud.host:ce.cloud.port alone"));
+  t.push_back(duration_key("ce.cloud.load-interval", &C::cloud_load_interval, milliseconds(10),
+                           "edge: how often it asks each cloud for its load (also its liveness check: a node "
+                           "silent for 3 intervals is taken as lost)"));
   t.push_back(string_key("ce.listen.host", &C::listen_host, false, not_empty("must not be empty"),
                          "address the cloud listens on"));
   t.push_back(int_key("ce.listen.port", &C::listen_port, 0, 65535, "port the cloud listens on; 0 = ephemeral"));
   t.push_back(bool_key("ce.listen.allow-plain-remote", &C::allow_plain_remote,
                        "allow a plaintext listener on a non-loopback address (trusted networks only)"));
   t.push_back(int_key("ce.listen.max-connections", &C::max_connections, 1, 65536,
-                      "most edge connections the cloud holds at once; more are closed at once"));
+                      "most edge connections the cloud holds at once; at the cap a newcomer takes the slot of one "
+                      "still without its handshake (from the address holding most such), else it is closed at once"));
+  t.push_back(int_key("ce.listen.max-connections-per-address", &C::max_connections_per_address, 1, 65536,
+                      "most connections from one source address; more from it are closed at once, so one address "
+                      "cannot take every slot (edges behind one NAT share an address: raise it for them)"));
   t.push_back(duration_key("ce.listen.handshake-timeout", &C::handshake_timeout, milliseconds(10),
-                           "a connection without a protocol handshake this long is closed"));
+                           "a connection without a protocol handshake this long is closed; a real edge sends it "
+                           "one round trip after connecting (plus the TLS handshake): 1s covers RTTs up to ~500 ms"));
   t.push_back(string_key("ce.http.host", &C::http_host, false, not_empty("must not be empty"),
                          "address of the HTTP API (edge: OpenAI-style completions; both roles: /health, /metrics)"));
   t.push_back(int_key("ce.http.port", &C::http_port, -1, 65535,
                       "port of the HTTP API; -1 = no HTTP server, 0 = an ephemeral one (see ce-node --ready-file)"));
   t.push_back(int_key("ce.http.max-concurrent", &C::http_max_concurrent, 1, 1024,
-                      "completions served at once; more get 429"));
+                      "completions generated at once; more wait in the queue (ce.http.queue)"));
   t.push_back(string_key("ce.http.api-key", &C::http_api_key, false, anything(),
                          "when set, completions need 'Authorization: Bearer KEY'"));
   t.push_back(string_key("ce.http.api-key-file", &C::http_api_key_file, true, anything(),
                          "file of API keys, one per line (# comments), beside ce.http.api-key and $CE_HTTP_API_KEYS"));
+  t.push_back(int_key("ce.http.queue", &C::http_queue, 0, 65536,
+                      "completions that wait (first come, first served) for one of the ce.http.max-concurrent slots; "
+                      "beyond them, and after ce.http.queue-timeout, 429 with Retry-After; 0 = 429 at once"));
+  t.push_back(duration_key("ce.http.queue-timeout", &C::http_queue_timeout, milliseconds(1),
+                           "longest a completion waits in the queue before it gets 429"));
+  t.push_back(duration_key("ce.http.read-timeout", &C::http_read_timeout, milliseconds(10),
+                           "a request's head and body must arrive within this from its first byte (however the bytes "
+                           "trickle in); a slower client gets 408 and is disconnected"));
+  t.push_back(int_key("ce.http.max-connections-per-address", &C::http_max_connections_per_address, 1, 65536,
+                      "HTTP connections one client address may hold open; more are refused at once (429). Behind a "
+                      "reverse proxy every client has its address: raise it"));
+  t.push_back(string_key(
+      "ce.http.cors-origins", &C::http_cors_origins, false,
+      [](const std::string& s) -> std::string {
+        try {
+          parse_cors_origins(s);
+          return "";
+        } catch (const ConfigError& e) {
+          return e.what();
+        }
+      },
+      "web pages of other origins that may call the HTTP API from a browser: \"https://app.example, "
+      "http://localhost:5173\" or * (any); their responses carry Access-Control-Allow-Origin and OPTIONS "
+      "preflights get 204; empty = no CORS headers (the page at / needs none)"));
   t.push_back(duration_key("ce.session.idle-timeout", &C::idle_timeout, defaults::min_idle_timeout,
                            "cloud evicts a session silent this long"));
+  t.push_back(duration_key("ce.session.drain-timeout", &C::drain_timeout, milliseconds(0),
+                           "cloud: on SIGTERM it takes no new sessions and waits this long for its open ones to "
+                           "end before it exits (edges move what is left to another cloud)"));
   t.push_back(int_key("ce.session.max-contexts", &C::max_contexts, 1, no_limit, "most sessions the cloud holds"));
   t.push_back(int_key("ce.session.memory-cap", &C::memory_cap_mib, 1, 1 << 30,
                       "MiB the cloud's session contexts may use in all"));
@@ -670,6 +718,71 @@ const char* to_string(ExitPolicy policy) { return name_of(exit_policy_choices, p
 
 std::string NodeConfig::calibration_path() const {
   return exit_calibration.empty() ? (fs::path(model_path) / "eval" / "valid.csv").string() : exit_calibration;
+}
+
+std::vector<CloudAddress> parse_cloud_nodes(const std::string& text) {
+  std::vector<CloudAddress> out;
+  std::string entry;
+  auto take = [&]() {
+    if (entry.empty()) return;
+    const auto colon = entry.rfind(':');
+    const std::string why = "\"" + entry + "\": ";
+    if (colon == std::string::npos || colon == 0 || colon + 1 == entry.size())
+      throw ConfigError(why + "expected host:port");
+    std::string host = entry.substr(0, colon);
+    const std::string port_text = entry.substr(colon + 1);
+    if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);  // [::1]:7700
+    if (host.find(':') != std::string::npos && entry.front() != '[')
+      throw ConfigError(why + "write an IPv6 address in brackets, [addr]:port");
+    if (!std::all_of(port_text.begin(), port_text.end(), is_digit) || port_text.size() > 5 ||
+        std::stoi(port_text) < 1 || std::stoi(port_text) > 65535)
+      throw ConfigError(why + "port must be in 1..65535");
+    CloudAddress a{host, static_cast<std::uint16_t>(std::stoi(port_text))};
+    if (std::find(out.begin(), out.end(), a) != out.end()) throw ConfigError(why + "listed twice");
+    out.push_back(a);
+    entry.clear();
+  };
+  for (char ch : text) {
+    if (ch == ',' || std::isspace(static_cast<unsigned char>(ch))) take();
+    else entry += ch;
+  }
+  take();
+  if (out.empty()) throw ConfigError("no host:port in \"" + text + "\"");
+  return out;
+}
+
+std::vector<std::string> parse_cors_origins(const std::string& text) {
+  std::vector<std::string> out;
+  std::string entry;
+  auto take = [&]() {
+    if (entry.empty()) return;
+    std::string origin;
+    for (char ch : entry) origin += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (origin.size() > 1 && origin.back() == '/') origin.pop_back();
+    if (origin != "*") {
+      const auto scheme = origin.find("://");
+      const std::string rest = scheme == std::string::npos ? "" : origin.substr(scheme + 3);
+      const std::string name = origin.substr(0, scheme);
+      if ((name != "http" && name != "https") || rest.empty() || rest.front() == ':' ||
+          rest.find_first_of("/?#@ ") != std::string::npos)
+        throw ConfigError("\"" + entry + "\": an origin is scheme://host[:port] (http or https, no path), or *");
+    }
+    if (std::find(out.begin(), out.end(), origin) == out.end()) out.push_back(origin);
+    entry.clear();
+  };
+  for (char ch : text) {
+    if (ch == ',' || std::isspace(static_cast<unsigned char>(ch))) take();
+    else entry += ch;
+  }
+  take();
+  if (out.size() > 1 && std::find(out.begin(), out.end(), "*") != out.end())
+    throw ConfigError("\"" + text + "\": * allows every origin; list no others beside it");
+  return out;
+}
+
+std::vector<CloudAddress> NodeConfig::cloud_addresses() const {
+  if (cloud_nodes.empty()) return {CloudAddress{cloud_host, cloud_port}};
+  return parse_cloud_nodes(cloud_nodes);
 }
 
 std::optional<InferenceMode> inference_mode_named(const std::string& name) {

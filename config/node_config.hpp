@@ -19,6 +19,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "config/defaults.hpp"
 
@@ -45,6 +46,24 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// One cloud node an edge connects to.
+struct CloudAddress {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string name() const { return host + ":" + std::to_string(port); }
+  bool operator==(const CloudAddress& o) const { return host == o.host && port == o.port; }
+};
+
+// "host:port, host:port" (commas and/or spaces between; "[::1]:7700" for IPv6) -> addresses.
+// Throws ConfigError naming the bad entry; an empty list, a missing or out-of-range port and a
+// repeated address are errors.
+std::vector<CloudAddress> parse_cloud_nodes(const std::string& text);
+
+// ce.http.cors-origins: "https://app.example, http://localhost:5173" (commas and/or spaces between)
+// or "*" -> the origins, lower-cased, without a trailing slash; "" -> none (no CORS headers).
+// Throws ConfigError naming an entry that is not scheme://host[:port] (http or https, no path).
+std::vector<std::string> parse_cors_origins(const std::string& text);
+
 struct NodeConfig {
   Role role = Role::edge;  // ce.role, required in a file
   std::string model_path;  // ce.model.path, required; resolved against the config's directory
@@ -66,10 +85,15 @@ struct NodeConfig {
 
   std::string cloud_host = defaults::cloud_host;      // ce.cloud.host (edge connects here)
   std::uint16_t cloud_port = defaults::cloud_port;    // ce.cloud.port
+  std::string cloud_nodes;  // ce.cloud.nodes: "host:port, host:port, ..."; empty = the one above
+  std::chrono::milliseconds cloud_load_interval = defaults::cloud_load_interval;  // ce.cloud.load-interval
+  // The clouds an edge places its sessions on: ce.cloud.nodes, or ce.cloud.host:port alone.
+  std::vector<CloudAddress> cloud_addresses() const;
   std::string listen_host = defaults::listen_host;    // ce.listen.host (cloud listens here)
   std::uint16_t listen_port = defaults::listen_port;  // ce.listen.port, 0 = ephemeral
   bool allow_plain_remote = defaults::allow_plain_remote;  // ce.listen.allow-plain-remote
   int max_connections = defaults::max_connections;         // ce.listen.max-connections
+  int max_connections_per_address = defaults::max_connections_per_address;  // ce.listen.max-connections-per-address
   std::chrono::milliseconds handshake_timeout = defaults::handshake_timeout;  // ce.listen.handshake-timeout
 
   std::string http_host = defaults::http_host;            // ce.http.host
@@ -77,8 +101,14 @@ struct NodeConfig {
   int http_max_concurrent = defaults::http_max_concurrent;  // ce.http.max-concurrent
   std::string http_api_key;                               // ce.http.api-key, empty = no auth
   std::string http_api_key_file;                          // ce.http.api-key-file: one key per line
+  int http_queue = 64;                                    // ce.http.queue: completions waiting for a slot
+  std::chrono::milliseconds http_queue_timeout{30000};    // ce.http.queue-timeout
+  std::chrono::milliseconds http_read_timeout{10000};     // ce.http.read-timeout: a request's head + body
+  int http_max_connections_per_address = 64;              // ce.http.max-connections-per-address
+  std::string http_cors_origins;                          // ce.http.cors-origins: "" = no CORS headers
 
   std::chrono::milliseconds idle_timeout = defaults::idle_timeout;  // ce.session.idle-timeout
+  std::chrono::milliseconds drain_timeout = defaults::drain_timeout;  // ce.session.drain-timeout
   int max_contexts = defaults::max_contexts;                        // ce.session.max-contexts
   std::int64_t memory_cap_mib = defaults::memory_cap_mib;           // ce.session.memory-cap
   int batch_max_sessions = defaults::batch_max_sessions;            // ce.batch.max-sessions

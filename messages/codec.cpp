@@ -56,6 +56,15 @@ void to_capnp(const Hello& m, s::Frame::Builder frame) {
   b.setClientName(text(m.client_name));
 }
 
+void to_capnp(const Load& m, s::Load::Builder b) {
+  b.setLiveContexts(m.live_contexts);
+  b.setMaxContexts(m.max_contexts);
+  b.setQueuedRequests(m.queued_requests);
+  b.setContextBytes(m.context_bytes);
+  b.setMemoryCapBytes(m.memory_cap_bytes);
+  b.setDraining(m.draining);
+}
+
 void to_capnp(const Welcome& m, s::Frame::Builder frame) {
   auto b = frame.initWelcome();
   b.setProtocolVersion(m.protocol_version);
@@ -65,6 +74,7 @@ void to_capnp(const Welcome& m, s::Frame::Builder frame) {
   b.setHiddenDim(m.hidden_dim);
   b.setIdleTimeoutMs(m.idle_timeout_ms);
   b.setMaxPositions(m.max_positions);
+  to_capnp(m.load, b.initLoad());
 }
 
 void to_capnp(const UploadChunk& m, s::Frame::Builder frame) {
@@ -116,6 +126,14 @@ void to_capnp(const Truncate& m, s::Frame::Builder frame) {
   auto b = frame.initTruncate();
   b.setSessionId(m.session_id);
   b.setPositions(m.positions);
+}
+
+void to_capnp(const LoadQuery& m, s::Frame::Builder frame) { frame.initLoadQuery().setSentUs(m.sent_us); }
+
+void to_capnp(const LoadReport& m, s::Frame::Builder frame) {
+  auto b = frame.initLoadReport();
+  b.setSentUs(m.sent_us);
+  to_capnp(m.load, b.initLoad());
 }
 
 void to_capnp(const ErrorReply& m, s::Frame::Builder frame) {
@@ -255,6 +273,19 @@ Decoded from_capnp(s::Hello::Reader r, const Limits&) {
   return c.finish(std::move(m));
 }
 
+// Every value is the peer's own count: nothing to refuse, and a Welcome from an older cloud
+// (no load) reads as an empty, not full, node.
+Load from_capnp(s::Load::Reader r) {
+  Load m;
+  m.live_contexts = r.getLiveContexts();
+  m.max_contexts = r.getMaxContexts();
+  m.queued_requests = r.getQueuedRequests();
+  m.context_bytes = r.getContextBytes();
+  m.memory_cap_bytes = r.getMemoryCapBytes();
+  m.draining = r.getDraining();
+  return m;
+}
+
 Decoded from_capnp(s::Welcome::Reader r, const Limits&) {
   Check c("Welcome");
   Welcome m;
@@ -265,6 +296,7 @@ Decoded from_capnp(s::Welcome::Reader r, const Limits&) {
   m.hidden_dim = r.getHiddenDim();
   m.idle_timeout_ms = r.getIdleTimeoutMs();
   m.max_positions = r.getMaxPositions();
+  m.load = from_capnp(r.getLoad());
   return c.finish(std::move(m));
 }
 
@@ -366,6 +398,14 @@ Decoded from_capnp(s::Truncate::Reader r, const Limits& limits) {
   return c.finish(std::move(m));
 }
 
+Decoded from_capnp(s::LoadQuery::Reader r, const Limits&) {
+  return Check("LoadQuery").finish(LoadQuery{r.getSentUs()});
+}
+
+Decoded from_capnp(s::LoadReport::Reader r, const Limits&) {
+  return Check("LoadReport").finish(LoadReport{r.getSentUs(), from_capnp(r.getLoad())});
+}
+
 Decoded from_capnp(s::Error::Reader r, const Limits&) {
   Check c("Error");
   ErrorReply m;
@@ -389,6 +429,8 @@ Decoded from_capnp(s::Frame::Reader frame, const Limits& limits) {
     case s::Frame::BYE: return from_capnp(frame.getBye(), limits);
     case s::Frame::ERROR: return from_capnp(frame.getError(), limits);
     case s::Frame::TRUNCATE: return from_capnp(frame.getTruncate(), limits);
+    case s::Frame::LOAD_QUERY: return from_capnp(frame.getLoadQuery(), limits);
+    case s::Frame::LOAD_REPORT: return from_capnp(frame.getLoadReport(), limits);
   }
   return fail("Frame: unknown message kind " + show(static_cast<uint16_t>(frame.which())));
 }
@@ -454,9 +496,13 @@ uint32_t bits(float f) {
 auto fields(const Hello& m) {
   return std::tie(m.protocol_version, m.model_id, m.weights_hash, m.split_layer, m.hidden_dim, m.dtype, m.client_name);
 }
+auto fields(const Load& m) {
+  return std::tie(m.live_contexts, m.max_contexts, m.queued_requests, m.context_bytes, m.memory_cap_bytes, m.draining);
+}
 auto fields(const Welcome& m) {
-  return std::tie(m.protocol_version, m.model_id, m.weights_hash, m.split_layer, m.hidden_dim, m.idle_timeout_ms,
-                  m.max_positions);
+  return std::tuple_cat(std::tie(m.protocol_version, m.model_id, m.weights_hash, m.split_layer, m.hidden_dim,
+                                 m.idle_timeout_ms, m.max_positions),
+                        fields(m.load));
 }
 auto fields(const UploadChunk& m) {
   return std::tie(m.session_id, m.chunk_id, m.first_position, m.count, m.dtype, m.payload);
@@ -472,6 +518,8 @@ auto fields(const InferReply& m) {
 auto fields(const Bye& m) { return std::tie(m.session_id); }
 auto fields(const ErrorReply& m) { return std::tie(m.code, m.text, m.session_id, m.request_id); }
 auto fields(const Truncate& m) { return std::tie(m.session_id, m.positions); }
+auto fields(const LoadQuery& m) { return std::tie(m.sent_us); }
+auto fields(const LoadReport& m) { return std::tuple_cat(std::tie(m.sent_us), fields(m.load)); }
 
 }  // namespace
 
@@ -517,7 +565,7 @@ const char* to_string(InferKind k) {
 const char* kind_name(const Message& m) {
   static const char* const names[] = {"Hello",        "Welcome",    "UploadChunk", "UploadAck",
                                       "InferRequest", "InferReply", "Bye",         "ErrorReply",
-                                      "Truncate"};
+                                      "Truncate",     "LoadQuery",  "LoadReport"};
   static_assert(std::size(names) == std::variant_size_v<Message>);
   return names[m.index()];
 }

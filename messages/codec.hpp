@@ -31,6 +31,21 @@ struct Hello {
   std::string client_name;
 };
 
+// A cloud's load: what an edge with several clouds weighs when it places a new session.
+struct Load {
+  uint32_t live_contexts = 0;
+  uint32_t max_contexts = 0;
+  uint32_t queued_requests = 0;  // infer requests waiting for uploads or compute
+  uint64_t context_bytes = 0;
+  uint64_t memory_cap_bytes = 0;
+  bool draining = false;         // stopping: takes no new sessions
+  // Takes no new session now: draining, or at its context or memory cap.
+  bool full() const {
+    return draining || (max_contexts > 0 && live_contexts >= max_contexts) ||
+           (memory_cap_bytes > 0 && context_bytes >= memory_cap_bytes);
+  }
+};
+
 // Cloud -> edge: accepts a Hello.
 struct Welcome {
   uint32_t protocol_version = wire::protocol_version;
@@ -40,6 +55,7 @@ struct Welcome {
   uint32_t hidden_dim = 0;
   uint64_t idle_timeout_ms = 0;
   uint32_t max_positions = 0;
+  Load load;
 };
 
 // Hidden states (f16 or f32, row-major (count, hidden_dim)) or token ids (cloud-only
@@ -100,6 +116,17 @@ struct Truncate {
   uint32_t positions = 0;
 };
 
+// Edge -> cloud: asks for the cloud's load (and whether it still answers).
+struct LoadQuery {
+  uint64_t sent_us = 0;  // echoed in the report
+};
+
+// Cloud -> edge: the answer to a LoadQuery.
+struct LoadReport {
+  uint64_t sent_us = 0;
+  Load load;
+};
+
 // Either way: a refusal. On the wire it is the Error struct.
 struct ErrorReply {
   error code = error::none;
@@ -108,8 +135,8 @@ struct ErrorReply {
   uint64_t request_id = 0;
 };
 
-using Message =
-    std::variant<Hello, Welcome, UploadChunk, UploadAck, InferRequest, InferReply, Bye, ErrorReply, Truncate>;
+using Message = std::variant<Hello, Welcome, UploadChunk, UploadAck, InferRequest, InferReply, Bye, ErrorReply,
+                             Truncate, LoadQuery, LoadReport>;
 
 // What the receiver accepts. Zero hidden_dim / max_positions skip the checks that need them.
 struct Limits {

@@ -45,6 +45,30 @@ struct Welcome {
   hiddenDim @4 :UInt32;
   idleTimeoutMs @5 :UInt64;
   maxPositions @6 :UInt32;
+  load @7 :Load;             # the cloud's load as it welcomes the edge (placement of sessions)
+}
+
+# A cloud's load, in a Welcome and in a LoadReport: what an edge with several clouds weighs
+# when it places a new session (actors/edge/cloud_router.hpp).
+struct Load {
+  liveContexts @0 :UInt32;   # sessions held now
+  maxContexts @1 :UInt32;    # ce.session.max-contexts
+  queuedRequests @2 :UInt32; # infer requests waiting for uploads or compute
+  contextBytes @3 :UInt64;   # memory the contexts hold
+  memoryCapBytes @4 :UInt64; # ce.session.memory-cap
+  draining @5 :Bool;         # stopping: takes no new sessions
+}
+
+# Edge -> cloud: asks for the cloud's load (answered with a LoadReport); also the edge's
+# liveness check of a cloud that holds its link open but no longer answers.
+struct LoadQuery {
+  sentUs @0 :UInt64;         # the edge's clock, echoed back (round trip)
+}
+
+# Cloud -> edge: the answer to a LoadQuery.
+struct LoadReport {
+  sentUs @0 :UInt64;         # the query's
+  load @1 :Load;
 }
 
 # Edge -> cloud: hidden states (f16/f32, row-major (count, hiddenDim)) or token ids of
@@ -122,5 +146,7 @@ struct Frame {
     bye @6 :Bye;
     error @7 :Error;
     truncate @8 :Truncate;
+    loadQuery @9 :LoadQuery;
+    loadReport @10 :LoadReport;
   }
 }

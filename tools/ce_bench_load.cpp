@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
                       "prints one JSON line per session count: offloaded tokens/s, request round trip p50/p99/max.");
   cli.add("host", "HOST", "the cloud node's address", "127.0.0.1")
       .add("port", "PORT", "the cloud node's port (ce.listen.port)")
+      .add("nodes", "LIST", "several cloud nodes instead, \"host:port,host:port\": each session goes to one by "
+                            "rendezvous hashing, as edges place it")
       .add("model", "DIR", "the cloud's model (for the traffic and the Hello)", "models/ce-brown-8l")
       .add("text", "FILE", "text the simulated edges generate along (teacher-forced)", "data/brown/test.txt")
       .add("threshold", "θ", "the edges' exit threshold; above 1 every position goes to the cloud (default: the model's)")
@@ -28,9 +30,19 @@ int main(int argc, char** argv) {
       .add("deadline", "MS", "deadline of each request", "60000")
       .add("tag", "TEXT", "copied into every line");
   cli.parse(argc, argv);
-  if (!cli.has("port")) cli.fail("--port is required: the running cloud node's ce.listen.port");
-  const long long port = cli.get_int("port");
-  if (port < 1 || port > 65535) cli.fail("--port must be in 1..65535");
+  std::vector<ce::CloudAddress> clouds;
+  if (cli.has("nodes")) {
+    try {
+      clouds = ce::parse_cloud_nodes(cli.get("nodes"));
+    } catch (const ce::ConfigError& e) {
+      cli.fail(std::string("--nodes: ") + e.what());
+    }
+  } else {
+    if (!cli.has("port")) cli.fail("--port (or --nodes) is required: the running cloud node's ce.listen.port");
+    const long long port = cli.get_int("port");
+    if (port < 1 || port > 65535) cli.fail("--port must be in 1..65535");
+    clouds.push_back({cli.get("host"), static_cast<uint16_t>(port)});
+  }
   try {
     const auto model = ce::Model::load(cli.get("model"));
     std::ifstream in(cli.get("text"));
@@ -52,8 +64,7 @@ int main(int argc, char** argv) {
     for (const auto n : cli.get_int_list("sessions")) {
       if (n < 1) cli.fail("--sessions needs positive counts");
       ce::bench::LoadOptions o;
-      o.host = cli.get("host");
-      o.port = static_cast<uint16_t>(port);
+      o.clouds = clouds;
       o.sessions = static_cast<int>(n);
       o.session_base = base;
       base += static_cast<uint64_t>(n) + 1;
@@ -66,7 +77,9 @@ int main(int argc, char** argv) {
                 << ",\"requests\":" << r.requests << ",\"errors\":" << r.errors << ",\"seconds\":" << r.seconds
                 << ",\"tokens_per_s\":" << r.tokens_per_s << ",\"p50_ms\":" << r.p50_ms << ",\"p99_ms\":" << r.p99_ms
                 << ",\"max_ms\":" << r.max_ms << ",\"catch_up\":" << catch_up << ",\"catch_up_ms\":" << r.catch_up_ms
-                << "}" << std::endl;
+                << ",\"clouds\":" << clouds.size() << ",\"sessions_per_cloud\":[";
+      for (size_t i = 0; i < r.sessions_per_cloud.size(); ++i) std::cout << (i ? "," : "") << r.sessions_per_cloud[i];
+      std::cout << "]}" << std::endl;
       if (r.errors) std::cerr << "ce-bench-load: " << r.errors << " requests failed, first: " << r.first_error << "\n";
     }
   } catch (const std::exception& e) {

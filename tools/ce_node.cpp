@@ -123,6 +123,17 @@ int main(int argc, char** argv) {
       int sig = 0;
       sigwait(&stop_signals, &sig);
       CE_LOG(info, "node", "stopping on signal " << sig);
+      // SIGTERM (systemd's stop) drains a cloud: no new sessions, the open ones may end within
+      // ce.session.drain-timeout; a second signal, or SIGINT, stops at once.
+      if (sig == SIGTERM && config.role != ce::Role::edge && config.drain_timeout.count() > 0) {
+        CE_LOG(info, "node", "draining for up to " << config.drain_timeout.count() << " ms (signal again to stop now)");
+        node.drain(config.drain_timeout, [&] {
+          const timespec pause{0, 100'000'000};
+          if (sigtimedwait(&stop_signals, nullptr, &pause) < 0) return true;
+          CE_LOG(info, "node", "second stop signal: stopping now");
+          return false;
+        });
+      }
       return 0;
     }
     if (cli.has("ready-file")) write_ready_file(cli.get("ready-file"), node.cloud_port(), 0);

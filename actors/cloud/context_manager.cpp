@@ -46,6 +46,7 @@ struct ManagerState {
   cloud_inference_actor inference;
   wire::Limits limits;
   std::set<caf::node_id> welcomed;
+  std::set<caf::actor_addr> watched;  // senders of frames, watched for their node's link going down
   std::map<caf::node_id, std::string> client_names;  // from each edge's Hello
   std::map<std::string, uint64_t> infer_requests;    // per client name, for /metrics
   std::map<ContextKey, Context> contexts;
@@ -62,6 +63,7 @@ struct ManagerState {
   uint64_t kv_bytes_per_position = 0;
   uint64_t truncates = 0;
   uint64_t positions_rolled_back = 0;  // computed positions that truncates dropped
+  bool draining = false;  // stopping (SIGTERM): open contexts go on, new ones are refused
   static inline const char* name = "context_manager";
 };
 
@@ -205,6 +207,19 @@ void dispatch(self_ptr self, const ContextKey& key) {
   run_job(self, key, c, std::move(p));
 }
 
+// What an edge weighs when it places a session here (Welcome, LoadReport).
+wire::Load current_load(const ManagerState& st) {
+  wire::Load load;
+  load.live_contexts = static_cast<uint32_t>(st.contexts.size());
+  load.max_contexts = static_cast<uint32_t>(std::min<int64_t>(st.config.max_contexts, UINT32_MAX));
+  for (const auto& [key, c] : st.contexts) load.queued_requests += static_cast<uint32_t>(c.parked.size());
+  for (const auto& [key, parked] : st.early) load.queued_requests += static_cast<uint32_t>(parked.size());
+  load.context_bytes = total_bytes(st);
+  load.memory_cap_bytes = st.config.memory_cap_bytes();
+  load.draining = st.draining;
+  return load;
+}
+
 std::vector<char> on_hello(self_ptr self, const caf::node_id& node, const wire::Hello& h) {
   auto& st = self->state;
   const auto& cfg = st.model->config();
@@ -243,6 +258,7 @@ std::vector<char> on_hello(self_ptr self, const caf::node_id& node, const wire::
   w.hidden_dim = static_cast<uint32_t>(cfg.dim);
   w.idle_timeout_ms = static_cast<uint64_t>(st.config.idle_timeout.count());
   w.max_positions = static_cast<uint32_t>(cfg.max_seq);
+  w.load = current_load(st);
   return wire::encode(w);
 }
 
@@ -269,12 +285,14 @@ std::vector<char> on_upload(self_ptr self, const caf::node_id& node, wire::Uploa
                          "no context for session " + hex(chunk.session_id) + " (a new context starts at position 0)",
                          chunk.session_id);
     const uint64_t need = rows.bytes().size();
-    if (st.contexts.size() >= static_cast<size_t>(st.config.max_contexts) ||
+    if (st.draining || st.contexts.size() >= static_cast<size_t>(st.config.max_contexts) ||
         total_bytes(st) + need > st.config.memory_cap_bytes()) {
-      CE_LOG(warning, "context", "refused session " << hex(chunk.session_id) << ": " << st.contexts.size()
+      CE_LOG(warning, "context", "refused session " << hex(chunk.session_id) << ": "
+                                                     << (st.draining ? "draining, " : "") << st.contexts.size()
                                                      << " contexts, " << total_bytes(st) << " bytes held");
       st.sessions_refused++;
-      const std::string why = "cloud at its context or memory cap; try later";
+      const std::string why = st.draining ? "cloud is draining (stopping): place the session on another node"
+                                          : "cloud at its context or memory cap; try later";
       // Requests of this session would otherwise wait a deadline for a context that never comes.
       if (st.refused.size() > 100000) st.refused.clear();  // bound the tombstones
       st.refused.insert(key);
@@ -378,6 +396,19 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
   st.model = std::move(model);
   st.config = std::move(config);
   st.inference = std::move(inference);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    self->state.watched.erase(dm.source);
+    // A sender that merely ended (a client's short-lived actor) says nothing of its node's link.
+    if (dm.reason != caf::exit_reason::remote_link_unreachable) return;
+    const caf::node_id node = dm.source.node();
+    if (!self->state.welcomed.erase(node)) return;
+    std::vector<ContextKey> gone;
+    for (const auto& [key, c] : self->state.contexts)
+      if (key.first == node) gone.push_back(key);
+    CE_LOG(info, "context", "edge '" << self->state.client_names[node] << "' disconnected ("
+                                     << self->system().render(dm.reason) << "): ending its " << gone.size() << " contexts");
+    for (const auto& key : gone) end_context(self, key, "ended: its edge disconnected");
+  });
   return {
       [=](frame_atom, const std::vector<char>& bytes) -> caf::result<std::vector<char>> {
         auto sender = self->current_sender();
@@ -389,6 +420,9 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
           return error_frame(decoded.code, decoded.error_text);
         }
         auto& msg = decoded.message;
+        // A welcomed edge's contexts are of no use once its link is gone (a returning edge replays
+        // its sessions): watching its senders ends them at once instead of at the idle timeout.
+        if (self->state.watched.insert(sender->address()).second) self->monitor(sender);
         if (auto* hello = std::get_if<wire::Hello>(&msg)) return on_hello(self, node, *hello);
         if (!self->state.welcomed.count(node))
           return error_frame(error::bad_request, std::string(wire::kind_name(msg)) + " before Hello");
@@ -399,11 +433,18 @@ context_manager_actor::behavior_type context_manager(self_ptr self, std::shared_
           dispatch(self, {node, t->session_id});
           return reply;
         }
+        if (auto* query = std::get_if<wire::LoadQuery>(&msg))
+          return wire::encode(wire::LoadReport{query->sent_us, current_load(self->state)});
         if (auto* bye = std::get_if<wire::Bye>(&msg)) {
           end_context(self, {node, bye->session_id}, "closed by Bye");
           return wire::encode(wire::Bye{bye->session_id});  // echoed as the acknowledgement
         }
         return error_frame(error::bad_request, std::string(wire::kind_name(msg)) + " is not a request");
+      },
+      [=](drain_atom) {
+        if (!self->state.draining)
+          CE_LOG(info, "context", "draining: no new sessions; " << self->state.contexts.size() << " open");
+        self->state.draining = true;
       },
       [=](idle_atom, const caf::node_id& node, uint64_t session) {
         const ContextKey key{node, session};

@@ -30,6 +30,7 @@ struct InferJob {
 using context_manager_actor = cloud_front_actor::extend<
     caf::replies_to<stats_atom>::with<CloudStats>,        // context counts and memory
     caf::replies_to<clients_atom>::with<ClientRequests>,  // infer requests per client name
+    caf::reacts_to<drain_atom>,                           // take no new sessions (the node is stopping)
     caf::reacts_to<idle_atom, caf::node_id, uint64_t>,    // own: idle check of (edge node, session)
     caf::reacts_to<unknown_atom, caf::node_id, uint64_t>>;  // own: an early request's wait is over
 

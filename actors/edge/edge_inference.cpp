@@ -100,6 +100,9 @@ struct EdgeState {
   // than the positions one round trip lets the edge compute gains no time and wastes uploads (and,
   // on a near link, compute the cloud needs), so speculation goes no further (speculation_depth).
   double round_trip_ms = 0, step_ms = 0;
+  // How long a cloud request may take, as the uploader serves it: with several clouds it may try
+  // a second node after the first missed ce.request.deadline, and the edge waits for both.
+  std::chrono::milliseconds cloud_request_deadline{0};
   static inline const char* name = "edge_inference";
 };
 
@@ -305,7 +308,7 @@ uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
   }
   const auto sent = clock_type::now();
   const uint64_t id = g.id, request_id = req.request_id;
-  self->request(self->state.uploader, self->state.config.request_deadline + std::chrono::milliseconds(100),
+  self->request(self->state.uploader, self->state.cloud_request_deadline,
                 infer_atom::value, g.session, wire::encode(req))
       .then(
           [=](const std::vector<char>& reply) {
@@ -627,6 +630,8 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
   st.plan = std::move(plan);
   st.model = std::move(model);
   st.config = std::move(config);
+  st.cloud_request_deadline = st.config.request_deadline * (st.config.cloud_addresses().size() > 1 ? 2 : 1) +
+                              std::chrono::milliseconds(100);
   st.uploader = std::move(uploader);
   st.decider = std::move(decider);
   return {

@@ -62,8 +62,9 @@ using uploader_actor = caf::typed_actor<
                                                         // (a wrong speculation), here and on the cloud
     caf::replies_to<bye_atom, uint64_t>::with<uint64_t, uint64_t>,  // end a session -> payload bytes
                                                         // uploaded, of them bytes of truncated positions
-    caf::replies_to<stats_atom>::with<LinkStats>,       // link state and upload backlog
-    caf::reacts_to<link_atom>>;                         // own: (re)connect to the cloud
+    caf::replies_to<stats_atom>::with<LinkStats>,       // link states and upload backlog
+    caf::reacts_to<link_atom, int>,                     // own: (re)connect to cloud node i
+    caf::reacts_to<load_atom>>;                         // own: ask the linked clouds for their load
 
 }  // namespace ce
 

@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -17,9 +20,12 @@
 #include "actors/atoms.hpp"
 #include "actors/edge/exit_policy.hpp"
 #include "actors/http/completion_request.hpp"
+#include "actors/http/http_server.hpp"
 #include "actors/log.hpp"
 #include "actors/http/metrics.hpp"
 #include "actors/http/stats_json.hpp"
+#include "actors/http/wait_queue.hpp"
+#include "actors/http/web_routes.hpp"
 #include "actors/node/node.hpp"
 #include "model/text/chat_template.hpp"
 #include "model/text/detokenizer.hpp"
@@ -118,6 +124,62 @@ constexpr const char* kFallbackResponses = "ce_fallback_responses_total";
 constexpr const char* kEvictionsSeen = "ce_evictions_seen_total";
 constexpr const char* kRequests = "ce_http_requests_total";
 constexpr const char* kInFlight = "ce_http_requests_in_flight";
+constexpr const char* kWaiting = "ce_http_requests_waiting";
+// Request latencies and counts as vLLM reports them (vllm:time_to_first_token_seconds, ...).
+constexpr const char* kQueueTime = "ce_request_queue_time_seconds";
+constexpr const char* kTimeToFirstToken = "ce_time_to_first_token_seconds";
+constexpr const char* kInterTokenLatency = "ce_inter_token_latency_seconds";
+constexpr const char* kEndToEnd = "ce_e2e_request_latency_seconds";
+constexpr const char* kPromptTokens = "ce_prompt_tokens_total";
+constexpr const char* kGenerationTokens = "ce_generation_tokens_total";
+constexpr const char* kFinished = "ce_requests_finished_total";
+constexpr const char* kRefused = "ce_requests_refused_total";
+
+using Clock = std::chrono::steady_clock;
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+const char* endpoint_name(Endpoint e) { return e == Endpoint::chat ? "chat" : "completions"; }
+
+// How a response ended, for ce_requests_finished_total: stop (EOS or a stop string), length,
+// cancelled (the client left), error.
+const char* finished_reason(const GenerateResult& r, const CompletionRun& run) {
+  if (run.stop_hit) return "stop";
+  if (!r.error.empty() && run.events.empty()) return "error";
+  switch (r.finish_reason) {
+    case FinishReason::eos: return "stop";
+    case FinishReason::cancelled: return "cancelled";
+    case FinishReason::error: return "error";
+    default: return "length";
+  }
+}
+
+// One admitted completion's clock: arrival (the handler's start, before the queue), the time it
+// waited, and its tokens' times for time-to-first-token and inter-token latency.
+struct RequestClock {
+  Clock::time_point arrival;
+  double queue_seconds = 0;
+  Clock::time_point last_token{};
+  bool first_token_seen = false;
+  void token(Metrics& metrics) {
+    const auto now = Clock::now();
+    if (!first_token_seen) metrics.observe(kTimeToFirstToken, seconds_between(arrival, now));
+    else metrics.observe(kInterTokenLatency, seconds_between(last_token, now));
+    first_token_seen = true;
+    last_token = now;
+  }
+};
+
+// The limits of the HTTP server's connections from the config (see http_server.hpp). Every
+// admitted connection has its own thread, so the queue is real: max_total leaves room for the
+// running and the waiting completions, one address at its cap, and probes besides.
+ConnectionLimits connection_limits(const NodeConfig& c) {
+  ConnectionLimits l;
+  l.read_timeout = c.http_read_timeout;
+  l.read_budget = (1 << 20) + (64 << 10);  // the body limit (set_payload_max_length) + a head
+  l.max_per_address = c.http_max_connections_per_address;
+  l.max_total = c.http_max_concurrent + c.http_queue + c.http_max_connections_per_address + 8;
+  return l;
+}
 
 }  // namespace
 
@@ -131,15 +193,23 @@ struct HttpApi::Impl {
   std::string no_chat_reason;                   // why chat_template is null
   CompletionDefaults defaults;
   Metrics metrics;
-  std::atomic<int> in_flight{0};
+  WaitQueue queue;  // ce.http.max-concurrent running, ce.http.queue waiting
   std::atomic<uint64_t> tokens_total{0}, tokens_offloaded{0};
+  std::mutex latency_mutex;  // the mean end-to-end latency, for Retry-After
+  double e2e_seconds_sum = 0;
+  uint64_t e2e_count = 0;
   const int64_t created = static_cast<int64_t>(std::time(nullptr));
-  httplib::Server server;
+  GuardedServer server;
   std::thread thread;
   uint16_t port = 0;
 
   explicit Impl(Node& n)
-      : node(n), config(n.config()), edge(n.config().role != Role::cloud), cloud(n.config().role != Role::edge) {
+      : node(n),
+        config(n.config()),
+        edge(n.config().role != Role::cloud),
+        cloud(n.config().role != Role::edge),
+        queue(n.config().http_max_concurrent, n.config().http_queue),
+        server(connection_limits(n.config())) {
     const auto& mc = node.model().config();
     if (edge) {
       tokenizer = open_tokenizer(node.model().tokenizer_path());
@@ -150,8 +220,6 @@ struct HttpApi::Impl {
     load_api_keys();
     declare_metrics();
     routes();
-    const int workers = config.http_max_concurrent + 4;  // room to answer 429 and /metrics while busy
-    server.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
     server.set_payload_max_length(1 << 20);
     // httplib's default adds SO_REUSEPORT, which lets a second node bind the same port and
     // silently take half the requests; a taken port must be an error instead.
@@ -159,8 +227,8 @@ struct HttpApi::Impl {
       int yes = 1;
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     });
-    server.set_read_timeout(30, 0);
-    // An idle keep-alive connection holds a worker thread: keep that short.
+    // An idle keep-alive connection holds a thread: keep that short. (A request's read time is
+    // bounded by ce.http.read-timeout in the GuardedServer, not by httplib's per-recv timeout.)
     server.set_keep_alive_timeout(2);
     // A node whose config has no HTTP port (-1) still gets one when a caller builds the API.
     int bound = config.http_port <= 0 ? server.bind_to_any_port(config.http_host)
@@ -169,6 +237,7 @@ struct HttpApi::Impl {
       throw std::runtime_error("cannot serve HTTP on " + config.http_host + ":" + std::to_string(config.http_port) +
                                " (ce.http.host / ce.http.port): address in use or not available");
     port = static_cast<uint16_t>(bound);
+    server.widen_backlog();
     thread = std::thread([this] { server.listen_after_bind(); });
     // Server::stop() is a no-op until the accept loop runs: wait for it, so that a quick
     // destruction cannot leave the thread in accept() forever.
@@ -219,16 +288,50 @@ struct HttpApi::Impl {
     }
   }
 
+  // Stops accepting; requests waiting in the queue get 503, idle and reading connections close,
+  // running responses finish.
   ~Impl() {
-    server.stop();
+    queue.close();
+    server.begin_stop();
     if (thread.joinable()) thread.join();
+    server.shutdown_connections();
   }
 
   void declare_metrics() {
     metrics.declare_counter(kRequests, "HTTP requests served, by path and status code");
     metrics.declare_gauge("ce_process_resident_bytes", "resident memory of this node process");
+    metrics.declare_counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.");
+    metrics.declare_gauge("process_resident_memory_bytes", "Resident memory size in bytes.");
+    metrics.declare_gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.");
+    metrics.declare_gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.");
+    metrics.declare_gauge("process_open_fds", "Number of open file descriptors.");
+    metrics.declare_gauge("process_max_fds", "Maximum number of open file descriptors.");
+    metrics.declare_gauge("ce_http_connections_open", "HTTP connections open now");
+    metrics.declare_counter("ce_http_connections_total",
+                            "HTTP connections by how they were taken (accepted; refused_per_address: over "
+                            "ce.http.max-connections-per-address; refused_total: over the server's connection cap)");
+    metrics.declare_counter("ce_http_read_timeouts_total",
+                            "requests cut off with 408: head and body not read within ce.http.read-timeout");
     if (edge) {
       metrics.declare_gauge(kInFlight, "completions being generated now");
+      metrics.declare_gauge(kWaiting, "completions waiting in the queue for a slot (ce.http.queue)");
+      metrics.declare_histogram(kQueueTime, "time a completion waited in the queue before it started",
+                                {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120});
+      metrics.declare_histogram(kTimeToFirstToken, "time from a completion's arrival (queue included) to its first token",
+                                {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10,
+                                 20, 40, 80});
+      metrics.declare_histogram(kInterTokenLatency, "time between a completion's successive tokens",
+                                {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+                                 1, 2.5, 5, 7.5, 10});
+      metrics.declare_histogram(kEndToEnd, "time from a completion's arrival (queue included) to its last token",
+                                {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240,
+                                 480});
+      metrics.declare_counter(kPromptTokens, "prompt tokens of the completions run");
+      metrics.declare_counter(kGenerationTokens, "tokens the completions generated (as their usage counts them)");
+      metrics.declare_counter(kFinished, "completions run, by endpoint and how they ended (stop: end of sequence or "
+                                         "a stop string; length; cancelled: the client left; error)");
+      metrics.declare_counter(kRefused, "completions not run, by endpoint and why (queue_full, queue_timeout, "
+                                        "client_left: it left while queued, shutdown)");
       metrics.declare_counter(kResponses, "completions finished, by inference mode and how they ended (length, eos, "
                                           "stop string, cancelled by a client that left, error)");
       metrics.declare_counter(kTokens, "generated tokens by where they came from (edge exit layer, cloud, degraded)");
@@ -236,7 +339,12 @@ struct HttpApi::Impl {
       metrics.declare_counter(kUploadBytes, "split-layer state bytes uploaded to the cloud");
       metrics.declare_counter(kInlineBytes, "bytes sent inside infer requests (naive-split baseline)");
       metrics.declare_gauge("ce_upload_backlog_positions", "positions uploaded and not yet acknowledged by the cloud");
-      metrics.declare_gauge("ce_cloud_connected", "1 when the link to the cloud node is up");
+      metrics.declare_gauge("ce_cloud_connected", "1 when the link to at least one cloud node is up");
+      metrics.declare_counter("ce_cloud_failovers_total", "sessions moved to another cloud node after theirs failed");
+      metrics.declare_counter("ce_cloud_replayed_positions_total", "positions re-sent to a cloud that lost or took over a session");
+      metrics.declare_gauge("ce_cloud_node_up", "1 when the link to this cloud node is up");
+      metrics.declare_gauge("ce_cloud_node_sessions", "open sessions of this edge placed on this cloud node");
+      metrics.declare_counter("ce_cloud_node_placed_total", "sessions this edge placed on this cloud node");
       metrics.declare_histogram(kRoundTrip, "latency of tokens answered by the cloud (edge compute + round trip)",
                                 {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
       metrics.declare_counter(kFallbackTokens, "tokens the edge's last exit produced because the cloud failed");
@@ -255,8 +363,8 @@ struct HttpApi::Impl {
       metrics.declare_counter("ce_cloud_sessions_refused_total", "new contexts refused at the context-count or memory cap");
       metrics.declare_counter("ce_cloud_hellos_total", "edge handshakes by result (welcomed, refused)");
       metrics.declare_counter("ce_cloud_connections_total",
-                              "connections on the public port by how they went (accepted, over_limit, bad_header, "
-                              "handshake_timeout)");
+                              "connections on the public port by how they went (accepted, over_limit, "
+                              "per_address_limit, evicted_pre_handshake, bad_header, handshake_timeout)");
       metrics.declare_gauge("ce_cloud_connections_live", "connections relayed now");
       metrics.declare_counter("ce_cloud_upload_positions_total", "uploaded positions taken into a context");
       metrics.declare_counter("ce_cloud_upload_positions_repeated_total",
@@ -287,8 +395,38 @@ struct HttpApi::Impl {
       static const std::set<std::string> known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
                                                   "/metrics", "/tokenize", "/detokenize"};
       metrics.add(kRequests, 1, {{"path", known.count(req.path) ? req.path : "other"}, {"code", std::to_string(res.status)}});
+      // The access log: one line per request (the request id is appended by log_line). Requests
+      // cut off by the read timeout are counted and logged by the server, at most a line per 10 s.
+      const auto& cur = GuardedServer::current();
+      if (!cur.stream || cur.stream->read_expired()) return;
+      char ms[32];
+      std::snprintf(ms, sizeof ms, "%.1f", 1000 * seconds_between(cur.stream->started(), Clock::now()));
+      CE_LOG(info, "http", (req.method.empty() ? "-" : req.method) << " " << (req.path.empty() ? "-" : req.path) << " "
+                                                                    << res.status << " " << ms << " ms client "
+                                                                    << cur.stream->address() << ":" << cur.stream->port()
+                                                                    << cur.detail);
+    });
+    // Every response carries the request's id (X-Request-Id as sent, sanitised, or a generated one).
+    server.set_pre_routing_handler([](const httplib::Request&, httplib::Response& res) {
+      res.set_header("X-Request-Id", GuardedServer::current().request_id);
+      return httplib::Server::HandlerResponse::Unhandled;
     });
     server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      auto& cur = GuardedServer::current();
+      if (cur.request_id.empty()) {  // a request refused before its head was read whole
+        cur.request_id = sanitize_request_id("");
+        set_log_request_id(cur.request_id);
+      }
+      if (!res.has_header("X-Request-Id")) res.set_header("X-Request-Id", cur.request_id);
+      if (cur.stream && cur.stream->read_expired()) {  // httplib answers a failed read 400
+        res.set_header("Connection", "close");
+        return send_error(res, {408, "the request's head and body did not arrive within ce.http.read-timeout",
+                                "invalid_request_error", "", "request_timeout"});
+      }
+      if (cur.stream && cur.stream->over_budget()) {
+        res.set_header("Connection", "close");
+        return send_error(res, {413, "the request is too large", "invalid_request_error", "", "request_too_large"});
+      }
       if (!res.body.empty()) return;
       ApiError e{res.status, "", res.status == 404 ? "invalid_request_error" : "server_error", "", ""};
       e.message = res.status == 404 ? "Unknown endpoint: " + req.method + " " + req.path
@@ -312,6 +450,7 @@ struct HttpApi::Impl {
     server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
     });
+    install_web_routes(server, config.http_cors_origins, /*serve_page=*/edge);  // GET / and CORS (web_routes.hpp)
     if (!edge) return;
     server.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req)) return unauthorized(res);
@@ -415,25 +554,50 @@ struct HttpApi::Impl {
       out["contexts"] = {{"live", s.live}, {"evicted", s.evicted}, {"bytes", s.bytes}, {"refused", s.sessions_refused}};
     }
     if (edge) {
-      auto [connected, backlog] = node.link_stats();
-      if (!connected && strategy_for(config.mode).asks_cloud) out["status"] = "degraded";  // needs its cloud
+      const LinkStats link = node.link_stats();
+      if (!link.connected && strategy_for(config.mode).asks_cloud) out["status"] = "degraded";  // needs its cloud
       out["mode"] = to_string(config.mode);
       out["threshold"] = config.exit_threshold;
-      out["cloud"] = {{"address", config.cloud_host + ":" + std::to_string(config.cloud_port)},
-                      {"connected", connected},
-                      {"upload_backlog", backlog}};
-      out["requests_in_flight"] = in_flight.load();
+      json nodes = json::array();
+      for (const auto& n : link.nodes)
+        nodes.push_back({{"address", n.name}, {"connected", n.connected}, {"draining", n.load.draining},
+                         {"contexts", n.load.live_contexts}, {"sessions_here", n.open_sessions}});
+      out["cloud"] = {{"connected", link.connected}, {"upload_backlog", link.queued_positions},
+                      {"failovers", link.failovers}, {"nodes", std::move(nodes)}};
+      out["requests_in_flight"] = queue.running();
+      out["requests_waiting"] = queue.waiting();
     }
     return out;
   }
 
   std::string metrics_text() {
-    metrics.set("ce_process_resident_bytes", static_cast<double>(resident_memory_bytes()));
+    const auto p = process_stats();
+    metrics.set("ce_process_resident_bytes", static_cast<double>(p.resident_bytes));
+    metrics.set("process_cpu_seconds_total", p.cpu_seconds);
+    metrics.set("process_resident_memory_bytes", static_cast<double>(p.resident_bytes));
+    metrics.set("process_virtual_memory_bytes", static_cast<double>(p.virtual_bytes));
+    metrics.set("process_start_time_seconds", p.start_time_seconds);
+    metrics.set("process_open_fds", static_cast<double>(p.open_fds));
+    metrics.set("process_max_fds", static_cast<double>(p.max_fds));
+    const auto c = server.stats();
+    metrics.set("ce_http_connections_open", static_cast<double>(c.open));
+    metrics.set("ce_http_connections_total", static_cast<double>(c.accepted), {{"result", "accepted"}});
+    metrics.set("ce_http_connections_total", static_cast<double>(c.refused_per_address), {{"result", "refused_per_address"}});
+    metrics.set("ce_http_connections_total", static_cast<double>(c.refused_total), {{"result", "refused_total"}});
+    metrics.set("ce_http_read_timeouts_total", static_cast<double>(c.read_timeouts));
     if (edge) {
-      auto [connected, backlog] = node.link_stats();
-      metrics.set("ce_cloud_connected", connected ? 1 : 0);
-      metrics.set("ce_upload_backlog_positions", static_cast<double>(backlog));
-      metrics.set(kInFlight, in_flight.load());
+      const LinkStats link = node.link_stats();
+      metrics.set("ce_cloud_connected", link.connected ? 1 : 0);
+      metrics.set("ce_upload_backlog_positions", static_cast<double>(link.queued_positions));
+      metrics.set("ce_cloud_failovers_total", static_cast<double>(link.failovers));
+      metrics.set("ce_cloud_replayed_positions_total", static_cast<double>(link.replayed_positions));
+      for (const auto& n : link.nodes) {
+        metrics.set("ce_cloud_node_up", n.connected ? 1 : 0, {{"node", n.name}});
+        metrics.set("ce_cloud_node_sessions", static_cast<double>(n.open_sessions), {{"node", n.name}});
+        metrics.set("ce_cloud_node_placed_total", static_cast<double>(n.placed), {{"node", n.name}});
+      }
+      metrics.set(kInFlight, queue.running());
+      metrics.set(kWaiting, queue.waiting());
     }
     if (cloud) {
       const auto s = node.cloud_stats();
@@ -456,6 +620,10 @@ struct HttpApi::Impl {
       const auto l = node.listener_stats();
       metrics.set("ce_cloud_connections_total", static_cast<double>(l.accepted), {{"result", "accepted"}});
       metrics.set("ce_cloud_connections_total", static_cast<double>(l.refused_over_limit), {{"result", "over_limit"}});
+      metrics.set("ce_cloud_connections_total", static_cast<double>(l.refused_per_address),
+                  {{"result", "per_address_limit"}});
+      metrics.set("ce_cloud_connections_total", static_cast<double>(l.evicted_pre_handshake),
+                  {{"result", "evicted_pre_handshake"}});
       metrics.set("ce_cloud_connections_total", static_cast<double>(l.closed_bad_header), {{"result", "bad_header"}});
       metrics.set("ce_cloud_connections_total", static_cast<double>(l.closed_handshake_timeout),
                   {{"result", "handshake_timeout"}});
@@ -466,7 +634,24 @@ struct HttpApi::Impl {
     return metrics.render();
   }
 
-  void record(const GenerateResult& r, const CompletionRun& run) {
+  void record(const GenerateResult& r, const CompletionRun& run, Endpoint endpoint, const RequestClock& clock) {
+    const double e2e = seconds_between(clock.arrival, Clock::now());
+    metrics.observe(kEndToEnd, e2e);
+    {
+      std::lock_guard<std::mutex> lock(latency_mutex);
+      e2e_seconds_sum += e2e;
+      ++e2e_count;
+    }
+    const char* finish = finished_reason(r, run);
+    metrics.add(kFinished, 1, {{"endpoint", endpoint_name(endpoint)}, {"finished_reason", finish}});
+    metrics.add(kPromptTokens, static_cast<double>(run.prompt_length));
+    metrics.add(kGenerationTokens, static_cast<double>(run.completion_tokens()));
+    // The access log line names the edge's generation: the edge's own log lines name it too.
+    char detail[160];
+    std::snprintf(detail, sizeof detail, " generation %llu, %zu + %zu tokens, %s, queued %.1f ms",
+                  static_cast<unsigned long long>(r.generation), run.prompt_length, run.completion_tokens(), finish,
+                  1000 * clock.queue_seconds);
+    GuardedServer::current().detail = detail;
     const auto& s = r.stats;
     const auto layers = node.model().config().n_layers;
     for (const auto& ev : run.events)
@@ -491,8 +676,11 @@ struct HttpApi::Impl {
 
   // The response's stats, with the token counts of what the client received (a stop string can
   // end the text before the last generated tokens).
-  json summary(const GenerateResult& r, const CompletionRun& run) {
+  json summary(const GenerateResult& r, const CompletionRun& run, const RequestClock& clock) {
     json out = stats_json(r.stats);
+    out["request_id"] = GuardedServer::current().request_id;
+    out["generation"] = r.generation;  // the edge's number for this response (in its log lines)
+    out["queue_ms"] = 1000 * clock.queue_seconds;
     out["cloud_tokens"] = run.tokens_from(TokenSource::cloud);
     out["degraded_tokens"] = run.tokens_from(TokenSource::degraded);
     out["offload_share"] = run.events.empty() ? 0.0 : double(run.offloaded()) / double(run.events.size());
@@ -572,8 +760,62 @@ struct HttpApi::Impl {
     generate_and_answer(Endpoint::chat, request.completion, tokenizer->encode(text), res);
   }
 
+  // Waits in the queue for a slot (FIFO, at most ce.http.queue-timeout); true with a slot held (the
+  // caller releases it), false with the refusal answered: 429 and Retry-After for a full queue or
+  // a wait that timed out, 503 when the server stops, nothing for a client that left.
+  bool admit(Endpoint endpoint, RequestClock& clock, httplib::Response& res) {
+    ConnectionStream* stream = GuardedServer::current().stream;
+    Clock::duration waited{};
+    const auto outcome =
+        queue.acquire(config.http_queue_timeout, [stream] { return !stream || stream->peer_alive(); }, &waited);
+    clock.queue_seconds = std::chrono::duration<double>(waited).count();
+    const auto refused = [&](const char* reason) {
+      metrics.add(kRefused, 1, {{"endpoint", endpoint_name(endpoint)}, {"reason", reason}});
+      return false;
+    };
+    switch (outcome) {
+      case WaitQueue::Outcome::admitted:
+        metrics.observe(kQueueTime, clock.queue_seconds);
+        return true;
+      case WaitQueue::Outcome::queue_full:
+        res.set_header("Retry-After", retry_after());
+        send_error(res, {429, "Too many completions: " + std::to_string(queue.max_running()) + " run (ce.http.max-concurrent) and " +
+                                  std::to_string(queue.max_waiting()) + " wait (ce.http.queue); retry later",
+                         "rate_limit_error", "", "rate_limit_exceeded"});
+        return refused("queue_full");
+      case WaitQueue::Outcome::timed_out:
+        res.set_header("Retry-After", retry_after());
+        send_error(res, {429, "No completion slot came free within ce.http.queue-timeout (" +
+                                  std::to_string(config.http_queue_timeout.count()) + " ms); retry later",
+                         "rate_limit_error", "", "queue_timeout"});
+        return refused("queue_timeout");
+      case WaitQueue::Outcome::abandoned:
+        break;
+    }
+    if (server.stopping()) {
+      send_error(res, {503, "the server is stopping", "server_error", "", "shutting_down"});
+      return refused("shutdown");
+    }
+    res.status = 499;  // nginx's "client closed request": nobody reads it
+    return refused("client_left");
+  }
+
+  // Seconds until a slot is likely free for one more request: the mean end-to-end latency so far
+  // times the requests ahead of it per slot, at least 1, at most 60.
+  std::string retry_after() {
+    double mean = 0;
+    {
+      std::lock_guard<std::mutex> lock(latency_mutex);
+      if (e2e_count) mean = e2e_seconds_sum / static_cast<double>(e2e_count);
+    }
+    const double ahead = static_cast<double>(queue.waiting() + queue.running()) / queue.max_running();
+    return std::to_string(static_cast<int>(std::clamp(std::ceil(mean * ahead), 1.0, 60.0)));
+  }
+
   void generate_and_answer(Endpoint endpoint, const CompletionRequest& request, std::vector<int32_t> prompt,
                            httplib::Response& res) {
+    auto clock = std::make_shared<RequestClock>();
+    clock->arrival = Clock::now();
     const auto& mc = node.model().config();
     const auto limit = static_cast<size_t>(mc.max_seq);
     if (prompt.size() >= limit)
@@ -587,15 +829,9 @@ struct HttpApi::Impl {
                                        " more (at most " + std::to_string(limit - prompt.size()) + ")",
                               "invalid_request_error", "max_tokens", "context_length_exceeded"});
 
-    if (in_flight.fetch_add(1) >= config.http_max_concurrent) {
-      in_flight.fetch_sub(1);
-      res.set_header("Retry-After", "1");
-      return send_error(res, {429, "Too many concurrent completions (ce.http.max-concurrent = " +
-                                       std::to_string(config.http_max_concurrent) + "); retry shortly",
-                              "rate_limit_error", "", "rate_limit_exceeded"});
-    }
+    if (!admit(endpoint, *clock, res)) return;
     // Frees the slot when the response (a streamed one included) is done with.
-    auto slot = std::shared_ptr<void>(nullptr, [this](void*) { in_flight.fetch_sub(1); });
+    auto slot = std::shared_ptr<void>(nullptr, [this](void*) { queue.release(); });
 
     GenerateRequest generate;
     generate.prompt = prompt;
@@ -609,13 +845,16 @@ struct HttpApi::Impl {
     const std::string id = completion_id(endpoint);
 
     if (!request.stream) {
-      auto result = node.generate(generate, [&](const TokenEvent& ev) { return run->add(ev); });
-      record(result, *run);
+      auto result = node.generate(generate, [&](const TokenEvent& ev) {
+        clock->token(metrics);
+        return run->add(ev);
+      });
+      record(result, *run, endpoint, *clock);
       if (!result.error.empty() && run->events.empty())
         return send_error(res, {503, "no completion: " + result.error, "server_error", "", ""});
       json out = chunk(endpoint, false, id, mc.name, run->text, openai_finish_reason(result.finish_reason, run->stop_hit));
       out["usage"] = usage(*run);
-      out["x_ce"] = summary(result, *run);
+      out["x_ce"] = summary(result, *run, *clock);
       json tokens = json::array();
       for (const auto& ev : run->events) tokens.push_back(token_json(ev));
       out["x_ce"]["tokens"] = std::move(tokens);
@@ -628,7 +867,7 @@ struct HttpApi::Impl {
     const bool include_usage = request.include_usage;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, slot, run, generate, id, include_usage, endpoint](size_t, httplib::DataSink& sink) {
+        [this, slot, run, clock, generate, id, include_usage, endpoint](size_t, httplib::DataSink& sink) {
           const std::string model = node.model().config().name;
           bool client_gone = false;
           auto send = [&](const json& event) {
@@ -645,6 +884,7 @@ struct HttpApi::Impl {
           // A chat stream opens with the assistant's role, before any token (as OpenAI's does).
           if (endpoint == Endpoint::chat && !send(chunk(endpoint, true, id, model, "", nullptr, /*first=*/true))) return false;
           auto result = node.generate(generate, [&](const TokenEvent& ev) {
+            clock->token(metrics);
             const bool more = run->add(ev);
             const size_t end = run->streamable();
             if (end > run->streamed) {
@@ -655,14 +895,14 @@ struct HttpApi::Impl {
             }
             return more;
           });
-          record(result, *run);
+          record(result, *run, endpoint, *clock);
           if (client_gone) return false;
           if (!result.error.empty() && run->events.empty()) {
             send({{"error", {{"message", "no completion: " + result.error}, {"type", "server_error"}}}});
           } else {
             json last = chunk(endpoint, true, id, model, run->text.substr(std::min(run->streamed, run->text.size())),
                               openai_finish_reason(result.finish_reason, run->stop_hit));
-            last["x_ce"] = summary(result, *run);
+            last["x_ce"] = summary(result, *run, *clock);
             last["x_ce"]["tokens"] = pending_tokens();
             send(last);
             if (include_usage) {

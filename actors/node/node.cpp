@@ -106,12 +106,14 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
     guard.max_payload = static_cast<uint32_t>(
         wire::limits_for(static_cast<uint32_t>(mc.dim), static_cast<uint32_t>(mc.max_seq)).max_frame_bytes + (3u << 20));
     guard.max_connections = config_.max_connections;
+    guard.max_connections_per_address = config_.max_connections_per_address;
     guard.handshake_timeout = config_.handshake_timeout;
     guard_ = std::make_unique<BaspGuard>(guard);
     cloud_port_ = guard_->port();
     CE_LOG(info, "node", "cloud listening on " << config_.listen_host << ":" << cloud_port_
                                                << (config_.tls_enabled() ? " (mutual TLS)" : " (plain TCP)")
-                                               << ", at most " << config_.max_connections << " connections");
+                                               << ", at most " << config_.max_connections << " connections, "
+                                               << config_.max_connections_per_address << " per address");
   }
   if (edge) {
     if (config_.role == Role::both) {
@@ -213,6 +215,32 @@ std::vector<std::pair<std::string, uint64_t>> Node::cloud_requests_by_client() {
       .receive([&](ClientRequests& r) { out = std::move(r.counts); },
                [&](caf::error& e) { log_dropped(*system_, "client request counts", e); });
   return out;
+}
+
+bool Node::drain(std::chrono::milliseconds timeout, const std::function<bool()>& keep_waiting) {
+  if (!actors_->context_manager) return true;
+  caf::anon_send(actors_->context_manager, drain_atom::value);
+  const auto start = std::chrono::steady_clock::now();
+  auto last_note = start;
+  for (;;) {
+    const auto live = cloud_stats().live;
+    const auto now = std::chrono::steady_clock::now();
+    if (live == 0) {
+      CE_LOG(info, "node", "drained: no open sessions left");
+      return true;
+    }
+    if (now - last_note >= std::chrono::seconds(5)) {
+      last_note = now;
+      CE_LOG(info, "node", "draining: " << live << " open sessions");
+    }
+    bool go_on = now - start < timeout;
+    if (go_on && keep_waiting) go_on = keep_waiting();
+    else if (go_on) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!go_on) {
+      CE_LOG(warning, "node", "stopping with " << live << " open sessions: their edges move them to another cloud");
+      return false;
+    }
+  }
 }
 
 BaspGuard::Stats Node::listener_stats() const { return guard_ ? guard_->stats() : BaspGuard::Stats{}; }

@@ -51,6 +51,10 @@ class Node {
                           std::chrono::milliseconds timeout = std::chrono::minutes(10));
   // Cloud roles: the context manager's counts.
   CloudStats cloud_stats();
+  // Cloud roles: takes no new sessions (edges place them elsewhere) and waits until the open
+  // ones have ended, `timeout` has passed or keep_waiting() (asked between checks, which it may
+  // pace by blocking up to ~100 ms) says no more; true when none is left.
+  bool drain(std::chrono::milliseconds timeout, const std::function<bool()>& keep_waiting = {});
   // Cloud roles: connections on the public port, as its guard counts them.
   BaspGuard::Stats listener_stats() const;
   // Cloud roles: infer requests served per client (the name in each edge's Hello).

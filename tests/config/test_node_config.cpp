@@ -530,9 +530,11 @@ BOOST_AUTO_TEST_CASE(describe_lists_every_key_and_parses_back) {
 BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   const std::string help = ce::config_keys_help();
   const std::string described = ce::describe(ce::NodeConfig{});
-  std::size_t lines = 0;
+  std::size_t lines = 0, described_lines = 0;
   for (char ch : help) lines += ch == '\n';
-  BOOST_TEST(lines == 46u);
+  for (char ch : described) described_lines += ch == '\n';
+  BOOST_TEST(lines + 1 == described_lines);  // describe(): a header line, then every key once; help: one line each
+  BOOST_TEST(lines >= 54u);
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
                         "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level",
@@ -567,6 +569,67 @@ BOOST_AUTO_TEST_CASE(example_files_parse) {
   const ce::NodeConfig local = ce::parse_node_config_text(read("local.ini"), "local.ini", dir);
   BOOST_TEST((local.role == ce::Role::both));
   BOOST_TEST(local.model_path == models);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(cloud_nodes)
+
+BOOST_AUTO_TEST_CASE(a_list_of_clouds_parses_in_order) {
+  const auto nodes = ce::parse_cloud_nodes(" a.example:7700,b.example:7701  10.0.0.3:80, [::1]:7702 ");
+  BOOST_TEST_REQUIRE(nodes.size() == 4u);
+  BOOST_TEST(nodes[0].name() == "a.example:7700");
+  BOOST_TEST(nodes[1].port == 7701);
+  BOOST_TEST(nodes[2].host == "10.0.0.3");
+  BOOST_TEST(nodes[3].host == "::1");
+  BOOST_TEST(nodes[3].port == 7702);
+}
+
+BOOST_AUTO_TEST_CASE(without_the_list_the_one_cloud_host_and_port_are_used) {
+  ce::NodeConfig c;
+  c.cloud_host = "cloud.example";
+  c.cloud_port = 9000;
+  const auto nodes = c.cloud_addresses();
+  BOOST_TEST_REQUIRE(nodes.size() == 1u);
+  BOOST_TEST(nodes[0].name() == "cloud.example:9000");
+  c.cloud_nodes = "x:1, y:2";
+  BOOST_TEST(c.cloud_addresses().size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_lists_are_refused_naming_the_entry) {
+  check_contains(parse_error(minimal + "cloud.nodes = \"a:7700, b\"\n"), {"t.ini:4:", "ce.cloud.nodes", "\"b\"", "host:port"});
+  check_contains(parse_error(minimal + "cloud.nodes = \"a:0\"\n"), {"ce.cloud.nodes", "\"a:0\"", "1..65535"});
+  check_contains(parse_error(minimal + "cloud.nodes = \"a:99999\"\n"), {"\"a:99999\"", "1..65535"});
+  check_contains(parse_error(minimal + "cloud.nodes = \"a:7700 a:7700\"\n"), {"\"a:7700\"", "listed twice"});
+  check_contains(parse_error(minimal + "cloud.nodes = \"::1:7700\"\n"), {"brackets"});
+  check_contains(parse_error(minimal + "cloud.nodes = \" , \"\n"), {"ce.cloud.nodes", "no host:port"});
+  check_contains(parse_error(minimal + "cloud.load-interval = 1ms\n"), {"ce.cloud.load-interval", ">= 10ms"});
+  BOOST_TEST(ce::parse_node_config_text(minimal + "session.drain-timeout = 0s\n", "t.ini", "/b").drain_timeout.count() == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(shipped_configs)
+
+// Every config the project ships (config/, deploy/) parses: a misspelt key or a value out of range
+// in a file users copy would otherwise surface only on their machines.
+BOOST_AUTO_TEST_CASE(every_shipped_config_file_parses) {
+  int files = 0;
+  for (const char* dir : {"config", "deploy"}) {
+    for (const auto& entry : std::filesystem::directory_iterator(std::string(CE_SOURCE_DIR) + "/" + dir)) {
+      if (entry.path().extension() != ".ini") continue;
+      ++files;
+      std::ifstream in(entry.path());
+      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      try {
+        const auto c = ce::parse_node_config_text(text, entry.path().string(), entry.path().parent_path().string());
+        if (!c.cloud_nodes.empty()) BOOST_TEST(c.cloud_addresses().size() >= 2u, entry.path());
+      } catch (const ce::ConfigError& e) {
+        BOOST_ERROR(e.what());
+      }
+    }
+  }
+  BOOST_TEST(files >= 6);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -55,10 +55,15 @@ struct CloudProcess {
   pid_t pid = -1;
   uint16_t port = 0;
   uint16_t http_port = 0;
-  CloudProcess(const std::string& config, const std::string& ready_file) {
+  // log_file: where its stderr (the log) goes; empty = the test's own stderr.
+  CloudProcess(const std::string& config, const std::string& ready_file, const std::string& log_file = "") {
     std::remove(ready_file.c_str());
     pid = fork();
     if (pid == 0) {
+      if (!log_file.empty()) {
+        int log = open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (log >= 0) dup2(log, STDERR_FILENO);
+      }
       execl((bin + "ce-node").c_str(), "ce-node", "--config", config.c_str(), "--ready-file", ready_file.c_str(),
             static_cast<char*>(nullptr));
       _exit(127);

@@ -24,11 +24,18 @@ bool operator==(const Hello& a, const Hello& b) {
          a.weights_hash == b.weights_hash && a.split_layer == b.split_layer &&
          a.hidden_dim == b.hidden_dim && a.dtype == b.dtype && a.client_name == b.client_name;
 }
+bool operator==(const Load& a, const Load& b) {
+  return a.live_contexts == b.live_contexts && a.max_contexts == b.max_contexts &&
+         a.queued_requests == b.queued_requests && a.context_bytes == b.context_bytes &&
+         a.memory_cap_bytes == b.memory_cap_bytes && a.draining == b.draining;
+}
+bool operator==(const LoadQuery& a, const LoadQuery& b) { return a.sent_us == b.sent_us; }
+bool operator==(const LoadReport& a, const LoadReport& b) { return a.sent_us == b.sent_us && a.load == b.load; }
 bool operator==(const Welcome& a, const Welcome& b) {
   return a.protocol_version == b.protocol_version && a.model_id == b.model_id &&
          a.weights_hash == b.weights_hash && a.split_layer == b.split_layer &&
          a.hidden_dim == b.hidden_dim && a.idle_timeout_ms == b.idle_timeout_ms &&
-         a.max_positions == b.max_positions;
+         a.max_positions == b.max_positions && a.load == b.load;
 }
 bool operator==(const UploadChunk& a, const UploadChunk& b) {
   return a.session_id == b.session_id && a.chunk_id == b.chunk_id &&
@@ -87,6 +94,17 @@ Hello hello() {
   return m;
 }
 
+Load some_load() {
+  Load l;
+  l.live_contexts = 5;
+  l.max_contexts = 64;
+  l.queued_requests = 3;
+  l.context_bytes = 123'456'789'012ull;  // above 32 bits: the field is 64-bit
+  l.memory_cap_bytes = 1ull << 40;
+  l.draining = true;
+  return l;
+}
+
 Welcome welcome() {
   Welcome m;
   m.protocol_version = 2;
@@ -96,6 +114,7 @@ Welcome welcome() {
   m.hidden_dim = hidden;
   m.idle_timeout_ms = 30'000;
   m.max_positions = 2048;
+  m.load = some_load();
   return m;
 }
 
@@ -157,7 +176,9 @@ std::vector<Message> all_kinds() {
           reply(),
           Bye{77},
           error_reply(),
-          Truncate{77, 12}};
+          Truncate{77, 12},
+          LoadQuery{987654321},
+          LoadReport{987654321, some_load()}};
 }
 
 // Expects a refusal naming `field` in its text.
@@ -310,15 +331,15 @@ BOOST_AUTO_TEST_CASE(malformed_capnp_is_refused) {
 
 BOOST_AUTO_TEST_CASE(unknown_message_kind_is_refused) {
   // A Bye frame is: segment table (8 bytes), root pointer (8), then the Frame struct whose
-  // first data word holds the union discriminant (Bye = 6). A newer peer might send 9.
+  // first data word holds the union discriminant (Bye = 6). A newer peer might send 11.
   std::vector<char> bytes = encode(Bye{5});
   BOOST_TEST_REQUIRE(bytes.size() >= 18u);
   BOOST_TEST_REQUIRE(bytes[16] == 6);
   BOOST_TEST_REQUIRE(bytes[17] == 0);
   BOOST_TEST_REQUIRE(decode(bytes, limits).ok);
-  bytes[16] = 8;  // Truncate, the last kind this side knows (its fields all zero)
+  bytes[16] = 10;  // LoadReport, the last kind this side knows (its fields all zero)
   BOOST_TEST(decode(bytes, limits).ok);
-  bytes[16] = 9;
+  bytes[16] = 11;
   const Decoded d = decode(bytes, limits);
   BOOST_TEST(!d.ok);
   BOOST_TEST((d.code == error::bad_message));

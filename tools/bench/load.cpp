@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "actors/atoms.hpp"
+#include "actors/edge/placement.hpp"
 #include "actors/http/stats_json.hpp"
 #include "model/early_exit_runner.hpp"
 #include "model/runtime.hpp"
@@ -126,33 +127,49 @@ LoadTrace make_trace(const std::shared_ptr<const Model>& model, const std::vecto
   return t;
 }
 
+namespace {
+
+// Reaches a cloud and has it welcome the trace's model.
+cloud_front_actor link_cloud(caf::actor_system& system, const LoadTrace& trace, const CloudAddress& address,
+                             std::chrono::milliseconds deadline) {
+  auto handle = system.middleman().remote_actor<cloud_front_actor>(address.host, address.port);
+  if (!handle) throw std::runtime_error("cannot reach the cloud at " + address.name() + ": " + system.render(handle.error()));
+  const cloud_front_actor cloud = *handle;
+  caf::scoped_actor self{system};
+  std::string why;
+  self->request(cloud, deadline, frame_atom::value, wire::encode(trace.hello))
+      .receive(
+          [&](const std::vector<char>& frame) {
+            auto d = wire::decode(frame, {});
+            if (!d.ok || !std::holds_alternative<wire::Welcome>(d.message))
+              why = d.ok && std::holds_alternative<wire::ErrorReply>(d.message)
+                        ? std::get<wire::ErrorReply>(d.message).text
+                        : "unexpected reply to Hello";
+          },
+          [&](caf::error& e) { why = system.render(e); });
+  if (!why.empty()) throw std::runtime_error("the cloud at " + address.name() + " refused the Hello: " + why);
+  return cloud;
+}
+
+}  // namespace
+
 LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
+  if (o.clouds.empty()) throw std::invalid_argument("load: no cloud to load");
   caf::actor_system_config cfg;
   cfg.load<caf::io::middleman>();
   cfg.set("logger.verbosity", caf::atom("quiet"));
   cfg.set("scheduler.policy", caf::atom("sharing"));
   caf::actor_system system{cfg};
-  auto handle = system.middleman().remote_actor<cloud_front_actor>(o.host, o.port);
-  if (!handle) throw std::runtime_error("cannot reach the cloud at " + o.host + ":" + std::to_string(o.port) + ": " +
-                                        system.render(handle.error()));
-  const cloud_front_actor cloud = *handle;
-  {
-    caf::scoped_actor self{system};
-    std::string why;
-    self->request(cloud, o.deadline, frame_atom::value, wire::encode(trace.hello))
-        .receive(
-            [&](const std::vector<char>& frame) {
-              auto d = wire::decode(frame, {});
-              if (!d.ok || !std::holds_alternative<wire::Welcome>(d.message))
-                why = d.ok && std::holds_alternative<wire::ErrorReply>(d.message)
-                          ? std::get<wire::ErrorReply>(d.message).text
-                          : "unexpected reply to Hello";
-            },
-            [&](caf::error& e) { why = system.render(e); });
-    if (!why.empty()) throw std::runtime_error("the cloud refused the Hello: " + why);
+  std::vector<cloud_front_actor> clouds;
+  std::vector<PlacementCandidate> candidates;
+  for (const auto& address : o.clouds) {
+    clouds.push_back(link_cloud(system, trace, address, o.deadline));
+    candidates.push_back({address.name(), 1.0, true, false});
   }
+  const auto cloud_of = [&](uint64_t session) { return rank_nodes(session, candidates).front(); };
   LoadResult result;
   result.sessions = o.sessions;
+  result.sessions_per_cloud.assign(clouds.size(), 0);
   std::mutex mu;
   std::vector<double> latencies;
   std::atomic<uint64_t> errors{0};
@@ -165,7 +182,8 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
   std::vector<std::thread> threads;
   for (int i = 0; i < o.sessions; ++i)
     threads.emplace_back([&, i] {
-      Session s(system, cloud, o.session_base + static_cast<uint64_t>(i), o.deadline);
+      const uint64_t id = o.session_base + static_cast<uint64_t>(i);
+      Session s(system, clouds[static_cast<size_t>(cloud_of(id))], id, o.deadline);
       const uint32_t end = o.positions ? std::min(o.positions, trace.positions()) : trace.positions();
       for (uint32_t p = trace.prompt - 1; p < end; ++p) {
         if (!trace.offloaded[p]) continue;
@@ -178,7 +196,8 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
     });
   if (o.catch_up > 0) {
     threads.emplace_back([&] {
-      Session s(system, cloud, o.session_base + static_cast<uint64_t>(o.sessions), o.deadline);
+      const uint64_t id = o.session_base + static_cast<uint64_t>(o.sessions);
+      Session s(system, clouds[static_cast<size_t>(cloud_of(id))], id, o.deadline);
       std::string error;
       const uint32_t last = std::min(o.catch_up, trace.positions()) - 1;
       result.catch_up_ms = s.ask(trace, last, error);
@@ -186,6 +205,7 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
       s.bye();
     });
   }
+  for (int i = 0; i < o.sessions; ++i) result.sessions_per_cloud[static_cast<size_t>(cloud_of(o.session_base + i))]++;
   for (auto& t : threads) t.join();
   result.seconds = ms_since(t0) / 1e3;
   result.requests = latencies.size();

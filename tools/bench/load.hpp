@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "config/node_config.hpp"
 #include "messages/codec.hpp"
 
 namespace ce {
@@ -36,8 +37,9 @@ LoadTrace make_trace(const std::shared_ptr<const Model>& model, const std::vecto
                      double threshold);
 
 struct LoadOptions {
-  std::string host = "127.0.0.1";
-  uint16_t port = 0;
+  // The cloud nodes; with several, each session goes to the first of its rendezvous ranking over
+  // equal weights (actors/edge/placement.hpp), as edges of equally loaded clouds place it.
+  std::vector<CloudAddress> clouds;
   int sessions = 1;
   uint64_t session_base = 1;   // session ids session_base + i
   uint32_t positions = 0;      // each session replays the trace's positions [0, positions); 0 = all
@@ -53,6 +55,7 @@ struct LoadResult {
   double tokens_per_s = 0;     // answered requests / seconds
   double p50_ms = 0, p99_ms = 0, max_ms = 0;  // infer round trip (sent -> reply), all sessions
   double catch_up_ms = 0;      // the catch-up session's one request, when there was one
+  std::vector<int> sessions_per_cloud;  // in LoadOptions::clouds order
   std::string first_error;
 };
 

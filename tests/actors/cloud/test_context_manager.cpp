@@ -40,7 +40,7 @@ struct RawClient {
     cfg.set("logger.console", caf::atom("none"));
     sys = std::make_unique<caf::actor_system>(cfg);
     auto a = sys->middleman().remote_actor<cloud_front_actor>("127.0.0.1", cloud->cloud_port());
-    BOOST_REQUIRE(a);
+    BOOST_REQUIRE_MESSAGE(a, "cannot reach the cloud: " << (a ? std::string() : sys->render(a.error())));
     server = *a;
   }
   ~RawClient() {
