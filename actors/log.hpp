@@ -12,6 +12,12 @@ void set_log_level(LogLevel level);
 bool log_enabled(LogLevel level);
 void log_line(LogLevel level, const std::string& component, const std::string& text);
 
+// The request this thread is serving (the HTTP API sets it for the span of one request, from
+// X-Request-Id or generated): log_line ends each of the thread's lines with " req=ID" while it is
+// set. Empty: none.
+void set_log_request_id(std::string id);
+const std::string& log_request_id();
+
 // Usage: CE_LOG(info, "uploader", "session " << id << " acked " << n);
 #define CE_LOG(level, component, expr)                                    \
   do {                                                                    \

@@ -4,8 +4,11 @@
 //                GET /v1/models, GET /health, GET /metrics
 //   cloud role:  GET /health, GET /metrics (contexts, evictions, memory, requests per client)
 // Each completion is one generation session on the edge node (Node::generate); at most
-// ce.http.max-concurrent run at once and further ones get 429. Errors are OpenAI-style JSON
-// bodies naming the field at fault; nothing a client sends can crash the node.
+// ce.http.max-concurrent run at once, further ones wait in a FIFO of ce.http.queue places (at most
+// ce.http.queue-timeout), beyond that 429 with Retry-After (wait_queue.hpp). Errors are OpenAI-style
+// JSON bodies naming the field at fault; nothing a client sends can crash the node. The server
+// (http_server.hpp) bounds each request's read time, caps connections per client address, gives
+// every request an id (X-Request-Id) and writes an access log line per request.
 #include <cstdint>
 #include <memory>
 

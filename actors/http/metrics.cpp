@@ -1,12 +1,16 @@
 #include "actors/http/metrics.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <iterator>
+#include <limits>
 #include <stdexcept>
 
 namespace ce {
@@ -139,6 +143,44 @@ uint64_t resident_memory_bytes() {
   uint64_t size = 0, resident = 0;
   if (!(statm >> size >> resident)) return 0;
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+ProcessStats process_stats() {
+  ProcessStats out;
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  // /proc/self/stat: "pid (comm) state ppid ...": fields counted after the command name, which
+  // may itself hold spaces and parentheses; utime and stime are fields 14 and 15, starttime 22,
+  // vsize 23 (bytes), rss 24 (pages).
+  std::ifstream stat_file("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(')');
+  if (close != std::string::npos && ticks > 0) {
+    std::istringstream fields(stat.substr(close + 2));
+    std::vector<std::string> f;  // f[0] is field 3 (state)
+    for (std::string x; fields >> x;) f.push_back(x);
+    if (f.size() >= 22) {
+      out.cpu_seconds = (std::stod(f[11]) + std::stod(f[12])) / ticks;
+      out.virtual_bytes = std::stoull(f[20]);
+      out.resident_bytes = std::stoull(f[21]) * page;
+      std::ifstream proc_stat("/proc/stat");  // btime: boot time, seconds since the epoch
+      for (std::string key; proc_stat >> key;) {
+        if (key == "btime") {
+          double btime = 0;
+          if (proc_stat >> btime) out.start_time_seconds = btime + std::stod(f[19]) / ticks;
+          break;
+        }
+        proc_stat.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+      }
+    }
+  }
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec))
+    ++out.open_fds;
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0)
+    out.max_fds = limit.rlim_cur == RLIM_INFINITY ? 0 : static_cast<uint64_t>(limit.rlim_cur);
+  return out;
 }
 
 }  // namespace ce

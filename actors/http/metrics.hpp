@@ -1,6 +1,7 @@
 #pragma once
 // Counters, gauges and histograms rendered in the Prometheus text exposition format (0.0.4),
 // for the nodes' GET /metrics. Thread-safe: HTTP worker threads update it concurrently.
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <string>
@@ -49,5 +50,18 @@ class Metrics {
 
 // Resident set size of this process in bytes (from /proc/self/statm; 0 where unavailable).
 uint64_t resident_memory_bytes();
+
+// The standard process_* figures of the Prometheus client libraries, read from /proc (zero where
+// unavailable): process_cpu_seconds_total, process_resident_memory_bytes,
+// process_virtual_memory_bytes, process_start_time_seconds, process_open_fds, process_max_fds.
+struct ProcessStats {
+  double cpu_seconds = 0;          // user + system time
+  uint64_t resident_bytes = 0;
+  uint64_t virtual_bytes = 0;
+  double start_time_seconds = 0;   // since the Unix epoch
+  uint64_t open_fds = 0;
+  uint64_t max_fds = 0;            // the soft RLIMIT_NOFILE
+};
+ProcessStats process_stats();
 
 }  // namespace ce

@@ -229,6 +229,7 @@ BOOST_AUTO_TEST_CASE(beyond_the_concurrency_limit_requests_get_429_and_a_client_
   Server s(
       [&](NodeConfig& c) {
         c.http_max_concurrent = 1;
+        c.http_queue = 0;  // no wait queue: refused at once (the queue: tests/integration/test_http_service.cpp)
         c.cloud_port = link.port();
       },
       Role::edge);

@@ -1,6 +1,8 @@
 // Prometheus text rendering of the nodes' /metrics.
 #include <boost/test/unit_test.hpp>
 
+#include <chrono>
+#include <ctime>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -64,5 +66,22 @@ BOOST_AUTO_TEST_CASE(concurrent_updates_are_all_counted) {
 }
 
 BOOST_AUTO_TEST_CASE(resident_memory_is_read) { BOOST_TEST(resident_memory_bytes() > 1000000u); }
+
+BOOST_AUTO_TEST_CASE(process_figures_are_read_from_proc) {
+  const auto p = process_stats();
+  BOOST_TEST(p.resident_bytes > 1000000u);
+  BOOST_TEST(p.virtual_bytes >= p.resident_bytes);
+  BOOST_TEST(p.open_fds >= 3u);  // stdin, stdout, stderr at least
+  BOOST_TEST(p.max_fds >= p.open_fds);
+  const double now = static_cast<double>(std::time(nullptr));
+  BOOST_TEST(p.start_time_seconds <= now + 1);
+  BOOST_TEST(p.start_time_seconds > now - 24 * 3600);
+  // CPU time grows with work (in clock ticks: spin until one passes, at most 5 s).
+  volatile double x = 0;
+  const auto start = std::chrono::steady_clock::now();
+  while (process_stats().cpu_seconds <= p.cpu_seconds && std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+    for (int i = 0; i < 1000000; ++i) x = x + i * 0.5;
+  BOOST_TEST(process_stats().cpu_seconds > p.cpu_seconds);
+}
 
 BOOST_AUTO_TEST_SUITE_END()
