@@ -309,7 +309,7 @@ uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
   const auto sent = clock_type::now();
   const uint64_t id = g.id, request_id = req.request_id;
   self->request(self->state.uploader, self->state.cloud_request_deadline,
-                infer_atom::value, g.session, wire::encode(req))
+                infer_atom::value, g.session, req.position, wire::encode(req))
       .then(
           [=](const std::vector<char>& reply) {
             auto* g = find(self, id);

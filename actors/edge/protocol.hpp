@@ -55,8 +55,9 @@ using exit_decider_actor = caf::typed_actor<
 
 using uploader_actor = caf::typed_actor<
     caf::reacts_to<upload_atom, uint64_t, PositionRows>,  // rows of a session, in position order
-    caf::replies_to<infer_atom, uint64_t, std::vector<char>>::with<std::vector<char>>,  // InferRequest
-                                                        // frame -> InferReply or ErrorReply frame
+    caf::replies_to<infer_atom, uint64_t, uint32_t, std::vector<char>>::with<std::vector<char>>,
+                                                        // (session, position, InferRequest frame) ->
+                                                        // InferReply or ErrorReply frame
     caf::reacts_to<resync_atom, uint64_t>,              // the cloud lost the session: re-send its log
     caf::reacts_to<truncate_atom, uint64_t, uint32_t>,  // drop a session's rows from this position on
                                                         // (a wrong speculation), here and on the cloud

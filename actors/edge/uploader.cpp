@@ -61,6 +61,7 @@ struct SessionLog {
 // to another node.
 struct Forwarded {
   uint64_t session = 0;
+  uint32_t position = 0;  // the request asks for the token after it
   std::vector<char> frame;
   caf::typed_response_promise<std::vector<char>> promise;
   int node = no_node;
@@ -551,7 +552,7 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         auto& log = it->second;
         assign(self, session, log, linked(self, log) ? log.node : choose_node(self, session, log), "resync");
       },
-      [=](infer_atom, uint64_t session, std::vector<char>& frame) -> caf::result<std::vector<char>> {
+      [=](infer_atom, uint64_t session, uint32_t position, std::vector<char>& frame) -> caf::result<std::vector<char>> {
         auto& st = self->state;
         if (!std::any_of(st.links.begin(), st.links.end(), [](const CloudLink& l) { return l.connected; })) {
           for (size_t i = 0; i < st.links.size(); ++i) connect(self, static_cast<int>(i));
@@ -559,7 +560,7 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         }
         auto rp = self->make_response_promise<std::vector<char>>();
         const uint64_t key = st.next_forward++;
-        st.forwarded.emplace(key, Forwarded{session, std::move(frame), rp});
+        st.forwarded.emplace(key, Forwarded{session, position, std::move(frame), rp});
         send_forwarded(self, key);
         return rp;
       },
@@ -567,6 +568,15 @@ uploader_actor::behavior_type uploader(self_ptr self, NodeConfig config, wire::H
         auto it = self->state.sessions.find(session);
         if (it == self->state.sessions.end() || positions >= it->second.rows.end()) return;
         auto& log = it->second;
+        // Requests for the dropped positions are answered here as the cloud answers them after a
+        // Truncate: were the session to move, they must not go to its next node behind the replay
+        // (they would be computed there, ahead of the requests of the path that replaced them).
+        std::vector<uint64_t> stale;
+        for (const auto& [key, f] : self->state.forwarded)
+          if (f.session == session && f.position >= positions) stale.push_back(key);
+        for (auto key : stale)
+          answer_forwarded(self, key, wire::encode(wire::ErrorReply{error::cancelled,
+                                                                    "position was truncated at the edge", session, 0}));
         const bool cloud_has_more = log.sent > positions;
         log.rows.truncate(positions);
         log.epoch++;

@@ -24,7 +24,8 @@ BOOST_AUTO_TEST_CASE(an_infer_request_without_a_link_fails_locally_with_cloud_un
   request.request_id = 1;
   caf::scoped_actor self{edge.system()};
   bool failed = false;
-  self->request(edge.uploader(), std::chrono::seconds(10), infer_atom::value, uint64_t{5}, wire::encode(request))
+  self->request(edge.uploader(), std::chrono::seconds(10), infer_atom::value, uint64_t{5}, uint32_t{0},
+                wire::encode(request))
       .receive([](const std::vector<char>&) { BOOST_FAIL("a reply frame without a cloud"); },
                [&](caf::error& e) {
                  failed = true;
