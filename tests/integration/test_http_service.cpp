@@ -25,6 +25,7 @@
 #include "actors/node/node.hpp"
 #include "linkem/link_emulator.hpp"
 #include "tests/actors/fixtures.hpp"
+#include "tests/actors/http/http_node.hpp"
 #include "tests/loopback.hpp"
 #include "tests/prometheus.hpp"
 
@@ -36,43 +37,15 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const std::string tokenizer_file = std::string(CE_SOURCE_DIR) + "/data/brown/tokenizer-2048.model";
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// An HTTP API over a tiny random model: one process holding cloud and edge, or (slow_cloud) an
-// edge whose cloud sits behind an emulated link of 20 ms each way, so that every cloud token takes
-// at least 40 ms and a response of N cloud tokens more than N x 40 ms.
-struct Service {
-  TempDir dir, cloud_dir;
-  std::unique_ptr<Node> cloud;
-  std::unique_ptr<linkem::LinkEmulator> link;
-  std::unique_ptr<Node> node;
-  std::unique_ptr<HttpApi> api;
-  explicit Service(const std::function<void(NodeConfig&)>& tweak = {}, bool slow_cloud = false) {
-    const auto model = write_model(dir, collab_config(2048), 11, tokenizer_file);
-    auto c = node_config(slow_cloud ? Role::edge : Role::both, model);
-    c.max_tokens = 16;
-    if (slow_cloud) {
-      cloud = std::make_unique<Node>(node_config(Role::cloud, model));
-      linkem::LinkProfile twenty_ms;
-      twenty_ms.delay_ms = 20;
-      link = std::make_unique<linkem::LinkEmulator>(twenty_ms, "127.0.0.1", cloud->cloud_port());
-      c.cloud_port = link->port();
-    }
-    if (tweak) tweak(c);
-    node = std::make_unique<Node>(c);
-    BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
-    api = std::make_unique<HttpApi>(*node);
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", api->port());
-    c.set_read_timeout(60, 0);
-    return c;
-  }
-  httplib::Result post(const json& body, const httplib::Headers& headers = {}) const {
-    return client().Post("/v1/completions", headers, body.dump(), "application/json");
-  }
+// An HTTP API over a tiny random model (http_node.hpp): one process holding cloud and edge, or
+// (slow_cloud) an edge whose cloud sits behind an emulated link of 20 ms each way, so that every
+// cloud token takes at least 40 ms and a response of N cloud tokens more than N x 40 ms.
+struct Service : HttpNode {
+  explicit Service(const std::function<void(NodeConfig&)>& tweak = {}, bool slow_cloud = false)
+      : HttpNode(tweak, {Role::both, true, slow_cloud ? 20.0 : 0.0}) {}
   json health() const {
     auto r = client().Get("/health");
     BOOST_REQUIRE(r);

@@ -15,6 +15,7 @@
 #include "linkem/link_emulator.hpp"
 #include "model/text/sentencepiece_tokenizer.hpp"
 #include "tests/actors/fixtures.hpp"
+#include "tests/actors/http/http_node.hpp"
 #include "tests/loopback.hpp"
 #include "tests/prometheus.hpp"
 
@@ -24,40 +25,15 @@ using json = nlohmann::json;
 
 namespace {
 
-const std::string tokenizer_file = std::string(CE_SOURCE_DIR) + "/data/brown/tokenizer-2048.model";
 
-// One process holding cloud and edge (linked over loopback) and the HTTP API, on a tiny
-// random model with the shipped tokenizer.
-struct Server {
-  TempDir dir;
-  std::unique_ptr<Node> node;
-  std::unique_ptr<HttpApi> api;
-  explicit Server(const std::function<void(NodeConfig&)>& tweak = {}, Role role = Role::both, bool with_cloud = true) {
-    auto c = node_config(role, write_model(dir, collab_config(2048), 11, tokenizer_file));
-    c.max_tokens = 16;
-    if (tweak) tweak(c);
-    node = std::make_unique<Node>(c);
-    if (role != Role::cloud && with_cloud) BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
-    api = std::make_unique<HttpApi>(*node);
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", api->port());
-    c.set_read_timeout(60, 0);
-    return c;
-  }
-  httplib::Result post(const json& body, const httplib::Headers& headers = {}) const {
-    return client().Post("/v1/completions", headers, body.dump(), "application/json");
-  }
-  json get_json(const std::string& path) const {
-    auto r = client().Get(path.c_str());
-    BOOST_REQUIRE(r);
-    BOOST_TEST(r->status == 200);
-    return json::parse(r->body);
-  }
+// One process holding cloud and edge (linked over loopback) and the HTTP API (http_node.hpp).
+struct Server : HttpNode {
+  explicit Server(const std::function<void(NodeConfig&)>& tweak = {}, Role role = Role::both, bool with_cloud = true)
+      : HttpNode(tweak, {role, with_cloud}) {}
   // GenerateResult of the same request straight from the node.
   GenerateResult direct(const std::string& prompt, int max_tokens, std::optional<double> threshold, float temperature = 0,
                         uint64_t seed = 0) {
-    SentencePieceTokenizer tok(tokenizer_file);
+    SentencePieceTokenizer tok(http_tokenizer_file);
     GenerateRequest req;
     req.prompt = {static_cast<int32_t>(node->model().config().bos_id)};
     for (auto id : tok.encode(prompt)) req.prompt.push_back(id);
@@ -222,7 +198,7 @@ BOOST_AUTO_TEST_CASE(beyond_the_concurrency_limit_requests_get_429_and_a_client_
   // An edge whose cloud sits behind an emulated link of 20 ms each way: every cloud token waits
   // at least 40 ms, so a 40-token response takes > 1.6 s.
   TempDir cloud_dir;
-  Node cloud(node_config(Role::cloud, write_model(cloud_dir, collab_config(2048), 11, tokenizer_file)));
+  Node cloud(node_config(Role::cloud, write_model(cloud_dir, collab_config(2048), 11, http_tokenizer_file)));
   linkem::LinkProfile twenty_ms;
   twenty_ms.delay_ms = 20;
   linkem::LinkEmulator link(twenty_ms, "127.0.0.1", cloud.cloud_port());
@@ -405,7 +381,7 @@ BOOST_AUTO_TEST_CASE(a_chat_completion_renders_the_template_and_equals_the_nodes
   BOOST_TEST(j["id"].get<std::string>().rfind("chatcmpl-", 0) == 0);
   BOOST_TEST(j["choices"][0]["message"]["role"] == "assistant");
   // The prompt is the template's text as it stands (no BOS added: a template places its own).
-  SentencePieceTokenizer tok(tokenizer_file);
+  SentencePieceTokenizer tok(http_tokenizer_file);
   GenerateRequest req;
   req.prompt = tok.encode("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe jury said<|im_end|>\n"
                           "<|im_start|>assistant\n");
@@ -436,7 +412,7 @@ BOOST_AUTO_TEST_CASE(a_chat_completion_renders_the_template_and_equals_the_nodes
 
 BOOST_AUTO_TEST_CASE(tokenize_and_detokenize_take_llama_servers_shapes_and_a_model_is_found_by_id) {
   Server s;
-  SentencePieceTokenizer tok(tokenizer_file);
+  SentencePieceTokenizer tok(http_tokenizer_file);
   const auto post = [&](const char* path, const json& body) {
     auto r = s.client().Post(path, body.dump(), "application/json");
     BOOST_REQUIRE(r);

@@ -15,6 +15,7 @@
 #include "actors/http/web.hpp"
 #include "actors/node/node.hpp"
 #include "tests/actors/fixtures.hpp"
+#include "tests/actors/http/http_node.hpp"
 
 using namespace ce;
 using namespace ce::test;
@@ -22,27 +23,17 @@ using json = nlohmann::json;
 
 namespace {
 
-const std::string tokenizer_file = std::string(CE_SOURCE_DIR) + "/data/brown/tokenizer-2048.model";
 
-// One process holding cloud and edge (or one role) and the HTTP API, on a tiny random model.
-struct WebServer {
-  TempDir dir;
-  std::unique_ptr<Node> node;
-  std::unique_ptr<HttpApi> api;
-  explicit WebServer(const std::string& cors_origins, Role role = Role::both, const std::string& api_key = "") {
-    auto c = node_config(role, write_model(dir, collab_config(2048), 11, tokenizer_file));
-    c.max_tokens = 8;
-    c.http_cors_origins = cors_origins;
-    c.http_api_key = api_key;
-    node = std::make_unique<Node>(c);
-    if (role != Role::cloud) BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
-    api = std::make_unique<HttpApi>(*node);
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", api->port());
-    c.set_read_timeout(60, 0);
-    return c;
-  }
+// One process holding cloud and edge (or one role) and the HTTP API (http_node.hpp).
+struct WebServer : HttpNode {
+  explicit WebServer(const std::string& cors_origins, Role role = Role::both, const std::string& api_key = "")
+      : HttpNode(
+            [&](NodeConfig& c) {
+              c.max_tokens = 8;
+              c.http_cors_origins = cors_origins;
+              c.http_api_key = api_key;
+            },
+            {role}) {}
 };
 
 std::string file_text(const std::string& path) {
