@@ -1,8 +1,10 @@
 #pragma once
 // The node's HTTP API (cpp-httplib, its own worker threads), started when ce.http.port is set:
-//   edge roles:  POST /v1/completions (OpenAI-compatible, server-sent events with "stream"),
-//                GET /v1/models, GET /health, GET /metrics
+//   edge roles:  POST /v1/completions and /v1/chat/completions (OpenAI-compatible, server-sent
+//                events with "stream"), POST /tokenize, /detokenize, GET /v1/models[/{id}],
+//                GET / (the web page, web.hpp), GET /health, GET /metrics
 //   cloud role:  GET /health, GET /metrics (contexts, evictions, memory, requests per client)
+//   both:        CORS headers and preflights for ce.http.cors-origins (web_routes.hpp)
 // Each completion is one generation session on the edge node (Node::generate); at most
 // ce.http.max-concurrent run at once, further ones wait in a FIFO of ce.http.queue places (at most
 // ce.http.queue-timeout), beyond that 429 with Retry-After (wait_queue.hpp). Errors are OpenAI-style
