@@ -136,15 +136,25 @@ std::vector<std::string> lines_of(const std::string& text) {
 }
 
 // Everything the process writes to stderr (the log) while `body` runs.
-std::string capture_stderr(const std::function<void()>& body) {
+// What the process writes to stderr while `body` runs, and after it until `complete` says the
+// text is whole (or 5 s have passed): a server thread may log a request just after its client
+// got the response.
+std::string capture_stderr(const std::function<void()>& body,
+                           const std::function<bool(const std::string&)>& complete = {}) {
   TempDir dir;
   const std::string path = dir.file("stderr.txt");
+  const auto read_all = [&] {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
   std::fflush(stderr);
   const int saved = dup(2);
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   dup2(fd, 2);
   close(fd);
   body();
+  const auto deadline = Clock::now() + 5s;
+  while (complete && !complete(read_all()) && Clock::now() < deadline) std::this_thread::sleep_for(10ms);
   std::fflush(stderr);
   dup2(saved, 2);
   close(saved);
@@ -468,8 +478,8 @@ BOOST_AUTO_TEST_CASE(each_request_has_an_id_echoed_in_its_response_and_its_acces
       body = r->body;
     }
     s.client().Get("/health", {{"X-Request-Id", "probe-1"}});
-    set_log_level(LogLevel::warning);
-  });
+  }, [](const std::string& text) { return text.find("req=probe-1") != std::string::npos; });
+  set_log_level(LogLevel::warning);
   BOOST_TEST(id == "from-client-7");
   const auto j = json::parse(body);
   BOOST_TEST(j["x_ce"]["request_id"] == "from-client-7");
