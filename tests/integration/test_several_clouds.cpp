@@ -203,8 +203,10 @@ BOOST_AUTO_TEST_CASE(a_draining_cloud_finishes_or_hands_back_its_sessions_and_ex
     BOOST_TEST(status == 0);
     edges.expect_all_from_cloud("draining cloud " + std::to_string(drained) + ", first response");
     edges.expect_all_from_cloud("draining cloud " + std::to_string(drained) + ", second response");
-    clouds.start(drained);
-    clouds.await_edges(drained, n_edges, 30s);
+    if (drained == 0) {  // back for the second round
+      clouds.start(drained);
+      clouds.await_edges(drained, n_edges, 30s);
+    }
   }
   for (auto& e : edges.procs) BOOST_TEST(e->finish() == 0);
 }
