@@ -26,6 +26,7 @@
 #include "linkem/link_emulator.hpp"
 #include "tests/actors/fixtures.hpp"
 #include "tests/actors/http/http_node.hpp"
+#include "tests/loopback_client.hpp"
 #include "tests/loopback.hpp"
 #include "tests/prometheus.hpp"
 
@@ -65,22 +66,6 @@ struct Service : HttpNode {
     BOOST_FAIL(std::string("/health ") + field + " never reached " + std::to_string(value));
   }
 };
-
-// A TCP connection to 127.0.0.1:port from the loopback address `from` (127.0.0.0/8 is all
-// loopback on Linux: each address is a distinct client for the server), or -1.
-int connect_from(const char* from, uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  inet_pton(AF_INET, from, &local.sin_addr);
-  auto remote = loopback_address(port);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
-      connect(fd, reinterpret_cast<sockaddr*>(&remote), sizeof remote) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 bool send_all(int fd, const std::string& data) {
   return send(fd, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());

@@ -16,6 +16,7 @@
 #include <regex>
 
 #include "tests/integration/processes.hpp"
+#include "tests/loopback_client.hpp"
 #include "tests/prometheus.hpp"
 
 using namespace ce;
@@ -24,26 +25,6 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
-
-// A connection from `source` (any 127.x.y.z reaches loopback) to 127.0.0.1:port, or -1.
-int connect_from(const char* source, uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  inet_pton(AF_INET, source, &local.sin_addr);
-  // The port is picked at connect, per destination: thousands of connections a second from one
-  // address would otherwise run out of ports picked at bind.
-  const int yes = 1;
-  setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &yes, sizeof yes);
-  auto remote = loopback_address(port);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
-      connect(fd, reinterpret_cast<sockaddr*>(&remote), sizeof remote) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // Floods a port until destroyed: keeps `silent` connections from silent_source open that never
 // send a byte (each one the cloud closes is opened again within milliseconds: up to 16 every
