@@ -70,6 +70,15 @@ struct TokenEvent {
   TokenSource source = TokenSource::edge_exit;
   int32_t layer = 0;     // exit layer, or L for the cloud's final layer
   float confidence = 0;
+  Logprobs logprobs;     // under the head that chose it (sampling.logprobs >= 0)
+};
+
+// Echo: a prompt token's logprobs under the head that decides its position as a generated
+// token would be decided (the first confident exit, else the cloud or, standalone, the last exit).
+struct PromptLogprob {
+  Logprobs logprobs;
+  TokenSource source = TokenSource::edge_exit;
+  int32_t layer = 0;
 };
 
 struct GenerationStats {
@@ -107,6 +116,8 @@ struct GenerateResult {
   std::vector<int32_t> tokens;
   std::vector<TokenSource> sources;
   std::vector<int32_t> layers;
+  std::vector<Logprobs> logprobs;             // per token, when the request asked for them
+  std::vector<PromptLogprob> prompt_logprobs; // echo: prompt positions 1.. (the first has none)
   GenerationStats stats;
   FinishReason finish_reason = FinishReason::length;
   std::string error;  // non-empty when the response could not be produced at all

@@ -100,12 +100,31 @@ void to_capnp(const InferRequest& m, s::Frame::Builder frame) {
   b.setRequestId(m.request_id);
   b.setPosition(m.position);
   b.setKind(to_capnp(m.kind));
-  b.setTemperature(m.temperature);
-  b.setTopP(m.top_p);
-  b.setSeed(m.seed);
+  const auto& p = m.sampling;
+  b.setTemperature(p.temperature);
+  b.setTopP(p.top_p);
+  b.setSeed(p.seed);
   b.setInlineDtype(to_capnp(m.inline_dtype));
   b.setInlineCount(m.inline_count);
   b.setInlinePayload(data(m.inline_payload));
+  b.setTopK(static_cast<uint32_t>(p.top_k));
+  b.setMinP(p.min_p);
+  b.setRepetitionPenalty(p.repetition_penalty);
+  b.setPresencePenalty(p.presence_penalty);
+  b.setFrequencyPenalty(p.frequency_penalty);
+  auto bias = b.initLogitBias(static_cast<unsigned>(p.logit_bias.size()));
+  for (unsigned i = 0; i < bias.size(); ++i) {
+    bias[i].setToken(p.logit_bias[i].token);
+    bias[i].setBias(p.logit_bias[i].bias);
+  }
+  auto uses = b.initHistory(static_cast<unsigned>(m.history.uses.size()));
+  for (unsigned i = 0; i < uses.size(); ++i) {
+    uses[i].setToken(m.history.uses[i].token);
+    uses[i].setOutputCount(m.history.uses[i].output_count);
+    uses[i].setInPrompt(m.history.uses[i].in_prompt);
+  }
+  b.setLogprobs(p.logprobs);
+  b.setScoredToken(m.scored_token);
 }
 
 void to_capnp(const InferReply& m, s::Frame::Builder frame) {
@@ -116,6 +135,13 @@ void to_capnp(const InferReply& m, s::Frame::Builder frame) {
   b.setToken(m.token);
   b.setConfidence(m.confidence);
   b.setCloudComputeUs(m.cloud_compute_us);
+  b.setHasLogprobs(m.has_logprobs);
+  b.setLogprob(m.logprobs.logprob);
+  auto top = b.initTopLogprobs(static_cast<unsigned>(m.logprobs.top.size()));
+  for (unsigned i = 0; i < top.size(); ++i) {
+    top[i].setToken(m.logprobs.top[i].token);
+    top[i].setLogprob(m.logprobs.top[i].logprob);
+  }
 }
 
 void to_capnp(const Bye& m, s::Frame::Builder frame) {
@@ -338,13 +364,43 @@ Decoded from_capnp(s::InferRequest::Reader r, const Limits& limits) {
     return show(m.position) + " >= max_positions = " + show(limits.max_positions);
   });
   c.kind(r.getKind(), "kind", m.kind);
-  m.temperature = r.getTemperature();
-  c.require(std::isfinite(m.temperature) && m.temperature >= 0, "temperature",
-            [&] { return show_float(m.temperature) + ", must be finite and >= 0"; });
-  m.top_p = r.getTopP();
-  c.require(m.top_p > 0 && m.top_p <= 1, "top_p",
-            [&] { return show_float(m.top_p) + ", must be in (0, 1]"; });
-  m.seed = r.getSeed();
+  auto& p = m.sampling;
+  p.temperature = r.getTemperature();
+  c.require(std::isfinite(p.temperature) && p.temperature >= 0, "temperature",
+            [&] { return show_float(p.temperature) + ", must be finite and >= 0"; });
+  p.top_p = r.getTopP();
+  c.require(p.top_p > 0 && p.top_p <= 1, "top_p", [&] { return show_float(p.top_p) + ", must be in (0, 1]"; });
+  p.seed = r.getSeed();
+  const uint32_t top_k = r.getTopK();
+  c.require(top_k <= uint32_t{1} << 24, "top_k", [&] { return show(top_k) + ", must be <= 2^24"; });
+  p.top_k = static_cast<int32_t>(top_k);
+  p.min_p = r.getMinP();
+  c.require(p.min_p >= 0 && p.min_p <= 1, "min_p", [&] { return show_float(p.min_p) + ", must be in [0, 1]"; });
+  p.repetition_penalty = r.getRepetitionPenalty();
+  c.require(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0, "repetition_penalty",
+            [&] { return show_float(p.repetition_penalty) + ", must be finite and > 0"; });
+  p.presence_penalty = r.getPresencePenalty();
+  c.require(std::isfinite(p.presence_penalty), "presence_penalty", [&] { return show_float(p.presence_penalty); });
+  p.frequency_penalty = r.getFrequencyPenalty();
+  c.require(std::isfinite(p.frequency_penalty), "frequency_penalty", [&] { return show_float(p.frequency_penalty); });
+  // Tokens are checked against the vocabulary where it is known (CloudCompute::check); here their
+  // number and values: a list longer than the context cannot be a sequence's history.
+  const auto bias = r.getLogitBias();
+  c.require(limits.max_positions == 0 || bias.size() <= limits.max_positions, "logit_bias",
+            [&] { return show(bias.size()) + " entries, more than max_positions"; });
+  for (auto b : bias) {
+    c.require(std::isfinite(b.getBias()), "logit_bias", [&] { return show_float(b.getBias()) + " for token " + show(b.getToken()); });
+    p.logit_bias.push_back({b.getToken(), b.getBias()});
+  }
+  const auto uses = r.getHistory();
+  c.require(limits.max_positions == 0 || uses.size() <= limits.max_positions, "history",
+            [&] { return show(uses.size()) + " tokens, more than max_positions"; });
+  for (auto u : uses) m.history.uses.push_back({u.getToken(), u.getOutputCount(), u.getInPrompt()});
+  p.logprobs = r.getLogprobs();
+  c.require(p.logprobs >= -1 && p.logprobs <= SamplingParams::max_top_logprobs, "logprobs",
+            [&] { return show(p.logprobs) + ", must be in [-1, " + show(SamplingParams::max_top_logprobs) + "]"; });
+  m.scored_token = r.getScoredToken();
+  c.require(m.scored_token >= -1, "scored_token", [&] { return show(m.scored_token) + ", must be >= -1"; });
   c.dtype(r.getInlineDtype(), "inline_dtype", m.inline_dtype);
   m.inline_count = r.getInlineCount();
   const auto payload = r.getInlinePayload();
@@ -378,7 +434,19 @@ Decoded from_capnp(s::InferReply::Reader r, const Limits&) {
   m.token = r.getToken();
   m.confidence = r.getConfidence();
   m.cloud_compute_us = r.getCloudComputeUs();
-  return Check("InferReply").finish(std::move(m));
+  m.has_logprobs = r.getHasLogprobs();
+  m.logprobs.logprob = r.getLogprob();
+  Check c("InferReply");
+  const auto top = r.getTopLogprobs();
+  c.require(top.size() <= SamplingParams::max_top_logprobs, "top_logprobs",
+            [&] { return show(top.size()) + " entries, at most " + show(SamplingParams::max_top_logprobs); });
+  for (auto t : top) m.logprobs.top.push_back({t.getToken(), t.getLogprob()});
+  // Log-probabilities: finite and at most 0 (a cloud is another machine).
+  auto is_logprob = [](float l) { return std::isfinite(l) && l <= 0; };
+  c.require(is_logprob(m.logprobs.logprob), "logprob", [&] { return show_float(m.logprobs.logprob) + ", must be finite and <= 0"; });
+  for (const auto& t : m.logprobs.top)
+    c.require(is_logprob(t.logprob), "top_logprobs", [&] { return show_float(t.logprob) + ", must be finite and <= 0"; });
+  return c.finish(std::move(m));
 }
 
 Decoded from_capnp(s::Bye::Reader r, const Limits&) {
@@ -509,11 +577,21 @@ auto fields(const UploadChunk& m) {
 }
 auto fields(const UploadAck& m) { return std::tie(m.session_id, m.chunk_id, m.held_positions); }
 auto fields(const InferRequest& m) {
-  return std::make_tuple(m.session_id, m.request_id, m.position, m.kind, bits(m.temperature), bits(m.top_p), m.seed,
-                         m.inline_dtype, m.inline_count, std::cref(m.inline_payload));
+  const auto& p = m.sampling;
+  std::vector<std::tuple<int32_t, uint32_t>> bias;
+  for (const auto& b : p.logit_bias) bias.emplace_back(b.token, bits(b.bias));
+  std::vector<std::tuple<int32_t, uint32_t, bool>> uses;
+  for (const auto& u : m.history.uses) uses.emplace_back(u.token, u.output_count, u.in_prompt);
+  return std::make_tuple(m.session_id, m.request_id, m.position, m.kind, bits(p.temperature), bits(p.top_p), p.seed,
+                         m.inline_dtype, m.inline_count, std::cref(m.inline_payload), p.top_k, bits(p.min_p),
+                         bits(p.repetition_penalty), bits(p.presence_penalty), bits(p.frequency_penalty), bias, uses,
+                         p.logprobs, m.scored_token);
 }
 auto fields(const InferReply& m) {
-  return std::make_tuple(m.session_id, m.request_id, m.position, m.token, bits(m.confidence), m.cloud_compute_us);
+  std::vector<std::tuple<int32_t, uint32_t>> top;
+  for (const auto& t : m.logprobs.top) top.emplace_back(t.token, bits(t.logprob));
+  return std::make_tuple(m.session_id, m.request_id, m.position, m.token, bits(m.confidence), m.cloud_compute_us,
+                         m.has_logprobs, bits(m.logprobs.logprob), top);
 }
 auto fields(const Bye& m) { return std::tie(m.session_id); }
 auto fields(const ErrorReply& m) { return std::tie(m.code, m.text, m.session_id, m.request_id); }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "messages/error.hpp"
+#include "model/sampling.hpp"
 
 namespace ce::wire {
 
@@ -86,9 +87,9 @@ struct InferRequest {
   uint64_t request_id = 0;
   uint32_t position = 0;
   InferKind kind = InferKind::collaborative;
-  float temperature = 0;
-  float top_p = 1;
-  uint64_t seed = 0;
+  SamplingParams sampling;   // the rule the edge applies too
+  TokenHistory history;      // the tokens up to `position` (only when sampling.penalizes())
+  int32_t scored_token = -1; // echo: score this token instead of choosing
   Dtype inline_dtype = Dtype::f32;
   uint32_t inline_count = 0;
   std::vector<uint8_t> inline_payload;
@@ -102,6 +103,8 @@ struct InferReply {
   int32_t token = 0;
   float confidence = 0;
   uint64_t cloud_compute_us = 0;
+  bool has_logprobs = false;
+  Logprobs logprobs;         // when has_logprobs
 };
 
 // Edge -> cloud: closes a session.

@@ -101,6 +101,33 @@ struct InferRequest {
   inlineDtype @7 :Dtype;     # naiveSplit only
   inlineCount @8 :UInt32;    # naiveSplit only: position + 1
   inlinePayload @9 :Data;    # naiveSplit only: (inlineCount, hiddenDim) f32
+  # The rest of the sampling rule (model/sampling.hpp: SamplingParams), applied as on the edge.
+  topK @10 :UInt32;                   # 0: no limit
+  minP @11 :Float32;                  # 0: off
+  repetitionPenalty @12 :Float32 = 1.0;
+  presencePenalty @13 :Float32;
+  frequencyPenalty @14 :Float32;
+  logitBias @15 :List(TokenBias);
+  history @16 :List(TokenUse);        # the tokens up to `position`, when a penalty is set
+  logprobs @17 :Int32 = -1;           # -1: none; N: the token's logprob and the N most likely
+  scoredToken @18 :Int32 = -1;        # echo: answer with this token (and its logprob), chosen by no one
+}
+
+struct TokenBias {
+  token @0 :Int32;
+  bias @1 :Float32;
+}
+
+# One distinct token of the sequence before the chosen one.
+struct TokenUse {
+  token @0 :Int32;
+  outputCount @1 :UInt32;   # occurrences in the generated part
+  inPrompt @2 :Bool;
+}
+
+struct TokenLogprob {
+  token @0 :Int32;
+  logprob @1 :Float32;
 }
 
 # Cloud -> edge: the answer to an InferRequest.
@@ -111,6 +138,9 @@ struct InferReply {
   token @3 :Int32;
   confidence @4 :Float32;
   cloudComputeUs @5 :UInt64;
+  hasLogprobs @6 :Bool;                 # the request asked for logprobs (logprobs >= 0)
+  logprob @7 :Float32;                  # the token's, under the final layer's distribution
+  topLogprobs @8 :List(TokenLogprob);   # the most likely tokens, most likely first
 }
 
 # Edge -> cloud: closes a session.

@@ -83,10 +83,12 @@ void CloudCompute::check(const Request& request) {
                      std::to_string(s.waiting.end()) + " held)");
   if (request.position < s.computed)
     throw ModelError("cloud context: position " + std::to_string(request.position) + " was already answered");
+  check_choice(request.sampling, request.history, request.scored_token, s.model->config().vocab_size);
 }
 
-TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling) {
-  const Request request{this, position, sampling};
+TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& sampling, const TokenHistory& history,
+                                int32_t scored_token) {
+  const Request request{this, position, sampling, history, scored_token};
   check(request);
   return *step({request}, std::numeric_limits<int64_t>::max(), state_->scratch).front();
 }
@@ -129,7 +131,7 @@ std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Req
   const auto logits = decoder.final_logits(torch::stack(last));  // (answered, vocab)
   for (size_t j = 0; j < answered.size(); ++j) {
     const auto& r = requests[answered[j]];
-    out[answered[j]] = choose_token(logits[static_cast<int64_t>(j)], r.sampling, r.position);
+    out[answered[j]] = choose_token(logits[static_cast<int64_t>(j)], r.sampling, {r.position, r.history, r.scored_token});
   }
   return out;
 }
@@ -151,14 +153,15 @@ int64_t CloudCompute::bytes() const {
 }
 
 TokenChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,
-                              const SamplingParams& sampling) {
+                              const SamplingParams& sampling, const TokenHistory& history, int32_t scored_token) {
   torch::InferenceMode guard;
   const auto& c = model.config();
   if (count == 0 || count > c.max_seq) throw ModelError("naive split: bad sequence length " + std::to_string(count));
+  check_choice(sampling, history, scored_token, c.vocab_size);
   auto x = torch::from_blob(const_cast<float*>(rows), {count, c.dim}, torch::kFloat);
   KvCache kv(c, layer_begin, c.n_layers);  // thrown away: the baseline keeps nothing
   auto out = model.decoder().forward(x, 0, layer_begin, c.n_layers, kv);
-  return choose_token(model.decoder().final_logits(out[-1]), sampling, count - 1);
+  return choose_token(model.decoder().final_logits(out[-1]), sampling, {count - 1, history, scored_token});
 }
 
 }  // namespace ce

@@ -26,7 +26,8 @@ class CloudCompute {
   int64_t held() const;      // positions uploaded
   int64_t computed() const;  // positions whose KV is filled
   // Token after `position`; requires position < held() and position >= computed().
-  TokenChoice infer(uint32_t position, const SamplingParams& sampling);
+  TokenChoice infer(uint32_t position, const SamplingParams& sampling, const TokenHistory& history = {},
+                    int32_t scored_token = -1);
   int64_t bytes() const;     // memory held (KV capacity + pending states)
   // Forgets positions from `positions` on, uploaded or computed (a wrong speculation of the edge);
   // no-op past held(). Returns how many computed positions it dropped (wasted cloud work).
@@ -38,9 +39,12 @@ class CloudCompute {
     CloudCompute* context = nullptr;
     uint32_t position = 0;
     SamplingParams sampling;
+    TokenHistory history;       // the penalties' (ChoiceInput)
+    int32_t scored_token = -1;  // echo: score this token instead of choosing one
   };
   // Throws ModelError naming the problem when `request` cannot be answered (position not uploaded
-  // or already answered); step() assumes every request passed this.
+  // or already answered, a token of its sampling outside the vocabulary); step() assumes every
+  // request passed this, so that one bad request cannot fail a batch.
   static void check(const Request& request);
   // One batched forward over several contexts of the same layer range (a cloud's scheduler step):
   // each request's context fills at most `max_rows` of its waiting positions toward its position
@@ -58,6 +62,7 @@ class CloudCompute {
 // Naïve split baseline: no cache; runs the cloud layers over the whole sequence (fp32 rows
 // (count, dim) of positions [0, count)) and returns the token after the last position.
 TokenChoice naive_split_infer(const Model& model, int64_t layer_begin, const float* rows, uint32_t count,
-                              const SamplingParams& sampling);
+                              const SamplingParams& sampling, const TokenHistory& history = {},
+                              int32_t scored_token = -1);
 
 }  // namespace ce

@@ -26,6 +26,8 @@ struct EarlyExitRunner::State {
   KvCache kv;
   int64_t next_pos = 0;
   int64_t completed = 0;
+  std::vector<int32_t> fed;   // the tokens of positions [0, next_pos): the penalties' history
+  size_t prompt_length = 0;   // the first feed's tokens: the prompt (the rest count as output)
   std::vector<RowGroup> pending;  // older rows first; depth strictly decreasing toward the back
   std::vector<at::Tensor> done;   // rows at layer_end not yet taken
   int64_t done_first = 0;
@@ -97,13 +99,23 @@ struct EarlyExitRunner::State {
     const auto& c = model->config();
     if (layer_end == c.n_layers && d.rule.evaluate_exits && !d.out.resolved) {
       auto logits = decoder.final_logits(d.cur.rows[-1]);
-      const auto choice = choose_token(logits, d.rule.sampling, static_cast<uint64_t>(d.out.position));
+      auto choice = choose_token(logits, d.rule.sampling, choice_input(d));
       d.out.resolved = true;
       d.out.token = choice.token;
       d.out.confidence = choice.confidence;
+      d.out.logprobs = std::move(choice.logprobs);
       d.out.exit_layer = static_cast<int32_t>(c.n_layers);
     }
     d.finished = true;
+  }
+
+  // The choice's position and, when the rule penalizes, the tokens up to it.
+  ChoiceInput choice_input(const Descent& d) const {
+    ChoiceInput in;
+    in.position = static_cast<uint64_t>(d.out.position);
+    if (d.rule.sampling.penalizes())
+      in.history = TokenHistory::of(fed.data(), static_cast<size_t>(d.out.position) + 1, prompt_length);
+    return in;
   }
 
   // Whether the descent, having just arrived at d.cur.depth, reads the exit there. With no chance
@@ -122,15 +134,17 @@ struct EarlyExitRunner::State {
   void reached(Descent& d, const at::Tensor& exit_logits) {
     if (exit_logits.defined()) {
       const int64_t stop = d.cur.depth;
-      const auto choice = choose_token(exit_logits, d.rule.sampling, static_cast<uint64_t>(d.out.position));
+      auto choice = choose_token(exit_logits, d.rule.sampling, choice_input(d));
       d.out.fallback_token = choice.token;
       d.out.fallback_confidence = choice.confidence;
       d.out.fallback_layer = static_cast<int32_t>(stop);
+      d.out.fallback_logprobs = std::move(choice.logprobs);
       if (d.rule.leaves_at(choice.confidence)) {
         d.out.resolved = true;
         d.out.token = choice.token;
         d.out.confidence = choice.confidence;
         d.out.exit_layer = static_cast<int32_t>(stop);
+        d.out.logprobs = d.out.fallback_logprobs;
         if (!d.run_to_end) {
           if (stop == layer_end)
             complete(d.cur.rows);
@@ -199,7 +213,9 @@ struct EarlyExitRunner::State {
   RowGroup feed(const std::vector<int32_t>& tokens) {
     std::vector<int64_t> ids(tokens.begin(), tokens.end());
     RowGroup cur{0, next_pos, decoder.embed(torch::tensor(ids, torch::kLong))};  // (T, dim)
+    if (next_pos == 0) prompt_length = tokens.size();
     next_pos += static_cast<int64_t>(tokens.size());
+    fed.insert(fed.end(), tokens.begin(), tokens.end());
     return cur;
   }
 };
@@ -241,6 +257,53 @@ std::vector<StepOutcome> EarlyExitRunner::advance(const std::vector<Advance>& ba
   State::run(all, scratch);
   std::vector<StepOutcome> out;
   for (const auto& d : descents) out.push_back(d.out);
+  return out;
+}
+
+std::vector<StepOutcome> EarlyExitRunner::score(const std::shared_ptr<const Model>& model, int64_t layer_end,
+                                                const std::vector<int32_t>& tokens, const ExitRule& rule) {
+  torch::InferenceMode guard;
+  EarlyExitRunner probe(model, layer_end);  // checks the range
+  auto& s = *probe.state_;
+  s.check_feed(tokens);
+  const auto n = static_cast<int64_t>(tokens.size()) - 1;  // positions scored
+  std::vector<StepOutcome> out(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  if (n <= 0) return out;
+  auto choose = [&](const at::Tensor& logits, int64_t p) {  // logits (vocab) after position p
+    return choose_token(logits, rule.sampling, ChoiceInput{static_cast<uint64_t>(p), {}, tokens[static_cast<size_t>(p) + 1]});
+  };
+  for (int64_t p = 0; p < n; ++p) out[static_cast<size_t>(p)].position = static_cast<int32_t>(p);
+  RowGroup cur = s.feed(tokens);  // (T, dim) at depth 0
+  std::vector<int64_t> stops = s.exits;
+  if (stops.empty() || stops.back() != layer_end) stops.push_back(layer_end);
+  for (const auto stop : stops) {
+    cur.rows = s.decoder.forward({{cur.rows, 0, &s.kv}}, cur.depth, stop, s.scratch).front();
+    cur.depth = stop;
+    const bool at_exit = std::find(s.exits.begin(), s.exits.end(), stop) != s.exits.end();
+    const bool final_head = stop == model->config().n_layers;
+    if (!at_exit && !final_head) continue;
+    const auto head_rows = cur.rows.narrow(0, 0, n);  // (n, dim): the rows that predict a next token
+    const auto logits = at_exit ? s.decoder.exit_logits(stop, head_rows) : s.decoder.final_logits(head_rows);  // (n, vocab)
+    for (int64_t p = 0; p < n; ++p) {
+      auto& o = out[static_cast<size_t>(p)];
+      if (o.resolved) continue;
+      auto choice = choose(logits[p], p);
+      const bool leaves = at_exit ? rule.leaves_at(choice.confidence) : true;
+      if (at_exit) {
+        o.fallback_token = choice.token;
+        o.fallback_confidence = choice.confidence;
+        o.fallback_layer = static_cast<int32_t>(stop);
+        o.fallback_logprobs = choice.logprobs;
+      }
+      if (leaves) {
+        o.resolved = true;
+        o.token = choice.token;
+        o.confidence = choice.confidence;
+        o.exit_layer = static_cast<int32_t>(stop);
+        o.logprobs = std::move(choice.logprobs);
+      }
+    }
+  }
   return out;
 }
 
@@ -287,6 +350,7 @@ void EarlyExitRunner::rewind(int64_t positions) {
     throw ModelError("early-exit runner: no checkpoint at position " + std::to_string(positions));
   for (int64_t l = 0; l < s.layer_end; ++l) s.kv.truncate(l, it->kv_lengths[static_cast<size_t>(l)]);
   s.next_pos = it->next_pos;
+  s.fed.resize(static_cast<size_t>(s.next_pos));
   s.completed = it->completed;
   s.done_first = it->done_first;
   s.pending = std::move(it->pending);

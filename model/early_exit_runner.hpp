@@ -39,6 +39,7 @@ struct StepOutcome {
   int32_t fallback_token = -1; // the deepest evaluated exit's choice (standalone fallback)
   float fallback_confidence = 0;
   int32_t fallback_layer = -1;
+  Logprobs logprobs, fallback_logprobs;  // of token / fallback_token, when rule.sampling.logprobs >= 0
 
   // Standalone's token: the exit (or final layer) that resolved it, else the deepest evaluated exit.
   int32_t standalone_token() const { return resolved ? token : fallback_token; }
@@ -65,6 +66,14 @@ class EarlyExitRunner {
     ExitRule rule;
   };
   static std::vector<StepOutcome> advance(const std::vector<Advance>& batch, std::vector<float>& scratch);
+  // Echo (a prompt's own logprobs): outcome p, for each position p of `tokens` but the last, is
+  // what advance would decide after position p with tokens[p + 1] as the token (resolved at the
+  // first exit whose confidence reaches rule.threshold, or the final layer when layer_end = L;
+  // fallback_* the deepest exit of the range), with that token's logprobs under the deciding head
+  // and the rule.sampling.logprobs most likely alternatives. A pass of its own, one batched
+  // forward of the prompt: no runner changes.
+  static std::vector<StepOutcome> score(const std::shared_ptr<const Model>& model, int64_t layer_end,
+                                        const std::vector<int32_t>& tokens, const ExitRule& rule);
   // Runs every pending row to layer_end.
   void flush();
   // Split-layer states (fp16) of the rows that reached layer_end since the last call, in position

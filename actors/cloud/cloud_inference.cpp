@@ -33,7 +33,9 @@ struct CloudInferenceState {
 
 using self_ptr = cloud_inference_actor::stateful_pointer<CloudInferenceState>;
 
-SamplingParams sampling_of(const wire::InferRequest& req) { return {req.temperature, req.top_p, req.seed}; }
+CloudCompute::Request compute_request(CloudCompute* context, const wire::InferRequest& req) {
+  return {context, req.position, req.sampling, req.history, req.scored_token};
+}
 
 std::vector<char> error_reply(const wire::InferRequest& req, const std::string& why) {
   CE_LOG(warning, "cloud", "session " << std::hex << req.session_id << std::dec << " position " << req.position
@@ -42,8 +44,8 @@ std::vector<char> error_reply(const wire::InferRequest& req, const std::string& 
 }
 
 std::vector<char> token_reply(const wire::InferRequest& req, const TokenChoice& choice, uint64_t us) {
-  return wire::encode(
-      wire::InferReply{req.session_id, req.request_id, req.position, choice.token, choice.confidence, us});
+  return wire::encode(wire::InferReply{req.session_id, req.request_id, req.position, choice.token, choice.confidence,
+                                       us, req.sampling.logprobs >= 0, choice.logprobs});
 }
 
 void schedule_step(self_ptr self) {
@@ -60,12 +62,12 @@ caf::result<bool, std::vector<char>> on_job(self_ptr self, InferJob& job) {
     if (req.kind == wire::InferKind::naive_split) {  // the stateless baseline: no context to batch with
       const auto t0 = std::chrono::steady_clock::now();
       const auto choice = naive_split_infer(*st.model, st.split, reinterpret_cast<const float*>(req.inline_payload.data()),
-                                            req.inline_count, sampling_of(req));
+                                            req.inline_count, req.sampling, req.history, req.scored_token);
       const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
       return {true, token_reply(req, choice, static_cast<uint64_t>(us.count()))};
     }
     if (!job.new_rows.empty()) job.compute->append(job.new_rows);
-    CloudCompute::check({job.compute.get(), req.position, sampling_of(req)});
+    CloudCompute::check(compute_request(job.compute.get(), req));
   } catch (const std::exception& e) {
     return {false, error_reply(req, e.what())};
   }
@@ -93,7 +95,7 @@ void on_step(self_ptr self) {
   st.queue = std::move(rest);
   std::vector<CloudCompute::Request> requests;
   for (const auto& w : batch)
-    requests.push_back({w.job.compute.get(), w.job.request.position, sampling_of(w.job.request)});
+    requests.push_back(compute_request(w.job.compute.get(), w.job.request));
   std::vector<int64_t> computed_before;
   for (const auto& r : requests) computed_before.push_back(r.context->computed());
   const auto t0 = std::chrono::steady_clock::now();

@@ -47,11 +47,13 @@ struct Tentative {
   TokenSource source = TokenSource::edge_exit;  // edge_exit: decided here; cloud: asked
   int32_t layer = -1;
   float confidence = 0;
+  Logprobs logprobs;           // edge_exit: the exit's
   Decision fallback;           // cloud tokens: the last exit's choice, standing in if the cloud fails
   uint64_t request_id = 0;     // cloud tokens: the request out for it
   bool answered = false;
   int32_t answer = -1;         // the cloud's token, once answered
   float answer_confidence = 0;
+  Logprobs answer_logprobs;
   std::string failure;         // non-empty: the request failed (why)
 };
 
@@ -77,6 +79,8 @@ struct Generation {
   uint32_t released = 0;    // of those, positions the uploader no longer holds against the limit
   bool paused = false;      // shipped - released passed ce.upload.queue-limit and has not halved yet
   bool cancel_requested = false;  // the listener wants no more tokens
+  int echo_pending = 0;           // echo: prompt positions the cloud is scoring (the session stays open)
+  std::vector<StepOutcome> echo_outcomes;  // echo: the edge's scoring of each prompt position
   GenerateResult result;
   clock_type::time_point started, token_started, blocked_since;
 
@@ -208,11 +212,13 @@ std::optional<FinishReason> ends_with(self_ptr self, const Generation& g, int32_
 
 // Shows a settled token to the listener; true when it ended the response.
 bool show(self_ptr self, Generation& g, int32_t position, int32_t token, TokenSource source, int32_t layer,
-          float confidence) {
+          float confidence, const Logprobs& logprobs) {
   auto& r = g.result;
   r.tokens.push_back(token);
   r.sources.push_back(source);
   r.layers.push_back(layer);
+  const bool wants_logprobs = g.request.sampling.logprobs >= 0;
+  if (wants_logprobs) r.logprobs.push_back(logprobs);
   r.stats.generated++;
   r.stats.cloud_tokens += source == TokenSource::cloud;
   r.stats.degraded_tokens += source == TokenSource::degraded;
@@ -221,7 +227,8 @@ bool show(self_ptr self, Generation& g, int32_t position, int32_t token, TokenSo
   r.stats.token_ms.push_back(ms_since(g.token_started));
   g.token_started = clock_type::now();
   if (g.request.listener)
-    self->send(g.request.listener, token_atom::value, TokenEvent{g.id, position + 1, token, source, layer, confidence});
+    self->send(g.request.listener, token_atom::value,
+               TokenEvent{g.id, position + 1, token, source, layer, confidence, wants_logprobs ? logprobs : Logprobs{}});
   const auto end = ends_with(self, g, token, position, r.tokens.size());
   if (!end) return false;
   r.finish_reason = *end;
@@ -287,23 +294,40 @@ void rewind_to(self_ptr self, Generation& g, int32_t keep) {
 void on_cloud_failure(self_ptr self, Generation& g, uint64_t request_id, const std::string& why);
 void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std::vector<char>& reply, double round_trip);
 
-// Asks the cloud for the token after `position`; returns the request's id.
-uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
+void on_echo_reply(self_ptr self, Generation& g, int32_t position, const std::vector<char>* reply, const std::string& failure);
+
+// The tokens of positions [0, position] on the response's path: the prompt, the shown tokens, then
+// the path's (guesses included: the cloud decides as if they held).
+std::vector<int32_t> sequence_through(const Generation& g, int32_t position) {
+  std::vector<int32_t> seq(g.request.prompt);
+  seq.insert(seq.end(), g.result.tokens.begin(), g.result.tokens.end());
+  for (const auto& e : g.path) seq.push_back(e.token);
+  seq.resize(std::min(seq.size(), static_cast<size_t>(position) + 1));
+  return seq;
+}
+
+// Asks the cloud for the token after `position` (or, echo, to score `scored_token` there); returns
+// the request's id.
+uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position, int32_t scored_token = -1) {
   wire::InferRequest req;
   req.session_id = g.session;
   req.request_id = g.next_request_id++;
   g.result.stats.cloud_requests++;
   req.position = static_cast<uint32_t>(position);
-  req.temperature = g.request.sampling.temperature;
-  req.top_p = g.request.sampling.top_p;
-  req.seed = g.request.sampling.seed;
+  req.sampling = g.request.sampling;
+  req.scored_token = scored_token;
+  if (g.request.sampling.penalizes() && scored_token < 0) {
+    const auto seq = sequence_through(g, position);
+    req.history = TokenHistory::of(seq.data(), seq.size(), g.request.prompt.size());
+  }
   const auto& mode = strategy_for(g.policy.mode);
   req.kind = mode.kind;
   if (mode.inlines_states) {
     req.inline_dtype = wire::Dtype::f32;
     req.inline_count = static_cast<uint32_t>(position + 1);
-    req.inline_payload.assign(reinterpret_cast<const uint8_t*>(g.naive_states.data()),
-                              reinterpret_cast<const uint8_t*>(g.naive_states.data() + g.naive_states.size()));
+    const auto* rows = g.naive_states.data();  // positions [0, position]: an echo asks before the last
+    const auto floats = static_cast<size_t>(position + 1) * static_cast<size_t>(self->state.model->config().dim);
+    req.inline_payload.assign(reinterpret_cast<const uint8_t*>(rows), reinterpret_cast<const uint8_t*>(rows + floats));
     g.result.stats.bytes_inline += req.inline_payload.size();
   }
   const auto sent = clock_type::now();
@@ -315,6 +339,7 @@ uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
             auto* g = find(self, id);
             if (!g) return;
             try {  // a rollback rewinds the runner: a bug there ends this response, not the actor
+              if (scored_token >= 0) return on_echo_reply(self, *g, position, &reply, "");
               on_cloud_reply(self, *g, request_id, reply, ms_since(sent));
             } catch (const std::exception& e) {
               fail(self, *g, e.what());
@@ -325,6 +350,7 @@ uint64_t ask_cloud(self_ptr self, Generation& g, int32_t position) {
             if (!g) return;
             g->result.stats.wait_ms += ms_since(sent);
             try {
+              if (scored_token >= 0) return on_echo_reply(self, *g, position, nullptr, self->system().render(e));
               on_cloud_failure(self, *g, request_id, self->system().render(e));
             } catch (const std::exception& ex) {
               fail(self, *g, ex.what());
@@ -388,6 +414,7 @@ void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std
   e->answered = true;
   e->answer = ans->token;
   e->answer_confidence = ans->confidence;
+  e->answer_logprobs = std::move(ans->logprobs);
   settle(self, g);
 }
 
@@ -427,6 +454,7 @@ void settle(self_ptr self, Generation& g) {
     int32_t token = e.token, layer = e.layer;
     float confidence = e.confidence;
     TokenSource source = e.source;
+    Logprobs logprobs = e.logprobs;
     if (e.source == TokenSource::cloud) {
       if (!e.failure.empty()) lose_cloud(g, e.position, e.failure);
       if (g.cloud_lost) {
@@ -439,11 +467,13 @@ void settle(self_ptr self, Generation& g) {
         }
         std::tie(token, layer, confidence, source) =
             std::make_tuple(e.fallback.token, e.fallback.layer, e.fallback.confidence, TokenSource::degraded);
+        logprobs = e.fallback.logprobs;
       } else if (!e.answered) {
         break;
       } else {
         std::tie(token, layer, confidence) =
             std::make_tuple(e.answer, static_cast<int32_t>(self->state.plan.n_layers), e.answer_confidence);
+        logprobs = e.answer_logprobs;
       }
       if (token != e.token) {
         g.result.stats.misses += g.max_ahead > 0;
@@ -454,7 +484,7 @@ void settle(self_ptr self, Generation& g) {
       }
     }
     g.path.pop_front();
-    if (show(self, g, e.position, token, source, layer, confidence)) return;
+    if (show(self, g, e.position, token, source, layer, confidence, logprobs)) return;
   }
   if (g.state == ResponseState::closing) return;
   ask_within_window(self, g);
@@ -469,6 +499,7 @@ void choose(self_ptr self, Generation& g, const StepOutcome& outcome) {
   t.position = outcome.position;
   if (d.action == Action::emit_local) {
     std::tie(t.token, t.layer, t.confidence) = std::make_tuple(d.token, d.layer, d.confidence);
+    t.logprobs = d.logprobs;
   } else {
     t.source = TokenSource::cloud;
     t.fallback = fallback(outcome);
@@ -489,6 +520,58 @@ void ask_only_cloud(self_ptr self, Generation& g, int32_t position) {
   t.request_id = ask_cloud(self, g, position);
   g.path.push_back(std::move(t));
   settle(self, g);
+}
+
+// Echo: each prompt position's logprobs of the next prompt token, under the head that would decide
+// that position for a generated token (decide(), as choose() does): an edge exit's at once, the
+// cloud's by a scoring request. The session stays open until every score is in (close()).
+void start_echo(self_ptr self, Generation& g) {
+  const auto& prompt = g.request.prompt;
+  const size_t scored = prompt.size() - 1;
+  g.result.prompt_logprobs.resize(scored);
+  if (g.runner) g.echo_outcomes = EarlyExitRunner::score(self->state.model, self->state.plan.split, prompt, g.rule);
+  for (size_t p = 0; p < scored; ++p) {
+    if (g.runner) {
+      const auto d = decide(g.policy, g.echo_outcomes[p]);
+      if (d.action == Action::emit_local) {
+        g.result.prompt_logprobs[p] = {d.logprobs, TokenSource::edge_exit, d.layer};
+        continue;
+      }
+    }
+    ++g.echo_pending;
+    ask_cloud(self, g, static_cast<int32_t>(p), prompt[p + 1]);
+  }
+}
+
+void close(self_ptr self, Generation& g);
+
+// The cloud's score of prompt position `position` (reply), or why there is none (failure): the
+// edge's last exit stands in (degraded), as for a generated token; cloud-only has no exit to ask.
+void on_echo_reply(self_ptr self, Generation& g, int32_t position, const std::vector<char>* reply, const std::string& failure) {
+  auto& entry = g.result.prompt_logprobs.at(static_cast<size_t>(position));
+  const int32_t want = g.request.prompt.at(static_cast<size_t>(position) + 1);
+  std::string why = failure.empty() ? "failed" : failure;
+  if (reply) {
+    auto decoded = wire::decode(*reply, {});
+    const auto* ans = decoded.ok ? std::get_if<wire::InferReply>(&decoded.message) : nullptr;
+    const auto* err = decoded.ok ? std::get_if<wire::ErrorReply>(&decoded.message) : nullptr;
+    if (ans && ans->has_logprobs && ans->token == want && ans->position == static_cast<uint32_t>(position)) {
+      entry = {std::move(ans->logprobs), TokenSource::cloud, static_cast<int32_t>(self->state.plan.n_layers)};
+      why.clear();
+    } else {
+      why = !decoded.ok ? "undecodable reply: " + decoded.error_text
+            : err      ? std::string(to_string(err->code)) + ": " + err->text
+                       : "the reply scores another token or position";
+    }
+  }
+  --g.echo_pending;
+  if (!why.empty()) {
+    if (g.echo_outcomes.empty())
+      return fail(self, g, "echo: the cloud could not score prompt position " + std::to_string(position) + ": " + why);
+    const auto stand_in = fallback(g.echo_outcomes[static_cast<size_t>(position)]);
+    entry = {stand_in.logprobs, TokenSource::degraded, stand_in.layer};
+  }
+  if (g.echo_pending == 0 && g.state == ResponseState::closing) close(self, g);
 }
 
 void start(self_ptr self, Generation& g) {
@@ -513,16 +596,23 @@ void start(self_ptr self, Generation& g) {
   if (g.request.prompt.empty() || static_cast<int64_t>(g.request.prompt.size()) >= cfg.max_seq) {
     return fail(self, g, "prompt must hold 1.." + std::to_string(cfg.max_seq - 1) + " tokens");
   }
+  const bool echo = g.request.echo && g.request.sampling.logprobs >= 0;
+  const bool generates = g.request.max_tokens > 0;
+  if (!generates && !echo) return fail(self, g, "max_tokens 0 asks for nothing (only an echo may generate no token)");
   if (!mode.edge_layers) {
     upload_tokens(self, g, 0, g.request.prompt);
-    return ask_only_cloud(self, g, g.shown_end() - 1);
+    if (echo) start_echo(self, g);
+    if (generates) return ask_only_cloud(self, g, g.shown_end() - 1);
+    return finish(self, g);
   }
   g.runner = std::make_unique<EarlyExitRunner>(self->state.model, self->state.plan.split);
   const auto t = clock_type::now();
   const auto outcome = g.runner->advance(g.request.prompt, g.rule);
   ship_rows(self, g);
+  if (echo) start_echo(self, g);
   g.result.stats.edge_ms += ms_since(t);
-  choose(self, g, outcome);
+  if (generates) return choose(self, g, outcome);
+  finish(self, g);
 }
 
 // One batched step: every due response that is still computing advances by one token, those
@@ -584,7 +674,7 @@ void step_due(self_ptr self) {
 void finish(self_ptr self, Generation& g) {
   if (g.state == ResponseState::awaiting_cloud) g.result.stats.blocked_ms += ms_since(g.blocked_since);
   g.state = ResponseState::closing;
-  if (!strategy_for(g.policy.mode).uploads) return deliver(self, g.id);
+  if (!strategy_for(g.policy.mode).uploads) return close(self, g);
   // The last token's state goes up too, so the cloud's context covers the whole response
   // (prompt + generated positions, each exactly once) and a follow-up could continue from it.
   // What the edge computed past it (a response cancelled while it ran ahead) is dropped first.
@@ -606,6 +696,14 @@ void finish(self_ptr self, Generation& g) {
       upload_tokens(self, g, static_cast<uint32_t>(g.shown_end() - 1), {last});
     }
   }
+  close(self, g);
+}
+
+// Ends the session on the cloud (Bye) and delivers the result, once no echo score is outstanding
+// (on_echo_reply calls again when the last one is in).
+void close(self_ptr self, Generation& g) {
+  if (g.echo_pending > 0) return;
+  if (!strategy_for(g.policy.mode).uploads) return deliver(self, g.id);
   const uint64_t id = g.id;
   self->request(self->state.uploader, self->state.config.request_deadline * 2, bye_atom::value, g.session)
       .then(

@@ -24,13 +24,13 @@ const ModeStrategy& strategy_for(InferenceMode mode) {
 }
 
 Decision fallback(const StepOutcome& o) {
-  return {Action::emit_local, o.fallback_token, o.fallback_layer, o.fallback_confidence};
+  return {Action::emit_local, o.fallback_token, o.fallback_layer, o.fallback_confidence, o.fallback_logprobs};
 }
 
 Decision decide(const Policy& policy, const StepOutcome& o) {
   const auto& mode = strategy_for(policy.mode);
-  if (mode.exits_resolve && o.resolved) return {Action::emit_local, o.token, o.exit_layer, o.confidence};
-  if (mode.asks_cloud) return {Action::ask_cloud, -1, -1, 0};
+  if (mode.exits_resolve && o.resolved) return {Action::emit_local, o.token, o.exit_layer, o.confidence, o.logprobs};
+  if (mode.asks_cloud) return {Action::ask_cloud, -1, -1, 0, {}};
   return fallback(o);
 }
 

@@ -38,6 +38,7 @@ struct Decision {
   int32_t token = -1;   // for emit_local
   int32_t layer = -1;
   float confidence = 0;
+  Logprobs logprobs;    // of `token`, when the response asked for logprobs
 };
 
 // Collaborative: a token resolved at an edge exit (confidence >= θ) stays local; else the cloud.

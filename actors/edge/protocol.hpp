@@ -28,11 +28,12 @@ using response_listener_actor = caf::typed_actor<
 // One response asked of the edge.
 struct GenerateRequest {
   std::vector<int32_t> prompt;            // token ids, BOS included
-  int max_tokens = 64;
+  int max_tokens = 64;                    // 0: none (echo only: a prompt's logprobs)
   std::optional<double> threshold;        // θ; unset: the exit decider's
   std::optional<InferenceMode> mode;      // unset: the exit decider's
   std::optional<bool> speculate;          // unset: ce.speculation.enabled (collaborative mode only)
-  SamplingParams sampling;
+  SamplingParams sampling;               // logprobs >= 0: each token's logprobs
+  bool echo = false;                      // the prompt tokens' logprobs too (needs sampling.logprobs >= 0)
   response_listener_actor listener;       // gets the tokens and the result; may be unset
   bool stop_at_eos = true;
 };

@@ -62,16 +62,24 @@ inline float top2_margin(const at::Tensor& logits) {
 }
 
 // standalone: a token no edge exit is confident of comes from the last edge exit, not the cloud.
+// `sampling` (default greedy) chooses each token as the runtime does (model/sampler.hpp), from the
+// deciding head's logits and the sequence so far; the confidence stays the head's greedy one.
 inline std::vector<OracleToken> oracle(const Model& model, std::vector<int32_t> prompt, double theta, int n_tokens,
-                                       int64_t split = 0, bool standalone = false) {
+                                       int64_t split = 0, bool standalone = false, const SamplingParams& sampling = {}) {
   torch::InferenceMode guard;
   const auto& c = model.config();
   const auto plan = SplitPlan::from_config(c, split);
   const auto& d = model.decoder();
   KvCache edge(c, 0, plan.split), cloud(c, plan.split, c.n_layers);
   std::vector<OracleToken> out;
-  std::vector<int32_t> feed = prompt;
+  std::vector<int32_t> feed = prompt, sequence = prompt;
   int64_t pos = 0;
+  // The runtime's choice after the sequence so far, with the greedy confidence and margin.
+  auto choose = [&](const at::Tensor& logits, int32_t layer) {
+    const auto history = TokenHistory::of(sequence.data(), sequence.size(), prompt.size());
+    const auto choice = choose_token(logits, sampling, ChoiceInput{sequence.size() - 1, history, -1});
+    return OracleToken{choice.token, layer, choice.confidence, top2_margin(logits)};
+  };
   for (int i = 0; i < n_tokens; ++i) {
     std::vector<int64_t> ids(feed.begin(), feed.end());
     auto h = d.embed(torch::tensor(ids, torch::kLong));
@@ -81,10 +89,8 @@ inline std::vector<OracleToken> oracle(const Model& model, std::vector<int32_t> 
     for (auto e : plan.edge_exits) {
       h = d.forward(h, pos, depth, e, edge);
       depth = e;
-      auto logits = d.exit_logits(e, h[-1]);
-      auto choice = greedy_choice(logits);
-      last_exit = {static_cast<int32_t>(choice.token), static_cast<int32_t>(e), choice.confidence, top2_margin(logits)};
-      if (!decided && choice.confidence >= theta) {
+      last_exit = choose(d.exit_logits(e, h[-1]), static_cast<int32_t>(e));
+      if (!decided && last_exit.confidence >= theta) {
         t = last_exit;
         decided = true;
       }
@@ -96,13 +102,12 @@ inline std::vector<OracleToken> oracle(const Model& model, std::vector<int32_t> 
     if (depth < plan.split) h = d.forward(h, pos, depth, plan.split, edge);
     auto top = d.forward(h.to(torch::kHalf).to(torch::kFloat), pos, plan.split, c.n_layers, cloud);
     if (!decided) {
-      auto logits = d.final_logits(top[-1]);
-      auto choice = greedy_choice(logits);
-      t = {static_cast<int32_t>(choice.token), static_cast<int32_t>(c.n_layers), choice.confidence, top2_margin(logits)};
+      t = choose(d.final_logits(top[-1]), static_cast<int32_t>(c.n_layers));
     }
     out.push_back(t);
     pos += static_cast<int64_t>(feed.size());
     feed = {t.token};
+    sequence.push_back(t.token);
   }
   return out;
 }

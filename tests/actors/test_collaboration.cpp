@@ -675,6 +675,165 @@ BOOST_AUTO_TEST_CASE(seeded_sampling_is_reproducible_and_differs_from_greedy) {
   BOOST_TEST(a.stats.cloud_tokens + b.stats.cloud_tokens > 0);  // the cloud sampled too
 }
 
+// The samplers act identically wherever a token is chosen: greedy with penalties and a bias equals
+// the one-process oracle under the same rule (edge exits and the cloud's final layer both decide),
+// and seeded sampling with every knob is the same with and without speculation, in every mode.
+BOOST_AUTO_TEST_CASE(samplers_apply_identically_on_the_edge_and_the_cloud) {
+  Cluster c;
+  const int n = 20;
+  const double theta = mixing_threshold(c.edge->model(), prompt_a(), n);
+  BOOST_REQUIRE(theta > 0);
+  SamplingParams greedy_rule;
+  greedy_rule.repetition_penalty = 1.3f;
+  greedy_rule.presence_penalty = 0.6f;
+  greedy_rule.frequency_penalty = 0.3f;
+  greedy_rule.logit_bias = {{40, 1.5f}, {17, -2.0f}};
+  auto req = request_for(prompt_a(), theta, n);
+  req.sampling = greedy_rule;
+  req.speculate = false;
+  const auto got = c.edge->generate(req);
+  BOOST_TEST_REQUIRE(got.error == "");
+  const auto want = oracle(c.edge->model(), prompt_a(), theta, n, 0, false, greedy_rule);
+  expect_matches_oracle(got.tokens, want, theta);
+  BOOST_TEST(got.stats.cloud_tokens > 0);
+  BOOST_TEST(got.stats.cloud_tokens < n);
+  const auto plain = oracle(c.edge->model(), prompt_a(), theta, n);
+  BOOST_TEST(tokens_of(want) != tokens_of(plain));  // the knobs changed the text
+
+  SamplingParams sampled = greedy_rule;
+  sampled.temperature = 0.9f;
+  sampled.top_k = 12;
+  sampled.min_p = 0.02f;
+  sampled.top_p = 0.95f;
+  sampled.seed = 31;
+  for (auto mode : {InferenceMode::collaborative, InferenceMode::cloud_only, InferenceMode::naive_split}) {
+    auto r = request_for(prompt_a(), mode == InferenceMode::collaborative ? theta : 2.0, n);
+    r.mode = mode;
+    r.sampling = sampled;
+    r.speculate = false;
+    const auto a = c.edge->generate(r);
+    r.speculate = true;
+    const auto b = c.edge->generate(r);
+    BOOST_TEST_CONTEXT("mode " << to_string(mode)) {
+      BOOST_TEST(a.error == "");
+      BOOST_TEST(a.tokens == b.tokens, boost::test_tools::per_element());
+      if (mode != InferenceMode::collaborative)  // every token from the final layer: the oracle at θ 2
+        expect_matches_oracle(a.tokens, oracle(c.edge->model(), prompt_a(), 2.0, n, 0, false, sampled), 2.0);
+    }
+  }
+}
+
+// Each token's logprobs come from the head that chose it: the top entry's probability is that
+// head's greedy confidence (edge exit or the cloud's final layer), the token's own logprob is
+// in the alternatives when it is among the most likely, and a speculative run reports the same.
+BOOST_AUTO_TEST_CASE(each_token_reports_the_logprobs_of_the_head_that_chose_it) {
+  Cluster c;
+  const int n = 16;
+  const double theta = mixing_threshold(c.edge->model(), prompt_a(), n);
+  for (bool speculate : {false, true}) {
+    auto req = request_for(prompt_a(), theta, n);
+    req.sampling.logprobs = 4;
+    req.speculate = speculate;
+    std::vector<TokenEvent> events;
+    const auto r = c.edge->generate(req, [&](const TokenEvent& e) {
+      events.push_back(e);
+      return true;
+    });
+    BOOST_TEST_REQUIRE(r.error == "");
+    BOOST_REQUIRE_EQUAL(r.logprobs.size(), r.tokens.size());
+    BOOST_REQUIRE_EQUAL(events.size(), r.tokens.size());
+    int cloud = 0;
+    for (size_t i = 0; i < r.tokens.size(); ++i) {
+      const auto& lp = r.logprobs[i];
+      BOOST_TEST_CONTEXT("token " << i << " from " << to_string(r.sources[i]) << " layer " << r.layers[i]) {
+        BOOST_REQUIRE_EQUAL(lp.top.size(), 4u);
+        BOOST_TEST(std::abs(std::exp(lp.top[0].logprob) - events[i].confidence) < 1e-4);
+        BOOST_TEST(lp.top[0].token == r.tokens[i]);  // greedy: the chosen token is the most likely
+        BOOST_TEST(std::abs(lp.logprob - lp.top[0].logprob) < 1e-6);
+        for (size_t k = 1; k < lp.top.size(); ++k) BOOST_TEST(lp.top[k].logprob <= lp.top[k - 1].logprob);
+        BOOST_TEST(events[i].logprobs.logprob == lp.logprob);
+      }
+      cloud += r.sources[i] == TokenSource::cloud;
+    }
+    BOOST_TEST(cloud > 0);
+    BOOST_TEST(cloud < n);
+  }
+  auto none = request_for(prompt_a(), theta, 4);
+  BOOST_TEST(c.edge->generate(none).logprobs.empty());  // not asked: none
+}
+
+// Echo: the prompt's own tokens scored as generated ones would be decided. An exit-scored entry
+// equals that exit's log-softmax; a cloud-scored one the full model's (through the fp16 split
+// state); standalone never asks the cloud; max_tokens 0 generates nothing and closes the session.
+BOOST_AUTO_TEST_CASE(echo_scores_the_prompt_under_the_deciding_heads) {
+  Cluster c;
+  const auto& model = c.edge->model();
+  const auto& cfg = model.config();
+  const auto prompt = prompt_a();
+  // The reference: every head's log-softmax at every prompt position, one pass of the whole prompt.
+  torch::InferenceMode guard;
+  const auto plan = SplitPlan::from_config(cfg, 0);
+  const auto& d = model.decoder();
+  KvCache edge_kv(cfg, 0, plan.split), cloud_kv(cfg, plan.split, cfg.n_layers);
+  auto h = d.embed(torch::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()), torch::kLong));
+  std::map<int64_t, at::Tensor> exit_log_softmax;
+  int64_t depth = 0;
+  for (auto e : plan.edge_exits) {
+    h = d.forward(h, 0, depth, e, edge_kv);
+    depth = e;
+    exit_log_softmax[e] = at::log_softmax(d.exit_logits(e, h).to(at::kDouble), -1);
+  }
+  if (depth < plan.split) h = d.forward(h, 0, depth, plan.split, edge_kv);
+  const auto final_log_softmax = at::log_softmax(
+      d.final_logits(d.forward(h.to(torch::kHalf).to(torch::kFloat), 0, plan.split, cfg.n_layers, cloud_kv)).to(at::kDouble), -1);
+  // θ halfway between the least and the most confident prompt positions (each at its most
+  // confident exit): some positions leave at an exit, the others need the cloud.
+  std::vector<double> best;
+  for (size_t p = 0; p + 1 < prompt.size(); ++p) {
+    double m = 0;
+    for (const auto& [layer, ls] : exit_log_softmax) m = std::max(m, std::exp(ls[static_cast<int64_t>(p)].max().item<double>()));
+    best.push_back(m);
+  }
+  const double theta = (*std::min_element(best.begin(), best.end()) + *std::max_element(best.begin(), best.end())) / 2;
+
+  for (auto mode : {InferenceMode::collaborative, InferenceMode::standalone, InferenceMode::cloud_only}) {
+    auto req = request_for(prompt, theta, 0);
+    req.mode = mode;
+    req.echo = true;
+    req.sampling.logprobs = 2;
+    const auto r = c.edge->generate(req);
+    BOOST_TEST_CONTEXT("mode " << to_string(mode)) {
+      BOOST_TEST_REQUIRE(r.error == "");
+      BOOST_TEST(r.tokens.empty());
+      BOOST_REQUIRE_EQUAL(r.prompt_logprobs.size(), prompt.size() - 1);
+      std::set<TokenSource> sources;
+      for (size_t p = 0; p + 1 < prompt.size(); ++p) {
+        const auto& e = r.prompt_logprobs[p];
+        sources.insert(e.source);
+        const auto& ref = e.source == TokenSource::cloud ? final_log_softmax : exit_log_softmax.at(e.layer);
+        BOOST_TEST(e.logprobs.logprob == ref[static_cast<int64_t>(p)][prompt[p + 1]].item<double>(),
+                   boost::test_tools::tolerance(e.source == TokenSource::cloud ? 2e-3 : 1e-4));
+        BOOST_TEST(e.logprobs.top.size() == 2u);
+        BOOST_TEST((e.source != TokenSource::degraded));
+      }
+      if (mode == InferenceMode::collaborative) BOOST_TEST(sources.size() == 2u);  // exits and the cloud
+      if (mode == InferenceMode::standalone) BOOST_TEST(!sources.count(TokenSource::cloud));
+      if (mode == InferenceMode::cloud_only) BOOST_TEST((sources == std::set<TokenSource>{TokenSource::cloud}));
+    }
+  }
+  // Echo beside generation: the same generated tokens as without it.
+  auto req = request_for(prompt, theta, 8);
+  req.sampling.logprobs = 0;
+  const auto plain = c.edge->generate(req);
+  req.echo = true;
+  const auto echoed = c.edge->generate(req);
+  BOOST_TEST(echoed.tokens == plain.tokens, boost::test_tools::per_element());
+  BOOST_TEST(echoed.prompt_logprobs.size() == prompt.size() - 1);
+  auto nothing = request_for(prompt, theta, 0);  // max_tokens 0 without echo asks for nothing
+  BOOST_TEST(c.edge->generate(nothing).error != "");
+  BOOST_TEST(eventually([&] { return c.cloud->cloud_stats().live == 0u; }));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // Speculative collaboration: the edge goes on with its last exit's guess while the cloud answers

@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   cases.push_back({"infer-unknown-kind", encode(odd_kind)});
   InferRequest nan_temperature;
   nan_temperature.session_id = 7;
-  nan_temperature.temperature = std::numeric_limits<float>::quiet_NaN();
+  nan_temperature.sampling.temperature = std::numeric_limits<float>::quiet_NaN();
   cases.push_back({"infer-nan-temperature", encode(nan_temperature)});
   Hello long_name{protocol_version, "ce-brown-8l", "54d9f2db8aebeadc", 4, 256, Dtype::f16, std::string(5000, 'x')};
   cases.push_back({"hello-text-too-long", encode(long_name)});

@@ -46,16 +46,39 @@ bool operator==(const UploadAck& a, const UploadAck& b) {
   return a.session_id == b.session_id && a.chunk_id == b.chunk_id &&
          a.held_positions == b.held_positions;
 }
+bool same_sampling(const SamplingParams& a, const SamplingParams& b) {
+  bool bias = a.logit_bias.size() == b.logit_bias.size();
+  for (size_t i = 0; bias && i < a.logit_bias.size(); ++i)
+    bias = a.logit_bias[i].token == b.logit_bias[i].token && a.logit_bias[i].bias == b.logit_bias[i].bias;
+  return bias && a.temperature == b.temperature && a.top_p == b.top_p && a.seed == b.seed && a.top_k == b.top_k &&
+         a.min_p == b.min_p && a.repetition_penalty == b.repetition_penalty &&
+         a.presence_penalty == b.presence_penalty && a.frequency_penalty == b.frequency_penalty &&
+         a.logprobs == b.logprobs;
+}
+bool same_history(const TokenHistory& a, const TokenHistory& b) {
+  bool same = a.uses.size() == b.uses.size();
+  for (size_t i = 0; same && i < a.uses.size(); ++i)
+    same = a.uses[i].token == b.uses[i].token && a.uses[i].output_count == b.uses[i].output_count &&
+           a.uses[i].in_prompt == b.uses[i].in_prompt;
+  return same;
+}
+bool same_logprobs(const Logprobs& a, const Logprobs& b) {
+  bool same = a.logprob == b.logprob && a.top.size() == b.top.size();
+  for (size_t i = 0; same && i < a.top.size(); ++i)
+    same = a.top[i].token == b.top[i].token && a.top[i].logprob == b.top[i].logprob;
+  return same;
+}
 bool operator==(const InferRequest& a, const InferRequest& b) {
   return a.session_id == b.session_id && a.request_id == b.request_id &&
-         a.position == b.position && a.kind == b.kind && a.temperature == b.temperature &&
-         a.top_p == b.top_p && a.seed == b.seed && a.inline_dtype == b.inline_dtype &&
-         a.inline_count == b.inline_count && a.inline_payload == b.inline_payload;
+         a.position == b.position && a.kind == b.kind && a.inline_dtype == b.inline_dtype &&
+         a.inline_count == b.inline_count && a.inline_payload == b.inline_payload &&
+         same_sampling(a.sampling, b.sampling) && same_history(a.history, b.history) && a.scored_token == b.scored_token;
 }
 bool operator==(const InferReply& a, const InferReply& b) {
   return a.session_id == b.session_id && a.request_id == b.request_id &&
          a.position == b.position && a.token == b.token && a.confidence == b.confidence &&
-         a.cloud_compute_us == b.cloud_compute_us;
+         a.cloud_compute_us == b.cloud_compute_us && a.has_logprobs == b.has_logprobs &&
+         same_logprobs(a.logprobs, b.logprobs);
 }
 bool operator==(const Bye& a, const Bye& b) { return a.session_id == b.session_id; }
 bool operator==(const Truncate& a, const Truncate& b) {
@@ -137,9 +160,17 @@ InferRequest request(InferKind kind = InferKind::collaborative) {
   m.request_id = 1234;
   m.position = 10;
   m.kind = kind;
-  m.temperature = 0.7f;
-  m.top_p = 0.9f;
-  m.seed = 0xdeadbeefcafeull;
+  m.sampling.temperature = 0.7f;
+  m.sampling.top_p = 0.9f;
+  m.sampling.seed = 0xdeadbeefcafeull;
+  m.sampling.top_k = 40;
+  m.sampling.min_p = 0.05f;
+  m.sampling.repetition_penalty = 1.1f;
+  m.sampling.presence_penalty = -0.5f;
+  m.sampling.frequency_penalty = 0.25f;
+  m.sampling.logit_bias = {{3, -100.0f}, {17, 2.5f}};
+  m.sampling.logprobs = 5;
+  m.history.uses = {{2, 0, true}, {9, 3, false}, {11, 1, true}};
   if (kind == InferKind::naive_split) {
     m.inline_dtype = Dtype::f32;
     m.inline_count = m.position + 1;
@@ -156,6 +187,8 @@ InferReply reply() {
   m.token = -31999;
   m.confidence = 0.875f;
   m.cloud_compute_us = 12345678901ull;
+  m.has_logprobs = true;
+  m.logprobs = {-0.25f, {{7, -0.125f}, {-31999, -0.25f}, {4, -3.5f}}};
   return m;
 }
 
@@ -453,6 +486,23 @@ BOOST_AUTO_TEST_CASE(upload_chunk_rules) {
   expect_accepted(c, Limits{hidden, 0, 1u << 20});
 }
 
+BOOST_AUTO_TEST_CASE(infer_reply_logprobs_must_be_log_probabilities) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (float l : {0.5f, nan, -std::numeric_limits<float>::infinity()}) {
+    InferReply m = reply();
+    m.logprobs.logprob = l;
+    expect_refused(m, limits, "InferReply.logprob");
+    m = reply();
+    m.logprobs.top[1].logprob = l;
+    expect_refused(m, limits, "InferReply.top_logprobs");
+  }
+  InferReply m = reply();
+  m.logprobs.top.assign(21, {1, -1.0f});
+  expect_refused(m, limits, "InferReply.top_logprobs");
+  m.logprobs.top.resize(20);
+  expect_accepted(m, limits);
+}
+
 BOOST_AUTO_TEST_CASE(infer_request_rules) {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -464,20 +514,62 @@ BOOST_AUTO_TEST_CASE(infer_request_rules) {
 
   for (float t : {-0.5f, inf, -inf, nan}) {
     r = request();
-    r.temperature = t;
+    r.sampling.temperature = t;
     expect_refused(r, limits, "InferRequest.temperature");
   }
   r = request();
-  r.temperature = 0;
+  r.sampling.temperature = 0;
   expect_accepted(r, limits);
 
   for (float p : {0.0f, -0.1f, 1.0001f, inf, nan}) {
     r = request();
-    r.top_p = p;
+    r.sampling.top_p = p;
     expect_refused(r, limits, "InferRequest.top_p");
   }
   r = request();
-  r.top_p = 1;
+  r.sampling.top_p = 1;
+  expect_accepted(r, limits);
+
+  // The rest of the sampling rule: values no sampler could use are refused by name.
+  for (float m : {-0.1f, 1.5f, nan}) {
+    r = request();
+    r.sampling.min_p = m;
+    expect_refused(r, limits, "InferRequest.min_p");
+  }
+  for (float rp : {0.0f, -1.0f, inf, nan}) {
+    r = request();
+    r.sampling.repetition_penalty = rp;
+    expect_refused(r, limits, "InferRequest.repetition_penalty");
+  }
+  r = request();
+  r.sampling.presence_penalty = nan;
+  expect_refused(r, limits, "InferRequest.presence_penalty");
+  r = request();
+  r.sampling.frequency_penalty = inf;
+  expect_refused(r, limits, "InferRequest.frequency_penalty");
+  r = request();
+  r.sampling.logit_bias = {{1, nan}};
+  expect_refused(r, limits, "InferRequest.logit_bias");
+  r = request();
+  r.sampling.logit_bias.assign(129, ce::TokenBias{1, 1});  // more entries than positions
+  expect_refused(r, limits, "InferRequest.logit_bias");
+  r = request();
+  r.history.uses.assign(129, ce::TokenUse{1, 1, false});
+  expect_refused(r, limits, "InferRequest.history");
+  for (int32_t n : {-2, 21}) {
+    r = request();
+    r.sampling.logprobs = n;
+    expect_refused(r, limits, "InferRequest.logprobs");
+  }
+  r = request();
+  r.scored_token = -5;
+  expect_refused(r, limits, "InferRequest.scored_token");
+  r = request();
+  r.sampling.top_k = (1 << 24) + 1;
+  expect_refused(r, limits, "InferRequest.top_k");
+  r = request();
+  r.sampling.logprobs = 20;
+  r.scored_token = 4;
   expect_accepted(r, limits);
 
   // naive_split carries positions [0, position] inline, as f32.

@@ -477,6 +477,83 @@ BOOST_FIXTURE_TEST_CASE(rewind_restores_the_state_of_a_runner_that_never_specula
   }
 }
 
+// Echo: score() decides each prompt position as the eager reference would (first confident exit,
+// else the final layer; fallback the deepest exit) and reports the next prompt token's log-softmax
+// under that head, with the most likely alternatives.
+BOOST_FIXTURE_TEST_CASE(score_reports_each_prompt_token_under_its_deciding_head, Fixture) {
+  const double theta = mixing_threshold();
+  const std::vector<int32_t> tokens{1, 17, 42, 5, 9, 30, 2, 17, 17, 8, 40, 3};
+  for (int64_t layer_end : {split, c.n_layers}) {
+    ExitRule rule;
+    rule.threshold = theta;
+    rule.sampling.logprobs = 3;
+    const auto got = EarlyExitRunner::score(m, layer_end, tokens, rule);
+    BOOST_REQUIRE_EQUAL(got.size(), tokens.size() - 1);
+    EagerReference ref(*m);
+    std::set<int32_t> deciding_layers;
+    for (size_t p = 0; p + 1 < tokens.size(); ++p) {
+      const auto step = ref.feed(tokens[p]);
+      // score() reads every exit of the range: the fallback is the deepest exit before layer_end.
+      const auto want = decide(step, static_cast<int64_t>(p), theta, layer_end, c.n_layers);
+      const auto& o = got[p];
+      BOOST_TEST_CONTEXT("layer_end " << layer_end << " position " << p) {
+        BOOST_TEST(o.position == static_cast<int32_t>(p));
+        BOOST_TEST(o.resolved == want.resolved);
+        BOOST_TEST(o.exit_layer == want.exit_layer);
+        const int32_t next = tokens[p + 1];
+        auto check_head = [&](const Logprobs& lp, const at::Tensor& logits) {
+          const auto log_softmax = at::log_softmax(logits.to(at::kDouble), -1);
+          BOOST_TEST(std::abs(lp.logprob - log_softmax[next].item<double>()) < 1e-4);
+          BOOST_REQUIRE_EQUAL(lp.top.size(), 3u);
+          BOOST_TEST(lp.top[0].token == log_softmax.argmax().item<int64_t>());
+          BOOST_TEST(lp.top[0].logprob >= lp.top[1].logprob);
+        };
+        if (o.resolved) {
+          BOOST_TEST(o.token == next);  // the scored token, not a choice
+          deciding_layers.insert(o.exit_layer);
+          check_head(o.logprobs, o.exit_layer == c.n_layers ? step.final_logits : step.exit_logits.at(o.exit_layer));
+        }
+        BOOST_REQUIRE(o.fallback_layer >= 1);
+        check_head(o.fallback_logprobs, step.exit_logits.at(o.fallback_layer));
+      }
+    }
+    if (layer_end == c.n_layers) BOOST_TEST(deciding_layers.size() >= 2u);  // exits and the final layer both scored
+  }
+  BOOST_TEST(EarlyExitRunner::score(m, split, {5}, ExitRule{}).empty());  // one token: nothing to score
+}
+
+// Penalties read the runner's own sequence: the first feed is the prompt, later feeds the output,
+// and a rewind forgets the fed tokens it drops.
+BOOST_FIXTURE_TEST_CASE(penalties_read_the_fed_sequence, Fixture) {
+  ExitRule rule;
+  rule.threshold = 0.0;  // always the first exit
+  rule.sampling.presence_penalty = 1.5f;
+  rule.sampling.repetition_penalty = 1.3f;
+  EagerReference ref(*m);
+  EarlyExitRunner runner(m, split);
+  const std::vector<int32_t> prompt{1, 17, 42};
+  std::vector<int32_t> fed(prompt);
+  for (size_t i = 0; i + 1 < prompt.size(); ++i) ref.feed(prompt[i]);
+  auto step = ref.feed(prompt.back());
+  auto got = runner.advance(prompt, rule);
+  std::set<int32_t> distinct;
+  for (int p = 0; p < 16; ++p) {
+    const auto history = TokenHistory::of(fed.data(), fed.size(), prompt.size());
+    const auto want = choose_token(step.exit_logits.at(1), rule.sampling, ChoiceInput{fed.size() - 1, history, -1});
+    BOOST_TEST(got.token == want.token, "position " << fed.size() - 1);
+    distinct.insert(got.token);
+    if (p == 8) {  // a wrong guess fed and rolled back: its token must leave the history
+      runner.checkpoint();
+      runner.advance({(got.token + 1) % static_cast<int32_t>(c.vocab_size)}, rule);
+      runner.rewind(static_cast<int64_t>(fed.size()));
+    }
+    fed.push_back(got.token);
+    step = ref.feed(got.token);
+    got = runner.advance({got.token}, rule);
+  }
+  BOOST_TEST(distinct.size() > 4u);  // the presence penalty moves the choice on
+}
+
 BOOST_FIXTURE_TEST_CASE(misuse_throws, Fixture) {
   BOOST_CHECK_THROW(EarlyExitRunner(m, 0), ModelError);
   BOOST_CHECK_THROW(EarlyExitRunner(m, c.n_layers + 1), ModelError);
