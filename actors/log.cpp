@@ -34,4 +34,10 @@ void log_line(LogLevel level, const std::string& component, const std::string& t
                component.c_str(), text.c_str(), request_id.empty() ? "" : " req=", request_id.c_str());
 }
 
+std::string hex(uint64_t id) {
+  std::ostringstream s;
+  s << std::hex << id;
+  return s.str();
+}
+
 }  // namespace ce

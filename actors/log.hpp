@@ -1,6 +1,7 @@
 #pragma once
 // One line per event on stderr: time, level, component, then the event with its session and
 // position. Thread-safe; the level comes from ce.log.level.
+#include <cstdint>
 #include <sstream>
 #include <string>
 
@@ -17,6 +18,9 @@ void log_line(LogLevel level, const std::string& component, const std::string& t
 // set. Empty: none.
 void set_log_request_id(std::string id);
 const std::string& log_request_id();
+
+// A session id as log lines show it (hex, as the edge and the cloud both print it).
+std::string hex(uint64_t id);
 
 // Usage: CE_LOG(info, "uploader", "session " << id << " acked " << n);
 #define CE_LOG(level, component, expr)                                    \

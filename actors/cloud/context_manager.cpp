@@ -69,12 +69,6 @@ struct ManagerState {
 
 using self_ptr = context_manager_actor::stateful_pointer<ManagerState>;
 
-std::string hex(uint64_t v) {
-  std::ostringstream s;
-  s << std::hex << v;
-  return s.str();
-}
-
 std::vector<char> error_frame(error code, const std::string& text, uint64_t session = 0, uint64_t request = 0) {
   return wire::encode(wire::ErrorReply{code, text, session, request});
 }

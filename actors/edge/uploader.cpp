@@ -85,12 +85,6 @@ struct UploaderState {
 
 using self_ptr = uploader_actor::stateful_pointer<UploaderState>;
 
-std::string hex(uint64_t v) {
-  std::ostringstream s;
-  s << std::hex << v;
-  return s.str();
-}
-
 CloudLink* link_of(self_ptr self, const SessionLog& log) {
   return log.node == no_node ? nullptr : &self->state.links[static_cast<size_t>(log.node)];
 }
