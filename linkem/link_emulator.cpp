@@ -29,6 +29,11 @@
 
 #include <boost/asio.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 namespace ce::linkem {
 
 // ---------------------------------------------------------------------------------------
@@ -234,6 +239,23 @@ constexpr std::size_t kReadSize = 64 * 1024;
 constexpr std::size_t kQueueLimit = std::size_t(64) << 20;  // stop reading at this many queued bytes
 constexpr std::size_t kResumeBelow = kQueueLimit / 2;      // ... and resume below this
 
+// Every socket of the emulator is close-on-exec from its creation (SOCK_CLOEXEC; Asio opens and
+// accepts without it, and setting FD_CLOEXEC afterwards leaves a window): the emulator runs
+// inside processes that start others (the integration tests fork cloud nodes while their
+// emulators run). A child holding a copy keeps a connection open after the emulator closed it,
+// so its peer sees neither FIN nor RST, unlike on a real link: an edge behind a lost or refused
+// upstream waited forever for a cloud that had come back, and cut() reset nothing.
+template <class Socket, class Protocol>
+void open_cloexec(Socket& socket, const Protocol& protocol, error_code& ec) {
+  const int fd = ::socket(protocol.family(), protocol.type() | SOCK_CLOEXEC, protocol.protocol());
+  if (fd < 0) {
+    ec = error_code(errno, boost::system::system_category());
+    return;
+  }
+  socket.assign(protocol, fd, ec);
+  if (ec) ::close(fd);
+}
+
 Clock::duration from_ms(double ms) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(ms));
 }
@@ -325,15 +347,34 @@ struct Connection : std::enable_shared_from_this<Connection> {
   void connect() {
     error_code ignored;
     client.set_option(tcp::no_delay(true), ignored);
+    connect_to(impl.targets.begin());
+  }
+
+  // Tries the target's addresses in turn, as asio::async_connect does, but each on a socket
+  // opened close-on-exec (see open_cloexec); closes the client when none takes the connection.
+  void connect_to(tcp::resolver::results_type::const_iterator target) {
+    if (closed) return;
+    if (target == impl.targets.end()) {
+      close(false);
+      return;
+    }
+    const tcp::endpoint endpoint = target->endpoint();
+    error_code ec;
+    server.close(ec);
+    open_cloexec(server, endpoint.protocol(), ec);
+    if (ec) {
+      connect_to(std::next(target));
+      return;
+    }
     auto self = shared_from_this();
-    asio::async_connect(server, impl.targets, [this, self](const error_code& ec, const tcp::endpoint&) {
+    server.async_connect(endpoint, [this, self, target](const error_code& ec) {
       if (closed) return;
       if (ec) {
-        close(false);
+        connect_to(std::next(target));
         return;
       }
-      error_code ignored2;
-      server.set_option(tcp::no_delay(true), ignored2);
+      error_code ignored;
+      server.set_option(tcp::no_delay(true), ignored);
       read(up);
       read(down);
     });
@@ -467,9 +508,26 @@ struct Connection : std::enable_shared_from_this<Connection> {
   }
 };
 
+// Waits for a connection and takes it with accept4(SOCK_CLOEXEC) (see open_cloexec); the
+// listener is non-blocking, so a client gone before it was taken costs only another wait.
 void Engine::accept() {
-  acceptor.async_accept([this](const error_code& ec, tcp::socket socket) {
+  acceptor.async_wait(tcp::acceptor::wait_read, [this](error_code ec) {
     if (stopping || ec == asio::error::operation_aborted) return;
+    tcp::socket socket(io);
+    if (!ec) {
+      const int fd = ::accept4(acceptor.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
+      const int err = errno;
+      if (fd < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == ECONNABORTED || err == EINTR)) {
+        accept();
+        return;
+      }
+      if (fd < 0) {
+        ec = error_code(err, boost::system::system_category());
+      } else {
+        socket.assign(tcp::v4(), fd, ec);
+        if (ec) ::close(fd);
+      }
+    }
     if (ec) {  // e.g. out of file descriptors: try again shortly instead of spinning
       accept_retry.expires_after(std::chrono::milliseconds(100));
       accept_retry.async_wait([this](const error_code& e) {
@@ -503,7 +561,10 @@ LinkEmulator::LinkEmulator(LinkProfile profile, std::string target_host, uint16_
   }
   try {
     const tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), listen_port);
-    impl_->acceptor.open(endpoint.protocol());
+    error_code ec;
+    open_cloexec(impl_->acceptor, endpoint.protocol(), ec);
+    if (ec) throw boost::system::system_error(ec);
+    impl_->acceptor.non_blocking(true);  // accept() takes connections with accept4
     impl_->acceptor.set_option(asio::socket_base::reuse_address(true));
     impl_->acceptor.bind(endpoint);
     impl_->acceptor.listen();

@@ -19,6 +19,9 @@
 //   * The connection to the target is opened when a client is accepted, without delay; if
 //     it fails the client socket is closed.
 //   * Sockets use TCP_NODELAY so that small messages are not held back by Nagle.
+//   * Sockets are close-on-exec from their creation: processes the host starts (tests fork
+//     nodes while emulators run) hold no copy, which would keep a connection open after the
+//     emulator closed it (its peer would see neither FIN nor RST).
 //
 // Blackhole: bytes are HELD, never dropped (TCP would retransmit them; dropping bytes out
 // of the middle of a stream would corrupt framing, which no real network does). While on,

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "model/position_rows.hpp"
@@ -36,6 +37,10 @@ class CloudCompute {
 
   // One request of a batched cloud step: fill `context` toward `position` and answer it.
   struct Request {
+    Request(CloudCompute* context = nullptr, uint32_t position = 0, SamplingParams sampling = {},
+            TokenHistory history = {}, int32_t scored_token = -1)
+        : context(context), position(position), sampling(std::move(sampling)), history(std::move(history)),
+          scored_token(scored_token) {}
     CloudCompute* context = nullptr;
     uint32_t position = 0;
     SamplingParams sampling;

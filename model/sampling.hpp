@@ -42,6 +42,15 @@ struct SamplingParams {
 
   static constexpr int32_t max_top_logprobs = 20;
 
+  // Temperature + top-p with a seed, every other knob off.
+  static SamplingParams sampled(float temperature, float top_p, uint64_t seed) {
+    SamplingParams p;
+    p.temperature = temperature;
+    p.top_p = top_p;
+    p.seed = seed;
+    return p;
+  }
+
   bool penalizes() const { return repetition_penalty != 1 || presence_penalty != 0 || frequency_penalty != 0; }
   bool adjusts_logits() const { return penalizes() || !logit_bias.empty(); }
 };

@@ -58,8 +58,9 @@ int main(int argc, char** argv) {
     ce::ExitRule rule;
     rule.threshold = cli.has("threshold") ? cli.get_double("threshold") : cfg.default_threshold;
     if (mode == "full") rule.threshold = ce::ExitRule::never_exit;
-    rule.sampling = {static_cast<float>(cli.get_double("temperature")), static_cast<float>(cli.get_double("top-p")),
-                     static_cast<uint64_t>(cli.get_int("seed"))};
+    rule.sampling = ce::SamplingParams::sampled(static_cast<float>(cli.get_double("temperature")),
+                                                static_cast<float>(cli.get_double("top-p")),
+                                                static_cast<uint64_t>(cli.get_int("seed")));
     const int64_t layer_end =
         mode == "standalone" ? ce::SplitPlan::from_config(cfg, cli.get_int("split")).split : cfg.n_layers;
     ce::EarlyExitRunner runner(model, layer_end);

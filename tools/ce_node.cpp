@@ -149,8 +149,8 @@ int main(int argc, char** argv) {
       ce::GenerateRequest req;
       req.prompt = ce::encode_prompt(*tokenizer, mc.bos_id, prompt);
       req.max_tokens = cli.has("max-tokens") ? static_cast<int>(cli.get_int("max-tokens")) : config.max_tokens;
-      req.sampling = {static_cast<float>(config.temperature), static_cast<float>(config.top_p),
-                      static_cast<uint64_t>(config.seed)};
+      req.sampling = ce::SamplingParams::sampled(static_cast<float>(config.temperature),
+                                                 static_cast<float>(config.top_p), static_cast<uint64_t>(config.seed));
       ce::Detokenizer live_text(*tokenizer, req.prompt);  // what the terminal shows as tokens come
       const bool json = cli.has("json"), trace = cli.has("trace");
       if (!json && !trace) std::cout << prompt << std::flush;

@@ -33,6 +33,7 @@ struct CloudLink {
   bool refused_since_report = false;  // answered `overloaded` since: no new sessions until the next report
   bool load_query_out = false;
   uint64_t placed = 0;
+  uint64_t failed_attempts = 0;  // (re)connects that failed since the link was last up
 };
 
 struct SessionLog {
@@ -368,7 +369,12 @@ void connect(self_ptr self, int node);
 void link_lost(self_ptr self, int node, const std::string& why) {
   auto& st = self->state;
   auto& link = st.links[static_cast<size_t>(node)];
-  if (link.connected) CE_LOG(warning, "uploader", "cloud " << link.name << " lost: " << why);
+  if (link.connected) {
+    CE_LOG(warning, "uploader", "cloud " << link.name << " lost: " << why);
+    link.failed_attempts = 0;
+  } else if (link.failed_attempts++ % 12 == 0) {  // the first failed attempt, then about once a minute
+    CE_LOG(info, "uploader", "cloud " << link.name << " not linked (attempt " << link.failed_attempts << "): " << why);
+  }
   const bool was_connected = link.connected;
   link.connected = false;
   link.connecting = false;
@@ -401,6 +407,8 @@ void on_welcome(self_ptr self, int node, cloud_front_actor cloud, const wire::Lo
   link.connecting = false;
   link.backoff = std::chrono::milliseconds(100);
   link.epoch++;
+  link.load_query_out = false;  // a query of the previous link is answered into its epoch, ignored
+  link.failed_attempts = 0;
   link.load = load;
   link.placed_since_report = 0;
   link.refused_since_report = false;

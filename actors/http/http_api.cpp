@@ -55,6 +55,13 @@ std::string completion_id(Endpoint endpoint) {
   return buf;
 }
 
+// A fresh seed for a sampled request that names none. Below 2^53, so that a client can send it
+// back as `seed` exactly, JavaScript's numbers included, to draw the same tokens again.
+int64_t draw_seed() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return static_cast<int64_t>(rng() >> 11);
+}
+
 const char* openai_finish_reason(FinishReason r, bool stop_string_hit) {
   if (stop_string_hit) return "stop";
   switch (r) {
@@ -75,6 +82,7 @@ struct CompletionRun {
   Detokenizer detokenizer;        // prompt as context: the text is what decoding adds to it
   std::vector<std::string> stop;
   std::vector<TokenEvent> events;
+  std::vector<size_t> offsets;    // where each event's text starts in `text` (bytes; past a cut: its end)
   std::string text;               // the completion so far (cut at a stop string once one appears)
   bool stop_hit = false;
   size_t streamed = 0;            // bytes of text already sent
@@ -87,6 +95,7 @@ struct CompletionRun {
   bool add(const TokenEvent& ev) {
     if (stop_hit) return false;
     events.push_back(ev);
+    offsets.push_back(detokenizer.text().size());
     detokenizer.push(ev.token);
     text = detokenizer.text();
     if (auto at = find_stop(text, stop); at != std::string::npos) {
@@ -112,6 +121,127 @@ struct CompletionRun {
   // Tokens that needed the cloud: answered by it, or by the edge standing in for it.
   size_t offloaded() const { return events.size() - tokens_from(TokenSource::edge_exit); }
 };
+
+// Each token's text as it reads inside a text, the same wherever the token appears, for
+// logprobs: a chosen token's string must equal its key among the alternatives (clients compare
+// them to tell whether a token was the greedy one). Decoding a token alone would drop the leading
+// space of a SentencePiece word piece (" jury" -> "jury"), so each is decoded after an anchor token
+// and the anchor's text taken off. Computed once per token, on demand; safe across threads.
+class TokenTexts {
+ public:
+  explicit TokenTexts(const Tokenizer& tokenizer)
+      : tokenizer_(tokenizer), texts_(static_cast<size_t>(std::max(0, tokenizer.vocab_size()))) {
+    const auto ids = tokenizer.encode("a");
+    if (!ids.empty()) {
+      anchor_ = ids.back();
+      anchor_text_ = tokenizer.decode({anchor_});
+    }
+  }
+  std::string operator()(int32_t id) {
+    if (id < 0 || static_cast<size_t>(id) >= texts_.size()) return "";  // a padded id the tokenizer lacks
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& text = texts_[static_cast<size_t>(id)];
+    if (!text) {
+      const std::string with_anchor = anchor_ >= 0 ? tokenizer_.decode({anchor_, id}) : std::string();
+      text = anchor_ >= 0 && with_anchor.compare(0, anchor_text_.size(), anchor_text_) == 0
+                 ? with_anchor.substr(anchor_text_.size())
+                 : tokenizer_.decode({id});
+    }
+    return *text;
+  }
+
+ private:
+  const Tokenizer& tokenizer_;
+  int32_t anchor_ = -1;
+  std::string anchor_text_;
+  std::mutex mutex_;
+  std::vector<std::optional<std::string>> texts_;
+};
+
+// Characters (code points) in text's first `bytes` bytes: OpenAI's text_offset counts characters.
+size_t code_points(const std::string& text, size_t bytes) {
+  bytes = std::min(bytes, text.size());
+  return static_cast<size_t>(std::count_if(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bytes),
+                                           [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// One token of a choice's logprobs: the figures of the head that scored it (null for the first
+// token of a sequence: nothing precedes it) and where its text starts in the choice's text.
+struct ScoredToken {
+  int32_t id = 0;
+  const Logprobs* logprobs = nullptr;
+  size_t text_offset = 0;  // bytes
+};
+
+// /v1/completions' shape: parallel arrays; top_logprobs maps each alternative's text to its
+// logprob (the more likely one kept where two tokens read the same).
+json completion_logprobs(const std::vector<ScoredToken>& tokens, const std::string& text, TokenTexts& texts) {
+  json strings = json::array(), values = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& t : tokens) {
+    strings.push_back(texts(t.id));
+    offsets.push_back(code_points(text, t.text_offset));
+    if (!t.logprobs) {
+      values.push_back(nullptr);
+      tops.push_back(nullptr);
+      continue;
+    }
+    values.push_back(t.logprobs->logprob);
+    json top = json::object();
+    for (const auto& alt : t.logprobs->top) {
+      const std::string key = texts(alt.token);
+      if (!top.contains(key)) top[key] = alt.logprob;
+    }
+    tops.push_back(std::move(top));
+  }
+  return {{"tokens", std::move(strings)}, {"token_logprobs", std::move(values)}, {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
+}
+
+// /v1/chat/completions' shape: one object per token, alternatives most likely first, each with its
+// UTF-8 bytes (a character split over byte tokens is whole only once they are joined).
+json chat_logprobs(const std::vector<ScoredToken>& tokens, TokenTexts& texts) {
+  const auto entry = [&](int32_t id, float logprob) {
+    const std::string text = texts(id);
+    json bytes = json::array();
+    for (unsigned char c : text) bytes.push_back(static_cast<int>(c));
+    return json{{"token", text}, {"logprob", logprob}, {"bytes", std::move(bytes)}};
+  };
+  json content = json::array();
+  for (const auto& t : tokens) {
+    json e = entry(t.id, t.logprobs ? t.logprobs->logprob : 0.0f);
+    json top = json::array();
+    if (t.logprobs)
+      for (const auto& alt : t.logprobs->top) top.push_back(entry(alt.token, alt.logprob));
+    e["top_logprobs"] = std::move(top);
+    content.push_back(std::move(e));
+  }
+  return {{"content", std::move(content)}, {"refusal", nullptr}};
+}
+
+// What a completion with echo puts before its text: the prompt as the client sent it, and the
+// prompt tokens echoed: the client's own, not a BOS the server put before them (a client that
+// sends token ids counts its prompt in them, as likelihood evaluations do).
+struct Echo {
+  bool on = false;
+  std::string text;
+  size_t first_token = 0;  // prompt tokens before this one were added by the server
+};
+
+// The echoed prompt tokens with their logprobs (GenerateResult::prompt_logprobs, for positions
+// 1..P-1) and where each starts in the echoed text.
+std::vector<ScoredToken> prompt_scores(const std::vector<int32_t>& prompt, const Echo& echo, const GenerateResult& r,
+                                       const Tokenizer& tokenizer) {
+  std::vector<ScoredToken> out;
+  const auto first = prompt.begin() + static_cast<std::ptrdiff_t>(echo.first_token);
+  Detokenizer detokenizer(tokenizer, std::vector<int32_t>(prompt.begin(), first));
+  for (size_t p = echo.first_token; p < prompt.size(); ++p) {
+    ScoredToken t{prompt[p], nullptr, detokenizer.text().size()};
+    if (p > 0 && p - 1 < r.prompt_logprobs.size()) t.logprobs = &r.prompt_logprobs[p - 1].logprobs;
+    detokenizer.push(prompt[p]);
+    out.push_back(t);
+  }
+  return out;
+}
 
 constexpr const char* kTokens = "ce_tokens_total";
 constexpr const char* kResponses = "ce_responses_total";
@@ -188,6 +318,7 @@ struct HttpApi::Impl {
   const NodeConfig& config;
   const bool edge, cloud;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<TokenTexts> token_texts;     // each token's text, for logprobs
   std::set<std::string> api_keys;               // any of them admits a request; none: no auth
   std::unique_ptr<ChatTemplate> chat_template;  // null: the model has none (or it did not parse)
   std::string no_chat_reason;                   // why chat_template is null
@@ -213,8 +344,8 @@ struct HttpApi::Impl {
     const auto& mc = node.model().config();
     if (edge) {
       tokenizer = open_tokenizer(node.model().tokenizer_path());
-      defaults = {mc.name, config.max_tokens, config.temperature, config.top_p, config.seed,
-                  static_cast<int>(mc.vocab_size)};
+      token_texts = std::make_unique<TokenTexts>(*tokenizer);
+      defaults = {mc.name, config.max_tokens, config.temperature, config.top_p, draw_seed, static_cast<int>(mc.vocab_size)};
       load_chat_template();
     }
     load_api_keys();
@@ -634,14 +765,17 @@ struct HttpApi::Impl {
     return metrics.render();
   }
 
-  void record(const GenerateResult& r, const CompletionRun& run, Endpoint endpoint, const RequestClock& clock) {
+  // A request's end: its end-to-end latency (all its choices), for the histogram and Retry-After.
+  void record_end(const RequestClock& clock) {
     const double e2e = seconds_between(clock.arrival, Clock::now());
     metrics.observe(kEndToEnd, e2e);
-    {
-      std::lock_guard<std::mutex> lock(latency_mutex);
-      e2e_seconds_sum += e2e;
-      ++e2e_count;
-    }
+    std::lock_guard<std::mutex> lock(latency_mutex);
+    e2e_seconds_sum += e2e;
+    ++e2e_count;
+  }
+
+  // One generation (a choice) of a request: how it ended, its tokens, bytes and timings.
+  void record(const GenerateResult& r, const CompletionRun& run, Endpoint endpoint, const RequestClock& clock) {
     const char* finish = finished_reason(r, run);
     metrics.add(kFinished, 1, {{"endpoint", endpoint_name(endpoint)}, {"finished_reason", finish}});
     metrics.add(kPromptTokens, static_cast<double>(run.prompt_length));
@@ -688,36 +822,49 @@ struct HttpApi::Impl {
     return out;
   }
 
-  json usage(const CompletionRun& run) const {
-    const auto completion = run.completion_tokens();
-    return {{"prompt_tokens", run.prompt_length},
-            {"completion_tokens", completion},
-            {"total_tokens", run.prompt_length + completion}};
+  json usage(size_t prompt_tokens, size_t completion_tokens) const {
+    return {{"prompt_tokens", prompt_tokens},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens + completion_tokens}};
   }
 
-  // A response or one event of a stream, in the endpoint's shape: a completion's choice holds
-  // "text"; a chat completion's a "message" (whole) or a "delta" (streamed, role in the first).
-  json chunk(Endpoint endpoint, bool streamed, const std::string& id, const std::string& model, const std::string& text,
-             const char* finish_reason, bool first = false) const {
-    json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}};
-    const char* object = "text_completion";
+  // One choice of a response or of a stream's event, in the endpoint's shape: a completion's
+  // choice holds "text"; a chat completion's a "message" (whole) or a "delta" (streamed, role in the
+  // first).
+  json choice_json(Endpoint endpoint, bool streamed, int index, const std::string& text, const char* finish_reason,
+                   json logprobs = nullptr, bool first = false) const {
+    json choice = {{"index", index},
+                   {"logprobs", std::move(logprobs)},
+                   {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}};
     if (endpoint == Endpoint::completions) {
       choice["text"] = text;
     } else if (!streamed) {
-      object = "chat.completion";
       choice["message"] = {{"role", "assistant"}, {"content", text}};
     } else {
-      object = "chat.completion.chunk";
       json delta = json::object();
       if (first) delta["role"] = "assistant";
       if (first || !text.empty()) delta["content"] = text;
       choice["delta"] = std::move(delta);
     }
+    return choice;
+  }
+
+  json envelope(Endpoint endpoint, bool streamed, const std::string& id, const std::string& model, json choices) const {
+    const char* object = endpoint == Endpoint::completions ? "text_completion"
+                         : streamed                        ? "chat.completion.chunk"
+                                                           : "chat.completion";
     return {{"id", id},
             {"object", object},
             {"created", static_cast<int64_t>(std::time(nullptr))},
             {"model", model},
-            {"choices", json::array({std::move(choice)})}};
+            {"choices", std::move(choices)}};
+  }
+
+  // One event of a stream: one choice's piece.
+  json chunk(Endpoint endpoint, const std::string& id, const std::string& model, int index, const std::string& text,
+             const char* finish_reason, json logprobs = nullptr, bool first = false) const {
+    return envelope(endpoint, true, id, model,
+                    json::array({choice_json(endpoint, true, index, text, finish_reason, std::move(logprobs), first)}));
   }
 
   void completions(const httplib::Request& http_request, httplib::Response& res) {
@@ -727,14 +874,21 @@ struct HttpApi::Impl {
     auto request = std::get<CompletionRequest>(std::move(parsed));
     const auto& mc = node.model().config();
     std::vector<int32_t> prompt;
+    Echo echo;
+    echo.on = request.echo;
     if (request.prompt_ids.empty()) {
       prompt = encode_prompt(*tokenizer, mc.bos_id, request.prompt);
+      echo.first_token = tokenizer->adds_bos() && mc.bos_id >= 0 ? 1 : 0;  // encode_prompt's BOS
+      echo.text = request.prompt;  // as sent, as OpenAI echoes it
     } else {  // ids as given, behind the BOS the model expects
-      if (tokenizer->adds_bos() && mc.bos_id >= 0 && request.prompt_ids.front() != mc.bos_id)
+      if (tokenizer->adds_bos() && mc.bos_id >= 0 && request.prompt_ids.front() != mc.bos_id) {
         prompt.push_back(static_cast<int32_t>(mc.bos_id));
+        echo.first_token = 1;
+      }
       prompt.insert(prompt.end(), request.prompt_ids.begin(), request.prompt_ids.end());
+      if (echo.on) echo.text = tokenizer->decode(request.prompt_ids);
     }
-    generate_and_answer(Endpoint::completions, request, std::move(prompt), res);
+    generate_and_answer(Endpoint::completions, request, std::move(prompt), echo, res);
   }
 
   // The conversation rendered by the model's chat template (BOS and role markers are the
@@ -757,7 +911,7 @@ struct HttpApi::Impl {
       return send_error(res, {400, std::string("the chat template refused these messages: ") + e.what(),
                               "invalid_request_error", "messages", ""});
     }
-    generate_and_answer(Endpoint::chat, request.completion, tokenizer->encode(text), res);
+    generate_and_answer(Endpoint::chat, request.completion, tokenizer->encode(text), Echo{}, res);
   }
 
   // Waits in the queue for a slot (FIFO, at most ce.http.queue-timeout); true with a slot held (the
@@ -812,10 +966,64 @@ struct HttpApi::Impl {
     return std::to_string(static_cast<int>(std::clamp(std::ceil(mean * ahead), 1.0, 60.0)));
   }
 
+  // Choice `index` of a request: its own generation, its own seed (seed + index).
+  static GenerateRequest generation(const CompletionRequest& request, const std::vector<int32_t>& prompt, const Echo& echo,
+                                    int index) {
+    GenerateRequest g;
+    g.prompt = prompt;
+    g.max_tokens = request.max_tokens;
+    g.sampling = request.sampling(index);
+    g.echo = echo.on && request.logprobs >= 0;  // the prompt's logprobs; plain echo is only text
+    g.threshold = request.threshold;
+    g.mode = request.mode;
+    g.speculate = request.speculate;
+    return g;
+  }
+
+  static int64_t seed_of(const CompletionRequest& request, int index) {
+    return static_cast<int64_t>(static_cast<uint64_t>(request.seed) + static_cast<uint64_t>(index));
+  }
+
+  // Events [from, to) of a choice as logprob entries; their text starts `prefix` bytes into the
+  // choice's text (after an echoed prompt).
+  static std::vector<ScoredToken> scored_events(const CompletionRun& run, size_t from, size_t to, size_t prefix) {
+    std::vector<ScoredToken> out;
+    for (size_t i = from; i < to; ++i) out.push_back({run.events[i].token, &run.events[i].logprobs, prefix + run.offsets[i]});
+    return out;
+  }
+
+  json logprobs_json(Endpoint endpoint, const std::vector<ScoredToken>& tokens, const std::string& text) {
+    return endpoint == Endpoint::chat ? chat_logprobs(tokens, *token_texts) : completion_logprobs(tokens, text, *token_texts);
+  }
+
+  // A choice's x_ce: its generation's figures, its seed and, with echo and logprobs, the head that
+  // scored each echoed prompt token (x_ce.tokens, added by the caller, names it for each generated one).
+  json choice_x_ce(const GenerateResult& r, const CompletionRun& run, const RequestClock& clock,
+                   const CompletionRequest& request, int index, const std::vector<int32_t>& prompt, const Echo& echo) {
+    json out = summary(r, run, clock);
+    out["seed"] = seed_of(request, index);
+    if (echo.on && request.logprobs >= 0) {
+      json tokens = json::array();
+      for (size_t p = echo.first_token; p < prompt.size(); ++p) {
+        const bool scored = p > 0 && p - 1 < r.prompt_logprobs.size();
+        tokens.push_back({{"id", prompt[p]},
+                          {"source", scored ? json(to_string(r.prompt_logprobs[p - 1].source)) : json(nullptr)},
+                          {"layer", scored ? json(r.prompt_logprobs[p - 1].layer) : json(nullptr)}});
+      }
+      out["prompt_tokens"] = std::move(tokens);
+    }
+    return out;
+  }
+
   void generate_and_answer(Endpoint endpoint, const CompletionRequest& request, std::vector<int32_t> prompt,
-                           httplib::Response& res) {
+                           const Echo& echo, httplib::Response& res) {
     auto clock = std::make_shared<RequestClock>();
     clock->arrival = Clock::now();
+    if (!request.ignored_fields.empty()) {
+      std::string names;
+      for (const auto& f : request.ignored_fields) names += (names.empty() ? "" : ", ") + f;
+      res.set_header("Warning", "299 - \"ignored fields: " + names + "\"");  // RFC 7234's miscellaneous persistent warning
+    }
     const auto& mc = node.model().config();
     const auto limit = static_cast<size_t>(mc.max_seq);
     if (prompt.size() >= limit)
@@ -829,88 +1037,128 @@ struct HttpApi::Impl {
                                        " more (at most " + std::to_string(limit - prompt.size()) + ")",
                               "invalid_request_error", "max_tokens", "context_length_exceeded"});
 
+    // One slot per request, whatever its n: its choices run one after another in it, so n
+    // multiplies the request's time, not the load it puts on the edge and the cloud.
     if (!admit(endpoint, *clock, res)) return;
     // Frees the slot when the response (a streamed one included) is done with.
     auto slot = std::shared_ptr<void>(nullptr, [this](void*) { queue.release(); });
-
-    GenerateRequest generate;
-    generate.prompt = prompt;
-    generate.max_tokens = request.max_tokens;
-    generate.sampling = {static_cast<float>(request.temperature), static_cast<float>(request.top_p),
-                         static_cast<uint64_t>(request.seed)};
-    generate.threshold = request.threshold;
-    generate.mode = request.mode;
-    generate.speculate = request.speculate;
-    auto run = std::make_shared<CompletionRun>(*tokenizer, std::move(prompt), request.stop);
     const std::string id = completion_id(endpoint);
+    const json ignored = request.ignored_fields;
+    const size_t prefix = echo.on ? echo.text.size() : 0;  // bytes of a choice's text before the completion
 
     if (!request.stream) {
-      auto result = node.generate(generate, [&](const TokenEvent& ev) {
-        clock->token(metrics);
-        return run->add(ev);
-      });
-      record(result, *run, endpoint, *clock);
-      if (!result.error.empty() && run->events.empty())
-        return send_error(res, {503, "no completion: " + result.error, "server_error", "", ""});
-      json out = chunk(endpoint, false, id, mc.name, run->text, openai_finish_reason(result.finish_reason, run->stop_hit));
-      out["usage"] = usage(*run);
-      out["x_ce"] = summary(result, *run, *clock);
-      json tokens = json::array();
-      for (const auto& ev : run->events) tokens.push_back(token_json(ev));
-      out["x_ce"]["tokens"] = std::move(tokens);
+      json choices = json::array(), choice_figures = json::array();
+      size_t completion_tokens = 0;
+      for (int index = 0; index < request.n; ++index) {
+        CompletionRun run(*tokenizer, prompt, request.stop);
+        auto result = node.generate(generation(request, prompt, echo, index), [&](const TokenEvent& ev) {
+          clock->token(metrics);
+          return run.add(ev);
+        });
+        record(result, run, endpoint, *clock);
+        if (!result.error.empty() && run.events.empty()) {
+          record_end(*clock);
+          return send_error(res, {503, "no completion: " + result.error, "server_error", "", ""});
+        }
+        const std::string text = echo.on ? echo.text + run.text : run.text;
+        json logprobs = nullptr;
+        if (request.logprobs >= 0) {
+          auto tokens = echo.on ? prompt_scores(prompt, echo, result, *tokenizer) : std::vector<ScoredToken>{};
+          for (const auto& t : scored_events(run, 0, run.events.size(), prefix)) tokens.push_back(t);
+          logprobs = logprobs_json(endpoint, tokens, text);
+        }
+        choices.push_back(choice_json(endpoint, false, index, text, openai_finish_reason(result.finish_reason, run.stop_hit),
+                                      std::move(logprobs)));
+        json figures = choice_x_ce(result, run, *clock, request, index, prompt, echo);
+        json tokens = json::array();
+        for (const auto& ev : run.events) tokens.push_back(token_json(ev));
+        figures["tokens"] = std::move(tokens);
+        if (request.n > 1) figures["index"] = index;
+        choice_figures.push_back(std::move(figures));
+        completion_tokens += run.completion_tokens();
+      }
+      record_end(*clock);
+      json out = envelope(endpoint, false, id, mc.name, std::move(choices));
+      out["usage"] = usage(prompt.size(), completion_tokens);
+      // x_ce: the first choice's figures, as with n = 1; with more, every choice's in x_ce.choices.
+      out["x_ce"] = choice_figures[0];
+      out["x_ce"].erase("index");
+      if (request.n > 1) out["x_ce"]["choices"] = std::move(choice_figures);
+      if (!ignored.empty()) out["x_ce"]["ignored_fields"] = ignored;
       res.set_content(dump(out), "application/json");
       return;
     }
 
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
-    const bool include_usage = request.include_usage;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, slot, run, clock, generate, id, include_usage, endpoint](size_t, httplib::DataSink& sink) {
+        [this, slot, clock, request, prompt, echo, id, endpoint, ignored, prefix](size_t, httplib::DataSink& sink) {
           const std::string model = node.model().config().name;
-          bool client_gone = false;
+          bool client_gone = false, failed = false;
           auto send = [&](const json& event) {
             const std::string line = "data: " + dump(event) + "\n\n";
             if (!client_gone && !sink.write(line.data(), line.size())) client_gone = true;
             return !client_gone;
           };
-          auto pending_tokens = [&] {
-            json tokens = json::array();
-            for (; run->events_streamed < run->events.size(); ++run->events_streamed)
-              tokens.push_back(token_json(run->events[run->events_streamed]));
-            return tokens;
-          };
-          // A chat stream opens with the assistant's role, before any token (as OpenAI's does).
-          if (endpoint == Endpoint::chat && !send(chunk(endpoint, true, id, model, "", nullptr, /*first=*/true))) return false;
-          auto result = node.generate(generate, [&](const TokenEvent& ev) {
-            clock->token(metrics);
-            const bool more = run->add(ev);
-            const size_t end = run->streamable();
-            if (end > run->streamed) {
-              json c = chunk(endpoint, true, id, model, run->text.substr(run->streamed, end - run->streamed), nullptr);
-              c["x_ce"] = {{"tokens", pending_tokens()}};
-              run->streamed = end;
+          size_t completion_tokens = 0;
+          for (int index = 0; index < request.n && !client_gone && !failed; ++index) {
+            CompletionRun run(*tokenizer, prompt, request.stop);
+            // The tokens generated since the last event, as x_ce.tokens and (when asked) logprobs.
+            auto attach_pending = [&](json& event) {
+              const size_t from = run.events_streamed, to = run.events.size();
+              json tokens = json::array();
+              for (size_t i = from; i < to; ++i) tokens.push_back(token_json(run.events[i]));
+              if (!event.contains("x_ce")) event["x_ce"] = json::object();
+              event["x_ce"]["tokens"] = std::move(tokens);
+              if (request.logprobs >= 0 && to > from)
+                event["choices"][0]["logprobs"] =
+                    logprobs_json(endpoint, scored_events(run, from, to, prefix), echo.text + run.text);
+              run.events_streamed = to;
+            };
+            // Echo with logprobs: the prompt's logprobs come with the generation's result, and
+            // the prompt comes first, so this choice's events wait for the result.
+            const bool hold = echo.on && request.logprobs >= 0;
+            // A chat choice opens with the assistant's role, before any token (as OpenAI's does).
+            if (endpoint == Endpoint::chat && !send(chunk(endpoint, id, model, index, "", nullptr, nullptr, /*first=*/true)))
+              break;
+            if (echo.on && !hold && !send(chunk(endpoint, id, model, index, echo.text, nullptr))) break;
+            auto result = node.generate(generation(request, prompt, echo, index), [&](const TokenEvent& ev) {
+              clock->token(metrics);
+              const bool more = run.add(ev);
+              const size_t end = run.streamable();
+              if (hold || end <= run.streamed) return more;
+              json c = chunk(endpoint, id, model, index, run.text.substr(run.streamed, end - run.streamed), nullptr);
+              attach_pending(c);
+              run.streamed = end;
               if (!send(c)) return false;  // the client left: stop generating for it
+              return more;
+            });
+            record(result, run, endpoint, *clock);
+            if (client_gone) break;
+            if (!result.error.empty() && run.events.empty()) {
+              send({{"error", {{"message", "no completion: " + result.error}, {"type", "server_error"}}}});
+              failed = true;
+              break;
             }
-            return more;
-          });
-          record(result, *run, endpoint, *clock);
-          if (client_gone) return false;
-          if (!result.error.empty() && run->events.empty()) {
-            send({{"error", {{"message", "no completion: " + result.error}, {"type", "server_error"}}}});
-          } else {
-            json last = chunk(endpoint, true, id, model, run->text.substr(std::min(run->streamed, run->text.size())),
-                              openai_finish_reason(result.finish_reason, run->stop_hit));
-            last["x_ce"] = summary(result, *run, *clock);
-            last["x_ce"]["tokens"] = pending_tokens();
+            if (hold &&
+                !send(chunk(endpoint, id, model, index, echo.text, nullptr,
+                            logprobs_json(endpoint, prompt_scores(prompt, echo, result, *tokenizer), echo.text))))
+              break;
+            json last = chunk(endpoint, id, model, index, run.text.substr(std::min(run.streamed, run.text.size())),
+                              openai_finish_reason(result.finish_reason, run.stop_hit));
+            last["x_ce"] = choice_x_ce(result, run, *clock, request, index, prompt, echo);
+            if (!ignored.empty()) last["x_ce"]["ignored_fields"] = ignored;
+            attach_pending(last);
             send(last);
-            if (include_usage) {
-              json u = chunk(endpoint, true, id, model, "", nullptr);
-              u["choices"] = json::array();
-              u["usage"] = usage(*run);
-              send(u);
-            }
+            completion_tokens += run.completion_tokens();
+          }
+          record_end(*clock);
+          if (client_gone) return false;
+          if (!failed && request.include_usage) {
+            json u = envelope(endpoint, true, id, model, json::array());
+            u["usage"] = usage(prompt.size(), completion_tokens);
+            send(u);
           }
           const std::string done = "data: [DONE]\n\n";
           sink.write(done.data(), done.size());

@@ -5,7 +5,8 @@
 //                GET / (the web page, web.hpp), GET /health, GET /metrics
 //   cloud role:  GET /health, GET /metrics (contexts, evictions, memory, requests per client)
 //   both:        CORS headers and preflights for ce.http.cors-origins (web_routes.hpp)
-// Each completion is one generation session on the edge node (Node::generate); at most
+// Each completion is one generation session on the edge node (Node::generate) per choice, its n
+// choices one after another in the request's one slot; at most
 // ce.http.max-concurrent run at once, further ones wait in a FIFO of ce.http.queue places (at most
 // ce.http.queue-timeout), beyond that 429 with Retry-After (wait_queue.hpp). Errors are OpenAI-style
 // JSON bodies naming the field at fault; nothing a client sends can crash the node. The server

@@ -393,6 +393,31 @@ class GuardedServer : public httplib::Server {
     ::close(sock);
   }
 
+  // Closes a served connection without destroying the last answer: a client may still be sending
+  // (a body refused as too large, 413, is not read), and closing a socket with unread bytes sends a
+  // reset that can discard the answer before the client reads it. So the write side is shut first
+  // (the client sees the end of the answer), then what the client still sends is read and dropped
+  // until it closes too, for at most 500 ms and 16 MiB (a lingering close, as nginx does); a
+  // stopping server does not wait.
+  void linger_close(int sock) {
+    ::shutdown(sock, SHUT_WR);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    char scratch[16384];
+    size_t dropped = 0;
+    while (dropped < (16u << 20) && !stopping_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{sock, POLLIN, 0};
+      const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
+      if (ready < 0) break;
+      if (ready == 0) continue;  // wait on (stopping_ is checked every 100 ms)
+      const auto n = ::recv(sock, scratch, sizeof scratch, MSG_DONTWAIT);
+      if (n <= 0) break;  // the client closed (0) or the connection is gone
+      dropped += static_cast<size_t>(n);
+    }
+    ::close(sock);
+  }
+
   // A connection thread: httplib's request loop (process_server_socket_core's keep-alive loop) over
   // a ConnectionStream.
   void serve(int sock, const std::string& address, int port) {
@@ -426,11 +451,12 @@ class GuardedServer : public httplib::Server {
         --count;
       }
     }
-    ::shutdown(sock, SHUT_RDWR);
-    ::close(sock);
-    std::lock_guard<std::mutex> lock(mutex_);
-    --open_;
-    if (--per_address_[address] <= 0) per_address_.erase(address);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      --open_;
+      if (--per_address_[address] <= 0) per_address_.erase(address);
+    }
+    linger_close(sock);  // the slot is free already: only this thread waits
   }
 
   // The elastic pool: a job runs on an idle thread, or on a new one when none is idle (admission

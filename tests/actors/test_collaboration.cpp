@@ -428,7 +428,8 @@ struct LyingCloud {
           return wire::encode(wire::UploadAck{u->session_id, u->chunk_id, u->first_position + u->count});
         if (auto* r = std::get_if<wire::InferRequest>(&d.message))
           return wire::encode(wire::InferReply{r->session_id, r->request_id,
-                                               r->position + static_cast<uint32_t>(position_shift), token, 0.5f, 10});
+                                               r->position + static_cast<uint32_t>(position_shift), token, 0.5f, 10,
+                                               false, {}});
         if (auto* b = std::get_if<wire::Bye>(&d.message)) return wire::encode(wire::Bye{b->session_id});
         return wire::encode(wire::ErrorReply{error::bad_request, "not a request"});
       }};
@@ -661,7 +662,7 @@ BOOST_AUTO_TEST_CASE(seeded_sampling_is_reproducible_and_differs_from_greedy) {
   const double theta = 0.6;
   auto sampled = [&](uint64_t seed) {
     auto req = request_for(prompt_a(), theta, 24);
-    req.sampling = SamplingParams{1.0f, 1.0f, seed};
+    req.sampling = SamplingParams::sampled(1.0f, 1.0f, seed);
     auto r = c.edge->generate(req);
     BOOST_TEST(r.error == "");
     return r;
@@ -884,7 +885,7 @@ BOOST_AUTO_TEST_CASE(speculative_output_equals_non_speculative_token_for_token) 
     for (double theta : {0.0, mixing, 0.6, 2.0})
       for (bool sampled : {false, true}) {
         auto req = request_for(prompt, theta, n);
-        if (sampled) req.sampling = SamplingParams{0.8f, 0.95f, 7u + static_cast<uint64_t>(p)};
+        if (sampled) req.sampling = SamplingParams::sampled(0.8f, 0.95f, 7u + static_cast<uint64_t>(p));
         req.speculate = false;
         const auto plain = c.edge->generate(req);
         BOOST_TEST_REQUIRE(plain.error == "");

@@ -47,6 +47,7 @@ chat_ids=$("$build/tools/ce-generate" --model "$src/models/$model" --no-bos --ma
   --prompt $'<|im_start|>user\nThe jury said that<|im_end|>\n<|im_start|>assistant\n' |
   sed -n '/^--- tokens/{n;p}' | sed -E 's/@[0-9]+//g' | tr ' ' ',')
 full_sampled=$(generate_ids --mode full --temperature 0.8 --seed 7)
+full_sampled_8=$(generate_ids --mode full --temperature 0.8 --seed 8)  # choice 1 of n = 2 with seed 7
 exits_only=$(generate_ids --mode early-exit --threshold 0)
 echo "ce-generate full greedy:  $full_greedy"
 echo "ce-generate full sampled: $full_sampled"
@@ -114,9 +115,10 @@ fi
 cp "$src/tests/integration/openai_client.mjs" "$npm_dir/"
 out=$(node "$npm_dir/openai_client.mjs" "$base/v1" "$model" "$prompt")
 echo "openai package: $out"
-python3 - "$out" "$full_sampled" "$full_greedy" "$chat_ids" <<'PY'
+python3 - "$out" "$full_sampled" "$full_greedy" "$chat_ids" "$full_sampled_8" "$prompt" <<'PY'
 import json, sys
-out, sampled, greedy, chat = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+out = json.loads(sys.argv[1])
+sampled, greedy, chat, sampled_8, prompt = sys.argv[2:7]
 ids = lambda v: ",".join(map(str, v))
 assert out["models"] == ["ce-brown-8l"], out["models"]
 assert ids(out["plain"]["ids"]) == sampled, ("plain", out["plain"]["ids"], sampled)
@@ -129,6 +131,64 @@ assert ids(out["chat_stream"]["ids"]) == chat, ("chat stream", out["chat_stream"
 assert out["chat"]["role"] == "assistant" and out["chat"]["object"] == "chat.completion"
 assert out["chat_stream"]["text"] == out["chat"]["text"], (out["chat_stream"]["text"], out["chat"]["text"])
 assert out["chat_stream"]["role"] == "assistant"
+
+# Completion logprobs with echo and max_tokens 0: the prompt's tokens (the BOS the server puts first
+# is not echoed), each scored after what precedes it, in OpenAI's parallel arrays.
+e = out["echo"]
+assert e["text"] == prompt, e["text"]
+assert e["finish"] == "length" and e["usage"]["completion_tokens"] == 0, e
+lp = e["logprobs"]
+n_prompt = e["usage"]["prompt_tokens"] - 1
+assert n_prompt > 0
+for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+    assert len(lp[key]) == n_prompt, (key, lp[key], n_prompt)
+assert "".join(lp["tokens"]).strip() == prompt, lp["tokens"]  # each token's text, its space included
+assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"]), lp["text_offset"]
+for value, top in zip(lp["token_logprobs"], lp["top_logprobs"]):
+    assert isinstance(value, (int, float)) and value <= 0, value
+    assert isinstance(top, dict) and 1 <= len(top) <= 2 and all(v <= 0 for v in top.values()), top
+    assert value <= max(top.values()), (value, top)
+assert [t["source"] for t in e["prompt_tokens"]] == ["cloud"] * n_prompt, e["prompt_tokens"]  # θ 2: the final layer
+
+# n = 2 with seed 7: choice i is ce-generate's draw with seed 7 + i; usage sums the choices.
+two = out["two"]
+assert [c["index"] for c in two["choices"]] == [0, 1], two["choices"]
+assert [c["seed"] for c in two["x_ce"]] == [7, 8], two["x_ce"]
+assert ids(two["x_ce"][0]["ids"]) == sampled, ("n=2 choice 0", two["x_ce"][0]["ids"], sampled)
+assert ids(two["x_ce"][1]["ids"]) == sampled_8, ("n=2 choice 1", two["x_ce"][1]["ids"], sampled_8)
+assert two["choices"][0]["text"] == out["plain"]["text"]
+assert two["usage"]["completion_tokens"] == 48, two["usage"]
+for c in two["choices"]:
+    assert len(c["logprobs"]["tokens"]) == 24 and len(c["logprobs"]["token_logprobs"]) == 24, c["logprobs"]
+
+# Chat logprobs: one entry per token with its UTF-8 bytes, three alternatives most likely first;
+# greedy, so the chosen token leads them. Streamed, the chunks add up to the same entries.
+cl = out["chat_logprobs"]
+assert cl["refusal"] is None
+assert ids(cl["ids"]) == chat, ("chat logprobs", cl["ids"], chat)
+assert len(cl["content"]) == len(cl["ids"]), cl["content"]
+for entry in cl["content"]:
+    assert entry["logprob"] <= 0, entry
+    assert bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"], entry
+    top = entry["top_logprobs"]
+    assert len(top) == 3 and [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True), top
+    assert top[0]["token"] == entry["token"] and top[0]["logprob"] == entry["logprob"], entry
+# Two generations of the same tokens: equal logprobs up to float rounding (the cloud may compute a
+# position in a batch of another shape).
+def same(a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-4
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+assert same(cl["streamed"], cl["content"]), (cl["streamed"], cl["content"])
+
+v = out["vendor"]
+assert v["warning"] == '299 - "ignored fields: mirostat, typical_p"', v
+assert v["ignored"] == ["mirostat", "typical_p"], v
 PY
 echo "openai package: plain (sampled) and streamed completions, plain and streamed chat completions = ce-generate"
+echo "openai package: echo + logprobs + max_tokens 0, n = 2 (= ce-generate seeds 7 and 8), chat logprobs, ignored vendor fields"
 echo "PASS"

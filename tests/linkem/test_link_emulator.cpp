@@ -1,11 +1,15 @@
 // The link emulator against an in-process echo or sink server on loopback: latency,
-// throughput, blackhole, cut, ordering under jitter, backpressure, profile parsing.
+// throughput, blackhole, cut (also beside a child process), ordering under jitter,
+// backpressure, profile parsing.
 //
 // Timing tolerances (the tests run beside other work on a small machine):
 //   round trip: the mean of 10 round trips is within 10% of the expected 2 x (delay +
 //     serialization) plus 1 ms for thread wake-ups; no single round trip is early.
 //   throughput: within 10% of the configured bandwidth.
 #include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -276,6 +280,37 @@ BOOST_AUTO_TEST_CASE(cut_closes_the_connection) {
 
   auto again = connect_to(io, emu.port());  // the listener survives a cut
   round_trip(again, "again");
+}
+
+// The integration tests fork nodes while their emulators run: a child must hold none of the
+// emulator's sockets, or a connection the emulator closes stays open and its peer never sees
+// the end (an edge then waited forever on a link to a cloud that had gone and come back).
+BOOST_AUTO_TEST_CASE(cut_closes_the_connection_while_a_child_process_runs) {
+  TestServer echo(TestServer::Mode::echo);
+  LinkEmulator emu(make_profile("1ms", 1, 0, 0), "127.0.0.1", echo.port());
+  asio::io_context io;
+  auto s = connect_to(io, emu.port());
+  round_trip(s, "ping");
+
+  // Started while the connection is open; it inherits whatever is not close-on-exec.
+  pid_t child = -1;
+  char sleep_path[] = "/bin/sleep", seconds[] = "30";
+  char* argv[] = {sleep_path, seconds, nullptr};
+  BOOST_REQUIRE_EQUAL(::posix_spawn(&child, sleep_path, nullptr, nullptr, argv, environ), 0);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
+
+  emu.cut();
+  BOOST_REQUIRE_MESSAGE(readable(s, 1000), "no close seen within 1 s of cut() while a child process runs");
+  char c;
+  boost::system::error_code ec;
+  s.read_some(asio::buffer(&c, 1), ec);
+  BOOST_TEST((ec == asio::error::eof || ec == asio::error::connection_reset), "read after cut: " << ec.message());
 }
 
 BOOST_AUTO_TEST_CASE(jitter_keeps_order) {

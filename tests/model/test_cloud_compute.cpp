@@ -204,7 +204,7 @@ BOOST_FIXTURE_TEST_CASE(naive_split_equals_cloud_compute, Fixture) {
   auto contiguous = states.contiguous();
   for (uint32_t count : {1u, 5u, 9u, 16u}) {
     const auto naive = naive_split_infer(*m, split, contiguous.data_ptr<float>(), count, {});
-    check(TokenChoice{naive.token, naive.confidence}, count - 1);
+    check(naive, count - 1);
   }
   for (int64_t p = 0; p < 16; ++p) {
     cloud.append(hidden(static_cast<uint32_t>(p), 1, row(p)));

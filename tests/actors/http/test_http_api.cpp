@@ -1,10 +1,14 @@
 // The HTTP API of a node over real sockets: OpenAI-style completions (plain and streamed)
 // against Node::generate, stop strings, errors, the concurrency limit, clients that leave,
-// API keys, /health and /metrics.
+// API keys, /health and /metrics; logprobs, echo, n choices, samplers, seeds and ignored vendor
+// fields in OpenAI's response shapes.
 #include <boost/test/unit_test.hpp>
 
 #include <httplib.h>
 
+#include <algorithm>
+#include <cmath>
+#include <map>
 #include <optional>
 
 #include <future>
@@ -39,8 +43,33 @@ struct Server : HttpNode {
     for (auto id : tok.encode(prompt)) req.prompt.push_back(id);
     req.max_tokens = max_tokens;
     req.threshold = threshold;
-    req.sampling = {temperature, 1.0f, seed};
+    req.sampling.temperature = temperature;
+    req.sampling.seed = seed;
     return node->generate(req);
+  }
+  // The same with every sampling knob and echo.
+  GenerateResult direct(const std::vector<int32_t>& prompt, int max_tokens, std::optional<double> threshold,
+                        const SamplingParams& sampling, bool echo = false) {
+    GenerateRequest req;
+    req.prompt = prompt;
+    req.max_tokens = max_tokens;
+    req.threshold = threshold;
+    req.sampling = sampling;
+    req.echo = echo;
+    return node->generate(req);
+  }
+  // A text prompt as the API reads it: BOS, then the text's tokens.
+  std::vector<int32_t> prompt_of(const std::string& text) const {
+    SentencePieceTokenizer tok(http_tokenizer_file);
+    std::vector<int32_t> ids = {static_cast<int32_t>(node->model().config().bos_id)};
+    for (auto id : tok.encode(text)) ids.push_back(id);
+    return ids;
+  }
+  json chat(const json& body) const {
+    auto r = client().Post("/v1/chat/completions", body.dump(), "application/json");
+    BOOST_REQUIRE(r);
+    BOOST_REQUIRE_MESSAGE(r->status == 200, r->body);
+    return json::parse(r->body);
   }
 };
 
@@ -75,6 +104,76 @@ const std::string chatml_template =
 
 void write_chat_template(const std::string& model_dir, const std::string& source) {
   write_file(model_dir + "/tokenizer_config.json", json({{"chat_template", source}}).dump());
+}
+
+json ok_json(const httplib::Result& r) {
+  BOOST_REQUIRE(r);
+  BOOST_REQUIRE_MESSAGE(r->status == 200, r->body);
+  return json::parse(r->body);
+}
+
+// Logprobs of two generations of the same tokens: equal up to float rounding (the cloud may
+// compute a position in a batch of another shape). Nulls match nulls; objects and arrays compare
+// member by member.
+bool same_logprobs(const json& a, const json& b) {
+  if (a.is_number() && b.is_number()) return std::abs(a.get<double>() - b.get<double>()) <= 1e-4;
+  if (a.type() != b.type() || a.size() != b.size()) return false;
+  if (a.is_array()) {
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!same_logprobs(a[i], b[i])) return false;
+    return true;
+  }
+  if (a.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it)
+      if (!b.contains(it.key()) || !same_logprobs(*it, b[it.key()])) return false;
+    return true;
+  }
+  return a == b;
+}
+
+// Characters of a UTF-8 text (text_offset counts characters).
+size_t characters(const std::string& text) {
+  return static_cast<size_t>(
+      std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// A completion choice's logprobs: parallel arrays of one length, the chosen token's logprob and
+// at most `n` alternatives per token, every logprob <= 0, offsets rising within the text.
+// `greedy`: each token is the most likely of its head's distribution, so it leads its alternatives
+// with the same number (how lm-eval-harness tells a greedy continuation).
+void check_completion_logprobs(const json& lp, const std::string& text, size_t n, bool greedy) {
+  BOOST_REQUIRE(lp.is_object());
+  const size_t count = lp["tokens"].size();
+  BOOST_TEST(lp["token_logprobs"].size() == count);
+  BOOST_TEST(lp["top_logprobs"].size() == count);
+  BOOST_TEST(lp["text_offset"].size() == count);
+  size_t previous = 0;
+  for (size_t i = 0; i < count; ++i) {
+    BOOST_TEST(lp["tokens"][i].is_string());
+    const size_t offset = lp["text_offset"][i];
+    BOOST_TEST(offset >= previous, i);
+    BOOST_TEST(offset <= characters(text), i);
+    previous = offset;
+    if (lp["token_logprobs"][i].is_null()) {
+      BOOST_TEST(lp["top_logprobs"][i].is_null());
+      continue;
+    }
+    const double chosen = lp["token_logprobs"][i];
+    BOOST_TEST(chosen <= 0.0);
+    const json& top = lp["top_logprobs"][i];
+    BOOST_TEST(top.is_object());
+    BOOST_TEST(top.size() <= n, i);
+    BOOST_TEST(top.size() >= std::min<size_t>(n, 1), i);
+    double best = -1e30;
+    for (auto it = top.begin(); it != top.end(); ++it) {
+      BOOST_TEST(it->get<double>() <= 0.0);
+      best = std::max(best, it->get<double>());
+    }
+    if (greedy && n > 0) {
+      BOOST_TEST(best == chosen, "token " << i << ": " << top.dump() << " vs " << chosen);
+      BOOST_TEST(top.contains(lp["tokens"][i].get<std::string>()), i);
+    }
+  }
 }
 
 }  // namespace
@@ -482,6 +581,383 @@ BOOST_AUTO_TEST_CASE(chat_requests_without_a_template_or_that_it_refuses_are_cle
   std::tie(status, body) = post({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 3}});
   BOOST_TEST(status == 200);
   BOOST_TEST(body["choices"][0]["message"]["role"] == "assistant");
+}
+
+BOOST_AUTO_TEST_CASE(completion_logprobs_come_aligned_with_the_tokens_from_the_head_that_chose_each) {
+  Server s;
+  const std::string prompt = "The jury said";
+  // θ 0.05: some tokens leave at an edge exit, the rest come from the cloud.
+  auto j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 10}, {"logprobs", 3}, {"x_ce", {{"threshold", 0.05}}}}));
+  const json& choice = j["choices"][0];
+  const json& lp = choice["logprobs"];
+  check_completion_logprobs(lp, choice["text"], 3, /*greedy=*/true);
+  const json& tokens = j["x_ce"]["tokens"];
+  BOOST_REQUIRE(lp["tokens"].size() == tokens.size());
+  BOOST_TEST(lp["text_offset"][0] == 0);
+  // The numbers are the edge's, for the tokens and heads it reports (x_ce.tokens[i].source/layer).
+  SamplingParams sampling;
+  sampling.logprobs = 3;
+  const auto want = s.direct(s.prompt_of(prompt), 10, 0.05, sampling);
+  BOOST_REQUIRE(want.logprobs.size() == tokens.size());
+  bool edge = false, cloud = false;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    BOOST_TEST(tokens[i]["id"] == want.tokens[i]);
+    BOOST_TEST(tokens[i]["source"] == to_string(want.sources[i]));
+    BOOST_TEST(tokens[i]["layer"] == want.layers[i]);
+    BOOST_TEST(same_logprobs(lp["token_logprobs"][i], want.logprobs[i].logprob), i);
+    BOOST_TEST(lp["top_logprobs"][i].size() <= want.logprobs[i].top.size());
+    (want.sources[i] == TokenSource::cloud ? cloud : edge) = true;
+  }
+  BOOST_TEST_MESSAGE("edge tokens: " << edge << ", cloud tokens: " << cloud);
+  // logprobs 0: the chosen token's logprob, no alternatives; none asked: null.
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 4}, {"logprobs", 0}}));
+  check_completion_logprobs(j["choices"][0]["logprobs"], j["choices"][0]["text"], 0, true);
+  for (const auto& top : j["choices"][0]["logprobs"]["top_logprobs"]) BOOST_TEST(top.empty());
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 4}}));
+  BOOST_TEST(j["choices"][0]["logprobs"].is_null());
+}
+
+BOOST_AUTO_TEST_CASE(echo_puts_the_prompt_and_its_logprobs_before_the_completion) {
+  Server s;
+  SentencePieceTokenizer tok(http_tokenizer_file);
+  const std::string prompt = "The jury said that";
+  const auto ids = tok.encode(prompt);
+  // lm-eval-harness's loglikelihood request: the prompt scored, nothing generated. The BOS the
+  // server puts first is not echoed: the client's own tokens are, each scored after it.
+  for (double theta : {0.0, 2.0}) {
+    auto j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 2},
+                             {"x_ce", {{"threshold", theta}}}}));
+    const json& choice = j["choices"][0];
+    BOOST_TEST(choice["text"] == prompt);
+    BOOST_TEST(choice["finish_reason"] == "length");
+    BOOST_TEST(j["usage"]["completion_tokens"] == 0);
+    BOOST_TEST(j["usage"]["prompt_tokens"] == ids.size() + 1);
+    const json& lp = choice["logprobs"];
+    check_completion_logprobs(lp, prompt, 2, /*greedy=*/false);
+    BOOST_REQUIRE(lp["tokens"].size() == ids.size());
+    // Each token's text sits at its offset (ASCII: characters are bytes); the first starts the text.
+    BOOST_TEST(lp["text_offset"][0] == 0);
+    for (size_t i = 1; i < ids.size(); ++i) {
+      const std::string piece = lp["tokens"][i];
+      BOOST_TEST(prompt.compare(lp["text_offset"][i].get<size_t>(), piece.size(), piece) == 0, i << ": '" << piece << "'");
+    }
+    // The numbers and heads are the edge's echo; x_ce.prompt_tokens names each token's head.
+    SamplingParams sampling;
+    sampling.logprobs = 2;
+    const auto want = s.direct(s.prompt_of(prompt), 0, theta, sampling, /*echo=*/true);
+    BOOST_REQUIRE(want.prompt_logprobs.size() == ids.size());
+    const json& heads = j["x_ce"]["prompt_tokens"];
+    BOOST_REQUIRE(heads.size() == ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      BOOST_TEST(same_logprobs(lp["token_logprobs"][i], want.prompt_logprobs[i].logprobs.logprob), i);
+      BOOST_TEST(heads[i]["id"] == ids[i]);
+      BOOST_TEST(heads[i]["source"] == (theta > 1 ? "cloud" : "edge"), i);  // θ 0: the first exit; θ 2: the cloud
+      BOOST_TEST(heads[i]["layer"] == want.prompt_logprobs[i].layer);
+    }
+  }
+  // Token ids that start with the BOS: it is echoed too, and has nothing before it (null).
+  std::vector<int32_t> with_bos = s.prompt_of(prompt);
+  auto j = ok_json(s.post({{"prompt", with_bos}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 1}}));
+  const json& lp = j["choices"][0]["logprobs"];
+  BOOST_REQUIRE(lp["tokens"].size() == with_bos.size());
+  BOOST_TEST(lp["token_logprobs"][0].is_null());
+  BOOST_TEST(lp["top_logprobs"][0].is_null());
+  for (size_t i = 1; i < with_bos.size(); ++i) BOOST_TEST(lp["token_logprobs"][i].is_number(), i);
+  BOOST_TEST(j["x_ce"]["prompt_tokens"][0]["source"].is_null());
+  BOOST_TEST(j["choices"][0]["text"] == prompt);
+
+  // Echo with a completion: the text is prompt + completion, the logprobs the prompt's, then the
+  // completion's (the same as without echo).
+  const json plain = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 6}, {"logprobs", 1}}));
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 6}, {"logprobs", 1}, {"echo", true}}));
+  const std::string completion = plain["choices"][0]["text"];
+  BOOST_TEST(j["choices"][0]["text"] == prompt + completion);
+  const json both = j["choices"][0]["logprobs"];  // a copy: j is reused below
+  check_completion_logprobs(both, prompt + completion, 1, false);
+  const json& alone = plain["choices"][0]["logprobs"];
+  BOOST_REQUIRE(both["tokens"].size() == ids.size() + alone["tokens"].size());
+  for (size_t i = 0; i < alone["tokens"].size(); ++i) {
+    BOOST_TEST(both["tokens"][ids.size() + i] == alone["tokens"][i]);
+    BOOST_TEST(same_logprobs(both["token_logprobs"][ids.size() + i], alone["token_logprobs"][i]));
+    BOOST_TEST(both["text_offset"][ids.size() + i].get<size_t>() == characters(prompt) + alone["text_offset"][i].get<size_t>());
+  }
+  BOOST_TEST(j["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"]);
+  // Echo without logprobs: the text only.
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 6}, {"echo", true}}));
+  BOOST_TEST(j["choices"][0]["text"] == prompt + completion);
+  BOOST_TEST(j["choices"][0]["logprobs"].is_null());
+  // Streamed: the prompt first (with its logprobs), then the completion; the same in all.
+  for (bool logprobs : {true, false}) {
+    json body = {{"prompt", prompt}, {"max_tokens", 6}, {"echo", true}, {"stream", true}};
+    if (logprobs) body["logprobs"] = 1;
+    auto r = s.post(body);
+    BOOST_REQUIRE(r);
+    const auto events = sse_events(r->body);
+    BOOST_REQUIRE(!events.empty());
+    BOOST_TEST(events[0]["choices"][0]["text"] == prompt);
+    std::string text;
+    json streamed_tokens = json::array(), streamed_values = json::array();
+    for (const auto& e : events) {
+      text += e["choices"][0]["text"].get<std::string>();
+      const json& l = e["choices"][0]["logprobs"];
+      if (!l.is_null())
+        for (size_t i = 0; i < l["tokens"].size(); ++i) {
+          streamed_tokens.push_back(l["tokens"][i]);
+          streamed_values.push_back(l["token_logprobs"][i]);
+        }
+    }
+    BOOST_TEST(text == prompt + completion);
+    if (logprobs) {
+      BOOST_TEST(streamed_tokens == both["tokens"]);
+      BOOST_TEST(same_logprobs(streamed_values, both["token_logprobs"]));
+    } else {
+      BOOST_TEST(streamed_tokens.empty());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(n_choices_each_draw_with_their_own_seed_and_stream_under_their_index) {
+  Server s;
+  const json body = {{"prompt", "It was"}, {"max_tokens", 8}, {"temperature", 0.9}, {"seed", 42}, {"n", 3}, {"logprobs", 2}};
+  const json j = ok_json(s.post(body));
+  BOOST_REQUIRE(j["choices"].size() == 3u);
+  BOOST_TEST(j["x_ce"]["seed"] == 42);
+  BOOST_REQUIRE(j["x_ce"]["choices"].size() == 3u);
+  size_t completion_tokens = 0;
+  for (int i = 0; i < 3; ++i) {
+    const json& choice = j["choices"][i];
+    const json& figures = j["x_ce"]["choices"][i];
+    BOOST_TEST(choice["index"] == i);
+    BOOST_TEST(figures["index"] == i);
+    BOOST_TEST(figures["seed"] == 42 + i);
+    check_completion_logprobs(choice["logprobs"], choice["text"], 2, /*greedy=*/false);
+    BOOST_TEST(choice["logprobs"]["tokens"].size() == figures["tokens"].size());
+    // Choice i is what a request of its own with seed 42 + i draws.
+    json one = body;
+    one["n"] = 1;
+    one["seed"] = 42 + i;
+    const json alone = ok_json(s.post(one));
+    BOOST_TEST(alone["choices"][0]["index"] == 0);
+    BOOST_TEST(choice["text"] == alone["choices"][0]["text"], i);
+    BOOST_TEST(ids_of(figures["tokens"]) == ids_of(alone["x_ce"]["tokens"]), i);
+    BOOST_TEST(same_logprobs(choice["logprobs"]["token_logprobs"], alone["choices"][0]["logprobs"]["token_logprobs"]));
+    completion_tokens += figures["tokens"].size();
+  }
+  BOOST_TEST(ids_of(j["x_ce"]["tokens"]) == ids_of(j["x_ce"]["choices"][0]["tokens"]));  // x_ce: choice 0, as with n = 1
+  BOOST_TEST(j["usage"]["completion_tokens"] == completion_tokens);
+  BOOST_TEST(j["usage"]["prompt_tokens"] == s.prompt_of("It was").size());  // counted once
+  BOOST_TEST(j["usage"]["total_tokens"] == completion_tokens + s.prompt_of("It was").size());
+
+  // Streamed: each event carries one choice under its index; each adds up to the same choice.
+  json streamed = body;
+  streamed["stream"] = true;
+  streamed["stream_options"] = {{"include_usage", true}};
+  auto r = s.post(streamed);
+  BOOST_REQUIRE(r);
+  bool done = false;
+  const auto events = sse_events(r->body, &done);
+  BOOST_TEST(done);
+  std::map<int, std::string> texts;
+  std::map<int, json> ids, values;
+  std::map<int, int> finishes;
+  for (const auto& e : events) {
+    if (e["choices"].empty()) continue;  // the usage event
+    BOOST_REQUIRE(e["choices"].size() == 1u);
+    const json& c = e["choices"][0];
+    const int index = c["index"];
+    texts[index] += c["text"].get<std::string>();
+    for (const auto& t : e["x_ce"]["tokens"]) ids[index].push_back(t["id"]);
+    if (!c["logprobs"].is_null())
+      for (const auto& v : c["logprobs"]["token_logprobs"]) values[index].push_back(v);
+    if (!c["finish_reason"].is_null()) {
+      ++finishes[index];
+      BOOST_TEST(e["x_ce"]["seed"] == 42 + index);
+    }
+  }
+  BOOST_REQUIRE(texts.size() == 3u);
+  for (int i = 0; i < 3; ++i) {
+    BOOST_TEST(texts[i] == j["choices"][i]["text"].get<std::string>(), i);
+    BOOST_TEST(ids[i] == json(ids_of(j["x_ce"]["choices"][i]["tokens"])), i);
+    BOOST_TEST(same_logprobs(values[i], j["choices"][i]["logprobs"]["token_logprobs"]), i);
+    BOOST_TEST(finishes[i] == 1, i);
+  }
+  BOOST_TEST(events.back()["choices"].empty());
+  BOOST_TEST(events.back()["usage"]["completion_tokens"] == completion_tokens);
+  // best_of other than n is refused by name.
+  r = s.post({{"prompt", "x"}, {"n", 2}, {"best_of", 3}});
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->status == 400);
+  BOOST_TEST(json::parse(r->body)["error"]["param"] == "best_of");
+}
+
+BOOST_AUTO_TEST_CASE(an_unseeded_sampled_request_draws_a_fresh_seed_and_reports_it) {
+  Server s;
+  const json body = {{"prompt", "It was"}, {"max_tokens", 10}, {"temperature", 1.0}};
+  const json a = ok_json(s.post(body)), b = ok_json(s.post(body));
+  const int64_t seed_a = a["x_ce"]["seed"], seed_b = b["x_ce"]["seed"];
+  BOOST_TEST(seed_a != seed_b);
+  for (int64_t seed : {seed_a, seed_b}) {
+    BOOST_TEST(seed >= 0);
+    BOOST_TEST(seed < (int64_t{1} << 53));  // a JavaScript number holds it exactly
+  }
+  // Sent back, the reported seed draws the same tokens.
+  json again = body;
+  again["seed"] = seed_a;
+  const json c = ok_json(s.post(again));
+  BOOST_TEST(c["x_ce"]["seed"] == seed_a);
+  BOOST_TEST(ids_of(c["x_ce"]["tokens"]) == ids_of(a["x_ce"]["tokens"]));
+  BOOST_TEST(c["choices"][0]["text"] == a["choices"][0]["text"]);
+  // Greedy: no seed drawn (the tokens do not depend on it).
+  BOOST_TEST(ok_json(s.post({{"prompt", "It was"}, {"max_tokens", 2}}))["x_ce"]["seed"] == 0);
+}
+
+BOOST_AUTO_TEST_CASE(the_samplers_reach_the_edge_as_asked) {
+  Server s;
+  const std::string prompt = "The jury said";
+  // logit_bias +100 on one token: greedy picks it every time.
+  const int32_t forced = 300;
+  auto j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 5}, {"logit_bias", {{std::to_string(forced), 100}}}}));
+  for (const auto& t : j["x_ce"]["tokens"]) BOOST_TEST(t["id"] == forced);
+  // -100 on the greedy first token: another one comes first.
+  const json greedy = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 3}}));
+  const int32_t first = greedy["x_ce"]["tokens"][0]["id"];
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 3}, {"logit_bias", {{std::to_string(first), -100}}}}));
+  BOOST_TEST(j["x_ce"]["tokens"][0]["id"] != first);
+  // Every knob at once: the tokens the edge draws with the same parameters, through HTTP or not.
+  SamplingParams sampling;
+  sampling.temperature = 0.9f;
+  sampling.top_p = 0.95f;
+  sampling.seed = 5;
+  sampling.top_k = 8;
+  sampling.min_p = 0.02f;
+  sampling.repetition_penalty = 1.5f;
+  sampling.presence_penalty = 0.5f;
+  sampling.frequency_penalty = 0.75f;
+  sampling.logit_bias = {{17, 2.5f}};
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0.9}, {"top_p", 0.95}, {"seed", 5},
+                      {"top_k", 8}, {"min_p", 0.02}, {"repetition_penalty", 1.5}, {"presence_penalty", 0.5},
+                      {"frequency_penalty", 0.75}, {"logit_bias", {{"17", 2.5}}}}));
+  BOOST_TEST(ids_of(j["x_ce"]["tokens"]) == s.direct(s.prompt_of(prompt), 12, std::nullopt, sampling).tokens);
+  // Each knob alone: the tokens the edge draws with it, which differ from those without it (so that
+  // a knob the API failed to pass on could not pass unseen).
+  struct Knob {
+    const char* name;
+    json fields;
+    std::function<void(SamplingParams&)> set;
+  };
+  const std::vector<Knob> knobs = {
+      {"presence_penalty", {{"presence_penalty", 2}}, [](SamplingParams& p) { p.presence_penalty = 2; }},
+      {"frequency_penalty", {{"frequency_penalty", 2}}, [](SamplingParams& p) { p.frequency_penalty = 2; }},
+      {"repetition_penalty", {{"repetition_penalty", 3}}, [](SamplingParams& p) { p.repetition_penalty = 3; }},
+      {"min_p", {{"temperature", 1}, {"seed", 3}, {"min_p", 0.5}},
+       [](SamplingParams& p) { p.temperature = 1, p.seed = 3, p.min_p = 0.5f; }},
+      {"top_p", {{"temperature", 1}, {"seed", 3}, {"top_p", 0.3}},
+       [](SamplingParams& p) { p.temperature = 1, p.seed = 3, p.top_p = 0.3f; }},
+      {"top_k", {{"temperature", 1}, {"seed", 3}, {"top_k", 2}},
+       [](SamplingParams& p) { p.temperature = 1, p.seed = 3, p.top_k = 2; }},
+  };
+  for (const auto& knob : knobs) {
+    json request = {{"prompt", prompt}, {"max_tokens", 16}};
+    request.update(knob.fields);
+    SamplingParams with, without;
+    knob.set(with);
+    without.temperature = with.temperature;
+    without.seed = with.seed;
+    const auto want = s.direct(s.prompt_of(prompt), 16, std::nullopt, with).tokens;
+    BOOST_TEST(want != s.direct(s.prompt_of(prompt), 16, std::nullopt, without).tokens, knob.name << " changes nothing here");
+    BOOST_TEST(ids_of(ok_json(s.post(request))["x_ce"]["tokens"]) == want, knob.name);
+  }
+  // top_k 1 is greedy whatever the temperature.
+  j = ok_json(s.post({{"prompt", prompt}, {"max_tokens", 3}, {"temperature", 1.5}, {"top_k", 1}}));
+  BOOST_TEST(ids_of(j["x_ce"]["tokens"]) == ids_of(greedy["x_ce"]["tokens"]));
+}
+
+BOOST_AUTO_TEST_CASE(vendor_fields_are_ignored_with_a_warning_header_and_unknown_ones_refused) {
+  Server s;
+  const json body = {{"prompt", "It was"}, {"max_tokens", 3}, {"typical_p", 0.9}, {"mirostat", 2}, {"cache_prompt", true}};
+  auto r = s.post(body);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->status == 200);
+  BOOST_TEST(r->get_header_value("Warning") == R"(299 - "ignored fields: cache_prompt, mirostat, typical_p")");
+  BOOST_TEST(json::parse(r->body)["x_ce"]["ignored_fields"] == json({"cache_prompt", "mirostat", "typical_p"}));
+  json streamed = body;
+  streamed["stream"] = true;
+  r = s.post(streamed);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->get_header_value("Warning") == R"(299 - "ignored fields: cache_prompt, mirostat, typical_p")");
+  BOOST_TEST(sse_events(r->body).back()["x_ce"]["ignored_fields"] == json({"cache_prompt", "mirostat", "typical_p"}));
+  // None ignored: no header, no list.
+  r = s.post({{"prompt", "It was"}, {"max_tokens", 3}});
+  BOOST_TEST(!r->has_header("Warning"));
+  BOOST_TEST(!json::parse(r->body)["x_ce"].contains("ignored_fields"));
+  // A field no API has is still refused, by name.
+  r = s.post({{"prompt", "It was"}, {"typical_p", 0.9}, {"colour", "blue"}});
+  BOOST_TEST(r->status == 400);
+  BOOST_TEST(json::parse(r->body)["error"]["param"] == "colour");
+}
+
+BOOST_AUTO_TEST_CASE(chat_logprobs_take_openais_shape_plain_and_streamed) {
+  Server s([](NodeConfig& c) { write_chat_template(c.model_path, chatml_template); });
+  const json messages = {{{"role", "user"}, {"content", "The jury said"}}};
+  const json body = {{"messages", messages}, {"max_tokens", 8}, {"logprobs", true}, {"top_logprobs", 3},
+                     {"x_ce", {{"threshold", 0.05}}}};
+  const json j = s.chat(body);
+  const json& lp = j["choices"][0]["logprobs"];
+  BOOST_REQUIRE(lp.is_object());
+  BOOST_TEST(lp["refusal"].is_null());
+  const json& content = lp["content"];
+  BOOST_REQUIRE(content.size() == j["x_ce"]["tokens"].size());
+  std::string joined;
+  for (const auto& entry : content) {
+    const std::string token = entry["token"];
+    const double logprob = entry["logprob"];
+    BOOST_TEST(logprob <= 0.0);
+    std::vector<int> bytes(token.begin(), token.end());
+    for (auto& b : bytes) b &= 0xFF;
+    BOOST_TEST(entry["bytes"].get<std::vector<int>>() == bytes);
+    const json& top = entry["top_logprobs"];
+    BOOST_TEST(top.size() == 3u);
+    for (size_t k = 0; k < top.size(); ++k) {
+      BOOST_TEST(top[k]["logprob"].get<double>() <= 0.0);
+      BOOST_TEST(top[k].contains("bytes"));
+      if (k > 0) BOOST_TEST(top[k]["logprob"].get<double>() <= top[k - 1]["logprob"].get<double>());  // most likely first
+    }
+    // Greedy: the chosen token leads its alternatives.
+    BOOST_TEST(top[0]["token"] == entry["token"]);
+    BOOST_TEST(top[0]["logprob"] == entry["logprob"]);
+    joined += token;
+  }
+  BOOST_TEST_MESSAGE("chat text '" << j["choices"][0]["message"]["content"].get<std::string>() << "', tokens '" << joined << "'");
+  // logprobs without top_logprobs: no alternatives; none asked: null.
+  json no_top = body;
+  no_top.erase("top_logprobs");
+  for (const auto& entry : s.chat(no_top)["choices"][0]["logprobs"]["content"]) BOOST_TEST(entry["top_logprobs"].empty());
+  json none = body;
+  none.erase("top_logprobs");
+  none.erase("logprobs");
+  BOOST_TEST(s.chat(none)["choices"][0]["logprobs"].is_null());
+
+  // Streamed: the chunks' logprobs add up to the same entries; n = 2 streams both under their index.
+  json streamed = body;
+  streamed["stream"] = true;
+  streamed["n"] = 2;
+  auto r = s.client().Post("/v1/chat/completions", streamed.dump(), "application/json");
+  BOOST_REQUIRE(r);
+  BOOST_REQUIRE(r->status == 200);
+  std::map<int, json> entries;
+  std::map<int, std::string> texts;
+  for (const auto& e : sse_events(r->body)) {
+    const json& c = e["choices"][0];
+    BOOST_TEST(e["object"] == "chat.completion.chunk");
+    texts[c["index"]] += c["delta"].value("content", "");
+    if (!c["logprobs"].is_null())
+      for (const auto& entry : c["logprobs"]["content"]) entries[c["index"]].push_back(entry);
+  }
+  BOOST_REQUIRE(entries.size() == 2u);
+  for (int i = 0; i < 2; ++i) {  // greedy: both choices are the plain response
+    BOOST_TEST(same_logprobs(entries[i], content), i);
+    BOOST_TEST(texts[i] == j["choices"][0]["message"]["content"].get<std::string>(), i);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
