@@ -262,6 +262,15 @@ BOOST_AUTO_TEST_CASE(blackhole_holds_bytes_until_lifted) {
   round_trip(s, "after");
 }
 
+// The client sees the end of its connection within 1 s of `what`: end of stream or a reset.
+static void expect_closed(tcp::socket& s, const std::string& what) {
+  BOOST_REQUIRE_MESSAGE(readable(s, 1000), "no close seen within 1 s of " << what);
+  char c;
+  boost::system::error_code ec;
+  s.read_some(asio::buffer(&c, 1), ec);
+  BOOST_TEST((ec == asio::error::eof || ec == asio::error::connection_reset), "read after " << what << ": " << ec.message());
+}
+
 BOOST_AUTO_TEST_CASE(cut_closes_the_connection) {
   TestServer echo(TestServer::Mode::echo);
   LinkEmulator emu(make_profile("1ms", 1, 0, 0), "127.0.0.1", echo.port());
@@ -272,11 +281,7 @@ BOOST_AUTO_TEST_CASE(cut_closes_the_connection) {
 
   emu.cut();
   BOOST_TEST(emu.connections() == 0u);
-  BOOST_REQUIRE_MESSAGE(readable(s, 1000), "no close seen within 1 s of cut()");
-  char c;
-  boost::system::error_code ec;
-  s.read_some(asio::buffer(&c, 1), ec);
-  BOOST_TEST((ec == asio::error::eof || ec == asio::error::connection_reset), "read after cut: " << ec.message());
+  expect_closed(s, "cut()");
 
   auto again = connect_to(io, emu.port());  // the listener survives a cut
   round_trip(again, "again");
@@ -306,11 +311,7 @@ BOOST_AUTO_TEST_CASE(cut_closes_the_connection_while_a_child_process_runs) {
   } reap{child};
 
   emu.cut();
-  BOOST_REQUIRE_MESSAGE(readable(s, 1000), "no close seen within 1 s of cut() while a child process runs");
-  char c;
-  boost::system::error_code ec;
-  s.read_some(asio::buffer(&c, 1), ec);
-  BOOST_TEST((ec == asio::error::eof || ec == asio::error::connection_reset), "read after cut: " << ec.message());
+  expect_closed(s, "cut() while a child process runs");
 }
 
 BOOST_AUTO_TEST_CASE(jitter_keeps_order) {
