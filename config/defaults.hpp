@@ -35,7 +35,6 @@ constexpr double threshold_floor = 0.5;
 constexpr int speculation_max_ahead = 64;
 constexpr int speculation_max_requests = 8;
 constexpr double speculation_min_path_confidence = 0.15;
-constexpr bool speculation_learn_guess_rates = true;
 constexpr int upload_batch = 32;
 constexpr int upload_queue_limit = 4096;
 constexpr int torch_threads = 0;  // 0: all cores

@@ -494,9 +494,6 @@ std::vector<KeyDescriptor> build_key_table() {
       [](const double& x) { return x >= 0.0 && x <= 1.0 ? std::string() : std::string("must be in 0..1"); },
       "a guess is asked of the cloud (and the rows before it uploaded) only while the product of the exit confidences "
       "of the unconfirmed guesses before it reaches this: a long guessed path is seldom right"));
-  t.push_back(bool_key("ce.speculation.learn-guess-rates", &C::speculation_learn_guess_rates,
-                       "the window weighs each guess by how often guesses at its exit confidence held so far (learned "
-                       "from the cloud's answers) instead of by the confidence itself"));
   t.push_back(int_key("ce.speculation.test-miss-every", &C::speculation_test_miss_every, 0, no_limit,
                       "testing: every Nth guess is made wrong, so that rollbacks happen; 0 = off"));
   t.push_back(int_key("ce.upload.batch", &C::upload_batch, 1, 4096, "most positions in one upload chunk"));

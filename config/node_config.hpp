@@ -118,7 +118,6 @@ struct NodeConfig {
   int speculation_max_ahead = defaults::speculation_max_ahead;   // ce.speculation.max-ahead
   int speculation_max_requests = defaults::speculation_max_requests;  // ce.speculation.max-requests
   double speculation_min_path_confidence = defaults::speculation_min_path_confidence;  // ce.speculation.min-path-confidence
-  bool speculation_learn_guess_rates = defaults::speculation_learn_guess_rates;  // ce.speculation.learn-guess-rates
   int speculation_test_miss_every = 0;                           // ce.speculation.test-miss-every
 
   int upload_batch = defaults::upload_batch;              // ce.upload.batch

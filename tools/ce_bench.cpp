@@ -52,8 +52,6 @@ int main(int argc, char** argv) {
            std::to_string(defaults::speculation_max_requests))
       .add("min-path-confidence", "X", "ce.speculation.min-path-confidence of the edge (speculative mode)",
            std::to_string(defaults::speculation_min_path_confidence))
-      .add("learn-guess-rates", "0|1", "ce.speculation.learn-guess-rates of the edge (speculative mode)",
-           defaults::speculation_learn_guess_rates ? "1" : "0")
       .add("latency-budget", "MS", "ce.exit.latency-budget of the edge (collaborative-budget mode)", "10")
       .add("quick", "", "small preset for CI: 3 prompts x 16 tokens, loopback and wan, short sweep")
       .add("threads", "N", "compute threads, 0 = all cores", "0")
@@ -183,7 +181,6 @@ int main(int argc, char** argv) {
       edge_cfg.speculation_max_ahead = static_cast<int>(cli.get_int("max-ahead"));
       edge_cfg.speculation_max_requests = static_cast<int>(cli.get_int("max-requests"));
       edge_cfg.speculation_min_path_confidence = std::stod(cli.get("min-path-confidence"));
-      edge_cfg.speculation_learn_guess_rates = cli.get_int("learn-guess-rates") != 0;
       // Only responses without a θ of their own (collaborative-budget) are decided by the policy.
       if (std::any_of(link_modes.begin(), link_modes.end(), [](const ModeSpec& m) { return m.budget; }))
         edge_cfg.exit_policy = ExitPolicy::latency_budget;

@@ -34,27 +34,6 @@ Decision decide(const Policy& policy, const StepOutcome& o) {
   return fallback(o);
 }
 
-size_t GuessCalibration::bin(double confidence) {
-  const auto b = static_cast<long>(std::floor(std::clamp(confidence, 0.0, 1.0) * bins));
-  return static_cast<size_t>(std::min<long>(b, bins - 1));
-}
-
-double GuessCalibration::hit_rate(double confidence) const {
-  const auto b = bin(confidence);
-  const double prior = std::clamp(confidence, 0.0, 1.0);
-  return (hits_[b] + prior_weight * prior) / (answers_[b] + prior_weight);
-}
-
-void GuessCalibration::record(double confidence, bool hit) {
-  const auto b = bin(confidence);
-  if (answers_[b] >= memory) {  // a bounded memory: the rate follows the text the edge now serves
-    hits_[b] /= 2;
-    answers_[b] /= 2;
-  }
-  hits_[b] += hit ? 1 : 0;
-  answers_[b] += 1;
-}
-
 OffloadCurve::OffloadCurve(std::vector<std::pair<double, double>> points) : points_(std::move(points)) {
   std::sort(points_.begin(), points_.end());
 }

@@ -1,8 +1,6 @@
 #pragma once
 // The exit rule and mode policy, as pure logic: what to do with a token once the edge has run
 // its exits. The exit_decider actor holds one of these; unit-tested without a model.
-#include <array>
-#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -77,27 +75,6 @@ struct LinkTiming {
 // accurate, slower.
 double budget_threshold(const OffloadCurve& curve, const LinkTiming& link, double budget_ms, double floor,
                         double ceiling);
-
-// How often a guess (the last exit's choice, fed while the cloud decides) turns out right, by the
-// exit's confidence in it, learned from the cloud's answers. The request window multiplies these
-// along a guessed path (ce.speculation.min-path-confidence): an exit's confidence is the
-// probability of its own token under its own head, not of the final layer agreeing, and a
-// product of miscalibrated factors drifts from the path's real chance with every guess. Before a
-// bin has answers, the confidence itself stands in (prior_weight pseudo-answers at it).
-class GuessCalibration {
- public:
-  static constexpr int bins = 10;
-  static constexpr double prior_weight = 4;
-  static constexpr double memory = 2000;  // answers per bin after which older ones count half
-
-  double hit_rate(double confidence) const;
-  void record(double confidence, bool hit);
-  double answers(double confidence) const { return answers_[bin(confidence)]; }
-
- private:
-  static size_t bin(double confidence);
-  std::array<double, bins> hits_{}, answers_{};
-};
 
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
 // standalone up front rather than timing out token by token; the baselines keep their mode.

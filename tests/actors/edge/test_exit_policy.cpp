@@ -123,21 +123,4 @@ BOOST_AUTO_TEST_CASE(a_broken_calibration_file_is_refused_naming_the_file_and_li
   BOOST_TEST(error_of(write("threshold,cloud_share\n0.5\n")).find("too few columns") != std::string::npos);
 }
 
-// The window's weights: the confidence itself before any answer, then the observed share of guesses
-// that held in the confidence's bin (10 bins), pulled toward the confidence by 4 pseudo-answers;
-// bins apart; a bounded memory that follows a change of text.
-BOOST_AUTO_TEST_CASE(guess_rates_start_at_the_confidence_and_learn_the_hit_share) {
-  GuessCalibration g;
-  BOOST_TEST(g.hit_rate(0.35) == 0.35, boost::test_tools::tolerance(1e-12));
-  for (int i = 0; i < 96; ++i) g.record(0.31 + 0.0005 * i, i % 4 != 0);  // 72 of 96 held in bin [0.3, 0.4)
-  BOOST_TEST(g.hit_rate(0.35) == (72 + 4 * 0.35) / 100, boost::test_tools::tolerance(1e-12));
-  BOOST_TEST(g.hit_rate(0.65) == 0.65, boost::test_tools::tolerance(1e-12));  // another bin: untouched
-  BOOST_TEST(g.hit_rate(1.0) == 1.0, boost::test_tools::tolerance(1e-12));    // 1.0 falls in the last bin
-  GuessCalibration drift;
-  for (int i = 0; i < 4000; ++i) drift.record(0.5, true);
-  for (int i = 0; i < 4000; ++i) drift.record(0.5, false);
-  BOOST_TEST(drift.answers(0.5) <= GuessCalibration::memory + 1);
-  BOOST_TEST(drift.hit_rate(0.5) < 0.1);  // the recent misses dominate, not the all-time half
-}
-
 BOOST_AUTO_TEST_SUITE_END()
