@@ -16,9 +16,6 @@ namespace ce {
 // confidence the exit rule compares with θ, and the logprobs when params.logprobs >= 0. Throws
 // ModelError for a logit_bias, history or scored token outside the vocabulary.
 TokenChoice choose_token(const at::Tensor& logits, const SamplingParams& params, const ChoiceInput& input);  // (vocab)
-// Throws ModelError naming the field when choose_token would refuse these (a logit_bias, history
-// or scored token outside [0, vocab)): a server checks a request before it joins a batch.
-void check_choice(const SamplingParams& params, const TokenHistory& history, int32_t scored_token, int64_t vocab);
 // choose_token's token for `position` with no history.
 int64_t pick_token(const at::Tensor& logits, const SamplingParams& params, uint64_t position);  // (vocab)
 

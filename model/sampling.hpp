@@ -97,4 +97,9 @@ struct ChoiceInput {
   int32_t scored_token = -1;  // echo: report this token (and its logprob) instead of choosing one
 };
 
+// Throws ModelError naming the field when choose_token (model/sampler.hpp) would refuse these (a
+// logit_bias, history or scored token outside [0, vocab)): a server checks a request on arrival,
+// before it can join a batch or touch a context. Defined in model/sampler.cpp.
+void check_choice(const SamplingParams& params, const TokenHistory& history, int32_t scored_token, int64_t vocab);
+
 }  // namespace ce

@@ -347,6 +347,11 @@ caf::result<std::vector<char>> on_infer(self_ptr self, const caf::node_id& node,
   auto& st = self->state;
   st.infer_requests[st.client_names[node]]++;
   const ContextKey key{node, req.session_id};
+  try {  // a bad token of the request's sampling is the request's fault: refused alone, the context kept
+    check_choice(req.sampling, req.history, req.scored_token, st.model->config().vocab_size);
+  } catch (const std::exception& e) {
+    return error_frame(error::bad_request, std::string("InferRequest: ") + e.what(), req.session_id, req.request_id);
+  }
   if (req.kind == wire::InferKind::naive_split) {
     // Stateless baseline: no context, the whole sequence comes inline.
     auto rp = self->make_response_promise<std::vector<char>>();

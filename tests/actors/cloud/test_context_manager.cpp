@@ -197,6 +197,22 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_errors_and_the_cloud_keeps_serving) {
   expect_error(c.ask(infer(9, 1, 2)), error::bad_request);
   BOOST_TEST(std::holds_alternative<wire::UploadAck>(c.ask(c.rows(9, 3, 2))));
   BOOST_TEST(std::holds_alternative<wire::InferReply>(c.ask(infer(9, 4, 3))));
+  // Sampling tokens outside the vocabulary: that request is refused by name, the session lives on.
+  auto bad_bias = infer(9, 5, 4);
+  bad_bias.sampling.logit_bias = {{1 << 20, 1.0f}};
+  BOOST_TEST(expect_error(c.ask(bad_bias), error::bad_request).text.find("logit_bias token") != std::string::npos);
+  auto bad_score = infer(9, 5, 5);
+  bad_score.scored_token = 1 << 20;
+  BOOST_TEST(expect_error(c.ask(bad_score), error::bad_request).text.find("scored token") != std::string::npos);
+  BOOST_TEST(std::holds_alternative<wire::UploadAck>(c.ask(c.rows(9, 5, 1))));
+  auto scored = infer(9, 5, 6);
+  scored.scored_token = 3;
+  scored.sampling.logprobs = 2;
+  const auto answer = c.ask(scored);
+  BOOST_REQUIRE(std::holds_alternative<wire::InferReply>(answer));
+  BOOST_TEST(std::get<wire::InferReply>(answer).token == 3);
+  BOOST_TEST(std::get<wire::InferReply>(answer).has_logprobs);
+  BOOST_TEST(std::get<wire::InferReply>(answer).logprobs.top.size() == 2u);
 }
 
 BOOST_AUTO_TEST_CASE(a_retried_request_gets_the_same_answer_without_a_second_append) {
