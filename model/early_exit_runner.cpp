@@ -16,6 +16,28 @@ struct RowGroup {
   int64_t first_pos;  // rows are positions [first_pos, first_pos + rows.size(0))
   at::Tensor rows;    // (n, dim)
 };
+
+// The outcome's token taken from the head at `layer` (an exit that reached θ, or the final layer).
+void resolve(StepOutcome& o, TokenChoice choice, int64_t layer) {
+  o.resolved = true;
+  o.token = choice.token;
+  o.confidence = choice.confidence;
+  o.exit_layer = static_cast<int32_t>(layer);
+  o.logprobs = std::move(choice.logprobs);
+}
+
+// An exit read for the outcome's token: it is the fallback (the deepest exit read so far) and, when
+// its confidence reaches θ, the token. True when it resolved the token.
+bool read_exit(StepOutcome& o, const TokenChoice& choice, int64_t layer, const ExitRule& rule) {
+  o.fallback_token = choice.token;
+  o.fallback_confidence = choice.confidence;
+  o.fallback_layer = static_cast<int32_t>(layer);
+  o.fallback_logprobs = choice.logprobs;
+  if (!rule.leaves_at(choice.confidence)) return false;
+  resolve(o, choice, layer);
+  return true;
+}
+
 }  // namespace
 
 struct EarlyExitRunner::State {
@@ -99,12 +121,7 @@ struct EarlyExitRunner::State {
     const auto& c = model->config();
     if (layer_end == c.n_layers && d.rule.evaluate_exits && !d.out.resolved) {
       auto logits = decoder.final_logits(d.cur.rows[-1]);
-      auto choice = choose_token(logits, d.rule.sampling, choice_input(d));
-      d.out.resolved = true;
-      d.out.token = choice.token;
-      d.out.confidence = choice.confidence;
-      d.out.logprobs = std::move(choice.logprobs);
-      d.out.exit_layer = static_cast<int32_t>(c.n_layers);
+      resolve(d.out, choose_token(logits, d.rule.sampling, choice_input(d)), c.n_layers);
     }
     d.finished = true;
   }
@@ -134,17 +151,7 @@ struct EarlyExitRunner::State {
   void reached(Descent& d, const at::Tensor& exit_logits) {
     if (exit_logits.defined()) {
       const int64_t stop = d.cur.depth;
-      auto choice = choose_token(exit_logits, d.rule.sampling, choice_input(d));
-      d.out.fallback_token = choice.token;
-      d.out.fallback_confidence = choice.confidence;
-      d.out.fallback_layer = static_cast<int32_t>(stop);
-      d.out.fallback_logprobs = std::move(choice.logprobs);
-      if (d.rule.leaves_at(choice.confidence)) {
-        d.out.resolved = true;
-        d.out.token = choice.token;
-        d.out.confidence = choice.confidence;
-        d.out.exit_layer = static_cast<int32_t>(stop);
-        d.out.logprobs = d.out.fallback_logprobs;
+      if (read_exit(d.out, choose_token(exit_logits, d.rule.sampling, choice_input(d)), stop, d.rule)) {
         if (!d.run_to_end) {
           if (stop == layer_end)
             complete(d.cur.rows);
@@ -287,21 +294,10 @@ std::vector<StepOutcome> EarlyExitRunner::score(const std::shared_ptr<const Mode
     for (int64_t p = 0; p < n; ++p) {
       auto& o = out[static_cast<size_t>(p)];
       if (o.resolved) continue;
-      auto choice = choose(logits[p], p);
-      const bool leaves = at_exit ? rule.leaves_at(choice.confidence) : true;
-      if (at_exit) {
-        o.fallback_token = choice.token;
-        o.fallback_confidence = choice.confidence;
-        o.fallback_layer = static_cast<int32_t>(stop);
-        o.fallback_logprobs = choice.logprobs;
-      }
-      if (leaves) {
-        o.resolved = true;
-        o.token = choice.token;
-        o.confidence = choice.confidence;
-        o.exit_layer = static_cast<int32_t>(stop);
-        o.logprobs = std::move(choice.logprobs);
-      }
+      if (at_exit)
+        read_exit(o, choose(logits[p], p), stop, rule);
+      else
+        resolve(o, choose(logits[p], p), stop);  // the final head always decides
     }
   }
   return out;
