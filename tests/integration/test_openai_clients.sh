@@ -7,14 +7,8 @@
 set -euo pipefail
 build=$1
 src=$2
-work=$(mktemp -d)
-node_pid=""
-cleanup() {
-  [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+# shellcheck source=tests/integration/node_process.sh
+source "$src/tests/integration/node_process.sh"
 
 model=ce-brown-8l
 prompt="The jury said that"
@@ -27,12 +21,7 @@ template = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '
             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 json.dump({"chat_template": template}, open(sys.argv[1], "w"))
 PY
-"$build/tools/ce-node" --config "$src/config/local.ini" --set ce.model.path="$work/model" --set ce.listen.port=0 --set ce.http.port=0 \
-  --set ce.log.level=warning --ready-file "$work/ready" 2>"$work/node.log" &
-node_pid=$!
-for _ in $(seq 1200); do [ -s "$work/ready" ] && break; sleep 0.1; done  # a generous cap: CI runs it beside other tests
-[ -s "$work/ready" ] || { cat "$work/node.log"; fail "ce-node did not come up"; }
-read -r cloud_port http_port <"$work/ready"
+start_node "$src" "$build" --set ce.model.path="$work/model"
 base="http://127.0.0.1:$http_port"
 echo "ce-node up: cloud port $cloud_port, HTTP $base"
 

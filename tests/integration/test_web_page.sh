@@ -17,21 +17,10 @@ command -v node >/dev/null || skip "Node.js is not installed (bash scripts/setup
 [ -d "$npm_dir/node_modules/puppeteer-core" ] ||
   skip "puppeteer-core is not installed in $npm_dir (the http_web_references fixture could not install it; see its output)"
 
-work=$(mktemp -d)
-node_pid=""
-cleanup() {
-  [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+# shellcheck source=tests/integration/node_process.sh
+source "$src/tests/integration/node_process.sh"
 
-"$build/tools/ce-node" --config "$src/config/local.ini" --set ce.listen.port=0 --set ce.http.port=0 \
-  --set ce.log.level=warning --ready-file "$work/ready" 2>"$work/node.log" &
-node_pid=$!
-for _ in $(seq 1200); do [ -s "$work/ready" ] && break; sleep 0.1; done  # a generous cap: CI runs it beside other tests
-[ -s "$work/ready" ] || { cat "$work/node.log"; fail "ce-node did not come up"; }
-read -r cloud_port http_port <"$work/ready"
+start_node "$src" "$build"
 echo "ce-node up: cloud port $cloud_port, HTTP http://127.0.0.1:$http_port/"
 
 mkdir -p "$build/web-page"
