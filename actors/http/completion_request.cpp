@@ -241,7 +241,7 @@ SamplingParams CompletionRequest::sampling(int index) const {
   SamplingParams s;
   s.temperature = static_cast<float>(temperature);
   s.top_p = static_cast<float>(top_p);
-  s.seed = static_cast<uint64_t>(seed) + static_cast<uint64_t>(index);  // wraps, as the reported seed does
+  s.seed = static_cast<uint64_t>(choice_seed(index));
   s.top_k = top_k;
   s.min_p = static_cast<float>(min_p);
   s.repetition_penalty = static_cast<float>(repetition_penalty);

@@ -71,8 +71,12 @@ struct CompletionRequest {
   std::optional<bool> speculate;           // x_ce.speculate (collaborative mode; default ce.speculation.enabled)
   std::vector<std::string> ignored_fields; // fields of ignored_vendor_fields() the request had, sorted
 
-  // The knobs of choice `index` (its seed: seed + index), logprobs included.
+  // The knobs of choice `index` (its seed: choice_seed(index)), logprobs included.
   SamplingParams sampling(int index = 0) const;
+  // Choice `index` samples with seed + index (wrapping, as a 64-bit seed does), as x_ce reports it.
+  int64_t choice_seed(int index) const {
+    return static_cast<int64_t>(static_cast<uint64_t>(seed) + static_cast<uint64_t>(index));
+  }
 };
 
 std::variant<CompletionRequest, ApiError> parse_completion_request(const std::string& body,

@@ -980,10 +980,6 @@ struct HttpApi::Impl {
     return g;
   }
 
-  static int64_t seed_of(const CompletionRequest& request, int index) {
-    return static_cast<int64_t>(static_cast<uint64_t>(request.seed) + static_cast<uint64_t>(index));
-  }
-
   // Events [from, to) of a choice as logprob entries; their text starts `prefix` bytes into the
   // choice's text (after an echoed prompt).
   static std::vector<ScoredToken> scored_events(const CompletionRun& run, size_t from, size_t to, size_t prefix) {
@@ -1001,7 +997,7 @@ struct HttpApi::Impl {
   json choice_x_ce(const GenerateResult& r, const CompletionRun& run, const RequestClock& clock,
                    const CompletionRequest& request, int index, const std::vector<int32_t>& prompt, const Echo& echo) {
     json out = summary(r, run, clock);
-    out["seed"] = seed_of(request, index);
+    out["seed"] = request.choice_seed(index);
     if (echo.on && request.logprobs >= 0) {
       json tokens = json::array();
       for (size_t p = echo.first_token; p < prompt.size(); ++p) {
