@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <omp.h>
 
 #include <sys/mman.h>
 
@@ -330,33 +329,32 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
   // the threads meet at a barrier where the next kernel needs all of them, instead of a fork and
   // join per kernel (~60 per token). Small models stay on one thread: their products are too short.
   const kernels::TeamClaim claim(t * dim * dim >= (int64_t{1} << 16));
-  const int team = claim.size();
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-    const kernels::Share me{omp_get_thread_num(), omp_get_num_threads()};
+  claim.run([&](const kernels::Member& member) {
+    const kernels::Share me = member.share;
+    const bool first = me.index == 0;  // work for one member, the others wait at the next sync
     const auto [ffn_begin, ffn_end] = kernels::rows_of(me, ffn);
     for (int64_t l = layer_begin; l < layer_end; ++l) {
       const auto& w = packed_->layers[static_cast<size_t>(l)];
-#pragma omp single
-      kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
+      if (first) kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
+      member.sync();
       kernels::linear(xb, t, w.wq.view, q, false, me);
       kernels::linear(xb, t, w.wk.view, k, false, me);
       kernels::linear(xb, t, w.wv.view, v, false, me);
-#pragma omp barrier
-#pragma omp single
-      {
+      member.sync();
+      if (first) {
         if (w.bq) {
           kernels::add_bias(q, t, q_dim, w.bq);
           kernels::add_bias(k, t, kv_dim, w.bk);
           kernels::add_bias(v, t, kv_dim, w.bv);
         }
-      for (size_t i = 0; i < n_segments; ++i) {
-        const auto& s = segments[i];
-        kernels::rope(q + s.row * q_dim, s.rows, c.n_heads, hd, s.start, cos, sin);
-        kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
-        s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
+        for (size_t i = 0; i < n_segments; ++i) {
+          const auto& s = segments[i];
+          kernels::rope(q + s.row * q_dim, s.rows, c.n_heads, hd, s.start, cos, sin);
+          kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
+          s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
+        }
       }
-      }
+      member.sync();
       // Attention: each session's queries over its own cache only (ragged, no padding).
       float* seg_scores = scores;
       for (size_t i = 0; i < n_segments; ++i) {
@@ -365,32 +363,32 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
                            s.kv->values(l), seg_scores, att + s.row * q_dim, me);
         seg_scores += s.rows * c.n_heads * (s.start + s.rows);
       }
-#pragma omp barrier
+      member.sync();
       kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true, me);
-#pragma omp barrier
-#pragma omp single
-      {
+      member.sync();
+      if (first) {
         if (w.bo) kernels::add_bias(x, t, dim, w.bo);
         kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
       }
+      member.sync();
       kernels::linear(xb, t, w.gate.view, gate, false, me);
       kernels::linear(xb, t, w.up.view, up, false, me);
-      for (int64_t r = 0; r < t; ++r) {  // this thread's gate and up rows are complete: no barrier
+      for (int64_t r = 0; r < t; ++r) {  // this member's gate and up rows are complete: no sync
         if (w.b_gate) {
           kernels::add_bias(gate + r * ffn + ffn_begin, 1, ffn_end - ffn_begin, w.b_gate + ffn_begin);
           kernels::add_bias(up + r * ffn + ffn_begin, 1, ffn_end - ffn_begin, w.b_up + ffn_begin);
         }
         kernels::silu_mul(gate + r * ffn + ffn_begin, up + r * ffn + ffn_begin, ffn_end - ffn_begin);
       }
-#pragma omp barrier
+      member.sync();
       kernels::linear(gate, t, w.down.view, x, /*accumulate=*/true, me);
-#pragma omp barrier
+      member.sync();
       if (w.b_down) {
-#pragma omp single
-        kernels::add_bias(x, t, dim, w.b_down);
+        if (first) kernels::add_bias(x, t, dim, w.b_down);
+        member.sync();
       }
     }
-  }
+  });
 }
 
 at::Tensor Decoder::head_logits(const void* head_ptr, const at::Tensor& hidden) const {

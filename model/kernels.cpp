@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-
-#include <omp.h>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "model/kernels_isa.hpp"
 
@@ -41,7 +44,7 @@ Isa chosen_isa() {
 
 const Isa kIsa = chosen_isa();
 std::atomic<int> g_threads{1};
-std::atomic<int> g_teams{0};  // parallel sections running now
+std::atomic<int> g_sections{0};  // sections worth a team running now, on a team or alone
 
 }  // namespace
 
@@ -77,10 +80,7 @@ void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulat
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate) {
   // Work below ~64 K multiply-adds is not worth waking a second thread for.
   const TeamClaim claim(n * w.rows * w.cols >= (int64_t{1} << 16) && w.rows >= 16);
-  const int team = claim.size();
-  if (team <= 1) return linear(x, n, w, y, accumulate, Share{});
-#pragma omp parallel num_threads(team)
-  linear(x, n, w, y, accumulate, Share{omp_get_thread_num(), omp_get_num_threads()});
+  claim.run([&](const Member& m) { linear(x, n, w, y, accumulate, m.share); });
 }
 
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
@@ -134,17 +134,133 @@ void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* s
 void set_threads(int threads) { g_threads = std::max(1, threads); }
 int threads() { return g_threads; }
 
+namespace {
+
+// The process's worker threads, members 1..size-1 of whichever team runs (one at a time: the
+// TeamClaim serialises them). Everything that waits (a worker for the next section, a member at a
+// barrier, the caller for the workers to finish) spins for a while and then sleeps: spinning is
+// what makes a barrier cost ~a microsecond on cores of its own (a decode step of the shipped model
+// has ~30), sleeping what keeps a team from burning a core when the OS has preempted a teammate
+// (a node whose edge and cloud compute at once on two cores).
+class Workers {
+ public:
+  static Workers& get() {
+    static Workers workers;
+    return workers;
+  }
+  ~Workers() { resize(0); }
+
+  void run(int size, void* body, void (*call)(void*, const Member&)) {
+    resize(size - 1);
+    body_ = body;
+    call_ = call;
+    size_ = size;
+    finished_.store(0);
+    generation_.fetch_add(1);
+    wake(job_);
+    call(body, Member{Share{0, size}});
+    wait_for(done_, kSpins, [&] { return finished_.load() == size - 1; });
+  }
+
+  void sync(int size) {
+    const uint32_t phase = phase_.load();
+    if (arrived_.fetch_add(1) + 1 == size) {
+      arrived_.store(0);
+      phase_.store(phase + 1);
+      wake(done_);
+    } else {
+      wait_for(done_, kSpins, [&] { return phase_.load() != phase; });
+    }
+  }
+
+ private:
+  static constexpr int kSpins = 4000;       // pause instructions (~0.1 ms on Zen 4) before sleeping
+  static constexpr int kIdleSpins = 30000;  // between sections: ~0.75 ms
+
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  // Returns once done() holds. The atomics are sequentially consistent, so that a waiter that
+  // counts itself a sleeper and then finds done() false is always seen by the waker (which makes
+  // done() true and then reads the sleepers).
+  template <class Done>
+  void wait_for(std::condition_variable& cv, int spins, Done done) {
+    for (int i = 0; i < spins; ++i) {
+      if (done()) return;
+      cpu_relax();
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    sleepers_.fetch_add(1);
+    cv.wait(lock, done);
+    sleepers_.fetch_sub(1);
+  }
+
+  void wake(std::condition_variable& cv) {
+    if (sleepers_.load() == 0) return;
+    { std::lock_guard<std::mutex> lock(mutex_); }  // a sleeper is either waiting or will see done()
+    cv.notify_all();
+  }
+
+  void resize(size_t count) {
+    if (threads_.size() == count) return;
+    stop_.store(true);
+    wake(job_);
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    stop_.store(false);
+    const uint64_t now = generation_.load();
+    for (size_t i = 0; i < count; ++i) threads_.emplace_back([this, i, now] { work(static_cast<int>(i) + 1, now); });
+  }
+
+  void work(int index, uint64_t seen) {
+    for (;;) {
+      wait_for(job_, kIdleSpins, [&] { return stop_.load() || generation_.load() != seen; });
+      if (stop_.load()) return;
+      seen = generation_.load();
+      try {
+        call_(body_, Member{Share{index, size_}});
+      } catch (...) {
+        std::terminate();  // as an exception escaping an OpenMP region: the team cannot finish
+      }
+      if (finished_.fetch_add(1) + 1 == size_ - 1) wake(done_);
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mutex_;
+  std::condition_variable job_, done_;
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> generation_{0};
+  void* body_ = nullptr;
+  void (*call_)(void*, const Member&) = nullptr;
+  int size_ = 1;
+  std::atomic<int> finished_{0};
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> phase_{0};
+};
+
+}  // namespace
+
+void Member::sync() const {
+  if (share.count > 1) Workers::get().sync(share.count);
+}
+
+void TeamClaim::run_team(int size, void* body, void (*call)(void*, const Member&)) {
+  Workers::get().run(size, body, call);
+}
+
 TeamClaim::TeamClaim(bool worth_threads) {
   if (!worth_threads || g_threads.load() <= 1) return;
-  int idle = 0;
-  if (g_teams.compare_exchange_strong(idle, 1)) {
-    holds_ = true;
-    size_ = g_threads.load();
-  }
+  holds_ = true;
+  if (g_sections.fetch_add(1) == 0) size_ = g_threads.load();
 }
 
 TeamClaim::~TeamClaim() {
-  if (holds_) g_teams.fetch_sub(1);
+  if (holds_) g_sections.fetch_sub(1);
 }
 
 std::string isa() {

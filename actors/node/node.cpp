@@ -5,6 +5,7 @@
 #include <caf/openssl/all.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "actors/cloud/cloud_inference.hpp"
@@ -57,17 +58,16 @@ std::string host_name() {
 
 Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_unique<Actors>()) {
   set_log_level(config_.log_level);
+  // ce.threads = 0: all cores for a node of one role; half of them when it computes both halves,
+  // whose sections run side by side (collaborative completions on 2 cores, eight at once: ~2,700
+  // tokens/s with one thread each, ~1,500 with both wanting two).
+  int threads = config_.torch_threads;
+  if (threads == 0 && config_.role == Role::both)
+    threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / 2));
+  configure_torch_threads(threads);
   const auto precision = weight_precision_named(config_.model_weights);
   if (!precision) throw std::runtime_error("ce.model.weights = " + config_.model_weights + ": unknown precision");
-  // Loading runs on one thread so that this thread keeps no OpenMP worker pool: libgomp keeps one
-  // per thread that ever ran a parallel region, and once its pools hold more threads than there
-  // are cores its workers stop spinning between regions and sleep, so every barrier of the
-  // decoder's region costs a wake-up. With the loader's pool beside the compute actor's, one
-  // standalone HTTP completion on the shipped model ran at ~1,100 tokens/s on 2 cores, ~3,200
-  // without it (and ~3,200 with ce.threads = 1).
-  configure_torch_threads(1);
   model_ = Model::load(config_.model_path, *precision, parts_to_load(config_));
-  configure_torch_threads(config_.torch_threads);
   const auto& mc = model_->config();
   const auto plan = SplitPlan::from_config(mc, config_.split_layer);
   config_.split_layer = plan.split;

@@ -5,8 +5,13 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "model/decoder.hpp"
 #include "model/kernels.hpp"
@@ -202,22 +207,62 @@ BOOST_AUTO_TEST_CASE(shares_add_up_to_the_whole_product) {
   }
 }
 
-// One team at a time: a section that starts while another runs gets one thread; small work
-// never gets more; a released claim frees the team for the next section.
-BOOST_AUTO_TEST_CASE(team_claims_give_threads_to_one_section_at_a_time) {
+// A team only for a section alone: one that starts while another runs (on a team or alone) gets
+// one thread; small work never gets more; released claims free the team for the next section.
+BOOST_AUTO_TEST_CASE(team_claims_give_threads_to_a_section_alone) {
   kernels::set_threads(2);
   {
     kernels::TeamClaim small(false);
     BOOST_TEST(small.size() == 1);
-    kernels::TeamClaim first(true);
-    BOOST_TEST(first.size() == 2);
+    std::optional<kernels::TeamClaim> first(std::in_place, true);
+    BOOST_TEST(first->size() == 2);
     kernels::TeamClaim second(true);
     BOOST_TEST(second.size() == 1);
+    first.reset();
+    BOOST_TEST(kernels::TeamClaim(true).size() == 1);  // `second` still runs, alone
   }
   kernels::TeamClaim again(true);
   BOOST_TEST(again.size() == 2);
   kernels::set_threads(1);
   BOOST_TEST(kernels::TeamClaim(true).size() == 1);
+}
+
+// A team runs its body once per member, with the member's share, and sync() is a barrier: what
+// every member wrote before it, every member reads after it. Rounds where one member is late by
+// milliseconds make the others sleep at the barrier and the workers between sections, so the
+// wake-ups are exercised as well as the spinning.
+BOOST_AUTO_TEST_CASE(a_team_runs_each_member_once_and_sync_is_a_barrier) {
+  constexpr int kSize = 3;
+  kernels::set_threads(kSize);
+  std::array<int, kSize> slot{};
+  for (int round = 0; round < 60; ++round) {
+    const kernels::TeamClaim claim(true);
+    BOOST_TEST_REQUIRE(claim.size() == kSize);
+    std::array<std::atomic<int>, kSize> calls{};
+    std::array<int, kSize> stale{}, count{};
+    std::atomic<int> misplaced{0};
+    claim.run([&](const kernels::Member& m) {  // no Boost.Test assertion here: it is not thread-safe
+      const int me = m.share.index;
+      if (me < 0 || me >= kSize) return void(misplaced.fetch_add(1));
+      count[static_cast<size_t>(me)] = m.share.count;
+      calls[static_cast<size_t>(me)].fetch_add(1);
+      for (int phase = 0; phase < 4; ++phase) {
+        if (round % 10 == 9 && me == phase % kSize) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        slot[static_cast<size_t>(me)] = round * 10 + phase;
+        m.sync();
+        for (int v : slot) stale[static_cast<size_t>(me)] += v != round * 10 + phase;
+        m.sync();  // nobody writes the next phase before everyone has read this one
+      }
+    });
+    BOOST_TEST_REQUIRE(misplaced.load() == 0);
+    for (int i = 0; i < kSize; ++i) {
+      BOOST_TEST(calls[static_cast<size_t>(i)].load() == 1, "round " << round << " member " << i);
+      BOOST_TEST(count[static_cast<size_t>(i)] == kSize);
+      BOOST_TEST(stale[static_cast<size_t>(i)] == 0, "round " << round << " member " << i);
+    }
+    if (round % 20 == 19) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // workers go to sleep
+  }
+  kernels::set_threads(1);
 }
 
 BOOST_AUTO_TEST_CASE(q8_round_trip_is_within_half_a_step_per_block) {
