@@ -45,6 +45,7 @@ struct Decoder::Packed {
   std::vector<float> cos, sin;  // (max_seq, head_dim / 2)
   int64_t bytes = 0;
   std::string precision;
+  const std::map<const void*, at::Tensor>* block_scales = nullptr;  // of int8 matrices as stored; while packing
 
   static kernels::WeightType type_of(const at::Tensor& t) {
     switch (t.scalar_type()) {
@@ -64,7 +65,7 @@ struct Decoder::Packed {
         return kernels::isa() == "portable" ? as(at::kFloat) : std::nullopt;
       case WeightPrecision::fp32: return as(at::kFloat);
       case WeightPrecision::fp16: return as(at::kHalf);
-      case WeightPrecision::int8: return at::kChar;
+      case WeightPrecision::int8: return as(at::kChar);
     }
     return std::nullopt;
   }
@@ -106,12 +107,19 @@ struct Decoder::Packed {
 
   Mat pack(const at::Tensor& t, WeightPrecision p) {
     Mat m;
+    at::Tensor stored_scales;  // of a matrix the checkpoint stores as int8
+    if (t.scalar_type() == at::kChar) {
+      if (!block_scales || !block_scales->count(t.data_ptr()))
+        throw ModelError("decoder: an int8 matrix without its block scales");
+      stored_scales = block_scales->at(t.data_ptr());
+    }
     const auto type = converted_type(t, p);
     if (!type) {
       m.values = t.contiguous();
+      m.scales = stored_scales;
     } else if (*type != at::kChar) {
       m.values = carve(t.sizes(), *type);
-      m.values.copy_(t);
+      m.values.copy_(stored_scales.defined() ? dequantize_block_scaled(t, stored_scales) : t);
     } else {
       const auto f = t.to(at::kFloat).contiguous();
       const int64_t rows = f.size(0), cols = f.size(1), blocks = kernels::q8_blocks(cols);
@@ -147,6 +155,7 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   sin_ = torch::cat({half_sin, half_sin}, -1);
 
   auto p = std::make_unique<Packed>();
+  p->block_scales = &weights_->block_scales;
   {
     size_t arena = 0;
     std::set<const void*> heads;  // tied heads are packed once, as head() does
@@ -181,6 +190,7 @@ Decoder::Decoder(std::shared_ptr<const Weights> weights, WeightPrecision precisi
   }
   if (weights_->final_norm.defined()) p->final_head = p->head(weights_->final_norm, weights_->lm_head, precision);
   for (const auto& [layer, x] : weights_->exits) p->exits.emplace(layer, p->head(x.norm, x.head, precision));
+  p->block_scales = nullptr;
   packed_ = std::move(p);
   release_converted_matrices();
 }

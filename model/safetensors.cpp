@@ -29,7 +29,7 @@ struct DtypeInfo {
   size_t bytes;
 };
 constexpr DtypeInfo dtypes[] = {
-    {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2}};
+    {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2}, {"I8", at::kChar, 1}};
 
 const DtypeInfo* dtype_by_name(const std::string& name) {
   for (auto& d : dtypes)
@@ -106,7 +106,7 @@ TensorMap read_safetensors(const std::string& path, std::map<std::string, std::s
     const auto& jo = entry["data_offsets"];
     if (!jd.is_string()) fail(path, where + ": dtype is not a string");
     const DtypeInfo* dt = dtype_by_name(jd.get<std::string>());
-    if (!dt) fail(path, where + ": unsupported dtype " + jd.get<std::string>() + " (F32, F16, BF16 are)");
+    if (!dt) fail(path, where + ": unsupported dtype " + jd.get<std::string>() + " (F32, F16, BF16, I8 are)");
     if (!js.is_array()) fail(path, where + ": shape is not an array");
     std::vector<int64_t> shape;
     uint64_t numel = 1;

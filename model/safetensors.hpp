@@ -9,9 +9,9 @@ namespace ce {
 
 using TensorMap = std::map<std::string, at::Tensor>;
 
-// Reads every tensor (F32, F16 or BF16) keeping its stored dtype. Throws ModelError naming the
-// file and tensor on a truncated file, bad header, overlapping or out-of-range offsets, or an
-// unsupported dtype.
+// Reads every tensor (F32, F16, BF16, or I8: the values of int8 matrices) keeping its stored
+// dtype. Throws ModelError naming the file and tensor on a truncated file, bad header, overlapping
+// or out-of-range offsets, or an unsupported dtype.
 TensorMap read_safetensors(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
 
 // Writes tensors as stored (contiguous CPU copies), sorted by name.

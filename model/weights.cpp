@@ -7,6 +7,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "model/kernels.hpp"
+
 namespace ce {
 namespace {
 
@@ -125,14 +127,49 @@ bool all_finite(const at::Tensor& t) {
   }
 }
 
+bool is_block_scale(const std::string& name) {
+  const std::string suffix = kBlockScaleSuffix;
+  return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// An int8 matrix's scales, checked: present, F32, one per block of 32 values, finite, >= 0.
+const at::Tensor& block_scales_of(const TensorMap& tensors, const std::string& name, const at::Tensor& values,
+                                  const std::string& source) {
+  const std::string scale_name = name + kBlockScaleSuffix;
+  const auto it = tensors.find(scale_name);
+  if (it == tensors.end())
+    throw ModelError(source + ": tensor '" + name + "' is int8 but its block scales '" + scale_name + "' are missing");
+  const auto& scales = it->second;
+  const int64_t rows = values.size(0), blocks = kernels::q8_blocks(values.size(1));
+  if (scales.scalar_type() != at::kFloat || scales.dim() != 2 || scales.size(0) != rows || scales.size(1) != blocks)
+    throw ModelError(source + ": tensor '" + scale_name + "' must be F32 of shape (" + std::to_string(rows) + "," +
+                     std::to_string(blocks) + "): one scale per 32 values of '" + name + "'");
+  if (!all_finite(scales) || (scales < 0).any().item<bool>())
+    throw ModelError(source + ": tensor '" + scale_name + "' holds negative, NaN or infinite scales");
+  return scales;
+}
+
 }  // namespace
+
+at::Tensor dequantize_block_scaled(const at::Tensor& values, const at::Tensor& scales) {
+  const auto per_value = scales.repeat_interleave(kernels::kQ8Block, 1).narrow(1, 0, values.size(1));
+  return (values.to(at::kFloat) * per_value).contiguous();
+}
 
 std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const TensorMap& tensors,
                                               const std::string& source, StoredType stored, const ModelParts& parts) {
   const auto expected = expected_tensor_shapes(c);
-  for (auto& [name, t] : tensors)
-    if (!expected.count(name) && !is_recomputed_buffer(name))
-      throw ModelError(source + ": unexpected tensor '" + name + "' for this config");
+  for (auto& [name, t] : tensors) {
+    if (expected.count(name) || is_recomputed_buffer(name)) continue;
+    if (is_block_scale(name)) {
+      const auto matrix = name.substr(0, name.size() - std::string(kBlockScaleSuffix).size());
+      const auto it = tensors.find(matrix);
+      if (expected.count(matrix) && it != tensors.end() && it->second.scalar_type() == at::kChar) continue;
+      throw ModelError(source + ": tensor '" + name + "' holds block scales, but '" + matrix +
+                       "' is not an int8 matrix of this config");
+    }
+    throw ModelError(source + ": unexpected tensor '" + name + "' for this config");
+  }
   for (auto& [name, want] : expected) {  // every tensor, loaded here or not: the header is at hand
     auto it = tensors.find(name);
     if (it == tensors.end()) throw ModelError(source + ": missing tensor '" + name + "'");
@@ -142,18 +179,30 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
       for (auto d : want) exp += std::to_string(d) + ",";
       throw ModelError(source + ": tensor '" + name + "' has shape (" + got + ") but the config needs (" + exp + ")");
     }
+    if (it->second.scalar_type() == at::kChar) {
+      if (want.size() != 2 || name == embed_name)
+        throw ModelError(source + ": tensor '" + name + "' is int8; only weight matrices other than the embedding may be");
+      block_scales_of(tensors, name, it->second, source);
+    }
   }
+  auto w = std::make_shared<Weights>();
   auto fetch = [&](const std::string& name) {
     const auto& t = tensors.at(name);
     const bool keep = stored == StoredType::keep && t.dim() == 2;
     auto st = t.scalar_type();
+    if (st == at::kChar) {
+      const auto& scales = block_scales_of(tensors, name, t, source);
+      if (!keep) return dequantize_block_scaled(t, scales);
+      auto values = t.contiguous();
+      w->block_scales[values.data_ptr()] = scales.contiguous();
+      return values;
+    }
     if (st != at::kFloat && st != at::kHalf && st != at::kBFloat16)
-      throw ModelError(source + ": tensor '" + name + "' must be F32, F16 or BF16");
+      throw ModelError(source + ": tensor '" + name + "' must be F32, F16, BF16 or (a weight matrix) I8");
     auto f = (keep ? t : t.to(at::kFloat)).contiguous();
     if (!all_finite(f)) throw ModelError(source + ": tensor '" + name + "' holds NaN or infinite values");
     return f;
   };
-  auto w = std::make_shared<Weights>();
   w->config = c;
   w->parts = parts;
   // lm_head serves the final head and tied exit heads; when tied to the embedding, it is the embedding.
@@ -284,6 +333,42 @@ std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored,
   std::string source;
   const auto tensors = read_checkpoint_tensors(dir, &source);
   return weights_from_tensors(config, tensors, source, stored, parts);
+}
+
+int64_t write_quantized_checkpoint(const std::string& dir, const std::string& out) {
+  namespace fs = std::filesystem;
+  if (fs::exists(out) && fs::equivalent(dir, out)) throw ModelError(out + ": the quantized model needs its own directory");
+  const auto config = load_model_config(dir + "/config.json");
+  std::string source;
+  const auto tensors = read_checkpoint_tensors(dir, &source);
+  for (auto& [name, t] : tensors)
+    if (t.scalar_type() == at::kChar) throw ModelError(source + ": already quantized (tensor '" + name + "' is int8)");
+  weights_from_tensors(config, tensors, source, StoredType::keep);  // refuses a broken checkpoint by name
+  const auto expected = expected_tensor_shapes(config);
+  TensorMap quantized;
+  for (auto& [name, t] : tensors) {
+    if (is_recomputed_buffer(name)) continue;
+    if (t.dim() != 2 || name == embed_name || !expected.count(name)) {
+      quantized[name] = t;
+      continue;
+    }
+    const auto f = t.to(at::kFloat).contiguous();
+    const int64_t rows = f.size(0), cols = f.size(1);
+    auto values = at::empty({rows, cols}, at::kChar);
+    auto scales = at::empty({rows, kernels::q8_blocks(cols)}, at::kFloat);
+    kernels::quantize_q8(f.data_ptr<float>(), rows, cols, values.data_ptr<int8_t>(), scales.data_ptr<float>());
+    quantized[name] = values;
+    quantized[name + kBlockScaleSuffix] = scales;
+  }
+  fs::create_directories(out);
+  for (const auto& entry : fs::directory_iterator(dir)) {  // config, tokenizer, chat template: as they are
+    const auto file = entry.path().filename().string();
+    if (entry.is_regular_file() && file.rfind("model", 0) != 0)
+      fs::copy_file(entry.path(), fs::path(out) / file, fs::copy_options::overwrite_existing);
+  }
+  const std::string file = out + "/model.safetensors";
+  write_safetensors(file, quantized, {{"format", "pt"}, {"ce.quantization", "int8 weight matrices, one fp32 scale per 32 values"}});
+  return static_cast<int64_t>(fs::file_size(file));
 }
 
 std::shared_ptr<Weights> random_weights(const ModelConfig& c, uint64_t seed) {

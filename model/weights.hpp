@@ -52,6 +52,9 @@ struct Weights {
   at::Tensor lm_head;     // (vocab, dim), may alias embed
   std::map<int64_t, ExitWeights> exits;  // keyed by exit layer
   std::string hash;       // identifies the checkpoint, whatever parts are loaded (weights_digest)
+  // The matrices a quantized checkpoint stores as int8 (and loading kept so): each one's block
+  // scales, (rows, ceil(cols / 32)) fp32, keyed by the matrix's data.
+  std::map<const void*, at::Tensor> block_scales;
 
   // Every stored tensor by its file name; tied tensors appear once, under their owner's name.
   TensorMap named_tensors() const;
@@ -62,9 +65,22 @@ struct Weights {
 // The names and shapes a config requires, in file order.
 std::map<std::string, std::vector<int64_t>> expected_tensor_shapes(const ModelConfig& config);
 
-// What loading does with F16/BF16 matrices: widen them to fp32 (training, and an explicit fp32
-// request), or keep them as stored so that memory holds the file's bytes once. Norms are always
-// fp32 (they are tiny and feed fp32 arithmetic).
+// A quantized checkpoint (ce-model --quantize-out) stores a weight matrix NAME as int8 values NAME
+// (I8, rows x cols) and NAME + kBlockScaleSuffix (F32, rows x ceil(cols / 32)): value = q * the
+// scale of its block of 32, kernels::quantize_q8's layout, so that loading keeps both as mapped.
+// The embedding and the norms stay as stored.
+constexpr const char* kBlockScaleSuffix = "_scale";
+
+// value = q * the scale of its block: an int8 matrix (rows, cols) and its scales widened to fp32.
+at::Tensor dequantize_block_scaled(const at::Tensor& values, const at::Tensor& scales);
+
+// Writes `dir`'s model to `out` with every weight matrix but the embedding quantized that way
+// (config and tokenizer files copied); returns the bytes of the weights file.
+int64_t write_quantized_checkpoint(const std::string& dir, const std::string& out);
+
+// What loading does with F16/BF16 (and int8) matrices: widen them to fp32 (training, and an
+// explicit fp32 request; int8 as value times block scale), or keep them as stored so that memory
+// holds the file's bytes once. Norms are always fp32 (they are tiny and feed fp32 arithmetic).
 enum class StoredType { widen_to_fp32, keep };
 
 // Builds Weights from a tensor map (every tensor of the checkpoint, loaded or not: the digest covers

@@ -44,13 +44,16 @@ ce::ModelConfig llama32_1b_shape() {
 
 int main(int argc, char** argv) {
   ce::use_fast_blas_kernel(argv);
-  ce::cli::Parser cli("ce-model", "Writes a random early-exit LLaMA model directory (--random-out) or describes one (--info).");
+  ce::cli::Parser cli("ce-model", "Writes a random early-exit LLaMA model directory (--random-out), an int8 copy of one "
+                                  "(--quantize-out), or describes one (--info).");
   cli.add("random-out", "DIR", "write a randomly initialised model into DIR")
       .add("info", "DIR", "print the config, split, parameter count and weights hash of a model")
       .add("export-llama2c", "DIR", "write DIR/model.bin and DIR/tokenizer.bin in llama2.c's formats from --model (for decode benchmarks against its run.c)")
       .add("export-gguf", "FILE", "write FILE in llama.cpp's GGUF format (architecture llama, exits left out) from --model (for decode benchmarks against llama.cpp)")
+      .add("quantize-out", "DIR", "write --model to DIR with every weight matrix but the embedding stored as int8, one fp32 "
+                                  "scale per 32 values (loaded as int8 without converting; ce.model.weights = auto)")
       .add("gguf-type", "TYPE", "matrix type of --export-gguf: f32, f16 or q8_0 (rows not a multiple of 32 values stay f16)", "f16")
-      .add("model", "DIR", "model directory read by --export-llama2c and --export-gguf", "models/ce-brown-8l")
+      .add("model", "DIR", "model directory read by --export-llama2c, --export-gguf and --quantize-out", "models/ce-brown-8l")
       .add("vocab", "N", "vocabulary size (taken from --tokenizer when given)", "1024")
       .add("tokenizer", "FILE", "tokenizer.model to copy into --random-out's directory; for --export-gguf, the vocabulary of a model without one")
       .add("seed", "N", "random seed", "0")
@@ -81,6 +84,12 @@ int main(int argc, char** argv) {
         ce::write_llama2c_tokenizer(ce::SentencePieceTokenizer(from + "/tokenizer.model"), dir + "/tokenizer.bin");
       std::cout << "wrote " << dir << "/model.bin" << (std::filesystem::exists(dir + "/tokenizer.bin") ? " and tokenizer.bin" : "")
                 << " from " << from << "\n";
+      return 0;
+    }
+    if (cli.has("quantize-out")) {
+      const auto out = cli.get("quantize-out"), from = cli.get("model");
+      const auto bytes = ce::write_quantized_checkpoint(from, out);
+      std::cout << "wrote " << out << " (int8 weight matrices, " << bytes / (1 << 20) << " MiB) from " << from << "\n";
       return 0;
     }
     if (cli.has("export-gguf")) {

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "model/early_exit_runner.hpp"
 #include "model/runtime.hpp"
 #include "model/safetensors.hpp"
 #include "model/weights.hpp"
@@ -262,6 +263,135 @@ BOOST_AUTO_TEST_CASE(load_errors_name_the_file_and_tensor) {
   std::filesystem::remove(dir.file("config.json"));
   e = model_error_text([&] { load_weights(dir.path()); });
   BOOST_TEST(contains(e, dir.file("config.json")), e);
+}
+
+namespace {
+
+// The quantizer written out from its definition: per block of 32 values of a row, scale =
+// max |value| / 127 and q = value / scale rounded to nearest, ties to even (0 for a zero block).
+void reference_q8(const at::Tensor& matrix, std::vector<int8_t>& q, std::vector<float>& scales) {
+  const auto f = matrix.to(at::kFloat).contiguous();
+  const int64_t rows = f.size(0), cols = f.size(1), blocks = (cols + 31) / 32;
+  const float* v = f.data_ptr<float>();
+  q.assign(static_cast<size_t>(rows * cols), 0);
+  scales.assign(static_cast<size_t>(rows * blocks), 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      float top = 0;
+      for (int64_t k = b * 32; k < std::min(cols, b * 32 + 32); ++k) top = std::max(top, std::fabs(v[r * cols + k]));
+      const float scale = top / 127.0f;
+      scales[static_cast<size_t>(r * blocks + b)] = scale;
+      for (int64_t k = b * 32; k < std::min(cols, b * 32 + 32); ++k)
+        q[static_cast<size_t>(r * cols + k)] =
+            static_cast<int8_t>(scale > 0 ? std::nearbyint(v[r * cols + k] * (1.0f / scale)) : 0.0f);
+    }
+}
+
+// The final layer's choices after each of `steps` greedy tokens from a short prompt.
+std::vector<std::pair<int32_t, float>> greedy_run(const std::shared_ptr<const Model>& model, int steps) {
+  EarlyExitRunner runner(model, model->config().n_layers);
+  ExitRule rule;
+  rule.threshold = ExitRule::never_exit;
+  std::vector<std::pair<int32_t, float>> out;
+  std::vector<int32_t> feed{1, 17, 42, 5};
+  for (int i = 0; i < steps; ++i) {
+    const auto o = runner.advance(feed, rule);
+    out.emplace_back(o.token, o.confidence);
+    feed = {o.token};
+  }
+  return out;
+}
+
+}  // namespace
+
+// ce-model --quantize-out: every weight matrix but the embedding stored as int8 with one fp32
+// scale per 32 values (the quantizer's definition, checked value by value), loaded as int8
+// without converting, and decoding exactly as the fp16 file quantized at load does; widened, it
+// gives value * scale.
+BOOST_AUTO_TEST_CASE(a_quantized_checkpoint_holds_the_int8_matrices_and_decodes_as_int8_at_load) {
+  const auto c = tiny_config(2);
+  TempDir source, quantized;
+  save_weights(*scaled_weights(c, 5, 0.1, true, 1.0), source.path());
+  const auto bytes = write_quantized_checkpoint(source.path(), quantized.path());
+  BOOST_TEST(std::filesystem::exists(quantized.file("config.json")));
+  BOOST_TEST(bytes == static_cast<int64_t>(std::filesystem::file_size(quantized.file("model.safetensors"))));
+  const auto original = read_safetensors(source.file("model.safetensors"));
+  const auto stored = read_safetensors(quantized.file("model.safetensors"));
+  BOOST_TEST((stored.at("model.embed_tokens.weight").scalar_type() == at::kHalf));  // a lookup: as it was
+  BOOST_TEST((stored.at("model.norm.weight").scalar_type() == original.at("model.norm.weight").scalar_type()));
+  int matrices = 0;
+  for (auto& [name, t] : original) {
+    if (t.dim() != 2 || name == "model.embed_tokens.weight") continue;
+    ++matrices;
+    const auto& values = stored.at(name);
+    const auto& scales = stored.at(name + kBlockScaleSuffix);
+    BOOST_TEST_REQUIRE((values.scalar_type() == at::kChar && scales.scalar_type() == at::kFloat), name);
+    std::vector<int8_t> want_q;
+    std::vector<float> want_s;
+    reference_q8(t, want_q, want_s);
+    BOOST_TEST(std::memcmp(values.data_ptr(), want_q.data(), want_q.size()) == 0, name);
+    BOOST_TEST(std::memcmp(scales.data_ptr(), want_s.data(), want_s.size() * 4) == 0, name);
+  }
+  BOOST_TEST(matrices == 4 * 7 + 1 + 3);  // layers, lm_head, exit heads
+
+  const auto as_int8 = Model::load(quantized.path());
+  BOOST_TEST(as_int8->precision() == "int8");
+  BOOST_TEST(as_int8->weight_bytes() < Model::load(source.path())->weight_bytes() * 6 / 10);  // fp16: 2 bytes a value
+  const auto at_load = Model::load(source.path(), WeightPrecision::int8);
+  BOOST_TEST(as_int8->weight_bytes() == at_load->weight_bytes());
+  BOOST_TEST(greedy_run(as_int8, 12) == greedy_run(at_load, 12));  // the same bits through the same kernels
+
+  const auto widened = load_weights(quantized.path());
+  const auto& q = stored.at("model.layers.2.mlp.down_proj.weight");
+  const auto& s = stored.at("model.layers.2.mlp.down_proj.weight_scale");
+  for (int64_t r = 0; r < q.size(0); ++r)
+    for (int64_t k = 0; k < q.size(1); ++k) {
+      const float want = static_cast<float>(q[r][k].item<int8_t>()) * s[r][k / 32].item<float>();
+      BOOST_TEST_REQUIRE(widened->layers[2].w_down[r][k].item<float>() == want, r << "," << k);
+    }
+  BOOST_TEST(Model::load(quantized.path(), WeightPrecision::fp32)->precision() == "fp32");
+  const auto error = model_error_text([&] { write_quantized_checkpoint(quantized.path(), source.path() + "-again"); });
+  BOOST_TEST(contains(error, "already quantized"), error);
+}
+
+// A quantized file whose scales are missing, misshaped, negative or NaN, a scale beside a matrix
+// that is not int8, an int8 norm, or a truncated file: each refused naming the file and tensor.
+BOOST_AUTO_TEST_CASE(a_malformed_quantized_checkpoint_is_refused_by_name) {
+  const auto c = tiny_config(2);
+  TempDir source, quantized;
+  save_weights(*random_weights(c, 6), source.path());
+  write_quantized_checkpoint(source.path(), quantized.path());
+  const auto file = quantized.file("model.safetensors");
+  const auto good = read_safetensors(file);
+  const std::string matrix = "model.layers.1.self_attn.q_proj.weight", scale = matrix + kBlockScaleSuffix;
+  const auto refused = [&](TensorMap t, std::vector<std::string> parts) {
+    write_safetensors(file, t);
+    const auto e = model_error_text([&] { Model::load(quantized.path()); });
+    BOOST_TEST(contains(e, file), e);
+    for (const auto& p : parts) BOOST_TEST(contains(e, p), e);
+  };
+  auto t = good;
+  t.erase(scale);
+  refused(t, {matrix, scale, "missing"});
+  t = good;
+  t[scale] = at::ones({32, 2});
+  refused(t, {scale, "(32,1)"});
+  t = good;
+  t[scale] = good.at(scale).clone();
+  t[scale][3][0] = -1.0f;
+  refused(t, {scale, "negative"});
+  t[scale][3][0] = std::numeric_limits<float>::quiet_NaN();
+  refused(t, {scale, "NaN"});
+  t = good;
+  t["model.layers.1.self_attn.k_proj.weight"] = at::zeros({16, 32}, at::kHalf);  // its scale stays
+  refused(t, {"model.layers.1.self_attn.k_proj.weight_scale", "not an int8 matrix"});
+  t = good;
+  t["model.norm.weight"] = at::ones({32}, at::kChar);
+  refused(t, {"model.norm.weight", "int8"});
+  write_safetensors(file, good);
+  std::filesystem::resize_file(file, std::filesystem::file_size(file) - 7);
+  const auto e = model_error_text([&] { Model::load(quantized.path()); });
+  BOOST_TEST(contains(e, file), e);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
