@@ -11,7 +11,8 @@ import sys
 
 out = sys.argv[1]
 rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
-catchup = list(csv.DictReader(open(os.path.join(out, "catchup.csv"))))
+catchup_csv = os.path.join(out, "catchup.csv")
+catchup = list(csv.DictReader(open(catchup_csv))) if os.path.exists(catchup_csv) else []
 memory = list(csv.DictReader(open(os.path.join(out, "memory.csv"))))
 prov = json.load(open(os.path.join(out, "provenance.json")))
 sessions = sorted({int(r["sessions"]) for r in rows})
@@ -57,7 +58,8 @@ md = ["# One cloud, many edges: batched steps against one job at a time", "",
       f"{prov['repeats']} repeats, the two clouds interleaved. Each session replays {prov['positions']} positions of "
       "data/brown/test.txt as an edge at the model's θ would (uploads of its split-layer states, an infer request "
       "for each position its exits leave to the cloud, waiting for the answer) against a cloud node on loopback "
-      "(ce-brown-8l, fp16 weights); no edge compute runs while timed. `batched`: ce.batch.max-sessions = 32; "
+      f"({os.path.basename(prov.get('model', 'models/ce-brown-8l'))}, ce.model.weights = {prov.get('weights', 'auto')}); "
+      "no edge compute runs while timed. `batched`: ce.batch.max-sessions = 32; "
       "`serial`: ce.batch.max-sessions = 1, the same scheduler one context at a time (what the cloud did before). "
       "Tokens/s = answered requests / wall time; latency = one request's round trip (upload + infer sent, reply "
       "received). min / median / max over the repeats.", "",
@@ -70,18 +72,21 @@ for n in sessions:
               f"{med(bt) / med(st):.2f} | {med(bp):.2f} ({min(bp):.2f}–{max(bp):.2f}) | "
               f"{med(sp):.2f} ({min(sp):.2f}–{max(sp):.2f}) | {med(bp) / lone_p99:.2f} |")
 md += ["", f"Offloaded positions per session: {rows[0]['offloaded_per_session']} of {prov['positions']} "
-       f"(θ {float(rows[0]['threshold']):.2f}).", "",
-       "## A long catch-up beside short requests (batched cloud)", "",
-       "8 sessions as above, alone and beside a ninth that uploads 1,000 positions and asks for the last one "
-       "(ce.batch.catch-up-chunk = 64: it advances 64 positions per step while the others keep stepping).", "",
-       "| catch-up beside | others' p50 ms | others' p99 ms | others' max ms | the catch-up's request ms |",
-       "| ---: | ---: | ---: | ---: | ---: |"]
-for c in (0, 1000):
-    v = [r for r in catchup if int(r["catch_up"]) == c]
-    f = lambda k: med([float(r[k]) for r in v])
-    md.append(f"| {c or 'none'} | {f('p50_ms'):.2f} | {f('p99_ms'):.2f} | {f('max_ms'):.2f} | "
-              f"{f('catch_up_ms') if c else float('nan'):.1f} |")
-md += ["", f"Lone session p99 (batched, 1 session): {lone_p99:.2f} ms.", "", "## Memory after the runs", "",
+       f"(θ {float(rows[0]['threshold']):.2f}).", ""]
+if catchup:
+    long = max(int(r["catch_up"]) for r in catchup)
+    md += ["## A long catch-up beside short requests (batched cloud)", "",
+           f"8 sessions as above, alone and beside a ninth that uploads {long:,} positions and asks for the last one "
+           "(ce.batch.catch-up-chunk = 64: it advances 64 positions per step while the others keep stepping).", "",
+           "| catch-up beside | others' p50 ms | others' p99 ms | others' max ms | the catch-up's request ms |",
+           "| ---: | ---: | ---: | ---: | ---: |"]
+    for c in (0, long):
+        v = [r for r in catchup if int(r["catch_up"]) == c]
+        f = lambda k: med([float(r[k]) for r in v])
+        md.append(f"| {c or 'none'} | {f('p50_ms'):.2f} | {f('p99_ms'):.2f} | {f('max_ms'):.2f} | "
+                  f"{f('catch_up_ms') if c else float('nan'):.1f} |")
+    md += [""]
+md += [f"Lone session p99 (batched, 1 session): {lone_p99:.2f} ms.", "", "## Memory after the runs", "",
        "| cloud | repeat | contexts live | context bytes | contexts ended |", "| --- | ---: | ---: | ---: | ---: |"]
 for m in memory:
     md.append(f"| {m['mode']} | {m['repeat']} | {m['live']} | {m['bytes']} | {m['evicted']} |")
