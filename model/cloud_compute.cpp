@@ -109,10 +109,18 @@ std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Req
     for (size_t j = 0; j < i; ++j)
       if (requests[j].context == requests[i].context) throw ModelError("cloud step: one cache twice in a batch");
   }
-  std::vector<Decoder::DecodeStep> steps;
+  std::vector<int64_t> rows_of;  // this step's rows of each context
+  int64_t total = 0;
   for (const auto& r : requests) {
-    auto& s = *r.context->state_;
-    const auto n = static_cast<uint32_t>(std::min<int64_t>(r.position + 1 - s.computed, max_rows));
+    rows_of.push_back(std::min<int64_t>(r.position + 1 - r.context->state_->computed, max_rows));
+    total += rows_of.back();
+  }
+  if (requests.size() > 1)  // a context takes at most as many rows as the others together
+    for (auto& n : rows_of) n = std::min(n, std::max(kCatchUpFloor, total - n));
+  std::vector<Decoder::DecodeStep> steps;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto& s = *requests[i].context->state_;
+    const auto n = static_cast<uint32_t>(rows_of[i]);
     steps.push_back({s.take_inputs(n), s.computed, &s.kv});  // (n, dim) at positions [computed, computed + n)
   }
   const auto& decoder = first.model->decoder();

@@ -229,6 +229,39 @@ BOOST_FIXTURE_TEST_CASE(sampling_uses_the_position, Fixture) {
              pick_token(want_logits[15], s, 15));
 }
 
+// A long catch-up beside short requests takes at most as many rows per step as the others together
+// (kCatchUpFloor at least), and full chunks once alone: two contexts asking one new position per
+// step while a third catches up 16 positions with chunks of 64.
+BOOST_FIXTURE_TEST_CASE(a_long_catch_up_takes_no_more_rows_than_the_others_together, Fixture) {
+  CloudCompute a(m, split), b(m, split), long_one(m, split);
+  long_one.append(hidden(0, 16, row(0)));
+  std::vector<float> scratch;
+  std::vector<int64_t> long_computed;
+  uint32_t next = 0;
+  for (; next < 3; ++next) {  // three steps beside a and b
+    for (auto* short_one : {&a, &b}) short_one->append(hidden(next, 1, row(next)));
+    const auto got = CloudCompute::step({{&a, next, {}}, {&b, next, {}}, {&long_one, 15, {}}}, 64, scratch);
+    BOOST_REQUIRE((got[0] && got[1]));
+    check(*got[0], next);
+    check(*got[1], next);
+    BOOST_TEST(!got[2].has_value());
+    long_computed.push_back(long_one.computed());
+  }
+  const auto four = CloudCompute::kCatchUpFloor;
+  BOOST_TEST(long_computed == (std::vector<int64_t>{four, 2 * four, 3 * four}), boost::test_tools::per_element());
+  const auto alone = CloudCompute::step({{&long_one, 15, {}}}, 64, scratch);  // the rest in one step
+  BOOST_REQUIRE(alone[0].has_value());
+  check(*alone[0], 15);
+  // Two long catch-ups side by side: each may take as many as the other, so both run full chunks.
+  CloudCompute c1(m, split), c2(m, split);
+  c1.append(hidden(0, 16, row(0)));
+  c2.append(hidden(0, 16, row(0)));
+  const auto both = CloudCompute::step({{&c1, 15, {}}, {&c2, 15, {}}}, 64, scratch);
+  BOOST_REQUIRE((both[0] && both[1]));
+  check(*both[0], 15);
+  check(*both[1], 15);
+}
+
 // The scheduler's batched step: several contexts at different depths, one of them catching up a
 // long gap in chunks of 3 positions; every context's answer equals the reference at its position,
 // the chunked one answers only in the step that reaches it, and each context's KV holds exactly
