@@ -6,7 +6,8 @@
 // most `catch_up_chunk` of its waiting positions, projections and FFN for all rows at once,
 // attention per context. A job whose position was reached is answered with one token; the others
 // go to the back of the queue (round robin), so a long catch-up advances chunk by chunk beside the
-// short requests. A job that fails answers (false, ErrorReply frame): the context's compute state
+// short requests, taking no more rows than they do while they are active (also in the gaps
+// between their requests). A job that fails answers (false, ErrorReply frame): the context's compute state
 // is then unknown and the context must not be reused. Its messages: cloud_inference_actor in
 // actors/cloud/protocol.hpp.
 #include <caf/fwd.hpp>
