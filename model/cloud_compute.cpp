@@ -144,6 +144,20 @@ std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Req
   return out;
 }
 
+int64_t CloudCompute::RowBudget::max_rows(size_t contexts) const {
+  if (contexts != 1 || steps_since_shared_ > kSharedSteps) return chunk_;
+  return std::min(chunk_, std::max(kCatchUpFloor, shared_rows_));
+}
+
+void CloudCompute::RowBudget::record(size_t contexts, int64_t answered_rows) {
+  if (contexts > 1) {
+    shared_rows_ = answered_rows;
+    steps_since_shared_ = 0;
+  } else if (steps_since_shared_ <= kSharedSteps) {
+    ++steps_since_shared_;
+  }
+}
+
 int64_t CloudCompute::truncate(uint32_t positions) {
   auto& s = *state_;
   const int64_t dropped = std::max<int64_t>(0, s.computed - positions);

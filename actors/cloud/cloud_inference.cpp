@@ -4,7 +4,6 @@
 
 #include <chrono>
 #include <deque>
-#include <limits>
 
 #include "actors/log.hpp"
 #include "model/cloud_compute.hpp"
@@ -28,10 +27,7 @@ struct CloudInferenceState {
   std::deque<Waiting> queue;
   bool step_sent = false;
   std::vector<float> scratch;  // the batched step's, kept between steps
-  // The last step with several contexts: the rows it gave the contexts it answered, and the steps
-  // run since (see on_step).
-  int64_t shared_rows = 0;
-  int steps_since_shared = std::numeric_limits<int>::max();
+  CloudCompute::RowBudget rows{64};  // set from the batching config at spawn
   CloudStats::Batching stats;
   static inline const char* name = "cloud_inference";
 };
@@ -103,15 +99,7 @@ void on_step(self_ptr self) {
     requests.push_back(compute_request(w.job.compute.get(), w.job.request));
   std::vector<int64_t> computed_before;
   for (const auto& r : requests) computed_before.push_back(r.context->computed());
-  // A context alone in the queue right after steps shared with others (their next requests are on
-  // the way) takes no more rows than such a step gave the contexts it answered: a long catch-up
-  // would otherwise run a full chunk in each gap between their requests and hold their next
-  // answers (179M-shape model, 8 sessions beside a 1,000-position catch-up: their p99 ~30 ms
-  // without it, 125-150 ms with full chunks in the gaps). Alone for a few steps, full chunks again.
-  constexpr int kSharedSteps = 3;
-  int64_t max_rows = st.batching.catch_up_chunk;
-  if (batch.size() == 1 && st.steps_since_shared <= kSharedSteps)
-    max_rows = std::min(max_rows, std::max(CloudCompute::kCatchUpFloor, st.shared_rows));
+  const int64_t max_rows = st.rows.max_rows(batch.size());
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::optional<TokenChoice>> tokens;
   std::string failure;
@@ -133,12 +121,7 @@ void on_step(self_ptr self) {
     stats.rows += static_cast<uint64_t>(rows);
     if (failure.empty() && tokens[i]) answered_rows += rows;
   }
-  if (batch.size() > 1) {
-    st.shared_rows = answered_rows;
-    st.steps_since_shared = 0;
-  } else if (st.steps_since_shared < std::numeric_limits<int>::max()) {
-    ++st.steps_since_shared;
-  }
+  st.rows.record(batch.size(), answered_rows);
   for (size_t i = 0; i < batch.size(); ++i) {
     auto& w = batch[i];
     w.compute_us += us;
@@ -158,6 +141,7 @@ cloud_inference_actor::behavior_type cloud_inference(self_ptr self, std::shared_
   self->state.model = std::move(model);
   self->state.split = split;
   self->state.batching = batching;
+  self->state.rows = CloudCompute::RowBudget(batching.catch_up_chunk);
   return {
       [=](compute_atom, InferJob& job) { return on_job(self, job); },
       [=](step_atom) { on_step(self); },

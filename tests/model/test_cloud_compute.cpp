@@ -262,6 +262,32 @@ BOOST_FIXTURE_TEST_CASE(a_long_catch_up_takes_no_more_rows_than_the_others_toget
   check(*both[1], 15);
 }
 
+// The scheduler's row budget: full chunks until steps are shared; then, for a context alone in a
+// step, what the last shared step gave the contexts it answered (4 at least) for kSharedSteps
+// steps, full chunks again after; steps of several contexts keep the full chunk (the per-step rule
+// above bounds them).
+BOOST_AUTO_TEST_CASE(the_row_budget_keeps_a_lone_catch_up_short_while_others_are_active) {
+  CloudCompute::RowBudget budget(64);
+  BOOST_TEST(budget.max_rows(1) == 64);  // a context that never shared a step
+  budget.record(1, 64);
+  BOOST_TEST(budget.max_rows(1) == 64);
+  budget.record(9, 10);  // eight one-row answers and a two-row one beside a catch-up
+  BOOST_TEST(budget.max_rows(1) == 10);
+  BOOST_TEST(budget.max_rows(2) == 64);
+  budget.record(3, 1);
+  BOOST_TEST(budget.max_rows(1) == CloudCompute::kCatchUpFloor);
+  for (int i = 0; i < CloudCompute::RowBudget::kSharedSteps; ++i) {
+    budget.record(1, 0);
+    BOOST_TEST(budget.max_rows(1) == CloudCompute::kCatchUpFloor, "alone step " << i);
+  }
+  budget.record(1, 0);  // the others have gone quiet
+  BOOST_TEST(budget.max_rows(1) == 64);
+  BOOST_TEST(CloudCompute::RowBudget(3).max_rows(1) == 3);
+  CloudCompute::RowBudget small(3);
+  small.record(2, 50);
+  BOOST_TEST(small.max_rows(1) == 3);  // never above the chunk
+}
+
 // The scheduler's batched step: several contexts at different depths, one of them catching up a
 // long gap in chunks of 3 positions; every context's answer equals the reference at its position,
 // the chunked one answers only in the step that reaches it, and each context's KV holds exactly
