@@ -77,8 +77,8 @@ if catchup:
     long = max(int(r["catch_up"]) for r in catchup)
     md += ["## A long catch-up beside short requests (batched cloud)", "",
            f"8 sessions as above, alone and beside a ninth that uploads {long:,} positions and asks for the last one "
-           "(ce.batch.catch-up-chunk = 64: it advances at most 64 positions a step, and beside the others no more than "
-           "they compute together, 4 at least, while they keep stepping).", "",
+           "(ce.batch.catch-up-chunk = 64: it advances at most 64 positions a step, and while the others are active no "
+           "more than they compute together, 4 at least, also in the gaps between their requests).", "",
            "| catch-up beside | others' p50 ms | others' p99 ms | others' max ms | the catch-up's request ms |",
            "| ---: | ---: | ---: | ---: | ---: |"]
     for c in (0, long):
