@@ -502,6 +502,10 @@ AddExitsResult add_exits(const AddExitsOptions& o,
   const auto source_config = check_add_exits(o);
   std::string source_files;
   const TensorMap source = read_checkpoint_tensors(o.from, &source_files);
+  for (const auto& [name, t] : source)  // tuning reads the stored matrices as they are: floats only
+    if (t.scalar_type() == at::kChar)
+      throw ModelError(source_files + ": tensor '" + name + "' is int8 (ce-model --quantize-out); add exits to the "
+                       "float checkpoint, then quantize the result");
   // Every tensor of the source checked against its config (names, shapes); nothing loaded yet.
   weights_from_tensors(source_config, source, source_files, StoredType::keep,
                        ModelParts{false, 0, 0, false, false});

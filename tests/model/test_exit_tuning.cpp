@@ -282,6 +282,12 @@ BOOST_AUTO_TEST_CASE(refusals_name_the_flag_at_fault) {
   BOOST_TEST(!std::filesystem::exists(out.file("model-00001-of-00002.safetensors")));
   BOOST_TEST(Model::load(out.path())->config().exit_layers == (std::vector<int64_t>{2}));
 
+  // An int8 checkpoint (ce-model --quantize-out): its stored matrices are no floats to tune from.
+  TempDir quantized, from_int8;
+  write_quantized_checkpoint(src.path(), quantized.path());
+  const auto int8 = error(untuned(quantized.path(), from_int8.path(), {2}));
+  BOOST_TEST(contains(int8, "is int8 (ce-model --quantize-out); add exits to the float checkpoint"), int8);
+
   // Tuning sizes and text.
   TempDir fresh;
   auto tuning = untuned(src.path(), fresh.path(), {2});
