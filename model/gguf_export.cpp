@@ -172,6 +172,9 @@ GgufType gguf_type_from_string(const std::string& name) {
 void write_gguf(const Weights& w, const SentencePieceTokenizer& tok, GgufType type, const std::string& path) {
   if (const auto extended = w.config.extensions(); !extended.empty())
     throw ModelError("GGUF export: the format cannot express this model's " + extended);
+  if (!w.block_scales.empty())  // its matrices would be written as bare int8 values, without their scales
+    throw ModelError("GGUF export: the model stores int8 matrices (ce-model --quantize-out); export the float "
+                     "checkpoint, with --gguf-type q8_0 for llama.cpp's int8");
   if (tok.vocab_size() != w.config.vocab_size)
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok.vocab_size()) + " pieces, the model " +
                      std::to_string(w.config.vocab_size));

@@ -267,6 +267,15 @@ BOOST_AUTO_TEST_CASE(refusals_name_the_problem) {
   const auto ok = scaled_weights(gguf_config(), 1, 0.1);
   BOOST_CHECK(contains(model_error_text([&] { write_gguf(*ok, SentencePieceTokenizer(tokenizer_path), GgufType::f16, dir.path() + "/no/such/dir/m.gguf"); }),
                        "cannot write"));
+  // An int8 checkpoint (ce-model --quantize-out): its bare values are no weights without their scales.
+  TempDir stored, quantized;
+  save_weights(*ok, stored.path());
+  write_quantized_checkpoint(stored.path(), quantized.path());
+  const auto int8 = model_error_text([&] {
+    write_gguf(*load_weights(quantized.path(), StoredType::keep), SentencePieceTokenizer(tokenizer_path), GgufType::q8_0,
+               dir.file("m.gguf"));
+  });
+  BOOST_CHECK_MESSAGE(contains(int8, "stores int8 matrices"), int8);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
