@@ -338,6 +338,8 @@ std::shared_ptr<Weights> load_weights(const std::string& dir, StoredType stored,
 int64_t write_quantized_checkpoint(const std::string& dir, const std::string& out) {
   namespace fs = std::filesystem;
   if (fs::exists(out) && fs::equivalent(dir, out)) throw ModelError(out + ": the quantized model needs its own directory");
+  if (fs::exists(out) && !fs::is_empty(out))  // stale shards there would be read before the new file
+    throw ModelError(out + ": exists and is not empty; the quantized model needs an empty or new directory");
   const auto config = load_model_config(dir + "/config.json");
   std::string source;
   const auto tensors = read_checkpoint_tensors(dir, &source);

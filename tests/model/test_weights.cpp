@@ -352,6 +352,8 @@ BOOST_AUTO_TEST_CASE(a_quantized_checkpoint_holds_the_int8_matrices_and_decodes_
   BOOST_TEST(Model::load(quantized.path(), WeightPrecision::fp32)->precision() == "fp32");
   const auto error = model_error_text([&] { write_quantized_checkpoint(quantized.path(), source.path() + "-again"); });
   BOOST_TEST(contains(error, "already quantized"), error);
+  const auto occupied = model_error_text([&] { write_quantized_checkpoint(source.path(), quantized.path()); });
+  BOOST_TEST(contains(occupied, "not empty"), occupied);
 }
 
 // A quantized file whose scales are missing, misshaped, negative or NaN, a scale beside a matrix
