@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-
 #include <sys/mman.h>
 
 #include <cmath>

@@ -27,7 +27,7 @@ struct CloudInferenceState {
   std::deque<Waiting> queue;
   bool step_sent = false;
   std::vector<float> scratch;  // the batched step's, kept between steps
-  CloudCompute::RowBudget rows{64};  // set from the batching config at spawn
+  CloudCompute::RowBudget row_budget{CloudBatching{}.catch_up_chunk};  // from the batching config at spawn
   CloudStats::Batching stats;
   static inline const char* name = "cloud_inference";
 };
@@ -99,7 +99,7 @@ void on_step(self_ptr self) {
     requests.push_back(compute_request(w.job.compute.get(), w.job.request));
   std::vector<int64_t> computed_before;
   for (const auto& r : requests) computed_before.push_back(r.context->computed());
-  const int64_t max_rows = st.rows.max_rows(batch.size());
+  const int64_t max_rows = st.row_budget.max_rows(batch.size());
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::optional<TokenChoice>> tokens;
   std::string failure;
@@ -121,7 +121,7 @@ void on_step(self_ptr self) {
     stats.rows += static_cast<uint64_t>(rows);
     if (failure.empty() && tokens[i]) answered_rows += rows;
   }
-  st.rows.record(batch.size(), answered_rows);
+  st.row_budget.record(batch.size(), answered_rows);
   for (size_t i = 0; i < batch.size(); ++i) {
     auto& w = batch[i];
     w.compute_us += us;
@@ -141,7 +141,7 @@ cloud_inference_actor::behavior_type cloud_inference(self_ptr self, std::shared_
   self->state.model = std::move(model);
   self->state.split = split;
   self->state.batching = batching;
-  self->state.rows = CloudCompute::RowBudget(batching.catch_up_chunk);
+  self->state.row_budget = CloudCompute::RowBudget(batching.catch_up_chunk);
   return {
       [=](compute_atom, InferJob& job) { return on_job(self, job); },
       [=](step_atom) { on_step(self); },
