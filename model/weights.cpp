@@ -190,8 +190,8 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
     const auto& t = tensors.at(name);
     const bool keep = stored == StoredType::keep && t.dim() == 2;
     auto st = t.scalar_type();
-    if (st == at::kChar) {
-      const auto& scales = block_scales_of(tensors, name, t, source);
+    if (st == at::kChar) {  // its scales were checked with the shapes above
+      const auto& scales = tensors.at(name + kBlockScaleSuffix);
       if (!keep) return dequantize_block_scaled(t, scales);
       auto values = t.contiguous();
       w->block_scales[values.data_ptr()] = scales.contiguous();

@@ -37,15 +37,10 @@ struct Server : HttpNode {
   // GenerateResult of the same request straight from the node.
   GenerateResult direct(const std::string& prompt, int max_tokens, std::optional<double> threshold, float temperature = 0,
                         uint64_t seed = 0) {
-    SentencePieceTokenizer tok(http_tokenizer_file);
-    GenerateRequest req;
-    req.prompt = {static_cast<int32_t>(node->model().config().bos_id)};
-    for (auto id : tok.encode(prompt)) req.prompt.push_back(id);
-    req.max_tokens = max_tokens;
-    req.threshold = threshold;
-    req.sampling.temperature = temperature;
-    req.sampling.seed = seed;
-    return node->generate(req);
+    SamplingParams sampling;
+    sampling.temperature = temperature;
+    sampling.seed = seed;
+    return direct(prompt_of(prompt), max_tokens, threshold, sampling);
   }
   // The same with every sampling knob and echo.
   GenerateResult direct(const std::vector<int32_t>& prompt, int max_tokens, std::optional<double> threshold,
