@@ -68,8 +68,13 @@ struct Decoder::Packed {
     }
     return std::nullopt;
   }
+  // Whether a matrix held as int8 is rearranged for the VNNI kernel (a copy, even of one stored as int8).
+  static bool interleaved(const at::Tensor& t, WeightPrecision p) {
+    return converted_type(t, p).value_or(t.scalar_type()) == at::kChar && kernels::q8_rows8_pays() &&
+           kernels::q8_rows8_fits(t.size(0), t.size(1));
+  }
   static size_t converted_bytes(const at::Tensor& t, WeightPrecision p) {
-    const auto type = converted_type(t, p);
+    const auto type = interleaved(t, p) ? std::optional(at::kChar) : converted_type(t, p);
     if (!type) return 0;
     const auto rows = static_cast<size_t>(t.size(0)), cols = static_cast<size_t>(t.size(1));
     if (*type == at::kChar) return aligned(rows * cols) + aligned(rows * static_cast<size_t>(kernels::q8_blocks(t.size(1))) * 4);
@@ -113,20 +118,36 @@ struct Decoder::Packed {
       stored_scales = block_scales->at(t.data_ptr());
     }
     const auto type = converted_type(t, p);
-    if (!type) {
+    const bool rows8 = interleaved(t, p);
+    const int64_t rows = t.size(0), cols = t.size(1), blocks = kernels::q8_blocks(cols);
+    if (!type && !rows8) {
       m.values = t.contiguous();
       m.scales = stored_scales;
-    } else if (*type != at::kChar) {
+    } else if (type && *type != at::kChar) {
       m.values = carve(t.sizes(), *type);
       m.values.copy_(stored_scales.defined() ? dequantize_block_scaled(t, stored_scales) : t);
     } else {
-      const auto f = t.to(at::kFloat).contiguous();
-      const int64_t rows = f.size(0), cols = f.size(1), blocks = kernels::q8_blocks(cols);
-      m.values = carve({rows, cols}, at::kChar);
-      m.scales = carve({rows, blocks}, at::kFloat);
-      kernels::quantize_q8(f.data_ptr<float>(), rows, cols, m.values.data_ptr<int8_t>(), m.scales.data_ptr<float>());
+      // int8: quantized here unless stored so, then rearranged where the VNNI kernel runs.
+      at::Tensor q = type ? at::Tensor() : t.contiguous(), scales = stored_scales;
+      if (type) {
+        const auto f = t.to(at::kFloat).contiguous();
+        q = rows8 ? at::empty({rows, cols}, at::kChar) : carve({rows, cols}, at::kChar);
+        scales = rows8 ? at::empty({rows, blocks}, at::kFloat) : carve({rows, blocks}, at::kFloat);
+        kernels::quantize_q8(f.data_ptr<float>(), rows, cols, q.data_ptr<int8_t>(), scales.data_ptr<float>());
+      }
+      if (rows8) {
+        m.values = carve({rows, cols}, at::kByte);
+        m.scales = carve({rows, blocks}, at::kFloat);
+        kernels::interleave_q8(q.data_ptr<int8_t>(), scales.contiguous().data_ptr<float>(), rows, cols,
+                               m.values.data_ptr<uint8_t>(), m.scales.data_ptr<float>());
+      } else {
+        m.values = q;
+        m.scales = scales;
+      }
     }
-    m.view.type = m.scales.defined() ? kernels::WeightType::q8 : type_of(m.values);
+    m.view.type = !m.scales.defined() ? type_of(m.values)
+                  : rows8             ? kernels::WeightType::q8_rows8
+                                      : kernels::WeightType::q8;
     m.view.data = m.values.data_ptr();
     m.view.scales = m.scales.defined() ? m.scales.data_ptr<float>() : nullptr;
     m.view.rows = m.values.size(0);
@@ -204,18 +225,22 @@ void Decoder::release_converted_matrices() {
   };
   auto slim = std::make_shared<Weights>(*weights_);
   bool changed = false;
+  const auto release = [&](at::Tensor& loaded) {  // with the block scales of one stored as int8
+    if (loaded.defined()) slim->block_scales.erase(loaded.data_ptr());
+    loaded = at::Tensor();
+  };
   for (size_t i = 0; i < slim->layers.size(); ++i) {
     auto& l = slim->layers[i];
     const auto& k = packed_->layers[i];
     for (auto [loaded, mat] : Packed::layer_matrices)
       if (!shares(l.*loaded, k.*mat)) {
-        l.*loaded = at::Tensor();
+        release(l.*loaded);
         changed = true;
       }
   }
   const auto release_head = [&](at::Tensor& head, const Packed::Head& packed) {
     if (head.defined() && !head.is_same(slim->embed) && !shares(head, *packed.matrix)) {
-      head = at::Tensor();
+      release(head);
       changed = true;
     }
   };

@@ -43,6 +43,14 @@ Isa chosen_isa() {
 }
 
 const Isa kIsa = chosen_isa();
+// The VNNI kernel of q8_rows8 weights runs where the CPU has it, unless CE_KERNELS names a lower build.
+const bool kVnni = [] {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return kIsa == Isa::avx512 && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}();
 std::atomic<int> g_threads{1};
 std::atomic<int> g_sections{0};  // sections worth a team running now, on a team or alone
 
@@ -53,7 +61,8 @@ const char* to_string(WeightType type) {
     case WeightType::f32: return "fp32";
     case WeightType::f16: return "fp16";
     case WeightType::bf16: return "bf16";
-    case WeightType::q8: return "int8";
+    case WeightType::q8:
+    case WeightType::q8_rows8: return "int8";
   }
   return "?";
 }
@@ -74,6 +83,7 @@ std::pair<int64_t, int64_t> rows_of(Share share, int64_t total) {
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, Share share) {
   const auto [begin, end] = rows_of(share, w.rows);
   if (n <= 0 || begin >= end) return;
+  if (w.type == WeightType::q8_rows8 && kVnni) return avx512_vnni::linear_q8_rows8(x, n, w, y, accumulate, begin, end);
   CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate, begin, end));
 }
 
@@ -128,6 +138,52 @@ void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* s
         const float scaled = std::clamp(v[k] * inv, -127.0f, 127.0f);
         out[k] = static_cast<int8_t>(static_cast<int32_t>((scaled + kRound) - kRound));
       }
+    }
+}
+
+void interleave_q8(const int8_t* q, const float* scales, int64_t rows, int64_t cols, uint8_t* data,
+                   float* group_scales) {
+  const int64_t blocks = q8_blocks(cols);
+  for (int64_t g = 0; g < rows / kQ8GroupRows; ++g)
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* out = data + (g * blocks + b) * kQ8GroupRows * kQ8Block;
+      for (int64_t c = 0; c < kQ8Block / 4; ++c)
+        for (int64_t i = 0; i < kQ8GroupRows; ++i)
+          for (int64_t j = 0; j < 4; ++j)
+            *out++ = static_cast<uint8_t>(q[(g * kQ8GroupRows + i) * cols + b * kQ8Block + 4 * c + j] + 128);
+      for (int64_t i = 0; i < kQ8GroupRows; ++i)
+        group_scales[(g * blocks + b) * kQ8GroupRows + i] = scales[(g * kQ8GroupRows + i) * blocks + b];
+    }
+}
+
+bool q8_rows8_pays() { return kVnni; }
+
+// The VNNI kernel's arithmetic in plain loops, to the bit: per output row, the blocks in order, each
+// block's exact integer dot product times (weight scale * input scale) added with one fused
+// multiply-add.
+void linear_q8_rows8_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
+                           int64_t end) {
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> xs;
+  const int64_t cols = w.cols, blocks = q8_blocks(cols);
+  if (xq.size() < static_cast<size_t>(n * cols)) xq.resize(static_cast<size_t>(n * cols));
+  if (xs.size() < static_cast<size_t>(n * blocks)) xs.resize(static_cast<size_t>(n * blocks));
+  quantize_q8(x, n, cols, xq.data(), xs.data());
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t g = row / kQ8GroupRows, i = row % kQ8GroupRows;
+      float acc = 0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* block = data + (g * blocks + b) * kQ8GroupRows * kQ8Block;
+        int32_t dot = 0;
+        for (int64_t k = 0; k < kQ8Block; ++k)
+          dot += (int32_t{block[(k / 4) * 32 + 4 * i + k % 4]} - 128) * xq[static_cast<size_t>(r * cols + b * kQ8Block + k)];
+        const float scale = w.scales[(g * blocks + b) * kQ8GroupRows + i] * xs[static_cast<size_t>(r * blocks + b)];
+        acc = std::fma(static_cast<float>(dot), scale, acc);
+      }
+      float& out = y[r * w.rows + row];
+      out = accumulate ? out + acc : acc;
     }
 }
 

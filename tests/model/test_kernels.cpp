@@ -167,6 +167,92 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
     }
 }
 
+// int8 weights rearranged for the VNNI kernel: the layout kernels.hpp documents, written out here
+// value by value, and the weight scales beside it.
+BOOST_AUTO_TEST_CASE(interleave_q8_writes_the_documented_layout) {
+  const int64_t rows = 24, cols = 96, blocks = cols / 32;
+  const auto m = make_matrix(WeightType::q8, rows, cols, 3);
+  std::vector<uint8_t> data(static_cast<size_t>(rows * cols));
+  std::vector<float> scales(static_cast<size_t>(rows * blocks));
+  kernels::interleave_q8(m.q.data(), m.scales.data(), rows, cols, data.data(), scales.data());
+  int wrong = 0;
+  for (int64_t g = 0; g < rows / 8; ++g)
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t c = 0; c < 8; ++c)
+        for (int64_t i = 0; i < 8; ++i)
+          for (int64_t j = 0; j < 4; ++j)
+            wrong += data[static_cast<size_t>(((g * blocks + b) * 8 + c) * 32 + 4 * i + j)] !=
+                     m.q[static_cast<size_t>((8 * g + i) * cols + 32 * b + 4 * c + j)] + 128;
+      for (int64_t i = 0; i < 8; ++i)
+        wrong += scales[static_cast<size_t>((g * blocks + b) * 8 + i)] != m.scales[static_cast<size_t>((8 * g + i) * blocks + b)];
+    }
+  BOOST_TEST(wrong == 0);
+  BOOST_TEST(kernels::q8_rows8_fits(24, 96));
+  BOOST_TEST(!kernels::q8_rows8_fits(20, 96));
+  BOOST_TEST(!kernels::q8_rows8_fits(24, 100));
+}
+
+// The VNNI kernel (where this CPU has it) and its plain-loop twin against a double loop over the
+// quantized weights and inputs (the bound of the test above), equal to each other bit for bit, and
+// each input row's outputs the same bits whether it is computed alone or among n rows.
+BOOST_AUTO_TEST_CASE(int8_rows8_kernels_match_a_double_loop_and_each_other) {
+  struct Kernel {
+    const char* name;
+    LinearFn linear;
+  };
+  std::vector<Kernel> kernels_to_test{{"loops", kernels::linear_q8_rows8_loops}};
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vnni"))
+    kernels_to_test.push_back({"vnni", kernels::avx512_vnni::linear_q8_rows8});
+  else
+    BOOST_TEST_MESSAGE("no AVX-512 VNNI on this CPU: only the loops are tested");
+  const std::pair<int64_t, int64_t> shapes[] = {{8, 32}, {64, 256}, {48, 704}, {136, 96}};
+  for (auto [rows, cols] : shapes) {
+    const auto m = make_matrix(WeightType::q8, rows, cols, static_cast<uint64_t>(rows + cols));
+    std::vector<uint8_t> data(static_cast<size_t>(rows * cols));
+    std::vector<float> scales(m.scales.size());
+    kernels::interleave_q8(m.q.data(), m.scales.data(), rows, cols, data.data(), scales.data());
+    const Matrix view{WeightType::q8_rows8, data.data(), scales.data(), rows, cols};
+    for (int64_t n : {1, 3, 8, 11}) {
+      const auto x = random_rows(n, cols, static_cast<uint64_t>(n + 17));
+      const auto seen = as_q8_activations(x, n, cols);
+      std::vector<double> want(static_cast<size_t>(n * rows)), scale(want.size());
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t o = 0; o < rows; ++o)
+          for (int64_t k = 0; k < cols; ++k) {
+            const double a = m.dense[static_cast<size_t>(o * cols + k)], b = seen[static_cast<size_t>(r * cols + k)];
+            want[static_cast<size_t>(r * rows + o)] += a * b;
+            scale[static_cast<size_t>(r * rows + o)] += std::abs(a * b);
+          }
+      std::vector<std::vector<float>> results;
+      for (const auto& kernel : kernels_to_test)
+        for (bool accumulate : {false, true}) {
+          std::vector<float> y(want.size(), accumulate ? 1.5f : -99.0f);
+          kernel.linear(x.data(), n, view, y.data(), accumulate, 0, rows);
+          double worst = 0;
+          for (size_t i = 0; i < y.size(); ++i)
+            worst = std::max(worst, std::abs(y[i] - (want[i] + (accumulate ? 1.5 : 0))) / (scale[i] + 1e-30));
+          BOOST_TEST(worst < 1e-5, kernel.name << " " << rows << "x" << cols << " n " << n << (accumulate ? " accumulate" : ""));
+          if (!accumulate) results.push_back(y);
+          if (accumulate || n == 1) continue;
+          for (int64_t r = 0; r < n; ++r) {  // the same row alone
+            std::vector<float> alone(static_cast<size_t>(rows));
+            kernel.linear(x.data() + r * cols, 1, view, alone.data(), false, 0, rows);
+            BOOST_TEST(std::equal(alone.begin(), alone.end(), y.begin() + r * rows),
+                       kernel.name << " row " << r << " of " << n << " differs from the row alone");
+          }
+        }
+      for (size_t i = 1; i < results.size(); ++i)
+        BOOST_TEST(results[i] == results[0], kernels_to_test[i].name << " != loops, " << rows << "x" << cols << " n " << n);
+      // Through the dispatcher, in thread shares: the whole product.
+      std::vector<float> shared(want.size(), -1.0f);
+      for (int i = 0; i < 3; ++i) kernels::linear(x.data(), n, view, shared.data(), false, kernels::Share{i, 3});
+      BOOST_TEST(shared == results[0]);
+    }
+  }
+}
+
 // SiLU·up (with the builds' own vector exp) against the formula in double, from -100 to 100: relative
 // error within a few float ulps, the saturated ends exact (silu(-100) is -0 to float precision).
 BOOST_AUTO_TEST_CASE(silu_mul_matches_the_formula_over_the_float_range) {
