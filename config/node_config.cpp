@@ -492,8 +492,9 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(float_key(
       "ce.speculation.min-path-confidence", &C::speculation_min_path_confidence, "0..1",
       [](const double& x) { return x >= 0.0 && x <= 1.0 ? std::string() : std::string("must be in 0..1"); },
-      "a guess is asked of the cloud (and the rows before it uploaded) only while the product of the exit confidences "
-      "of the unconfirmed guesses before it reaches this: a long guessed path is seldom right"));
+      "a guess is asked of the cloud (and the rows before it uploaded) only while the chance that the unconfirmed "
+      "guesses before it all hold reaches this (each guess's chance: how often the cloud confirmed guesses of its exit "
+      "confidence so far): a long guessed path is seldom right"));
   t.push_back(int_key("ce.speculation.test-miss-every", &C::speculation_test_miss_every, 0, no_limit,
                       "testing: every Nth guess is made wrong, so that rollbacks happen; 0 = off"));
   t.push_back(int_key("ce.upload.batch", &C::upload_batch, 1, 4096, "most positions in one upload chunk"));

@@ -104,6 +104,7 @@ struct EdgeState {
   // than the positions one round trip lets the edge compute gains no time and wastes uploads (and,
   // on a near link, compute the cloud needs), so speculation goes no further (speculation_depth).
   double round_trip_ms = 0, step_ms = 0;
+  GuessOdds guess_odds;  // how often the cloud confirms the last exit's guess, by its confidence
   // How long a cloud request may take, as the uploader serves it: with several clouds it may try
   // a second node after the first missed ce.request.deadline, and the edge waits for both.
   std::chrono::milliseconds cloud_request_deadline{0};
@@ -411,6 +412,7 @@ void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std
   self->send(self->state.decider, timing_atom::value, LinkTiming{self->state.round_trip_ms, self->state.step_ms});
   g.result.stats.cloud_ms += cloud_ms;
   g.result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);
+  if (e->fallback.token >= 0) self->state.guess_odds.record(e->fallback.confidence, ans->token == e->fallback.token);
   e->answered = true;
   e->answer = ans->token;
   e->answer_confidence = ans->confidence;
@@ -434,11 +436,11 @@ void lose_cloud(Generation& g, int32_t position, const std::string& why) {
 void ask_within_window(self_ptr self, Generation& g) {
   if (g.cloud_lost) return;
   int asked = 0;
-  double path_confidence = 1;  // the guesses before this one all hold, as their exits estimate it
+  double path_chance = 1;  // that the guesses before this one all hold, as measured (GuessOdds)
   for (auto& e : g.path) {
     if (e.source != TokenSource::cloud) continue;
-    if (asked++ >= g.max_requests || path_confidence < self->state.config.speculation_min_path_confidence) break;
-    path_confidence *= e.fallback.confidence;
+    if (asked++ >= g.max_requests || path_chance < self->state.config.speculation_min_path_confidence) break;
+    path_chance *= self->state.guess_odds.chance(e.fallback.confidence);
     if (e.request_id != 0) continue;
     flush_rows(self, g, static_cast<uint32_t>(e.position + 1));
     e.request_id = ask_cloud(self, g, e.position);

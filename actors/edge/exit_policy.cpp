@@ -96,4 +96,25 @@ InferenceMode effective_mode(InferenceMode configured, bool cloud_up) {
   return configured;
 }
 
+int GuessOdds::bucket(float confidence) {
+  if (!(confidence > 0)) return 0;  // NaN too
+  return std::min(kBuckets - 1, static_cast<int>(static_cast<double>(confidence) * kBuckets));
+}
+
+double GuessOdds::chance(float confidence) const {
+  const int b = bucket(confidence);
+  const double prior = (b + 0.5) / kBuckets;
+  return (hits_[static_cast<size_t>(b)] + kPriorWeight * prior) / (seen_[static_cast<size_t>(b)] + kPriorWeight);
+}
+
+void GuessOdds::record(float confidence, bool hit) {
+  const auto b = static_cast<size_t>(bucket(confidence));
+  seen_[b] += 1;
+  hits_[b] += hit ? 1 : 0;
+  if (seen_[b] > kMemory) {  // older answers count for less: the mix of prompts and θ drifts
+    seen_[b] /= 2;
+    hits_[b] /= 2;
+  }
+}
+
 }  // namespace ce

@@ -1,6 +1,7 @@
 #pragma once
 // The exit rule and mode policy, as pure logic: what to do with a token once the edge has run
 // its exits. The exit_decider actor holds one of these; unit-tested without a model.
+#include <array>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -75,6 +76,24 @@ struct LinkTiming {
 // accurate, slower.
 double budget_threshold(const OffloadCurve& curve, const LinkTiming& link, double budget_ms, double floor,
                         double ceiling);
+
+// How often the cloud's token equals the edge's guess (its last exit's choice), by the exit's
+// confidence in it: what decides how far a speculative path is worth asking the cloud about. An
+// exit's confidence under θ underrates its guess (the shipped model's guesses at confidence ~0.5
+// hold ~70% of the time) and differs by model and θ, so the edge counts: per tenth of confidence,
+// the hits seen, starting from the confidence itself as if seen kPriorWeight times.
+class GuessOdds {
+ public:
+  static constexpr int kBuckets = 10;
+  static constexpr double kPriorWeight = 4;
+  static constexpr double kMemory = 2000;  // answers per bucket before older ones are halved
+  double chance(float confidence) const;  // in [0, 1]
+  void record(float confidence, bool hit);
+
+ private:
+  static int bucket(float confidence);
+  std::array<double, kBuckets> hits_{}, seen_{};
+};
 
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
 // standalone up front rather than timing out token by token; the baselines keep their mode.

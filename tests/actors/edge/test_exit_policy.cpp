@@ -3,6 +3,7 @@
 
 #include "actors/edge/exit_policy.hpp"
 
+#include <cmath>
 #include <fstream>
 
 #include "tests/model/tiny_model.hpp"
@@ -121,6 +122,26 @@ BOOST_AUTO_TEST_CASE(a_broken_calibration_file_is_refused_naming_the_file_and_li
              std::string::npos);
   BOOST_TEST(error_of(write("threshold,cloud_share\n")).find("no rows") != std::string::npos);
   BOOST_TEST(error_of(write("threshold,cloud_share\n0.5\n")).find("too few columns") != std::string::npos);
+}
+
+// Guess odds: the confidence itself before anything is seen; then the hit rate of its tenth of
+// confidence, pulled toward the prior by kPriorWeight pseudo-answers; other tenths unmoved; NaN
+// and the ends of [0, 1] land in the end buckets; old answers fade past kMemory.
+BOOST_AUTO_TEST_CASE(guess_odds_follow_the_measured_hit_rate_per_tenth_of_confidence) {
+  GuessOdds odds;
+  BOOST_TEST(odds.chance(0.42f) == 0.45, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(odds.chance(0.0f) == 0.05, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(odds.chance(1.0f) == 0.95, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(odds.chance(std::nanf("")) == 0.05, boost::test_tools::tolerance(1e-12));
+  for (int i = 0; i < 16; ++i) odds.record(0.41f + 0.005f * static_cast<float>(i % 3), i % 4 != 0);  // 12 of 16 hit
+  const double prior = GuessOdds::kPriorWeight;
+  BOOST_TEST(odds.chance(0.45f) == (12 + prior * 0.45) / (16 + prior), boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(odds.chance(0.35f) == 0.35, boost::test_tools::tolerance(1e-12));  // another tenth
+  BOOST_TEST(odds.chance(0.55f) == 0.55, boost::test_tools::tolerance(1e-12));
+  // After many misses the estimate falls toward 0 whatever came before: the memory is bounded.
+  for (int i = 0; i < 10 * static_cast<int>(GuessOdds::kMemory); ++i) odds.record(0.45f, false);
+  BOOST_TEST(odds.chance(0.45f) < 0.01);
+  BOOST_TEST(odds.chance(0.45f) >= 0.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
