@@ -70,8 +70,8 @@ struct Decoder::Packed {
   }
   // Whether a matrix held as int8 is rearranged for the VNNI kernel (a copy, even of one stored as int8).
   static bool interleaved(const at::Tensor& t, WeightPrecision p) {
-    return converted_type(t, p).value_or(t.scalar_type()) == at::kChar && kernels::q8_rows8_pays() &&
-           kernels::q8_rows8_fits(t.size(0), t.size(1));
+    return converted_type(t, p).value_or(t.scalar_type()) == at::kChar && kernels::q8_grouped_pays() &&
+           kernels::q8_grouped_fits(t.size(0), t.size(1));
   }
   static size_t converted_bytes(const at::Tensor& t, WeightPrecision p) {
     const auto type = interleaved(t, p) ? std::optional(at::kChar) : converted_type(t, p);
@@ -118,9 +118,9 @@ struct Decoder::Packed {
       stored_scales = block_scales->at(t.data_ptr());
     }
     const auto type = converted_type(t, p);
-    const bool rows8 = interleaved(t, p);
+    const bool grouped = interleaved(t, p);
     const int64_t rows = t.size(0), cols = t.size(1), blocks = kernels::q8_blocks(cols);
-    if (!type && !rows8) {
+    if (!type && !grouped) {
       m.values = t.contiguous();
       m.scales = stored_scales;
     } else if (type && *type != at::kChar) {
@@ -131,11 +131,11 @@ struct Decoder::Packed {
       at::Tensor q = type ? at::Tensor() : t.contiguous(), scales = stored_scales;
       if (type) {
         const auto f = t.to(at::kFloat).contiguous();
-        q = rows8 ? at::empty({rows, cols}, at::kChar) : carve({rows, cols}, at::kChar);
-        scales = rows8 ? at::empty({rows, blocks}, at::kFloat) : carve({rows, blocks}, at::kFloat);
+        q = grouped ? at::empty({rows, cols}, at::kChar) : carve({rows, cols}, at::kChar);
+        scales = grouped ? at::empty({rows, blocks}, at::kFloat) : carve({rows, blocks}, at::kFloat);
         kernels::quantize_q8(f.data_ptr<float>(), rows, cols, q.data_ptr<int8_t>(), scales.data_ptr<float>());
       }
-      if (rows8) {
+      if (grouped) {
         m.values = carve({rows, cols}, at::kByte);
         m.scales = carve({rows, blocks}, at::kFloat);
         kernels::interleave_q8(q.data_ptr<int8_t>(), scales.contiguous().data_ptr<float>(), rows, cols,
@@ -146,7 +146,7 @@ struct Decoder::Packed {
       }
     }
     m.view.type = !m.scales.defined() ? type_of(m.values)
-                  : rows8             ? kernels::WeightType::q8_rows8
+                  : grouped             ? kernels::WeightType::q8_grouped
                                       : kernels::WeightType::q8;
     m.view.data = m.values.data_ptr();
     m.view.scales = m.scales.defined() ? m.scales.data_ptr<float>() : nullptr;

@@ -43,7 +43,7 @@ Isa chosen_isa() {
 }
 
 const Isa kIsa = chosen_isa();
-// The VNNI kernel of q8_rows8 weights runs where the CPU has it, unless CE_KERNELS names a lower build.
+// The VNNI kernel of q8_grouped weights runs where the CPU has it, unless CE_KERNELS names a lower build.
 const bool kVnni = [] {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   return kIsa == Isa::avx512 && __builtin_cpu_supports("avx512vnni");
@@ -62,7 +62,7 @@ const char* to_string(WeightType type) {
     case WeightType::f16: return "fp16";
     case WeightType::bf16: return "bf16";
     case WeightType::q8:
-    case WeightType::q8_rows8: return "int8";
+    case WeightType::q8_grouped: return "int8";
   }
   return "?";
 }
@@ -75,15 +75,15 @@ const char* to_string(WeightType type) {
   }
 
 std::pair<int64_t, int64_t> rows_of(Share share, int64_t total) {
-  const int64_t groups = (total + 7) / 8;
-  return {std::min(total, groups * share.index / share.count * 8),
-          std::min(total, groups * (share.index + 1) / share.count * 8)};
+  const int64_t groups = (total + kQ8GroupRows - 1) / kQ8GroupRows;
+  return {std::min(total, groups * share.index / share.count * kQ8GroupRows),
+          std::min(total, groups * (share.index + 1) / share.count * kQ8GroupRows)};
 }
 
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, Share share) {
   const auto [begin, end] = rows_of(share, w.rows);
   if (n <= 0 || begin >= end) return;
-  if (w.type == WeightType::q8_rows8 && kVnni) return avx512_vnni::linear_q8_rows8(x, n, w, y, accumulate, begin, end);
+  if (w.type == WeightType::q8_grouped && kVnni) return avx512_vnni::linear_q8_grouped(x, n, w, y, accumulate, begin, end);
   CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate, begin, end));
 }
 
@@ -156,12 +156,12 @@ void interleave_q8(const int8_t* q, const float* scales, int64_t rows, int64_t c
     }
 }
 
-bool q8_rows8_pays() { return kVnni; }
+bool q8_grouped_pays() { return kVnni; }
 
 // The VNNI kernel's arithmetic in plain loops, to the bit: per output row, the blocks in order, each
 // block's exact integer dot product times (weight scale * input scale) added with one fused
 // multiply-add.
-void linear_q8_rows8_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
+void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
                            int64_t end) {
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xs;
@@ -178,7 +178,8 @@ void linear_q8_rows8_loops(const float* x, int64_t n, const Matrix& w, float* y,
         const uint8_t* block = data + (g * blocks + b) * kQ8GroupRows * kQ8Block;
         int32_t dot = 0;
         for (int64_t k = 0; k < kQ8Block; ++k)
-          dot += (int32_t{block[(k / 4) * 32 + 4 * i + k % 4]} - 128) * xq[static_cast<size_t>(r * cols + b * kQ8Block + k)];
+          dot += (int32_t{block[(k / 4) * 4 * kQ8GroupRows + 4 * i + k % 4]} - 128) *
+                 xq[static_cast<size_t>(r * cols + b * kQ8Block + k)];
         const float scale = w.scales[(g * blocks + b) * kQ8GroupRows + i] * xs[static_cast<size_t>(r * blocks + b)];
         acc = std::fma(static_cast<float>(dot), scale, acc);
       }

@@ -17,7 +17,7 @@
 
 namespace ce::kernels {
 
-enum class WeightType : uint8_t { f32, f16, bf16, q8, q8_rows8 };
+enum class WeightType : uint8_t { f32, f16, bf16, q8, q8_grouped };
 const char* to_string(WeightType type);
 
 // Values per int8 scale: a row of `cols` values holds ceil(cols / 32) blocks, the last one short
@@ -27,7 +27,7 @@ constexpr int64_t q8_blocks(int64_t cols) { return (cols + kQ8Block - 1) / kQ8Bl
 
 // A (rows, cols) weight matrix as nn.Linear stores it (out, in), row-major.
 // f16: IEEE half values. bf16: bfloat16 values. q8: int8 values, and `scales` (rows, ceil(cols / 32)) fp32 with
-// value = q * scale of its block. q8_rows8: the same values and scales rearranged by interleave_q8 for
+// value = q * scale of its block. q8_grouped: the same values and scales rearranged by interleave_q8 for
 // the VNNI kernel.
 struct Matrix {
   WeightType type = WeightType::f32;
@@ -42,7 +42,8 @@ struct Matrix {
 struct Share {
   int index = 0, count = 1;
 };
-// The share's part [begin, end) of `total` output rows, in whole 8-row groups.
+// The share's part [begin, end) of `total` output rows, in whole groups of kQ8GroupRows rows (the
+// grouped int8 layout's unit; a multiple of every kernel's register blocking).
 std::pair<int64_t, int64_t> rows_of(Share share, int64_t total);
 
 // y (n, w.rows) = x (n, w.cols) · wᵀ, or y += that when `accumulate` (the residual add). With
@@ -78,22 +79,22 @@ void add_bias(float* x, int64_t rows, int64_t cols, const float* bias);
 // to nearest, ties to even. The weights at load and, in every int8 product, the input rows.
 void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales);
 
-// int8 weights for the AVX-512 VNNI kernel (q8_rows8), made at load by interleave_q8 from q8's
-// values and scales; rows a multiple of 8 and cols of 32 (q8_rows8_fits). Rows go in groups of 8,
-// each group block by block (32 values), each block as 8 chunks of 32 bytes: chunk c holds values
-// [4c, 4c + 4) of the block for rows 0..7 of the group, stored as q + 128 (unsigned). One vpdpbusd
-// then multiplies a chunk by 4 input values broadcast to all lanes: lane i accumulates output row
-// i, so a block costs 8 instructions for 8 output rows and no horizontal sum (the q8 kernel needs
-// about 8 per row: its int8 x int8 product goes through sign tricks and two multiply-adds).
-// Scales: (rows / 8, blocks, 8), the 8 rows' scales of a block side by side.
-//   data[((g * blocks + b) * 8 + c) * 32 + 4 * i + j] = q[(8g + i) * cols + 32b + 4c + j] + 128
-//   scales[(g * blocks + b) * 8 + i] = q8 scale of row 8g + i, block b
-constexpr int64_t kQ8GroupRows = 8;
-constexpr bool q8_rows8_fits(int64_t rows, int64_t cols) { return rows % kQ8GroupRows == 0 && cols % kQ8Block == 0; }
+// int8 weights for the AVX-512 VNNI kernel (q8_grouped), made at load by interleave_q8 from q8's
+// values and scales; rows a multiple of 16 and cols of 32 (q8_grouped_fits). Rows go in groups of
+// 16, each group block by block (32 values), each block as 8 chunks of 64 bytes: chunk c holds
+// values [4c, 4c + 4) of the block for rows 0..15 of the group, stored as q + 128 (unsigned). One
+// vpdpbusd then multiplies a chunk by 4 input values broadcast to all lanes: lane i accumulates
+// output row i, so a block costs 8 instructions for 16 output rows and no horizontal sum (the q8
+// kernel needs about 8 per row: its int8 x int8 product goes through sign tricks and two
+// multiply-adds). Scales: (rows / 16, blocks, 16), the group's scales of a block side by side.
+//   data[((g * blocks + b) * 8 + c) * 64 + 4 * i + j] = q[(16g + i) * cols + 32b + 4c + j] + 128
+//   scales[(g * blocks + b) * 16 + i] = q8 scale of row 16g + i, block b
+constexpr int64_t kQ8GroupRows = 16;
+constexpr bool q8_grouped_fits(int64_t rows, int64_t cols) { return rows % kQ8GroupRows == 0 && cols % kQ8Block == 0; }
 void interleave_q8(const int8_t* q, const float* scales, int64_t rows, int64_t cols, uint8_t* data, float* group_scales);
 // Whether int8 matrices that fit are worth rearranging in this process: the CPU has AVX-512 VNNI and
-// CE_KERNELS names no lower build. (Where it has not, q8_rows8 still computes, on plain loops.)
-bool q8_rows8_pays();
+// CE_KERNELS names no lower build. (Where it has not, q8_grouped still computes, on plain loops.)
+bool q8_grouped_pays();
 
 // Threads each call may use (>= 1); set from the node's or tool's thread setting.
 void set_threads(int threads);

@@ -22,11 +22,11 @@ CE_KERNELS_DECLARE(portable)
 #undef CE_KERNELS_DECLARE
 
 namespace ce::kernels {
-// linear() of q8_rows8 weights: with AVX-512 VNNI (kernels_vnni.cpp, only where the CPU has it),
+// linear() of q8_grouped weights: with AVX-512 VNNI (kernels_vnni.cpp, only where the CPU has it),
 // and in plain loops (kernels.cpp) for every other build.
 namespace avx512_vnni {
-void linear_q8_rows8(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end);
+void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end);
 }  // namespace avx512_vnni
-void linear_q8_rows8_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
+void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
                            int64_t end);
 }  // namespace ce::kernels
