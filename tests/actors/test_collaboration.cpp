@@ -1012,6 +1012,30 @@ BOOST_AUTO_TEST_CASE(a_response_cancelled_while_ahead_keeps_only_its_shown_posit
   BOOST_TEST(r.stats.bytes_uploaded - r.stats.bytes_wasted == (prompt_a().size() + r.tokens.size()) * row);
 }
 
+BOOST_AUTO_TEST_CASE(the_edge_computes_nothing_past_a_guess_it_has_not_asked_about) {
+  // Every token goes to the cloud over a 20 ms link, one request at a time (max-requests 1): the
+  // edge feeds the asked guess, computes the one position after it, and waits there, since that
+  // position's own guess is not asked until the first answer comes. So it computes at most one
+  // speculative position per cloud token; running ahead to max-ahead (64) would compute ~40 per
+  // round trip. The tokens are still the non-speculative run's.
+  Cluster c;
+  linkem::LinkEmulator link(delayed(20ms), "127.0.0.1", c.cloud->cloud_port());
+  auto edge = c.make_edge([&](NodeConfig& e) {
+    e.cloud_port = link.port();
+    e.speculation_max_requests = 1;
+  });
+  auto req = request_for(prompt_a(), 2.0, 12);
+  req.speculate = true;
+  const auto spec = edge->generate(req);
+  req.speculate = false;
+  const auto plain = edge->generate(req);
+  BOOST_TEST(spec.error == "");
+  BOOST_TEST(spec.tokens == plain.tokens);
+  BOOST_TEST(spec.stats.cloud_tokens == 12);
+  BOOST_TEST(spec.stats.speculated > 0);
+  BOOST_TEST(spec.stats.speculated <= spec.stats.cloud_tokens);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(exit_decider)
