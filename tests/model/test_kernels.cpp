@@ -129,6 +129,21 @@ std::vector<float> random_rows(int64_t n, int64_t cols, uint64_t seed) {
   return x;
 }
 
+// The product the kernels must give, in double: want (n, rows) = seen · denseᵀ, and scale = the
+// same sum of |products| (the error bound is relative to it).
+std::pair<std::vector<double>, std::vector<double>> double_loop(const TestMatrix& m, const std::vector<float>& seen,
+                                                                int64_t n, int64_t rows, int64_t cols) {
+  std::vector<double> want(static_cast<size_t>(n * rows)), scale(want.size());
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t o = 0; o < rows; ++o)
+      for (int64_t k = 0; k < cols; ++k) {
+        const double a = m.dense[static_cast<size_t>(o * cols + k)], b = seen[static_cast<size_t>(r * cols + k)];
+        want[static_cast<size_t>(r * rows + o)] += a * b;
+        scale[static_cast<size_t>(r * rows + o)] += std::abs(a * b);
+      }
+  return {want, scale};
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(kernels_suite)
@@ -145,14 +160,7 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
       for (int64_t n : {1, 2, 3, 4, 5, 7, 9}) {
         const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
         const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
-        std::vector<double> want(static_cast<size_t>(n * rows)), scale(want.size());
-        for (int64_t r = 0; r < n; ++r)
-          for (int64_t o = 0; o < rows; ++o)
-            for (int64_t k = 0; k < cols; ++k) {
-              const double a = m.dense[static_cast<size_t>(o * cols + k)], b = seen[static_cast<size_t>(r * cols + k)];
-              want[static_cast<size_t>(r * rows + o)] += a * b;
-              scale[static_cast<size_t>(r * rows + o)] += std::abs(a * b);
-            }
+        const auto [want, scale] = double_loop(m, seen, n, rows, cols);
         for (const auto& isa : runnable_isas())
           for (bool accumulate : {false, true}) {
             std::vector<float> y(want.size(), accumulate ? 1.5f : -99.0f);
@@ -218,14 +226,7 @@ BOOST_AUTO_TEST_CASE(int8_grouped_kernels_match_a_double_loop_and_each_other) {
     for (int64_t n : {1, 2, 3, 4, 8, 11}) {
       const auto x = random_rows(n, cols, static_cast<uint64_t>(n + 17));
       const auto seen = as_q8_activations(x, n, cols);
-      std::vector<double> want(static_cast<size_t>(n * rows)), scale(want.size());
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t o = 0; o < rows; ++o)
-          for (int64_t k = 0; k < cols; ++k) {
-            const double a = m.dense[static_cast<size_t>(o * cols + k)], b = seen[static_cast<size_t>(r * cols + k)];
-            want[static_cast<size_t>(r * rows + o)] += a * b;
-            scale[static_cast<size_t>(r * rows + o)] += std::abs(a * b);
-          }
+      const auto [want, scale] = double_loop(m, seen, n, rows, cols);
       std::vector<std::vector<float>> results;
       for (const auto& kernel : kernels_to_test)
         for (bool accumulate : {false, true}) {
