@@ -11,6 +11,7 @@
 #include <set>
 
 #include "model/kernels.hpp"
+#include "model/safetensors.hpp"
 
 namespace ce {
 
@@ -145,6 +146,7 @@ struct Decoder::Packed {
         m.scales = scales;
       }
     }
+    if (type || grouped) release_pages(t);  // the loaded copy is not read again: its pages can go
     m.view.type = !m.scales.defined() ? type_of(m.values)
                   : grouped             ? kernels::WeightType::q8_grouped
                                       : kernels::WeightType::q8;

@@ -180,4 +180,12 @@ void write_safetensors(const std::string& path, const TensorMap& tensors,
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw ModelError(path + ": cannot rename temporary file");
 }
 
+void release_pages(const at::Tensor& loaded) {
+  if (!loaded.defined() || !loaded.is_contiguous() || loaded.nbytes() == 0) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(loaded.data_ptr());
+  const auto first = (begin + page - 1) / page * page, last = (begin + loaded.nbytes()) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);
+}
+
 }  // namespace ce

@@ -14,6 +14,13 @@ using TensorMap = std::map<std::string, at::Tensor>;
 // or out-of-range offsets, or an unsupported dtype.
 TensorMap read_safetensors(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
 
+// Hands the memory pages of a tensor read above back to the kernel once a converted copy of it is
+// made, so that a load that widens or quantizes peaks at about the converted model rather than the
+// file plus the copy. Never loses data (MADV_PAGEOUT): a page touched again is read again from the
+// file, a written one goes to swap or stays. Only whole pages inside the tensor; a no-op on a
+// kernel without MADV_PAGEOUT (before 5.4), where it costs memory only.
+void release_pages(const at::Tensor& loaded);
+
 // Writes tensors as stored (contiguous CPU copies), sorted by name.
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata = {});

@@ -192,7 +192,11 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
     auto st = t.scalar_type();
     if (st == at::kChar) {  // its scales were checked with the shapes above
       const auto& scales = tensors.at(name + kBlockScaleSuffix);
-      if (!keep) return dequantize_block_scaled(t, scales);
+      if (!keep) {
+        auto f = dequantize_block_scaled(t, scales);
+        release_pages(t);
+        return f;
+      }
       auto values = t.contiguous();
       w->block_scales[values.data_ptr()] = scales.contiguous();
       return values;
@@ -201,6 +205,7 @@ std::shared_ptr<Weights> weights_from_tensors(const ModelConfig& c, const Tensor
       throw ModelError(source + ": tensor '" + name + "' must be F32, F16, BF16 or (a weight matrix) I8");
     auto f = (keep ? t : t.to(at::kFloat)).contiguous();
     if (!all_finite(f)) throw ModelError(source + ": tensor '" + name + "' holds NaN or infinite values");
+    if (f.data_ptr() != t.data_ptr()) release_pages(t);  // widened: the file's copy is not read again
     return f;
   };
   w->config = c;

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <fstream>
+#include <unistd.h>
 
 #include "model/safetensors.hpp"
 #include "tests/model/tiny_model.hpp"
@@ -188,6 +190,30 @@ BOOST_AUTO_TEST_CASE(writer_refuses_unsupported_dtype) {
   t["ints"] = at::zeros({3}, at::kLong);
   const auto e = model_error_text([&] { write_safetensors(dir.file("w.safetensors"), t); });
   BOOST_TEST(contains(e, "'ints'"), e);
+}
+
+// Resident bytes of this process, from /proc/self/statm (pages).
+static size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  size_t total = 0, resident = 0;
+  statm >> total >> resident;
+  return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+BOOST_AUTO_TEST_CASE(released_pages_leave_memory_and_read_back_from_the_file) {
+  TempDir dir;
+  at::manual_seed(3);
+  TensorMap t;
+  t["big"] = at::randn({2048, 2048});  // 16 MiB
+  const auto path = dir.file("big.safetensors");
+  write_safetensors(path, t);
+  auto back = read_safetensors(path);
+  BOOST_REQUIRE(at::equal(back["big"], t["big"]));  // every page of it read
+  const auto before = resident_bytes();
+  release_pages(back["big"]);
+  const auto after = resident_bytes();
+  BOOST_TEST(before - std::min(before, after) >= size_t{12} << 20, "released " << (before - std::min(before, after)));
+  BOOST_TEST(at::equal(back["big"], t["big"]));  // read again from the file, unchanged
 }
 
 BOOST_AUTO_TEST_SUITE_END()
