@@ -104,6 +104,7 @@ struct EdgeState {
   // running further ahead of the cloud than the positions the request's time on the wire lets the
   // edge compute gains no time and wastes compute (speculation_depth).
   double round_trip_ms = 0, cloud_ms = 0, step_ms = 0;
+  WireDelay wire;        // the link's own delay, for how far speculation runs ahead
   GuessOdds guess_odds;  // how often the cloud confirms the last exit's guess, by its confidence
   // How long a cloud request may take, as the uploader serves it: with several clouds it may try
   // a second node after the first missed ce.request.deadline, and the edge waits for both.
@@ -243,15 +244,16 @@ void update_average(double& average, double sample) {
 
 // How many tokens the path may hold before the edge waits: ce.speculation.max-ahead, but no more
 // than the positions the edge computes while a request is on the wire (at least 1), and none while
-// the wire takes less time than the cloud's compute. The cloud's compute and queueing are left
-// out because they grow when the edge competes for the same cores (a near cloud, a node of role
-// both): counting them fed back, and on loopback with 2 shared cores 72% of the speculated steps
-// were rolled back and speculation took 1.36x the time of waiting for each answer. When the round
-// trip is mostly the cloud's compute, little is left to hide and the edge's steps compete with it
-// or are wasted on wrong guesses (loopback, 100 prompts: 1.16x before this rule, 1.12x with it).
+// the wire takes less time than the cloud's compute. The wire's time is WireDelay's windowed
+// minimum, without the cloud's compute and queueing: they grow when the edge competes for the same
+// cores (a near cloud, a node of role both), and counting them fed back: on loopback with 2 shared
+// cores 72% of the speculated steps were rolled back and speculation took 1.36x the time of waiting
+// for each answer; with the mean round trip less the compute as the wire, still 1.12x. When the
+// round trip is mostly the cloud's compute, little is left to hide and the edge's steps compete
+// with it or are wasted on wrong guesses.
 int speculation_depth(const EdgeState& st, const Generation& g) {
-  if (g.max_ahead == 0 || st.round_trip_ms <= 0 || st.step_ms <= 0) return g.max_ahead;
-  const double wire_ms = st.round_trip_ms - st.cloud_ms;
+  if (g.max_ahead == 0 || !st.wire.measured() || st.step_ms <= 0) return g.max_ahead;
+  const double wire_ms = st.wire.ms();
   if (wire_ms < st.cloud_ms) return 0;
   const double fits = std::ceil(wire_ms / st.step_ms);
   return static_cast<int>(std::clamp(fits, 1.0, static_cast<double>(g.max_ahead)));
@@ -429,6 +431,7 @@ void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std
   const double cloud_ms = static_cast<double>(ans->cloud_compute_us) / 1000.0;
   update_average(self->state.round_trip_ms, round_trip);
   update_average(self->state.cloud_ms, std::min(cloud_ms, round_trip));
+  self->state.wire.record(round_trip, cloud_ms);
   self->send(self->state.decider, timing_atom::value, LinkTiming{self->state.round_trip_ms, self->state.step_ms});
   g.result.stats.cloud_ms += cloud_ms;
   g.result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);

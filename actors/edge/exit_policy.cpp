@@ -96,6 +96,17 @@ InferenceMode effective_mode(InferenceMode configured, bool cloud_up) {
   return configured;
 }
 
+void WireDelay::record(double round_trip_ms, double cloud_ms) {
+  samples_[count_ % kWindow] = std::max(0.0, round_trip_ms - cloud_ms);
+  ++count_;
+}
+
+double WireDelay::ms() const {
+  if (count_ == 0) return 0;
+  const auto last = samples_.begin() + static_cast<std::ptrdiff_t>(std::min<uint64_t>(count_, kWindow));
+  return *std::min_element(samples_.begin(), last);
+}
+
 int GuessOdds::bucket(float confidence) {
   if (!(confidence > 0)) return 0;  // NaN too
   return std::min(kBuckets - 1, static_cast<int>(static_cast<double>(confidence) * kBuckets));

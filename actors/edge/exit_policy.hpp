@@ -95,6 +95,24 @@ class GuessOdds {
   std::array<double, kBuckets> hits_{}, seen_{};
 };
 
+// The link's own delay: the least of (round trip - the cloud's reported compute) over the last
+// kWindow answers, as BBR estimates a path's propagation delay by its windowed minimum RTT. Waits
+// beside the link only ever add to a sample: behind the session's earlier requests at the cloud,
+// or in the edge's mailbox while it computes a step. The mean counted them as wire, and speculation
+// that the longer "wire" allowed lengthened it further (loopback: round trips of 3-10 ms measured
+// while the link took under 1).
+class WireDelay {
+ public:
+  static constexpr int kWindow = 32;
+  void record(double round_trip_ms, double cloud_ms);
+  double ms() const;  // 0 until an answer was recorded
+  bool measured() const { return count_ > 0; }
+
+ private:
+  std::array<double, kWindow> samples_{};
+  uint64_t count_ = 0;  // answers recorded, the newest at samples_[(count_ - 1) % kWindow]
+};
+
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
 // standalone up front rather than timing out token by token; the baselines keep their mode.
 InferenceMode effective_mode(InferenceMode configured, bool cloud_up);

@@ -144,4 +144,26 @@ BOOST_AUTO_TEST_CASE(guess_odds_follow_the_measured_hit_rate_per_tenth_of_confid
   BOOST_TEST(odds.chance(0.45f) >= 0.0);
 }
 
+// Wire delay: unmeasured at first; the least round trip less compute of the window, so that
+// answers held up by queues do not raise it; a lower delay is taken at once, and a higher one only
+// once kWindow newer answers all show it (the route changed); compute beyond the round trip is 0.
+BOOST_AUTO_TEST_CASE(wire_delay_is_the_windowed_least_round_trip_less_compute) {
+  WireDelay wire;
+  BOOST_TEST(!wire.measured());
+  BOOST_TEST(wire.ms() == 0.0);
+  wire.record(45.0, 3.0);
+  BOOST_TEST(wire.measured());
+  BOOST_TEST(wire.ms() == 42.0, boost::test_tools::tolerance(1e-12));
+  for (int i = 0; i < 10; ++i) wire.record(60.0 + i, 2.0);  // queued behind other requests
+  BOOST_TEST(wire.ms() == 42.0, boost::test_tools::tolerance(1e-12));
+  wire.record(41.0, 1.0);
+  BOOST_TEST(wire.ms() == 40.0, boost::test_tools::tolerance(1e-12));
+  for (int i = 0; i < WireDelay::kWindow - 1; ++i) wire.record(90.0, 5.0);
+  BOOST_TEST(wire.ms() == 40.0, boost::test_tools::tolerance(1e-12));  // still in the window
+  wire.record(90.0, 5.0);
+  BOOST_TEST(wire.ms() == 85.0, boost::test_tools::tolerance(1e-12));  // now out of it
+  wire.record(1.0, 2.0);  // compute reported longer than the whole round trip (clocks): no wire
+  BOOST_TEST(wire.ms() == 0.0);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
