@@ -51,9 +51,13 @@ void group_rows(const uint8_t* group, const float* group_scales, const Inputs& i
     if (ahead)
       for (int64_t line = 0; line < kQ8GroupRows * kQ8Block; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kQ8GroupRows * kQ8Block + line), _MM_HINT_T1);
+    const float* scales = in.scales + b * in.n + r0;
+    const int32_t* sums = in.sums + b * in.n + r0;
+    // Each row's first register starts at -128 * sum(q_x): the weights' +128 is taken off by the
+    // additions themselves (integers, exact), one vector operation less per block and row.
     __m512i dot[R][P];
     for (int r = 0; r < R; ++r)
-      for (int p = 0; p < P; ++p) dot[r][p] = _mm512_setzero_si512();
+      for (int p = 0; p < P; ++p) dot[r][p] = p == 0 ? _mm512_set1_epi32(-128 * sums[r]) : _mm512_setzero_si512();
     const int8_t* x = in.q + (b * in.n + r0) * kQ8Block;  // input row r's block at x + 32r
     for (int c = 0; c < kChunks; ++c) {
       const __m512i w = _mm512_loadu_si512(block + c * 4 * kQ8GroupRows);
@@ -64,12 +68,9 @@ void group_rows(const uint8_t* group, const float* group_scales, const Inputs& i
       }
     }
     const __m512 scale_w = _mm512_loadu_ps(group_scales + b * kQ8GroupRows);
-    const float* scales = in.scales + b * in.n + r0;
-    const int32_t* sums = in.sums + b * in.n + r0;
     for (int r = 0; r < R; ++r) {
-      __m512i sum = dot[r][0];
-      for (int p = 1; p < P; ++p) sum = _mm512_add_epi32(sum, dot[r][p]);
-      const __m512i exact = _mm512_sub_epi32(sum, _mm512_set1_epi32(128 * sums[r]));
+      __m512i exact = dot[r][0];
+      for (int p = 1; p < P; ++p) exact = _mm512_add_epi32(exact, dot[r][p]);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale_w, _mm512_set1_ps(scales[r])), acc[r]);
     }
   }
