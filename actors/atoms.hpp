@@ -142,6 +142,8 @@ struct CloudStats {
     uint64_t rows = 0;            // positions computed, summed over the steps
     uint64_t max_sessions = 0;    // the largest batch
     double step_seconds = 0;      // summed
+    uint64_t gathers = 0;         // steps that waited for returning sessions (ce.batch.gather)
+    double gather_seconds = 0;    // summed waits
     uint64_t queue_depth = 0;     // jobs waiting now
   } batching;
 };

@@ -28,6 +28,7 @@ constexpr int max_contexts = 64;
 constexpr std::int64_t memory_cap_mib = 1024;
 constexpr int batch_max_sessions = 32;
 constexpr int batch_catch_up_chunk = 64;
+constexpr double batch_gather = 0.25;
 constexpr std::chrono::milliseconds request_deadline = 5s;
 constexpr bool speculation_enabled = true;
 constexpr std::chrono::milliseconds latency_budget = 10ms;

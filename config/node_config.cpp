@@ -481,6 +481,11 @@ std::vector<KeyDescriptor> build_key_table() {
                       "most sessions the cloud computes in one batched step"));
   t.push_back(int_key("ce.batch.catch-up-chunk", &C::batch_catch_up_chunk, 1, no_limit,
                       "most uploaded positions one session fills per batched step (a long catch-up cannot stall the others)"));
+  t.push_back(float_key(
+      "ce.batch.gather", &C::batch_gather, "0..1",
+      [](const double& x) { return x >= 0.0 && x <= 1.0 ? std::string() : std::string("must be in 0..1"); },
+      "a step waits at most this share of the last step's time for sessions the last step answered that usually "
+      "send their next request that soon, so that they share one step (0: never waits)"));
   t.push_back(duration_key("ce.request.deadline", &C::request_deadline, milliseconds(1),
                            "edge's deadline for each cloud request before it falls back"));
   t.push_back(bool_key("ce.speculation.enabled", &C::speculation_enabled,

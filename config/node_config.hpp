@@ -113,6 +113,7 @@ struct NodeConfig {
   std::int64_t memory_cap_mib = defaults::memory_cap_mib;           // ce.session.memory-cap
   int batch_max_sessions = defaults::batch_max_sessions;            // ce.batch.max-sessions
   int batch_catch_up_chunk = defaults::batch_catch_up_chunk;        // ce.batch.catch-up-chunk
+  double batch_gather = defaults::batch_gather;                      // ce.batch.gather
   std::chrono::milliseconds request_deadline = defaults::request_deadline;  // ce.request.deadline
   bool speculation_enabled = defaults::speculation_enabled;      // ce.speculation.enabled
   int speculation_max_ahead = defaults::speculation_max_ahead;   // ce.speculation.max-ahead

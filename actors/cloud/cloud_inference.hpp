@@ -23,6 +23,7 @@ class Model;
 struct CloudBatching {
   int max_sessions = 32;     // ce.batch.max-sessions
   int catch_up_chunk = 64;   // ce.batch.catch-up-chunk
+  double gather = 0.25;      // ce.batch.gather (defaults.hpp): most wait for returning sessions, x the last step's time
 };
 
 cloud_inference_actor spawn_cloud_inference(caf::actor_system& system, std::shared_ptr<const Model> model,

@@ -37,7 +37,7 @@ using context_manager_actor = cloud_front_actor::extend<
 using cloud_inference_actor = caf::typed_actor<
     caf::replies_to<compute_atom, InferJob>::with<bool, std::vector<char>>,  // -> (computed, reply
                      // frame), once a batched step reached the position: false with an ErrorReply when it failed
-    caf::reacts_to<step_atom>,   // own: run one batched step over the waiting jobs
+    caf::reacts_to<step_atom, uint64_t>,   // own: run one batched step over the waiting jobs
     caf::replies_to<stats_atom>::with<CloudStats::Batching>>;  // steps, batch sizes, queue depth
 
 }  // namespace ce

@@ -508,6 +508,9 @@ struct HttpApi::Impl {
       metrics.declare_counter("ce_cloud_batch_rows_total", "positions computed by the batched steps");
       metrics.declare_gauge("ce_cloud_batch_max_sessions", "the largest batch so far, in sessions");
       metrics.declare_counter("ce_cloud_batch_step_seconds_total", "time spent in batched steps");
+      metrics.declare_counter("ce_cloud_batch_gathers_total",
+                              "steps that waited for sessions the step before answered (ce.batch.gather)");
+      metrics.declare_counter("ce_cloud_batch_gather_seconds_total", "time steps waited for returning sessions");
       metrics.declare_gauge("ce_cloud_queue_depth", "infer jobs waiting for the next batched step");
       metrics.declare_counter("ce_cloud_truncates_total", "Truncate frames served (wrong speculations of edges)");
       metrics.declare_counter("ce_cloud_positions_rolled_back_total",
@@ -743,6 +746,8 @@ struct HttpApi::Impl {
       metrics.set("ce_cloud_batch_rows_total", static_cast<double>(s.batching.rows));
       metrics.set("ce_cloud_batch_max_sessions", static_cast<double>(s.batching.max_sessions));
       metrics.set("ce_cloud_batch_step_seconds_total", s.batching.step_seconds);
+      metrics.set("ce_cloud_batch_gathers_total", static_cast<double>(s.batching.gathers));
+      metrics.set("ce_cloud_batch_gather_seconds_total", s.batching.gather_seconds);
       metrics.set("ce_cloud_queue_depth", static_cast<double>(s.batching.queue_depth));
       metrics.set("ce_cloud_truncates_total", static_cast<double>(s.truncates));
       metrics.set("ce_cloud_positions_rolled_back_total", static_cast<double>(s.positions_rolled_back));

@@ -97,7 +97,7 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   const bool edge = config_.role == Role::edge || config_.role == Role::both;
   if (cloud) {
     actors_->cloud_inference = spawn_cloud_inference(*system_, model_, plan.split,
-                                                     {config_.batch_max_sessions, config_.batch_catch_up_chunk});
+                                                     {config_.batch_max_sessions, config_.batch_catch_up_chunk, config_.batch_gather});
     actors_->context_manager = spawn_context_manager(*system_, model_, plan, config_, actors_->cloud_inference);
     // CAF listens on loopback only; the guard owns the public address (see basp_guard.hpp).
     auto port = config_.tls_enabled()

@@ -1,0 +1,85 @@
+// When the cloud's next batched step starts (actors/cloud/gathering.hpp), with made-up times.
+#include <boost/test/unit_test.hpp>
+
+#include "actors/cloud/gathering.hpp"
+
+using namespace ce;
+using namespace std::chrono_literals;
+using Clock = Gathering::clock_type;
+
+BOOST_AUTO_TEST_SUITE(gathering)
+
+// Two sessions answered together that come back 2 ms later: the next step waits for the second
+// one (what is left of its usual 2 ms), not past the share of the last step's time, and not at all
+// once it is back.
+BOOST_AUTO_TEST_CASE(a_step_waits_for_a_session_that_usually_returns_soon) {
+  Gathering g(0.25);
+  const auto t0 = Clock::time_point{} + 1h;
+  g.step_done({1, 2}, 20.0, t0);
+  BOOST_TEST(g.wait_ms(t0) == 0.0);  // return times not known yet: nobody is waited for
+  g.job_arrived(1, t0 + 2ms);
+  g.job_arrived(2, t0 + 2ms);
+  const auto t1 = t0 + 25ms;
+  g.step_done({1, 2}, 20.0, t1);
+  g.job_arrived(1, t1 + 500us);
+  BOOST_TEST(g.wait_ms(t1 + 500us) == 1.5, boost::test_tools::tolerance(1e-9));  // session 2 is due at t1 + 2 ms
+  BOOST_TEST(g.wait_ms(t1 + 3ms) == 0.0);                                        // overdue: not waited for longer
+  g.job_arrived(2, t1 + 1ms);
+  BOOST_TEST(g.wait_ms(t1 + 1ms) == 0.0);  // everyone is back
+}
+
+// A session that usually comes back later than the share of a step (an edge computing local
+// tokens), a lone session, a share of 0 and sessions the last step did not answer: no wait.
+BOOST_AUTO_TEST_CASE(no_wait_for_slow_absent_or_lone_sessions) {
+  const auto t0 = Clock::time_point{} + 1h;
+  Gathering slow(0.25);
+  slow.step_done({1, 2}, 8.0, t0);
+  slow.job_arrived(1, t0 + 1ms);
+  slow.job_arrived(2, t0 + 3ms);  // 3 ms > 0.25 x 8 ms
+  slow.step_done({1, 2}, 8.0, t0 + 10ms);
+  slow.job_arrived(1, t0 + 11ms);
+  BOOST_TEST(slow.wait_ms(t0 + 11ms) == 0.0);
+
+  Gathering lone(0.25);
+  lone.step_done({7}, 8.0, t0);
+  lone.job_arrived(7, t0 + 1ms);
+  lone.step_done({7}, 8.0, t0 + 10ms);
+  lone.job_arrived(7, t0 + 11ms);
+  BOOST_TEST(lone.wait_ms(t0 + 11ms) == 0.0);
+
+  Gathering off(0.0);
+  off.step_done({1, 2}, 8.0, t0);
+  off.job_arrived(1, t0 + 1ms);
+  off.job_arrived(2, t0 + 1ms);
+  off.step_done({1, 2}, 8.0, t0 + 10ms);
+  off.job_arrived(1, t0 + 10ms);
+  BOOST_TEST(off.wait_ms(t0 + 10ms) == 0.0);
+
+  // Session 2 was answered two steps ago and did not come back: the step after is not held for it.
+  Gathering gone(0.25);
+  gone.step_done({1, 2}, 8.0, t0);
+  gone.job_arrived(1, t0 + 1ms);
+  gone.job_arrived(2, t0 + 1ms);
+  gone.step_done({1, 2}, 8.0, t0 + 10ms);
+  gone.job_arrived(1, t0 + 11ms);
+  gone.step_done({1}, 8.0, t0 + 20ms);
+  gone.job_arrived(1, t0 + 21ms);
+  BOOST_TEST(gone.wait_ms(t0 + 21ms) == 0.0);
+}
+
+// The return time is a moving average: one slow return does not stop the session being waited for.
+BOOST_AUTO_TEST_CASE(the_wait_follows_the_average_return) {
+  const auto t0 = Clock::time_point{} + 1h;
+  Gathering g(0.6);
+  g.step_done({1, 2}, 10.0, t0);
+  g.job_arrived(1, t0);
+  g.job_arrived(2, t0 + 4ms);
+  g.step_done({1, 2}, 10.0, t0 + 20ms);
+  g.job_arrived(2, t0 + 30ms);  // 10 ms this time: average 0.7 x 4 + 0.3 x 10 = 5.8 ms
+  g.step_done({1, 2}, 10.0, t0 + 40ms);
+  g.job_arrived(1, t0 + 40ms);
+  BOOST_TEST(g.wait_ms(t0 + 40ms) == 5.8, boost::test_tools::tolerance(1e-9));  // within 0.6 x 10 ms
+  BOOST_TEST(g.wait_ms(t0 + 41ms) == 4.8, boost::test_tools::tolerance(1e-9));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
