@@ -7,7 +7,8 @@
 // attention per context. A job whose position was reached is answered with one token; the others
 // go to the back of the queue (round robin), so a long catch-up advances chunk by chunk beside the
 // short requests, taking no more rows than they do while they are active (also in the gaps
-// between their requests). A job that fails answers (false, ErrorReply frame): the context's compute state
+// between their requests). A step may wait a little for the sessions the last one answered
+// (ce.batch.gather, Gathering in gathering.hpp). A job that fails answers (false, ErrorReply frame): the context's compute state
 // is then unknown and the context must not be reused. Its messages: cloud_inference_actor in
 // actors/cloud/protocol.hpp.
 #include <caf/fwd.hpp>
