@@ -337,6 +337,14 @@ def main():
           f"({fmt_s(lo_c['comm_s'])} s over {lo_c['cloud_share'] * lo_c['tokens']:,.0f} requests) and "
           f"{per_request(lo_all):.2f} ms with every token sent.\n")
 
+    w("## Round 2's benchmarks, each on its own page\n")
+    w("- Speculative collaboration, its cost model T_spec ≈ T_standalone + misses × (RTT + t_cloud) against "
+      "the measurement, and the link-aware θ: [bench/speculation/](bench/speculation/README.md)\n"
+      "- Batch-1 decode against llama2.c's run.c and llama.cpp, catch-up cost, int8 accuracy: "
+      "[bench/decode/](bench/decode/README.md)\n"
+      "- One cloud under many edges (batched against one job at a time), an edge's concurrent completions: "
+      "[bench/load/](bench/load/README.md)\n")
+
     open(a.out, "w").write("\n".join(out))
     print(f"wrote {a.out}: {sum(verdicts.values())} of {len(verdicts)} expected shapes hold")
     for shape, ok in verdicts.items():
