@@ -28,40 +28,37 @@ BOOST_AUTO_TEST_CASE(a_step_waits_for_a_session_that_usually_returns_soon) {
   BOOST_TEST(g.wait_ms(t1 + 1ms) == 0.0);  // everyone is back
 }
 
+// Two steps of 8 ms, at t0 and t0 + 10 ms, answering `sessions`; in between, sessions[i] sends its
+// next job returns[i] after the first step.
+Gathering after_two_steps(double share, Clock::time_point t0, const std::vector<uint64_t>& sessions,
+                          const std::vector<std::chrono::microseconds>& returns) {
+  Gathering g(share);
+  g.step_done(sessions, 8.0, t0);
+  for (size_t i = 0; i < sessions.size(); ++i) g.job_arrived(sessions[i], t0 + returns[i]);
+  g.step_done(sessions, 8.0, t0 + 10ms);
+  return g;
+}
+
 // A session that usually comes back later than the share of a step (an edge computing local
 // tokens), a lone session, a share of 0 and sessions the last step did not answer: no wait.
 BOOST_AUTO_TEST_CASE(no_wait_for_slow_absent_or_lone_sessions) {
   const auto t0 = Clock::time_point{} + 1h;
-  Gathering slow(0.25);
-  slow.step_done({1, 2}, 8.0, t0);
-  slow.job_arrived(1, t0 + 1ms);
-  slow.job_arrived(2, t0 + 3ms);  // 3 ms > 0.25 x 8 ms
-  slow.step_done({1, 2}, 8.0, t0 + 10ms);
+  auto slow = after_two_steps(0.25, t0, {1, 2}, {1ms, 3ms});  // 3 ms > 0.25 x 8 ms
   slow.job_arrived(1, t0 + 11ms);
   BOOST_TEST(slow.wait_ms(t0 + 11ms) == 0.0);
 
-  Gathering lone(0.25);
-  lone.step_done({7}, 8.0, t0);
-  lone.job_arrived(7, t0 + 1ms);
-  lone.step_done({7}, 8.0, t0 + 10ms);
+  auto lone = after_two_steps(0.25, t0, {7}, {1ms});
   lone.job_arrived(7, t0 + 11ms);
   BOOST_TEST(lone.wait_ms(t0 + 11ms) == 0.0);
 
-  Gathering off(0.0);
-  off.step_done({1, 2}, 8.0, t0);
-  off.job_arrived(1, t0 + 1ms);
-  off.job_arrived(2, t0 + 1ms);
-  off.step_done({1, 2}, 8.0, t0 + 10ms);
+  auto off = after_two_steps(0.0, t0, {1, 2}, {1ms, 1ms});
   off.job_arrived(1, t0 + 10ms);
   BOOST_TEST(off.wait_ms(t0 + 10ms) == 0.0);
 
   // Session 2 was answered two steps ago and did not come back: the step after is not held for it.
-  Gathering gone(0.25);
-  gone.step_done({1, 2}, 8.0, t0);
-  gone.job_arrived(1, t0 + 1ms);
-  gone.job_arrived(2, t0 + 1ms);
-  gone.step_done({1, 2}, 8.0, t0 + 10ms);
-  gone.job_arrived(1, t0 + 11ms);
+  auto gone = after_two_steps(0.25, t0, {1, 2}, {1ms, 1ms});
+  gone.job_arrived(1, t0 + 10500us);
+  BOOST_TEST(gone.wait_ms(t0 + 10500us) == 0.5, boost::test_tools::tolerance(1e-9));  // due at t0 + 11 ms
   gone.step_done({1}, 8.0, t0 + 20ms);
   gone.job_arrived(1, t0 + 21ms);
   BOOST_TEST(gone.wait_ms(t0 + 21ms) == 0.0);
