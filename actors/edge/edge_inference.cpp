@@ -100,11 +100,12 @@ struct EdgeState {
   std::vector<uint64_t> due;  // responses whose next step waits for the next batched step
   bool batch_sent = false;    // a (step_atom) is in the mailbox
   std::vector<float> scratch;  // the batched step's, kept between steps
-  // Moving averages of a cloud round trip, of the cloud's compute in it and of an edge step:
-  // running further ahead of the cloud than the positions the request's time on the wire lets the
-  // edge compute gains no time and wastes compute (speculation_depth).
+  // Moving averages of a cloud round trip (for the exit decider's latency budget), of the cloud's
+  // compute in it and of an edge step, and the link's own delay: running further ahead of the cloud
+  // than the positions the request's time on the wire lets the edge compute gains no time and
+  // wastes compute (speculation_depth).
   double round_trip_ms = 0, cloud_ms = 0, step_ms = 0;
-  WireDelay wire;        // the link's own delay, for how far speculation runs ahead
+  WireDelay wire;
   GuessOdds guess_odds;  // how often the cloud confirms the last exit's guess, by its confidence
   // How long a cloud request may take, as the uploader serves it: with several clouds it may try
   // a second node after the first missed ce.request.deadline, and the edge waits for both.
