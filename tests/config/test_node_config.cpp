@@ -113,6 +113,8 @@ max-contexts = 8
 memory-cap = 512
 [ce.request]
 deadline = 250ms
+[ce.batch]
+gather = 0.5
 [ce.upload]
 batch = 16
 queue-limit = 100
@@ -147,6 +149,7 @@ level = debug
   BOOST_TEST(c.memory_cap_mib == 512);
   BOOST_TEST(c.memory_cap_bytes() == 512u << 20);
   BOOST_TEST(c.request_deadline.count() == 250);
+  BOOST_TEST(c.batch_gather == 0.5);
   BOOST_TEST(c.upload_batch == 16);
   BOOST_TEST(c.upload_queue_limit == 100);
   BOOST_TEST(c.tls_certificate == (dir.path() / "tls/cert.pem").string());
@@ -280,6 +283,7 @@ BOOST_AUTO_TEST_CASE(out_of_range_names_line_and_key) {
   check_contains(parse_error(minimal + "session.max-contexts = 0\n"), {"t.ini:4:", "ce.session.max-contexts", ">= 1"});
   check_contains(parse_error(minimal + "batch.max-sessions = 0\n"), {"t.ini:4:", "ce.batch.max-sessions", "1..4096"});
   check_contains(parse_error(minimal + "batch.catch-up-chunk = -2\n"), {"t.ini:4:", "ce.batch.catch-up-chunk", ">= 1"});
+  check_contains(parse_error(minimal + "batch.gather = 1.5\n"), {"t.ini:4:", "ce.batch.gather", "0..1"});
   check_contains(parse_error(minimal + "split.layer = -1\n"), {"t.ini:4:", "ce.split.layer", ">= 0"});
   check_contains(parse_error(minimal + "session.idle-timeout = 5ms\n"),
                  {"t.ini:4:", "ce.session.idle-timeout = 5ms", ">= 10ms"});
@@ -536,7 +540,7 @@ BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   BOOST_TEST(lines + 1 == described_lines);  // describe(): a header line, then every key once; help: one line each
   BOOST_TEST(lines >= 54u);
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
-                        "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]",
+                        "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]", "ce.batch.gather",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level",
                         "ce.speculation.enabled", "[default true]", "ce.speculation.max-ahead", "int 1..1024", "[default 64]"});
   BOOST_TEST(described.find("ce.upload.queue-limit") != std::string::npos);
