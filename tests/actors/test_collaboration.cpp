@@ -43,6 +43,14 @@ struct Cluster {
     BOOST_REQUIRE(node->wait_for_cloud(std::chrono::seconds(10)));
     return node;
   }
+  // An edge that reaches the cloud through `link`, an emulator in front of the cloud's port.
+  std::unique_ptr<Node> make_edge_behind(const linkem::LinkEmulator& link,
+                                         const std::function<void(NodeConfig&)>& tweak = {}) {
+    return make_edge([&](NodeConfig& e) {
+      e.cloud_port = link.port();
+      if (tweak) tweak(e);
+    });
+  }
 };
 
 // A link that holds every byte `one_way` in each direction (uploads, acks, requests, answers).
@@ -287,7 +295,7 @@ BOOST_AUTO_TEST_CASE(a_slow_link_does_not_slow_edge_resolved_tokens) {
   // without waiting for the link.
   Cluster c;
   linkem::LinkEmulator link(delayed(150ms), "127.0.0.1", c.cloud->cloud_port());
-  auto edge = c.make_edge([&](NodeConfig& e) { e.cloud_port = link.port(); });
+  auto edge = c.make_edge_behind(link);
   uint64_t queued_at_last = 0;
   GenerateRequest req;
   req.prompt = prompt_a();
@@ -316,8 +324,7 @@ BOOST_AUTO_TEST_CASE(a_slow_upload_link_pauses_the_edge_instead_of_queueing_with
   // One position per chunk, acknowledged 20 ms later, at most 4 unacknowledged: the edge must wait
   // for the link.
   linkem::LinkEmulator link(delayed(10ms), "127.0.0.1", fast.cloud->cloud_port());
-  auto slow = fast.make_edge([&](NodeConfig& e) {
-    e.cloud_port = link.port();
+  auto slow = fast.make_edge_behind(link, [&](NodeConfig& e) {
     e.upload_batch = 1;
     e.upload_queue_limit = 4;
   });
@@ -512,8 +519,7 @@ BOOST_AUTO_TEST_CASE(a_context_evicted_mid_response_is_rebuilt_from_the_log_and_
   BOOST_TEST_CONTEXT("forced miss every " << miss_every) {
   Cluster c({}, [](NodeConfig& cc) { cc.idle_timeout = 1s; });
   linkem::LinkEmulator link(linkem::LinkProfile{}, "127.0.0.1", c.cloud->cloud_port());
-  auto edge = c.make_edge([&](NodeConfig& e) {
-    e.cloud_port = link.port();
+  auto edge = c.make_edge_behind(link, [&](NodeConfig& e) {
     e.request_deadline = 30s;
     e.speculation_test_miss_every = miss_every;
   });
@@ -638,8 +644,7 @@ BOOST_AUTO_TEST_CASE(a_response_paused_for_upload_backpressure_can_be_cancelled)
   // than the limit.
   Cluster c;
   linkem::LinkEmulator link(delayed(50ms), "127.0.0.1", c.cloud->cloud_port());
-  auto edge = c.make_edge([&](NodeConfig& e) {
-    e.cloud_port = link.port();
+  auto edge = c.make_edge_behind(link, [&](NodeConfig& e) {
     e.upload_batch = 1;
     e.upload_queue_limit = 2;
   });
@@ -871,8 +876,7 @@ BOOST_AUTO_TEST_CASE(speculative_output_equals_non_speculative_token_for_token) 
   Cluster c;
   linkem::LinkEmulator link(delayed(3ms), "127.0.0.1", c.cloud->cloud_port());
   auto missing = c.make_edge([](NodeConfig& e) { e.speculation_test_miss_every = 2; });
-  auto far = c.make_edge([&](NodeConfig& e) {
-    e.cloud_port = link.port();
+  auto far = c.make_edge_behind(link, [&](NodeConfig& e) {
     e.speculation_test_miss_every = 3;
   });
   const int n = 16;
@@ -958,8 +962,7 @@ BOOST_AUTO_TEST_CASE(a_cloud_lost_mid_speculation_leaves_a_consistent_response) 
   // goes on from its last shown token with the edge's last exit, as without speculation.
   Cluster c;
   linkem::LinkEmulator link(delayed(10ms), "127.0.0.1", c.cloud->cloud_port());
-  auto edge = c.make_edge([&](NodeConfig& e) {
-    e.cloud_port = link.port();
+  auto edge = c.make_edge_behind(link, [&](NodeConfig& e) {
     e.speculation_test_miss_every = 2;
   });
   auto req = request_for(prompt_a(), 2.0, 30);
@@ -1000,7 +1003,7 @@ BOOST_AUTO_TEST_CASE(a_response_cancelled_while_ahead_keeps_only_its_shown_posit
   // the shown tokens.
   Cluster c;
   linkem::LinkEmulator link(delayed(20ms), "127.0.0.1", c.cloud->cloud_port());
-  auto edge = c.make_edge([&](NodeConfig& e) { e.cloud_port = link.port(); });
+  auto edge = c.make_edge_behind(link);
   auto req = request_for(prompt_a(), 2.0, 30);
   req.speculate = true;
   int seen = 0;
@@ -1020,8 +1023,7 @@ BOOST_AUTO_TEST_CASE(the_edge_computes_nothing_past_a_guess_it_has_not_asked_abo
   // round trip. The tokens are still the non-speculative run's.
   Cluster c;
   linkem::LinkEmulator link(delayed(20ms), "127.0.0.1", c.cloud->cloud_port());
-  auto edge = c.make_edge([&](NodeConfig& e) {
-    e.cloud_port = link.port();
+  auto edge = c.make_edge_behind(link, [&](NodeConfig& e) {
     e.speculation_max_requests = 1;
   });
   auto req = request_for(prompt_a(), 2.0, 12);
@@ -1056,10 +1058,7 @@ BOOST_AUTO_TEST_CASE(the_latency_budget_policy_lowers_theta_on_a_slow_link_only)
     e.threshold_floor = 0.3;
     e.exit_threshold = 0.9;
   };
-  auto far = c.make_edge([&](NodeConfig& e) {
-    budgeted(e);
-    e.cloud_port = link.port();
-  });
+  auto far = c.make_edge_behind(link, budgeted);
   auto near = c.make_edge(budgeted);
   for (Node* edge : {far.get(), near.get()}) {
     auto req = request_for(prompt_a(), 0, 6);
