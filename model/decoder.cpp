@@ -148,7 +148,7 @@ struct Decoder::Packed {
     }
     if (type || grouped) release_pages(t);  // the loaded copy is not read again: its pages can go
     m.view.type = !m.scales.defined() ? type_of(m.values)
-                  : grouped             ? kernels::WeightType::q8_grouped
+                  : grouped           ? kernels::WeightType::q8_grouped
                                       : kernels::WeightType::q8;
     m.view.data = m.values.data_ptr();
     m.view.scales = m.scales.defined() ? m.scales.data_ptr<float>() : nullptr;

@@ -162,7 +162,7 @@ bool q8_grouped_pays() { return kVnni; }
 // block's exact integer dot product times (weight scale * input scale) added with one fused
 // multiply-add.
 void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
-                           int64_t end) {
+                             int64_t end) {
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xs;
   const int64_t cols = w.cols, blocks = q8_blocks(cols);

@@ -28,5 +28,5 @@ namespace avx512_vnni {
 void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end);
 }  // namespace avx512_vnni
 void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,
-                           int64_t end);
+                             int64_t end);
 }  // namespace ce::kernels
