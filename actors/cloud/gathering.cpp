@@ -1,6 +1,7 @@
 #include "actors/cloud/gathering.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace ce {
 
@@ -15,7 +16,13 @@ void Gathering::job_arrived(uint64_t session, clock_type::time_point now) {
   if (it == sessions_.end() || !it->second.awaited) return;
   auto& r = it->second;
   const double ms = ms_between(r.answered, now);
-  r.return_ms = r.return_ms < 0 ? ms : (1 - kReturnWeight) * r.return_ms + kReturnWeight * ms;
+  if (r.return_ms < 0) {
+    r.return_ms = ms;
+    r.deviation_ms = ms / 2;  // RFC 6298's first deviation
+  } else {
+    r.deviation_ms = (1 - kDeviationWeight) * r.deviation_ms + kDeviationWeight * std::abs(ms - r.return_ms);
+    r.return_ms = (1 - kReturnWeight) * r.return_ms + kReturnWeight * ms;
+  }
   r.awaited = false;
 }
 
@@ -43,8 +50,8 @@ double Gathering::wait_ms(clock_type::time_point now) const {
   double wait = 0;
   for (const auto& [session, r] : sessions_)
     if (r.awaited && r.return_ms >= 0 && r.return_ms <= budget)
-      wait = std::max(wait, r.return_ms - ms_between(r.answered, now));
-  return wait;  // <= budget: only returns within it count
+      wait = std::max(wait, std::min(budget, r.return_ms + kDeviations * r.deviation_ms) - ms_between(r.answered, now));
+  return wait;
 }
 
 }  // namespace ce
