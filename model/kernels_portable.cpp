@@ -21,6 +21,7 @@ struct V {
   using reg = __m128;
   static constexpr int64_t N = 4;
   static constexpr int kOutRows4 = 2;
+  static constexpr int kHalfInputRows = 4;
   static reg zero() { return _mm_setzero_ps(); }
   static reg load(const float* p) { return _mm_loadu_ps(p); }
   static float half_to_float(uint16_t h) { return half_bits_to_float(h); }
@@ -73,6 +74,7 @@ struct V {
   using reg = float;
   static constexpr int64_t N = 1;
   static constexpr int kOutRows4 = 2;
+  static constexpr int kHalfInputRows = 4;
   static reg zero() { return 0.0f; }
   static reg load(const float* p) { return *p; }
   static float half_to_float(uint16_t h) { return half_bits_to_float(h); }

@@ -157,7 +157,7 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
   for (auto type : types)
     for (auto [rows, cols] : shapes) {
       const auto m = make_matrix(type, rows, cols, static_cast<uint64_t>(rows * 7 + cols));
-      for (int64_t n : {1, 2, 3, 4, 5, 7, 9}) {
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 10, 13}) {  // blocks of 4 and 6 rows, and what is left
         const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
         const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
         const auto [want, scale] = double_loop(m, seen, n, rows, cols);
