@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   ce::cli::Parser cli("ce-bench-load",
                       "Replays edge traffic (uploads of split-layer states, infer requests at the offload pattern of "
                       "θ on a text) from N concurrent sessions against a running cloud node, without edge compute; "
-                      "prints one JSON line per session count: offloaded tokens/s, request round trip p50/p99/max.");
+                      "prints one JSON line per session count: offloaded tokens/s, request round trip p50/p99/max over all requests, p50/max of each session's first (its prompt's catch-up) and p50/p99 of the later ones.");
   cli.add("host", "HOST", "the cloud node's address", "127.0.0.1")
       .add("port", "PORT", "the cloud node's port (ce.listen.port)")
       .add("nodes", "LIST", "several cloud nodes instead, \"host:port,host:port\": each session goes to one by "
@@ -76,7 +76,9 @@ int main(int argc, char** argv) {
                 << ",\"threshold\":" << threshold << ",\"offloaded_per_session\":" << offloaded
                 << ",\"requests\":" << r.requests << ",\"errors\":" << r.errors << ",\"seconds\":" << r.seconds
                 << ",\"tokens_per_s\":" << r.tokens_per_s << ",\"p50_ms\":" << r.p50_ms << ",\"p99_ms\":" << r.p99_ms
-                << ",\"max_ms\":" << r.max_ms << ",\"catch_up\":" << catch_up << ",\"catch_up_ms\":" << r.catch_up_ms
+                << ",\"max_ms\":" << r.max_ms << ",\"first_p50_ms\":" << r.first_p50_ms
+                << ",\"first_max_ms\":" << r.first_max_ms << ",\"next_p50_ms\":" << r.next_p50_ms
+                << ",\"next_p99_ms\":" << r.next_p99_ms << ",\"catch_up\":" << catch_up << ",\"catch_up_ms\":" << r.catch_up_ms
                 << ",\"clouds\":" << clouds.size() << ",\"sessions_per_cloud\":[";
       for (size_t i = 0; i < r.sessions_per_cloud.size(); ++i) std::cout << (i ? "," : "") << r.sessions_per_cloud[i];
       std::cout << "]}" << std::endl;

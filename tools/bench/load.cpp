@@ -9,6 +9,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "actors/atoms.hpp"
 #include "actors/edge/placement.hpp"
@@ -171,12 +172,16 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
   result.sessions = o.sessions;
   result.sessions_per_cloud.assign(clouds.size(), 0);
   std::mutex mu;
-  std::vector<double> latencies;
+  std::vector<double> latencies, first_latencies, next_latencies;
   std::atomic<uint64_t> errors{0};
-  const auto record = [&](double ms, const std::string& error) {
+  const auto record = [&](double ms, const std::string& error, bool first) {
     std::lock_guard<std::mutex> lock(mu);
-    if (ms >= 0) latencies.push_back(ms);
-    else if (result.first_error.empty()) result.first_error = error;
+    if (ms >= 0) {
+      latencies.push_back(ms);
+      (first ? first_latencies : next_latencies).push_back(ms);
+    } else if (result.first_error.empty()) {
+      result.first_error = error;
+    }
   };
   const auto t0 = clock_type::now();
   std::vector<std::thread> threads;
@@ -185,12 +190,13 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
       const uint64_t id = o.session_base + static_cast<uint64_t>(i);
       Session s(system, clouds[static_cast<size_t>(cloud_of(id))], id, o.deadline);
       const uint32_t end = o.positions ? std::min(o.positions, trace.positions()) : trace.positions();
+      bool first = true;
       for (uint32_t p = trace.prompt - 1; p < end; ++p) {
         if (!trace.offloaded[p]) continue;
         std::string error;
         const double ms = s.ask(trace, p, error);
         if (ms < 0) ++errors;
-        record(ms, error);
+        record(ms, error, std::exchange(first, false));
       }
       s.bye();
     });
@@ -201,7 +207,7 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
       std::string error;
       const uint32_t last = std::min(o.catch_up, trace.positions()) - 1;
       result.catch_up_ms = s.ask(trace, last, error);
-      if (result.catch_up_ms < 0) ++errors, record(-1, error);
+      if (result.catch_up_ms < 0) ++errors, record(-1, error, true);
       s.bye();
     });
   }
@@ -214,6 +220,10 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
   result.p50_ms = percentile(latencies, 0.5);
   result.p99_ms = percentile(latencies, 0.99);
   result.max_ms = latencies.empty() ? 0 : *std::max_element(latencies.begin(), latencies.end());
+  result.first_p50_ms = percentile(first_latencies, 0.5);
+  result.first_max_ms = percentile(first_latencies, 1.0);
+  result.next_p50_ms = percentile(next_latencies, 0.5);
+  result.next_p99_ms = percentile(next_latencies, 0.99);
   return result;
 }
 

@@ -54,6 +54,11 @@ struct LoadResult {
   double seconds = 0;          // first request sent to the last session done
   double tokens_per_s = 0;     // answered requests / seconds
   double p50_ms = 0, p99_ms = 0, max_ms = 0;  // infer round trip (sent -> reply), all sessions
+  // The same split as serving benchmarks split time to first token from inter-token latency: a
+  // session's first request carries its prompt's catch-up (all sessions start together, so the
+  // cloud prefills sessions x prompt positions at once), the later ones one or a few positions each.
+  double first_p50_ms = 0, first_max_ms = 0;  // each session's first request
+  double next_p50_ms = 0, next_p99_ms = 0;    // every later request
   double catch_up_ms = 0;      // the catch-up session's one request, when there was one
   std::vector<int> sessions_per_cloud;  // in LoadOptions::clouds order
   std::string first_error;
