@@ -139,6 +139,9 @@ def main():
       "otherwise), and uploads each confirmed position exactly once: uploaded − wasted = (prompt + generated) × dim × 2.\n")
 
     verdicts = speculation_tables(w, summary, responses, links)
+    if os.path.exists(f"{a.bench_dir}/window/README.md"):
+        w("\nHow far the edge asks ahead trades stands and time for wasted uploads: "
+          "[window/](window/README.md) (`scripts/bench-speculation-window`).\n")
     unwindowed = f"{a.bench_dir}/unwindowed"
     if os.path.exists(f"{unwindowed}/summary.csv"):
         u_summary = {(r["link"], r["mode"]): r for r in read_csv(f"{unwindowed}/summary.csv")}
