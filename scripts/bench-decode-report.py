@@ -104,6 +104,28 @@ for model in models:
             md.append(f"| {s['engine']} | {s['weights']} | {s['range']} | {s['threads']} | {s['min']} | "
                       f"{s['median']} | {s['max']} | {s['vs_runc']} | {s['vs_llamacpp']} | {s['peak_rss_mib']} |")
     md.append("")
+memory_csv = os.path.join(out, "memory.csv")
+if os.path.exists(memory_csv) and prov.get("fp32_bytes_per_token"):
+    memory = list(csv.DictReader(open(memory_csv)))
+    gbps = {t: median([float(m["gb_per_s"]) for m in memory if int(m["threads"]) == t]) for t in (1, 2)}
+    md += ["## What memory allows (fp32)", "",
+           "A batch-1 step reads every weight once, so no engine decodes faster than the machine's read bandwidth "
+           "over the bytes of weights a token reads. Bandwidth measured in the same run (`ce-bench-decode --ranges "
+           f"memory`: libtorch's sum over 1 GiB, best of 8, each repeat): {gbps[1]:.1f} GB/s on 1 thread, "
+           f"{gbps[2]:.1f} GB/s on 2 (medians).", "",
+           "| model | fp32 MB a token | threads | ceiling tokens/s | run.c | cecollm | 1.2 × run.c |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for model in models:
+        mb = prov["fp32_bytes_per_token"].get(model)
+        if not mb:
+            continue
+        for t in (1, 2):
+            ceiling = gbps[t] * 1e9 / mb
+            runc = median(values(model, "run.c", "fp32", t, "full"))
+            mine = median(values(model, "cecollm", "fp32", t, "full"))
+            md.append(f"| {model} | {mb / 1e6:.1f} | {t} | {ceiling:.1f} | {runc:.1f} ({100 * runc / ceiling:.0f}%) | "
+                      f"{mine:.1f} ({100 * mine / ceiling:.0f}%) | {1.2 * runc:.1f} ({120 * runc / ceiling:.0f}%) |")
+    md += ["", "A model whose weights fit in the last-level cache (32 MiB here) is not bound by this.", ""]
 md += ["## Catch-up: the cloud filling a gap of uploaded positions in one infer", "",
        "Per caught-up position against one decode step at the same context and thread count (best of 3; the "
        "step best of 5). A cloud node computes with all cores (ce.threads = 0): on this 2-core machine, the "

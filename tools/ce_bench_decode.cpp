@@ -9,12 +9,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iomanip>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
+#include <vector>
 
 #include "model/blas_kernel.hpp"
 #include "model/cloud_compute.hpp"
@@ -36,6 +39,22 @@ double seconds_since(clock_type::time_point t0) {
 }
 
 // Greedy decoding from BOS over [0, layer_end): the seconds of `steps` single-token steps.
+// The machine's memory read bandwidth with the decoder's threads, GB/s: the best of 8 passes of
+// libtorch's vectorised sum over 1 GiB (the bound of a batch-1 step, which reads every weight once:
+// no engine decodes faster than bytes of weights per token / this).
+double read_bandwidth_gbps() {
+  const auto buffer = at::ones({int64_t{1} << 28}, at::kFloat);
+  double best = 1e9;
+  for (int pass = 0; pass < 8; ++pass) {
+    const auto t0 = clock_type::now();
+    const double sum = buffer.sum().item<double>();
+    best = std::min(best, seconds_since(t0));
+    if (std::abs(sum - static_cast<double>(buffer.numel())) > 1e-3 * static_cast<double>(buffer.numel()))
+      throw std::runtime_error("memory range: the sum of 2^28 ones came out as " + std::to_string(sum));
+  }
+  return static_cast<double>(buffer.numel() * buffer.element_size()) / best / 1e9;
+}
+
 double runner_seconds(const std::shared_ptr<const ce::Model>& model, int64_t layer_end, bool read_exits, int steps) {
   ce::EarlyExitRunner runner(model, layer_end);
   ce::ExitRule rule;
@@ -110,7 +129,8 @@ int main(int argc, char** argv) {
                       "Measures batch-1 decode tokens/s of the full model, the edge's and the cloud's layer ranges, and "
                       "the cloud's per-position catch-up cost; prints one JSON line per measurement.");
   cli.add("model", "DIR", "model directory", "models/ce-brown-8l")
-      .add("ranges", "LIST", "comma-separated: full, edge, cloud, catchup", "full,edge,cloud")
+      .add("ranges", "LIST", "comma-separated: full, edge, cloud, catchup, memory (the machine's read bandwidth)",
+           "full,edge,cloud")
       .add("tokens", "N", "decode steps per measurement (from BOS; run.c's default is 256)", "256")
       .add("split", "LAYER", "edge/cloud split (default: the model's default_split)", "0")
       .add("gaps", "LIST", "catch-up gaps, in positions", "1,4,16,64,256")
@@ -168,7 +188,9 @@ int main(int argc, char** argv) {
     for (auto g : gaps) needed = std::max(needed, context + g);
     std::optional<ce::PositionRows> states;
     for (const auto& range : ranges) {
-      if (range == "full") {
+      if (range == "memory") {
+        std::cout << line(range) << ",\"gb_per_s\":" << read_bandwidth_gbps() << "}" << std::endl;
+      } else if (range == "full") {
         report(range, runner_seconds(model, c.n_layers, false, steps));
       } else if (range == "edge") {
         report(range, runner_seconds(model, split, true, steps));
@@ -190,7 +212,7 @@ int main(int argc, char** argv) {
                     << ",\"ratio_to_step\":" << best / g / step << "}" << std::endl;
         }
       } else {
-        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup)");
+        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup, memory)");
       }
     }
   } catch (const std::exception& e) {
