@@ -38,7 +38,6 @@ double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-// Greedy decoding from BOS over [0, layer_end): the seconds of `steps` single-token steps.
 // The machine's memory read bandwidth with the decoder's threads, GB/s: the best of 8 passes of
 // libtorch's vectorised sum over 1 GiB (the bound of a batch-1 step, which reads every weight once:
 // no engine decodes faster than bytes of weights per token / this).
@@ -55,6 +54,7 @@ double read_bandwidth_gbps() {
   return static_cast<double>(buffer.numel() * buffer.element_size()) / best / 1e9;
 }
 
+// Greedy decoding from BOS over [0, layer_end): the seconds of `steps` single-token steps.
 double runner_seconds(const std::shared_ptr<const ce::Model>& model, int64_t layer_end, bool read_exits, int steps) {
   ce::EarlyExitRunner runner(model, layer_end);
   ce::ExitRule rule;
