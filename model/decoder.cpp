@@ -4,11 +4,13 @@
 
 #include <sys/mman.h>
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <optional>
 #include <set>
+#include <vector>
 
 #include "model/kernels.hpp"
 #include "model/safetensors.hpp"
@@ -361,21 +363,29 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
   const float eps = static_cast<float>(c.norm_eps);
   const float* cos = packed_->cos.data();
   const float* sin = packed_->sin.data();
-  // One parallel region for the whole range: each thread computes its rows of every product and
-  // the threads meet at a barrier where the next kernel needs all of them, instead of a fork and
-  // join per kernel (~60 per token). Small models stay on one thread: their products are too short.
+  // Each segment's attention (its queries over its own cache: ragged, no padding), pointed at its
+  // cache's layer by the first member before the phase.
+  constexpr size_t kInline = 4;
+  std::array<kernels::Attention, kInline> inline_attentions{};
+  std::vector<kernels::Attention> more_attentions(n_segments > kInline ? n_segments : 0);
+  kernels::Attention* attentions = n_segments > kInline ? more_attentions.data() : inline_attentions.data();
+  for (size_t i = 0, scores_at = 0; i < n_segments; ++i) {
+    const auto& s = segments[i];
+    attentions[i] = {q + s.row * q_dim, s.rows, s.start, nullptr, nullptr, scores + scores_at, att + s.row * q_dim};
+    scores_at += static_cast<size_t>(s.rows * c.n_heads * (s.start + s.rows));
+  }
+  // One parallel region for the whole range: the threads share out the rows of every product (and
+  // the attention's heads) as tickets and meet at a barrier where the next kernel needs all of
+  // them, instead of a fork and join per kernel (~60 per token). Small models stay on one thread:
+  // their products are too short.
   const kernels::TeamClaim claim(t * dim * dim >= (int64_t{1} << 16));
   claim.run([&](const kernels::Member& member) {
-    const kernels::Share me = member.share;
-    const bool first = me.index == 0;  // work for one member, the others wait at the next sync
-    const auto [ffn_begin, ffn_end] = kernels::rows_of(me, ffn);
+    const bool first = member.share.index == 0;  // work for one member, the others wait at the next sync
     for (int64_t l = layer_begin; l < layer_end; ++l) {
       const auto& w = packed_->layers[static_cast<size_t>(l)];
       if (first) kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
       member.sync();
-      kernels::linear(xb, t, w.wq.view, q, false, me);
-      kernels::linear(xb, t, w.wk.view, k, false, me);
-      kernels::linear(xb, t, w.wv.view, v, false, me);
+      kernels::linear(member, {{xb, t, &w.wq.view, q}, {xb, t, &w.wk.view, k}, {xb, t, &w.wv.view, v}});
       member.sync();
       if (first) {
         if (w.bq) {
@@ -388,36 +398,23 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
           kernels::rope(q + s.row * q_dim, s.rows, c.n_heads, hd, s.start, cos, sin);
           kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
           s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
+          attentions[i].keys = s.kv->keys(l);
+          attentions[i].values = s.kv->values(l);
         }
       }
       member.sync();
-      // Attention: each session's queries over its own cache only (ragged, no padding).
-      float* seg_scores = scores;
-      for (size_t i = 0; i < n_segments; ++i) {
-        const auto& s = segments[i];
-        kernels::attention(q + s.row * q_dim, s.rows, c.n_heads, c.n_kv_heads, hd, s.start, s.kv->keys(l),
-                           s.kv->values(l), seg_scores, att + s.row * q_dim, me);
-        seg_scores += s.rows * c.n_heads * (s.start + s.rows);
-      }
+      kernels::attention(member, c.n_heads, c.n_kv_heads, hd, attentions, n_segments);
       member.sync();
-      kernels::linear(att, t, w.wo.view, x, /*accumulate=*/true, me);
+      kernels::linear(member, {{att, t, &w.wo.view, x, /*accumulate=*/true}});
       member.sync();
       if (first) {
         if (w.bo) kernels::add_bias(x, t, dim, w.bo);
         kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
       }
       member.sync();
-      kernels::linear(xb, t, w.gate.view, gate, false, me);
-      kernels::linear(xb, t, w.up.view, up, false, me);
-      for (int64_t r = 0; r < t; ++r) {  // this member's gate and up rows are complete: no sync
-        if (w.b_gate) {
-          kernels::add_bias(gate + r * ffn + ffn_begin, 1, ffn_end - ffn_begin, w.b_gate + ffn_begin);
-          kernels::add_bias(up + r * ffn + ffn_begin, 1, ffn_end - ffn_begin, w.b_up + ffn_begin);
-        }
-        kernels::silu_mul(gate + r * ffn + ffn_begin, up + r * ffn + ffn_begin, ffn_end - ffn_begin);
-      }
+      kernels::swiglu(member, xb, t, w.gate.view, w.up.view, gate, up, w.b_gate, w.b_up);
       member.sync();
-      kernels::linear(gate, t, w.down.view, x, /*accumulate=*/true, me);
+      kernels::linear(member, {{gate, t, &w.down.view, x, /*accumulate=*/true}});
       member.sync();
       if (w.b_down) {
         if (first) kernels::add_bias(x, t, dim, w.b_down);

@@ -1,6 +1,7 @@
 #include "model/kernels.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -74,23 +76,76 @@ const char* to_string(WeightType type) {
     case Isa::portable: return portable::call; \
   }
 
-std::pair<int64_t, int64_t> rows_of(Share share, int64_t total) {
-  const int64_t groups = (total + kQ8GroupRows - 1) / kQ8GroupRows;
-  return {std::min(total, groups * share.index / share.count * kQ8GroupRows),
-          std::min(total, groups * (share.index + 1) / share.count * kQ8GroupRows)};
-}
-
-void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, Share share) {
-  const auto [begin, end] = rows_of(share, w.rows);
+void linear_rows(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end) {
   if (n <= 0 || begin >= end) return;
   if (w.type == WeightType::q8_grouped && kVnni) return avx512_vnni::linear_q8_grouped(x, n, w, y, accumulate, begin, end);
   CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate, begin, end));
 }
 
+namespace {
+
+// How work is cut into tickets: a member's own share in kChunksPerMember chunks or more, so that a
+// stolen or preempted chunk is a small part of it; but no chunk under kMinChunkWork multiply-adds
+// (a ticket and a kernel call cost ~50 ns; int8 products quantize their input rows once a call),
+// so that the shipped model's small products keep about the static split.
+constexpr int64_t kChunksPerMember = 8;
+constexpr int64_t kMinChunkWork = int64_t{1} << 15;
+
+// Output rows of each chunk of a (rows, cols) product of n input rows: whole kQ8GroupRows groups.
+int64_t chunk_rows(int64_t n, int64_t rows, int64_t cols, int members) {
+  const int64_t groups = (rows + kQ8GroupRows - 1) / kQ8GroupRows;
+  if (members <= 1) return groups * kQ8GroupRows;
+  const int64_t by_count = (groups + members * kChunksPerMember - 1) / (members * kChunksPerMember);
+  const int64_t group_work = std::max<int64_t>(1, n * cols * kQ8GroupRows);
+  const int64_t by_work = (kMinChunkWork + group_work - 1) / group_work;
+  return std::clamp<int64_t>(std::max(by_count, by_work), 1, std::max<int64_t>(groups, 1)) * kQ8GroupRows;
+}
+
+int64_t chunks_of(int64_t rows, int64_t chunk) { return (rows + chunk - 1) / chunk; }
+
+}  // namespace
+
+void linear(const Member& m, std::initializer_list<Product> products) {
+  constexpr size_t kMax = 8;
+  if (products.size() > kMax) throw std::invalid_argument("kernels::linear: more than 8 products in one phase");
+  std::array<int64_t, kMax> chunk{}, first{};  // each product's chunk rows, and its first ticket
+  int64_t total = 0;
+  size_t i = 0;
+  for (const auto& p : products) {
+    chunk[i] = chunk_rows(p.n, p.w->rows, p.w->cols, m.share.count);
+    first[i] = total;
+    total += p.n > 0 ? chunks_of(p.w->rows, chunk[i]) : 0;
+    ++i;
+  }
+  m.for_each_ticket(total, [&](int64_t ticket) {
+    size_t j = products.size() - 1;
+    while (first[j] > ticket) --j;
+    const auto& p = products.begin()[j];
+    const int64_t begin = (ticket - first[j]) * chunk[j];
+    linear_rows(p.x, p.n, *p.w, p.y, p.accumulate, begin, std::min(p.w->rows, begin + chunk[j]));
+  });
+}
+
 void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate) {
   // Work below ~64 K multiply-adds is not worth waking a second thread for.
   const TeamClaim claim(n * w.rows * w.cols >= (int64_t{1} << 16) && w.rows >= 16);
-  claim.run([&](const Member& m) { linear(x, n, w, y, accumulate, m.share); });
+  claim.run([&](const Member& m) { linear(m, {{x, n, &w, y, accumulate}}); });
+}
+
+void swiglu(const Member& m, const float* x, int64_t n, const Matrix& gate_w, const Matrix& up_w, float* gate,
+            float* up, const float* gate_bias, const float* up_bias) {
+  const int64_t ffn = gate_w.rows;
+  const int64_t chunk = chunk_rows(n, ffn, 2 * gate_w.cols, m.share.count);  // a row: two products' work
+  m.for_each_ticket(n > 0 ? chunks_of(ffn, chunk) : 0, [&](int64_t ticket) {
+    const int64_t begin = ticket * chunk, end = std::min(ffn, begin + chunk);
+    linear_rows(x, n, gate_w, gate, false, begin, end);
+    linear_rows(x, n, up_w, up, false, begin, end);
+    for (int64_t r = 0; r < n; ++r) {  // these columns of every row are complete: SiLU·up at once
+      if (gate_bias) add_bias(gate + r * ffn + begin, 1, end - begin, gate_bias + begin);
+      if (up_bias) add_bias(up + r * ffn + begin, 1, end - begin, up_bias + begin);
+      silu_mul(gate + r * ffn + begin, up + r * ffn + begin, end - begin);
+    }
+  });
 }
 
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
@@ -102,10 +157,37 @@ void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, c
 }
 
 void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
-               const float* keys, const float* values, float* scratch, float* out, Share share) {
-  const int64_t pairs = n * heads;
-  const int64_t begin = pairs * share.index / share.count, end = pairs * (share.index + 1) / share.count;
-  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, scratch, out, begin, end));
+               const float* keys, const float* values, float* scratch, float* out) {
+  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, scratch, out, 0, n * heads));
+}
+
+void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_dim, const Attention* jobs,
+               size_t count) {
+  int64_t pairs = 0, span = 1;
+  for (size_t i = 0; i < count; ++i) {
+    pairs += jobs[i].n * heads;
+    span = std::max(span, jobs[i].start + jobs[i].n);
+  }
+  const int64_t members = m.share.count;
+  const int64_t by_count = (pairs + members * kChunksPerMember - 1) / (members * kChunksPerMember);
+  const int64_t by_work = kMinChunkWork / 4 / (span * head_dim) + 1;  // a pair: ~2 x span x head_dim multiply-adds
+  const int64_t chunk = members <= 1 ? std::max<int64_t>(pairs, 1) : std::max(by_count, by_work);
+  int64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += chunks_of(jobs[i].n * heads, chunk);
+  m.for_each_ticket(total, [&](int64_t ticket) {
+    size_t i = 0;
+    for (int64_t tickets; ticket >= (tickets = chunks_of(jobs[i].n * heads, chunk)); ++i) ticket -= tickets;
+    const auto& a = jobs[i];
+    const int64_t begin = ticket * chunk, end = std::min(a.n * heads, begin + chunk);
+    auto run = [&](auto kernel) {
+      kernel(a.q, a.n, heads, kv_heads, head_dim, a.start, a.keys, a.values, a.scratch, a.out, begin, end);
+    };
+    switch (kIsa) {
+      case Isa::avx512: return run(avx512::attention);
+      case Isa::avx2: return run(avx2::attention);
+      case Isa::portable: return run(portable::attention);
+    }
+  });
 }
 
 void silu_mul(float* gate, const float* up, int64_t n) { CE_KERNELS_DISPATCH(silu_mul(gate, up, n)); }
@@ -209,19 +291,23 @@ class Workers {
 
   void run(int size, void* body, void (*call)(void*, const Member&)) {
     resize(size - 1);
+    if (counters_.size() < static_cast<size_t>(size)) counters_ = std::vector<TicketCounter>(static_cast<size_t>(size));
+    for (int i = 0; i < size; ++i) counters_[static_cast<size_t>(i)].taken.store(0);
     body_ = body;
     call_ = call;
     size_ = size;
     finished_.store(0);
     generation_.fetch_add(1);
     wake(job_);
-    call(body, Member{Share{0, size}});
+    call(body, Member{Share{0, size}, counters_.data()});
     wait_for(done_, kSpins, [&] { return finished_.load() == size - 1; });
   }
 
   void sync(int size) {
     const uint32_t phase = phase_.load();
     if (arrived_.fetch_add(1) + 1 == size) {
+      // Everyone has left the phase's ticket loop: the next phase's tickets start from 0.
+      for (int i = 0; i < size; ++i) counters_[static_cast<size_t>(i)].taken.store(0, std::memory_order_relaxed);
       arrived_.store(0);
       phase_.store(phase + 1);
       wake(done_);
@@ -278,7 +364,7 @@ class Workers {
       if (stop_.load()) return;
       seen = generation_.load();
       try {
-        call_(body_, Member{Share{index, size_}});
+        call_(body_, Member{Share{index, size_}, counters_.data()});
       } catch (...) {
         std::terminate();  // as an exception escaping an OpenMP region: the team cannot finish
       }
@@ -287,6 +373,7 @@ class Workers {
   }
 
   std::vector<std::thread> threads_;
+  std::vector<TicketCounter> counters_;  // the running team's, one a member
   std::mutex mutex_;
   std::condition_variable job_, done_;
   std::atomic<int> sleepers_{0};

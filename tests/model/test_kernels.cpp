@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <random>
 #include <thread>
@@ -247,10 +248,11 @@ BOOST_AUTO_TEST_CASE(int8_grouped_kernels_match_a_double_loop_and_each_other) {
         }
       for (size_t i = 1; i < results.size(); ++i)
         BOOST_TEST(results[i] == results[0], kernels_to_test[i].name << " != loops, " << rows << "x" << cols << " n " << n);
-      // Through the dispatcher, in thread shares: the whole product.
-      std::vector<float> shared(want.size(), -1.0f);
-      for (int i = 0; i < 3; ++i) kernels::linear(x.data(), n, view, shared.data(), false, kernels::Share{i, 3});
-      BOOST_TEST(shared == results[0]);
+      // Through the dispatcher, in chunks of one group of rows: the whole product.
+      std::vector<float> chunked(want.size(), -1.0f);
+      for (int64_t begin = 0; begin < rows; begin += kernels::kQ8GroupRows)
+        kernels::linear_rows(x.data(), n, view, chunked.data(), false, begin, std::min(rows, begin + kernels::kQ8GroupRows));
+      BOOST_TEST(chunked == results[0]);
     }
   }
 }
@@ -275,24 +277,97 @@ BOOST_AUTO_TEST_CASE(silu_mul_matches_the_formula_over_the_float_range) {
   }
 }
 
-// Thread shares cover every output row once: computing share by share gives the one-call result
-// bit for bit (the same arithmetic per row, only split).
-BOOST_AUTO_TEST_CASE(shares_add_up_to_the_whole_product) {
-  const auto m = make_matrix(WeightType::f16, 203, 64, 5);
-  const auto x = random_rows(3, 64, 6);
-  std::vector<float> whole(3 * 203), split(3 * 203, -1.0f);
-  kernels::linear(x.data(), 3, m.view, whole.data(), false, kernels::Share{});
-  for (int count : {2, 3, 7}) {
-    int64_t covered = 0;
-    for (int i = 0; i < count; ++i) {
-      const auto [begin, end] = kernels::rows_of({i, count}, 203);
-      BOOST_TEST(begin == covered);
-      covered = end;
-      kernels::linear(x.data(), 3, m.view, split.data(), false, kernels::Share{i, count});
-    }
-    BOOST_TEST(covered == 203);
-    BOOST_TEST(split == whole);
+// A team's phase computed as tickets equals the one-call result bit for bit (the same arithmetic
+// per row, only split): several products in one phase, SwiGLU, and several sequences' attention,
+// by teams of 1, 2 and 3, with one member late so that the others take its tickets.
+BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
+  const auto a = make_matrix(WeightType::f16, 203, 64, 5), b = make_matrix(WeightType::f32, 48, 64, 7);
+  const auto gate_w = make_matrix(WeightType::f32, 176, 64, 8), up_w = make_matrix(WeightType::f16, 176, 64, 9);
+  const int64_t n = 5, heads = 4, kv_heads = 2, hd = 16;
+  const auto x = random_rows(n, 64, 6);
+  std::vector<float> ya(n * 203), yb(n * 203), want_gate(n * 176), want_up(n * 176);
+  kernels::linear_rows(x.data(), n, a.view, ya.data(), false, 0, 203);
+  kernels::linear_rows(x.data(), n, b.view, yb.data(), false, 0, 48);
+  kernels::linear_rows(x.data(), n, gate_w.view, want_gate.data(), false, 0, 176);
+  kernels::linear_rows(x.data(), n, up_w.view, want_up.data(), false, 0, 176);
+  for (int64_t r = 0; r < n; ++r) kernels::silu_mul(want_gate.data() + r * 176, want_up.data() + r * 176, 176);
+  // Three sequences of 1, 3 and 2 queries at positions 7, 0 and 30 over caches of their own.
+  struct Sequence {
+    int64_t n, start;
+    std::vector<float> q, keys, values, scratch, want, out;
+  };
+  std::vector<Sequence> seqs;
+  for (auto [rows, start] : {std::pair<int64_t, int64_t>{1, 7}, {3, 0}, {2, 30}}) {
+    Sequence s{rows, start, random_rows(rows, heads * hd, 11 + start), random_rows(start + rows, kv_heads * hd, 12 + start),
+               random_rows(start + rows, kv_heads * hd, 13 + start), std::vector<float>(rows * heads * (start + rows)),
+               std::vector<float>(rows * heads * hd), {}};
+    kernels::attention(s.q.data(), rows, heads, kv_heads, hd, start, s.keys.data(), s.values.data(), s.scratch.data(),
+                       s.want.data());
+    seqs.push_back(std::move(s));
   }
+  for (int threads : {1, 2, 3}) {
+    kernels::set_threads(threads);
+    for (int late = 0; late < threads; ++late) {
+      std::vector<float> got_a(ya.size(), -1), got_b(ya.size(), -1), gate(want_gate.size(), -1), up(want_up.size(), -1);
+      std::vector<kernels::Attention> jobs;
+      for (auto& s : seqs) {
+        s.out.assign(s.want.size(), -1);
+        jobs.push_back({s.q.data(), s.n, s.start, s.keys.data(), s.values.data(), s.scratch.data(), s.out.data()});
+      }
+      const kernels::TeamClaim claim(true);
+      BOOST_TEST_REQUIRE(claim.size() == threads);
+      claim.run([&](const kernels::Member& m) {
+        if (m.share.index == late) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+        kernels::linear(m, {{x.data(), n, &a.view, got_a.data()}, {x.data(), n, &b.view, got_b.data()}});
+        m.sync();
+        if (m.share.index == late) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+        kernels::swiglu(m, x.data(), n, gate_w.view, up_w.view, gate.data(), up.data());
+        m.sync();
+        kernels::attention(m, heads, kv_heads, hd, jobs.data(), jobs.size());
+      });
+      BOOST_TEST(std::equal(ya.begin(), ya.end(), got_a.begin()), threads << " threads, member " << late << " late");
+      BOOST_TEST(std::equal(yb.begin(), yb.begin() + n * 48, got_b.begin()));
+      BOOST_TEST(gate == want_gate, threads << " threads, member " << late << " late");
+      for (const auto& s : seqs) BOOST_TEST(s.out == s.want, threads << " threads, sequence at " << s.start);
+    }
+  }
+  kernels::set_threads(1);
+}
+
+// Tickets: each runs once in each phase, and the others take what a late member has not started
+// (the late one here sleeps on the first ticket it takes; it may find its share taken before it
+// starts at all).
+BOOST_AUTO_TEST_CASE(tickets_run_once_and_a_late_members_go_to_the_others) {
+  constexpr int kSize = 3;
+  constexpr int64_t kTickets = 90;
+  kernels::set_threads(kSize);
+  for (int round = 0; round < 20; ++round) {
+    std::array<std::atomic<int>, kTickets> runs{};
+    std::array<std::atomic<int>, kSize> ran_by{};
+    std::atomic<bool> late_slept{false};
+    std::atomic<int> first_of_late{-1};
+    const kernels::TeamClaim claim(true);
+    BOOST_TEST_REQUIRE(claim.size() == kSize);
+    claim.run([&](const kernels::Member& m) {
+      for (int phase = 0; phase < 2; ++phase) {  // the counters start again after a sync
+        m.for_each_ticket(kTickets, [&](int64_t t) {
+          runs[static_cast<size_t>(t)].fetch_add(1);
+          if (phase == 1) ran_by[static_cast<size_t>(m.share.index)].fetch_add(1);
+          if (phase == 1 && m.share.index == 1 && !late_slept.exchange(true)) {
+            first_of_late.store(static_cast<int>(t));
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          }
+        });
+        m.sync();
+      }
+    });
+    for (int64_t t = 0; t < kTickets; ++t) BOOST_TEST(runs[static_cast<size_t>(t)].load() == 2, "ticket " << t);
+    const int late_first = first_of_late.load();  // from its own share, if any
+    BOOST_TEST((late_first == -1 || (late_first >= kTickets / kSize && late_first < 2 * kTickets / kSize)), late_first);
+    BOOST_TEST(ran_by[1].load() <= 1, "round " << round << ": the late member ran " << ran_by[1].load());
+    BOOST_TEST(ran_by[0].load() + ran_by[1].load() + ran_by[2].load() == kTickets);
+  }
+  kernels::set_threads(1);
 }
 
 // A team only for a section alone: one that starts while another runs (on a team or alone) gets
@@ -570,8 +645,10 @@ BOOST_AUTO_TEST_CASE(converted_decoders_hold_one_copy_of_each_matrix) {
   BOOST_TEST(same.forward_no_cache(same.embed(token_tensor({3, 4})).unsqueeze(0), 0, 1).size(1) == 2);
 }
 
-// A model wide enough for the decoder to split its products over threads gives, on two threads,
-// the states of one thread bit for bit (each row's arithmetic is the same, only who does it differs).
+// A model wide enough for the decoder to split its products over threads gives, on two and three
+// threads, the states of one thread bit for bit (each row's arithmetic is the same, only who does
+// it differs): one session's prefill and step, and a batched step of three sessions of ragged
+// lengths (their attentions shared out as tickets).
 BOOST_AUTO_TEST_CASE(two_threads_give_the_states_of_one) {
   auto c = tiny_config(2);
   c.dim = 256;
@@ -588,11 +665,22 @@ BOOST_AUTO_TEST_CASE(two_threads_give_the_states_of_one) {
     KvCache kv(c, 0, c.n_layers);
     auto prefill = d.forward(x.narrow(0, 0, 5), 0, 0, c.n_layers, kv);
     auto step = d.forward(x.narrow(0, 5, 1), 5, 0, c.n_layers, kv);
-    return at::cat({prefill, step});
+    std::vector<std::unique_ptr<KvCache>> caches;
+    std::vector<Decoder::DecodeStep> steps;
+    for (int64_t i = 0; i < 3; ++i) {
+      caches.push_back(std::make_unique<KvCache>(c, 0, c.n_layers));
+      d.forward(x.narrow(0, 0, 2 * i + 1), 0, 0, c.n_layers, *caches.back());  // 1, 3, 5 positions before
+      steps.push_back({x.narrow(0, 2 * i + 1, 1 + i % 2), 2 * i + 1, caches.back().get()});
+    }
+    std::vector<float> scratch;
+    auto batched = d.forward(steps, 0, c.n_layers, scratch);
+    batched.insert(batched.begin(), {prefill, step});
+    return at::cat(batched);
   };
-  const auto one = run(1), two = run(2);
+  const auto one = run(1), two = run(2), three = run(3);
   kernels::set_threads(1);
   BOOST_TEST(at::equal(one, two));
+  BOOST_TEST(at::equal(one, three));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
