@@ -103,7 +103,12 @@ int64_t chunk_rows(int64_t n, int64_t rows, int64_t cols, int members) {
 
 int64_t chunks_of(int64_t rows, int64_t chunk) { return (rows + chunk - 1) / chunk; }
 
+thread_local uint64_t t_input_epoch = 0, t_last_epoch = 0;
+
 }  // namespace
+
+uint64_t& input_epoch() { return t_input_epoch; }
+InputEpoch::InputEpoch() { t_input_epoch = ++t_last_epoch; }
 
 void linear(const Member& m, std::initializer_list<Product> products) {
   constexpr size_t kMax = 8;
@@ -117,6 +122,7 @@ void linear(const Member& m, std::initializer_list<Product> products) {
     total += p.n > 0 ? chunks_of(p.w->rows, chunk[i]) : 0;
     ++i;
   }
+  const InputEpoch epoch;  // the products' inputs stay as they are until the phase ends
   m.for_each_ticket(total, [&](int64_t ticket) {
     size_t j = products.size() - 1;
     while (first[j] > ticket) --j;
@@ -136,6 +142,7 @@ void swiglu(const Member& m, const float* x, int64_t n, const Matrix& gate_w, co
             float* up, const float* gate_bias, const float* up_bias) {
   const int64_t ffn = gate_w.rows;
   const int64_t chunk = chunk_rows(n, ffn, 2 * gate_w.cols, m.share.count);  // a row: two products' work
+  const InputEpoch epoch;
   m.for_each_ticket(n > 0 ? chunks_of(ffn, chunk) : 0, [&](int64_t ticket) {
     const int64_t begin = ticket * chunk, end = std::min(ffn, begin + chunk);
     linear_rows(x, n, gate_w, gate, false, begin, end);
@@ -170,7 +177,8 @@ void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_di
   }
   const int64_t members = m.share.count;
   const int64_t by_count = (pairs + members * kChunksPerMember - 1) / (members * kChunksPerMember);
-  const int64_t by_work = kMinChunkWork / 4 / (span * head_dim) + 1;  // a pair: ~2 x span x head_dim multiply-adds
+  const int64_t pair_work = 2 * span * head_dim;  // multiply-adds of the longest pair: scores and values
+  const int64_t by_work = (kMinChunkWork + pair_work - 1) / pair_work;
   const int64_t chunk = members <= 1 ? std::max<int64_t>(pairs, 1) : std::max(by_count, by_work);
   int64_t total = 0;
   for (size_t i = 0; i < count; ++i) total += chunks_of(jobs[i].n * heads, chunk);
@@ -179,14 +187,8 @@ void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_di
     for (int64_t tickets; ticket >= (tickets = chunks_of(jobs[i].n * heads, chunk)); ++i) ticket -= tickets;
     const auto& a = jobs[i];
     const int64_t begin = ticket * chunk, end = std::min(a.n * heads, begin + chunk);
-    auto run = [&](auto kernel) {
-      kernel(a.q, a.n, heads, kv_heads, head_dim, a.start, a.keys, a.values, a.scratch, a.out, begin, end);
-    };
-    switch (kIsa) {
-      case Isa::avx512: return run(avx512::attention);
-      case Isa::avx2: return run(avx2::attention);
-      case Isa::portable: return run(portable::attention);
-    }
+    CE_KERNELS_DISPATCH(attention(a.q, a.n, heads, kv_heads, head_dim, a.start, a.keys, a.values, a.scratch, a.out,
+                                  begin, end));
   });
 }
 

@@ -117,9 +117,10 @@ struct Member {
   // Runs body(ticket) for tickets [0, total) of a phase (the work between two syncs), each ticket
   // once on whichever member gets to it: a member takes its own share first (a static split, as
   // OpenMP's), then whatever the others have not started yet. Without the second part a member the
-  // OS preempts holds up the whole team at the next barrier for the rest of its share: on 2 cores
-  // shared with the node's network and actor threads, the 32-session cloud step of a 179 M model
-  // took 1.48x the time it takes alone; with it, the team loses at most the ticket in hand.
+  // OS (or the hypervisor) preempts holds up the whole team at the next barrier for the rest of
+  // its share; with it, the team loses at most the ticket in hand. Measured on 2 vCPUs shared with
+  // a cloud node's network and actor threads and the load generator, a 32-session step of the
+  // 179 M shape took 1.34x its time alone with the static split, 1.09x with tickets.
   // Every member must call it with the same `total`, at most once a phase.
   template <class Body>
   void for_each_ticket(int64_t total, Body&& body) const {

@@ -1,6 +1,8 @@
 #pragma once
 // The kernels of kernels.hpp, once per instruction set (kernels_simd.inc compiled three times);
 // kernels.cpp picks one set per process. Internal to ce_model.
+#include <cstdint>
+
 #include "model/kernels.hpp"
 
 #define CE_KERNELS_DECLARE(isa)                                                                            \
@@ -22,6 +24,33 @@ CE_KERNELS_DECLARE(portable)
 #undef CE_KERNELS_DECLARE
 
 namespace ce::kernels {
+// The calling thread's input epoch: nonzero while a team phase (linear(Member, ...), swiglu()) runs
+// its chunks, whose input rows do not change meanwhile, so that an int8 kernel called for several
+// chunks of the same input rows quantizes them once per phase, not once per chunk (which, with
+// tickets, made a 64-row catch-up of the shipped model 2.6x slower on two threads). 0: no such
+// promise, the kernel quantizes at every call.
+uint64_t& input_epoch();
+// Starts a new input epoch on this thread for its lifetime.
+class InputEpoch {
+ public:
+  InputEpoch();
+  ~InputEpoch() { input_epoch() = 0; }
+  InputEpoch(const InputEpoch&) = delete;
+  InputEpoch& operator=(const InputEpoch&) = delete;
+};
+// Whether the rows a q8 kernel quantized last on this thread (x, n, cols, in epoch) are this call's.
+struct PreparedInput {
+  const float* x = nullptr;
+  int64_t n = 0, cols = 0;
+  uint64_t epoch = 0;
+  bool holds(const float* x_, int64_t n_, int64_t cols_) {
+    const uint64_t now = input_epoch();
+    if (now != 0 && now == epoch && x_ == x && n_ == n && cols_ == cols) return true;
+    x = x_, n = n_, cols = cols_, epoch = now;
+    return false;
+  }
+};
+
 // linear() of q8_grouped weights: with AVX-512 VNNI (kernels_vnni.cpp, only where the CPU has it),
 // and in plain loops (kernels.cpp) for every other build.
 namespace avx512_vnni {

@@ -93,25 +93,28 @@ void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, boo
   thread_local std::vector<int8_t> rows_q, q;
   thread_local std::vector<float> rows_scales, scales;
   thread_local std::vector<int32_t> sums;
+  thread_local PreparedInput prepared;
   const int64_t cols = w.cols, blocks = q8_blocks(cols);
   const auto grow = [](auto& v, int64_t size) {
     if (v.size() < static_cast<size_t>(size)) v.resize(static_cast<size_t>(size));
   };
-  grow(rows_q, n * cols);
-  grow(q, n * cols);
-  grow(rows_scales, n * blocks);
-  grow(scales, n * blocks);
-  grow(sums, n * blocks);
-  quantize_q8(x, n, cols, rows_q.data(), rows_scales.data());
-  for (int64_t r = 0; r < n; ++r)  // (n, blocks, 32) -> (blocks, n, 32), with each block's sum
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int8_t* from = rows_q.data() + (r * blocks + b) * kQ8Block;
-      std::memcpy(q.data() + (b * n + r) * kQ8Block, from, kQ8Block);
-      int32_t s = 0;
-      for (int64_t k = 0; k < kQ8Block; ++k) s += from[k];
-      sums[static_cast<size_t>(b * n + r)] = s;
-      scales[static_cast<size_t>(b * n + r)] = rows_scales[static_cast<size_t>(r * blocks + b)];
-    }
+  if (!prepared.holds(x, n, cols)) {  // else this phase's earlier chunk left them here
+    grow(rows_q, n * cols);
+    grow(q, n * cols);
+    grow(rows_scales, n * blocks);
+    grow(scales, n * blocks);
+    grow(sums, n * blocks);
+    quantize_q8(x, n, cols, rows_q.data(), rows_scales.data());
+    for (int64_t r = 0; r < n; ++r)  // (n, blocks, 32) -> (blocks, n, 32), with each block's sum
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int8_t* from = rows_q.data() + (r * blocks + b) * kQ8Block;
+        std::memcpy(q.data() + (b * n + r) * kQ8Block, from, kQ8Block);
+        int32_t s = 0;
+        for (int64_t k = 0; k < kQ8Block; ++k) s += from[k];
+        sums[static_cast<size_t>(b * n + r)] = s;
+        scales[static_cast<size_t>(b * n + r)] = rows_scales[static_cast<size_t>(r * blocks + b)];
+      }
+  }
   const Inputs in{q.data(), scales.data(), sums.data(), n, blocks};
   const auto* data = static_cast<const uint8_t*>(w.data);
   // Group by group, every input row through a group before the next, so that with many input rows

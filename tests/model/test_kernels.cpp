@@ -334,6 +334,45 @@ BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
   kernels::set_threads(1);
 }
 
+// int8 products quantize a phase's input rows once per thread (kernels_isa.hpp's input epoch), not
+// once per chunk: still the one-call result when products of a phase read different rows of the
+// same shape (in the grouped and the plain int8 layout), and when the next phase reads new values
+// from the same buffer.
+BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
+  const int64_t rows = 256, cols = 96, n = 7;
+  const auto a = make_matrix(WeightType::q8, rows, cols, 21), b = make_matrix(WeightType::q8, rows, cols, 22);
+  std::vector<std::vector<uint8_t>> data(2, std::vector<uint8_t>(static_cast<size_t>(rows * cols)));
+  std::vector<std::vector<float>> scales(2, std::vector<float>(a.scales.size()));
+  kernels::interleave_q8(a.q.data(), a.scales.data(), rows, cols, data[0].data(), scales[0].data());
+  kernels::interleave_q8(b.q.data(), b.scales.data(), rows, cols, data[1].data(), scales[1].data());
+  const Matrix grouped_a{WeightType::q8_grouped, data[0].data(), scales[0].data(), rows, cols};
+  const Matrix grouped_b{WeightType::q8_grouped, data[1].data(), scales[1].data(), rows, cols};
+  auto x1 = random_rows(n, cols, 23);
+  const auto x2 = random_rows(n, cols, 24);
+  for (int threads : {1, 2}) {
+    kernels::set_threads(threads);
+    for (int phase = 0; phase < 2; ++phase) {
+      if (phase == 1)
+        for (auto& v : x1) v = -0.5f * v + 0.25f;  // new values in the same buffer
+      // x1 through grouped a, x2 through grouped b, x2 through plain a, x1 through plain b
+      const std::vector<std::pair<const float*, const Matrix*>> products = {
+          {x1.data(), &grouped_a}, {x2.data(), &grouped_b}, {x2.data(), &a.view}, {x1.data(), &b.view}};
+      std::vector<std::vector<float>> want(4, std::vector<float>(n * rows)), got(4, std::vector<float>(n * rows, -1));
+      for (size_t i = 0; i < 4; ++i)
+        kernels::linear_rows(products[i].first, n, *products[i].second, want[i].data(), false, 0, rows);
+      const kernels::TeamClaim claim(true);
+      claim.run([&](const kernels::Member& m) {
+        kernels::linear(m, {{products[0].first, n, products[0].second, got[0].data()},
+                            {products[1].first, n, products[1].second, got[1].data()},
+                            {products[2].first, n, products[2].second, got[2].data()},
+                            {products[3].first, n, products[3].second, got[3].data()}});
+      });
+      for (size_t i = 0; i < 4; ++i) BOOST_TEST(got[i] == want[i], threads << " threads, phase " << phase << ", product " << i);
+    }
+  }
+  kernels::set_threads(1);
+}
+
 // Tickets: each runs once in each phase, and the others take what a late member has not started
 // (the late one here sleeps on the first ticket it takes; it may find its share taken before it
 // starts at all).
