@@ -125,7 +125,9 @@ if os.path.exists(memory_csv) and prov.get("fp32_bytes_per_token"):
             mine = median(values(model, "cecollm", "fp32", t, "full"))
             md.append(f"| {model} | {mb / 1e6:.1f} | {t} | {ceiling:.1f} | {runc:.1f} ({100 * runc / ceiling:.0f}%) | "
                       f"{mine:.1f} ({100 * mine / ceiling:.0f}%) | {1.2 * runc:.1f} ({120 * runc / ceiling:.0f}%) |")
-    md += ["", "A model whose weights fit in the last-level cache (32 MiB here) is not bound by this.", ""]
+    llc = prov.get("last_level_cache")
+    md += ["", "A model whose weights fit in the last-level cache" + (f" ({llc}B here)" if llc else "")
+           + " is not bound by this.", ""]
 md += ["## Catch-up: the cloud filling a gap of uploaded positions in one infer", "",
        "Per caught-up position against one decode step at the same context and thread count (best of 3; the "
        "step best of 5). A cloud node computes with all cores (ce.threads = 0): on this 2-core machine, the "
