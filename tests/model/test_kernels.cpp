@@ -376,7 +376,7 @@ BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
 // Tickets: each runs once in each phase, and the others take what a late member has not started
 // (the late one here sleeps on the first ticket it takes; it may find its share taken before it
 // starts at all).
-BOOST_AUTO_TEST_CASE(tickets_run_once_and_a_late_members_go_to_the_others) {
+BOOST_AUTO_TEST_CASE(tickets_run_once_and_a_late_members_tickets_go_to_the_others) {
   constexpr int kSize = 3;
   constexpr int64_t kTickets = 90;
   kernels::set_threads(kSize);
