@@ -91,17 +91,22 @@ namespace {
 constexpr int64_t kChunksPerMember = 8;
 constexpr int64_t kMinChunkWork = int64_t{1} << 15;
 
-// Output rows of each chunk of a (rows, cols) product of n input rows: whole kQ8GroupRows groups.
-int64_t chunk_rows(int64_t n, int64_t rows, int64_t cols, int members) {
-  const int64_t groups = (rows + kQ8GroupRows - 1) / kQ8GroupRows;
-  if (members <= 1) return groups * kQ8GroupRows;
-  const int64_t by_count = (groups + members * kChunksPerMember - 1) / (members * kChunksPerMember);
-  const int64_t group_work = std::max<int64_t>(1, n * cols * kQ8GroupRows);
-  const int64_t by_work = (kMinChunkWork + group_work - 1) / group_work;
-  return std::clamp<int64_t>(std::max(by_count, by_work), 1, std::max<int64_t>(groups, 1)) * kQ8GroupRows;
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Units of work (a product's kQ8GroupRows-row groups, attention's (query, head) pairs) in one
+// ticket, each unit `unit_work` multiply-adds: all of them for a thread alone.
+int64_t units_a_ticket(int64_t units, int64_t unit_work, int members) {
+  units = std::max<int64_t>(units, 1);
+  if (members <= 1) return units;
+  const int64_t by_count = ceil_div(units, members * kChunksPerMember);
+  const int64_t by_work = ceil_div(kMinChunkWork, std::max<int64_t>(unit_work, 1));
+  return std::min(units, std::max(by_count, by_work));
 }
 
-int64_t chunks_of(int64_t rows, int64_t chunk) { return (rows + chunk - 1) / chunk; }
+// Output rows of each chunk of a (rows, cols) product of n input rows: whole kQ8GroupRows groups.
+int64_t chunk_rows(int64_t n, int64_t rows, int64_t cols, int members) {
+  return units_a_ticket(ceil_div(rows, kQ8GroupRows), n * cols * kQ8GroupRows, members) * kQ8GroupRows;
+}
 
 thread_local uint64_t t_input_epoch = 0, t_last_epoch = 0;
 
@@ -119,7 +124,7 @@ void linear(const Member& m, std::initializer_list<Product> products) {
   for (const auto& p : products) {
     chunk[i] = chunk_rows(p.n, p.w->rows, p.w->cols, m.share.count);
     first[i] = total;
-    total += p.n > 0 ? chunks_of(p.w->rows, chunk[i]) : 0;
+    total += p.n > 0 ? ceil_div(p.w->rows, chunk[i]) : 0;
     ++i;
   }
   const InputEpoch epoch;  // the products' inputs stay as they are until the phase ends
@@ -143,7 +148,7 @@ void swiglu(const Member& m, const float* x, int64_t n, const Matrix& gate_w, co
   const int64_t ffn = gate_w.rows;
   const int64_t chunk = chunk_rows(n, ffn, 2 * gate_w.cols, m.share.count);  // a row: two products' work
   const InputEpoch epoch;
-  m.for_each_ticket(n > 0 ? chunks_of(ffn, chunk) : 0, [&](int64_t ticket) {
+  m.for_each_ticket(n > 0 ? ceil_div(ffn, chunk) : 0, [&](int64_t ticket) {
     const int64_t begin = ticket * chunk, end = std::min(ffn, begin + chunk);
     linear_rows(x, n, gate_w, gate, false, begin, end);
     linear_rows(x, n, up_w, up, false, begin, end);
@@ -175,16 +180,13 @@ void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_di
     pairs += jobs[i].n * heads;
     span = std::max(span, jobs[i].start + jobs[i].n);
   }
-  const int64_t members = m.share.count;
-  const int64_t by_count = (pairs + members * kChunksPerMember - 1) / (members * kChunksPerMember);
-  const int64_t pair_work = 2 * span * head_dim;  // multiply-adds of the longest pair: scores and values
-  const int64_t by_work = (kMinChunkWork + pair_work - 1) / pair_work;
-  const int64_t chunk = members <= 1 ? std::max<int64_t>(pairs, 1) : std::max(by_count, by_work);
+  // Pairs a ticket; a pair costs 2 x span x head_dim multiply-adds (scores, then values), at most.
+  const int64_t chunk = units_a_ticket(pairs, 2 * span * head_dim, m.share.count);
   int64_t total = 0;
-  for (size_t i = 0; i < count; ++i) total += chunks_of(jobs[i].n * heads, chunk);
+  for (size_t i = 0; i < count; ++i) total += ceil_div(jobs[i].n * heads, chunk);
   m.for_each_ticket(total, [&](int64_t ticket) {
     size_t i = 0;
-    for (int64_t tickets; ticket >= (tickets = chunks_of(jobs[i].n * heads, chunk)); ++i) ticket -= tickets;
+    for (int64_t tickets; ticket >= (tickets = ceil_div(jobs[i].n * heads, chunk)); ++i) ticket -= tickets;
     const auto& a = jobs[i];
     const int64_t begin = ticket * chunk, end = std::min(a.n * heads, begin + chunk);
     CE_KERNELS_DISPATCH(attention(a.q, a.n, heads, kv_heads, head_dim, a.start, a.keys, a.values, a.scratch, a.out,
