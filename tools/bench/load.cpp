@@ -219,7 +219,7 @@ LoadResult run_load(const LoadTrace& trace, const LoadOptions& o) {
   result.tokens_per_s = result.seconds > 0 ? static_cast<double>(result.requests) / result.seconds : 0;
   result.p50_ms = percentile(latencies, 0.5);
   result.p99_ms = percentile(latencies, 0.99);
-  result.max_ms = latencies.empty() ? 0 : *std::max_element(latencies.begin(), latencies.end());
+  result.max_ms = percentile(latencies, 1.0);
   result.first_p50_ms = percentile(first_latencies, 0.5);
   result.first_max_ms = percentile(first_latencies, 1.0);
   result.next_p50_ms = percentile(next_latencies, 0.5);
