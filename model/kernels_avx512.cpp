@@ -11,6 +11,9 @@ namespace {
 struct V : ce::kernels::Q8Registers256 {
   using reg = __m512;
   static constexpr int64_t N = 16;
+  static constexpr int kRegisters = 32;
+  // fp32 weights take linear_f32_broadcast from this many input rows on.
+  static constexpr int64_t kBroadcastMinRows = 16;
   static constexpr int kOutRows4 = 4;  // block<4, 4>: 16 accumulators + 4 weight registers
   // fp16/bf16: block<4, 6>, 24 accumulators + 4 weight registers + 1 input. Catch-up of the 246 M
   // shape's cloud layers, fp16, 2 threads, medians of 6 interleaved runs: 1.33 -> 1.20 ms a

@@ -20,6 +20,8 @@ float half_bits_to_float(uint16_t h);
 struct V {
   using reg = __m128;
   static constexpr int64_t N = 4;
+  static constexpr int kRegisters = 16;
+  static constexpr int64_t kBroadcastMinRows = 0;  // never: the dot-product blocks
   static constexpr int kOutRows4 = 2;
   static constexpr int kHalfInputRows = 4;
   static reg zero() { return _mm_setzero_ps(); }
@@ -73,6 +75,8 @@ struct V {
 struct V {
   using reg = float;
   static constexpr int64_t N = 1;
+  static constexpr int kRegisters = 16;
+  static constexpr int64_t kBroadcastMinRows = 0;  // never: the dot-product blocks
   static constexpr int kOutRows4 = 2;
   static constexpr int kHalfInputRows = 4;
   static reg zero() { return 0.0f; }

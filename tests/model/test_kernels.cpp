@@ -158,7 +158,9 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
   for (auto type : types)
     for (auto [rows, cols] : shapes) {
       const auto m = make_matrix(type, rows, cols, static_cast<uint64_t>(rows * 7 + cols));
-      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 10, 13}) {  // blocks of 4 and 6 rows, and what is left
+      // blocks of 4 and 6 rows, and what is left; from 16 rows on fp32 takes the broadcast blocks,
+      // in groups of 1, 2 and 3 registers of rows, partly filled
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 10, 13, 16, 17, 31, 32, 33, 47, 48, 50, 64, 70}) {
         const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
         const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
         const auto [want, scale] = double_loop(m, seen, n, rows, cols);
@@ -357,6 +359,36 @@ BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
       // x1 through grouped a, x2 through grouped b, x2 through plain a, x1 through plain b
       const std::vector<std::pair<const float*, const Matrix*>> products = {
           {x1.data(), &grouped_a}, {x2.data(), &grouped_b}, {x2.data(), &a.view}, {x1.data(), &b.view}};
+      std::vector<std::vector<float>> want(4, std::vector<float>(n * rows)), got(4, std::vector<float>(n * rows, -1));
+      for (size_t i = 0; i < 4; ++i)
+        kernels::linear_rows(products[i].first, n, *products[i].second, want[i].data(), false, 0, rows);
+      const kernels::TeamClaim claim(true);
+      claim.run([&](const kernels::Member& m) {
+        kernels::linear(m, {{products[0].first, n, products[0].second, got[0].data()},
+                            {products[1].first, n, products[1].second, got[1].data()},
+                            {products[2].first, n, products[2].second, got[2].data()},
+                            {products[3].first, n, products[3].second, got[3].data()}});
+      });
+      for (size_t i = 0; i < 4; ++i) BOOST_TEST(got[i] == want[i], threads << " threads, phase " << phase << ", product " << i);
+    }
+  }
+  kernels::set_threads(1);
+}
+
+// fp32 products from 16 input rows on transpose a phase's input rows once per thread, as int8 ones
+// quantize them: the same checks as above on the broadcast path.
+BOOST_AUTO_TEST_CASE(fp32_phases_transpose_their_own_inputs) {
+  const int64_t rows = 256, cols = 96, n = 20;
+  const auto a = make_matrix(WeightType::f32, rows, cols, 31), b = make_matrix(WeightType::f32, rows, cols, 32);
+  auto x1 = random_rows(n, cols, 33);
+  const auto x2 = random_rows(n, cols, 34);
+  for (int threads : {1, 2}) {
+    kernels::set_threads(threads);
+    for (int phase = 0; phase < 2; ++phase) {
+      if (phase == 1)
+        for (auto& v : x1) v = -0.5f * v + 0.25f;  // new values in the same buffer
+      const std::vector<std::pair<const float*, const Matrix*>> products = {
+          {x1.data(), &a.view}, {x2.data(), &b.view}, {x2.data(), &a.view}, {x1.data(), &b.view}};
       std::vector<std::vector<float>> want(4, std::vector<float>(n * rows)), got(4, std::vector<float>(n * rows, -1));
       for (size_t i = 0; i < 4; ++i)
         kernels::linear_rows(products[i].first, n, *products[i].second, want[i].data(), false, 0, rows);
