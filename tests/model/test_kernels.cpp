@@ -375,6 +375,25 @@ BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
   kernels::set_threads(1);
 }
 
+// fp32 rows in batches of 16 or more: a row's outputs are the same bits whatever the batch holds
+// besides it (each lane of a broadcast block sums its own row), through every runnable build; so
+// a cloud's answer does not change with the sessions stepped beside it. Columns past a slice
+// (1,024) included.
+BOOST_AUTO_TEST_CASE(fp32_rows_in_batches_of_16_or_more_do_not_depend_on_their_batch) {
+  const int64_t rows = 40, cols = 1100;
+  const auto m = make_matrix(WeightType::f32, rows, cols, 41);
+  const auto x = random_rows(70, cols, 42);
+  for (const auto& isa : runnable_isas()) {
+    std::vector<float> whole(70 * rows);
+    isa.linear(x.data(), 70, m.view, whole.data(), false, 0, rows);
+    for (int64_t n : {16, 32, 48, 64}) {
+      std::vector<float> part(static_cast<size_t>(n * rows));
+      isa.linear(x.data(), n, m.view, part.data(), false, 0, rows);
+      BOOST_TEST(std::equal(part.begin(), part.end(), whole.begin()), isa.name << ": the first " << n << " of 70 rows");
+    }
+  }
+}
+
 // fp32 products from 16 input rows on transpose a phase's input rows once per thread, as int8 ones
 // quantize them: the same checks as above on the broadcast path.
 BOOST_AUTO_TEST_CASE(fp32_phases_transpose_their_own_inputs) {
