@@ -145,6 +145,38 @@ std::pair<std::vector<double>, std::vector<double>> double_loop(const TestMatrix
   return {want, scale};
 }
 
+// Four products in one team phase, x1 through w[0], x2 through w[1], x2 through w[2], x1 through
+// w[3] (all of w[i].rows outputs), on teams of 1 and 2 threads, twice: the second time with new
+// values in x1's buffer. Each must equal its one-call result: a kernel that prepares its input
+// rows once a phase (quantized, transposed) must notice a new input, and a new phase.
+void check_phases_of_two_inputs(int64_t n, int64_t cols, const std::array<const Matrix*, 4>& w) {
+  auto x1 = random_rows(n, cols, 23);
+  const auto x2 = random_rows(n, cols, 24);
+  for (int threads : {1, 2}) {
+    kernels::set_threads(threads);
+    for (int phase = 0; phase < 2; ++phase) {
+      if (phase == 1)
+        for (auto& v : x1) v = -0.5f * v + 0.25f;  // new values in the same buffer
+      const std::array<const float*, 4> inputs = {x1.data(), x2.data(), x2.data(), x1.data()};
+      std::vector<std::vector<float>> want(4), got(4);
+      for (size_t i = 0; i < 4; ++i) {
+        want[i].resize(static_cast<size_t>(n * w[i]->rows));
+        got[i].assign(want[i].size(), -1);
+        kernels::linear_rows(inputs[i], n, *w[i], want[i].data(), false, 0, w[i]->rows);
+      }
+      const kernels::TeamClaim claim(true);
+      claim.run([&](const kernels::Member& m) {
+        kernels::linear(m, {{inputs[0], n, w[0], got[0].data()},
+                            {inputs[1], n, w[1], got[1].data()},
+                            {inputs[2], n, w[2], got[2].data()},
+                            {inputs[3], n, w[3], got[3].data()}});
+      });
+      for (size_t i = 0; i < 4; ++i) BOOST_TEST(got[i] == want[i], threads << " threads, phase " << phase << ", product " << i);
+    }
+  }
+  kernels::set_threads(1);
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(kernels_suite)
@@ -349,30 +381,8 @@ BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
   kernels::interleave_q8(b.q.data(), b.scales.data(), rows, cols, data[1].data(), scales[1].data());
   const Matrix grouped_a{WeightType::q8_grouped, data[0].data(), scales[0].data(), rows, cols};
   const Matrix grouped_b{WeightType::q8_grouped, data[1].data(), scales[1].data(), rows, cols};
-  auto x1 = random_rows(n, cols, 23);
-  const auto x2 = random_rows(n, cols, 24);
-  for (int threads : {1, 2}) {
-    kernels::set_threads(threads);
-    for (int phase = 0; phase < 2; ++phase) {
-      if (phase == 1)
-        for (auto& v : x1) v = -0.5f * v + 0.25f;  // new values in the same buffer
-      // x1 through grouped a, x2 through grouped b, x2 through plain a, x1 through plain b
-      const std::vector<std::pair<const float*, const Matrix*>> products = {
-          {x1.data(), &grouped_a}, {x2.data(), &grouped_b}, {x2.data(), &a.view}, {x1.data(), &b.view}};
-      std::vector<std::vector<float>> want(4, std::vector<float>(n * rows)), got(4, std::vector<float>(n * rows, -1));
-      for (size_t i = 0; i < 4; ++i)
-        kernels::linear_rows(products[i].first, n, *products[i].second, want[i].data(), false, 0, rows);
-      const kernels::TeamClaim claim(true);
-      claim.run([&](const kernels::Member& m) {
-        kernels::linear(m, {{products[0].first, n, products[0].second, got[0].data()},
-                            {products[1].first, n, products[1].second, got[1].data()},
-                            {products[2].first, n, products[2].second, got[2].data()},
-                            {products[3].first, n, products[3].second, got[3].data()}});
-      });
-      for (size_t i = 0; i < 4; ++i) BOOST_TEST(got[i] == want[i], threads << " threads, phase " << phase << ", product " << i);
-    }
-  }
-  kernels::set_threads(1);
+  // x1 through grouped a, x2 through grouped b, x2 through plain a, x1 through plain b
+  check_phases_of_two_inputs(n, cols, {&grouped_a, &grouped_b, &a.view, &b.view});
 }
 
 // fp32 rows in batches of 16 or more: a row's outputs are the same bits whatever the batch holds
@@ -397,31 +407,9 @@ BOOST_AUTO_TEST_CASE(fp32_rows_in_batches_of_16_or_more_do_not_depend_on_their_b
 // fp32 products from 16 input rows on transpose a phase's input rows once per thread, as int8 ones
 // quantize them: the same checks as above on the broadcast path.
 BOOST_AUTO_TEST_CASE(fp32_phases_transpose_their_own_inputs) {
-  const int64_t rows = 256, cols = 96, n = 20;
+  const int64_t rows = 256, cols = 96;
   const auto a = make_matrix(WeightType::f32, rows, cols, 31), b = make_matrix(WeightType::f32, rows, cols, 32);
-  auto x1 = random_rows(n, cols, 33);
-  const auto x2 = random_rows(n, cols, 34);
-  for (int threads : {1, 2}) {
-    kernels::set_threads(threads);
-    for (int phase = 0; phase < 2; ++phase) {
-      if (phase == 1)
-        for (auto& v : x1) v = -0.5f * v + 0.25f;  // new values in the same buffer
-      const std::vector<std::pair<const float*, const Matrix*>> products = {
-          {x1.data(), &a.view}, {x2.data(), &b.view}, {x2.data(), &a.view}, {x1.data(), &b.view}};
-      std::vector<std::vector<float>> want(4, std::vector<float>(n * rows)), got(4, std::vector<float>(n * rows, -1));
-      for (size_t i = 0; i < 4; ++i)
-        kernels::linear_rows(products[i].first, n, *products[i].second, want[i].data(), false, 0, rows);
-      const kernels::TeamClaim claim(true);
-      claim.run([&](const kernels::Member& m) {
-        kernels::linear(m, {{products[0].first, n, products[0].second, got[0].data()},
-                            {products[1].first, n, products[1].second, got[1].data()},
-                            {products[2].first, n, products[2].second, got[2].data()},
-                            {products[3].first, n, products[3].second, got[3].data()}});
-      });
-      for (size_t i = 0; i < 4; ++i) BOOST_TEST(got[i] == want[i], threads << " threads, phase " << phase << ", product " << i);
-    }
-  }
-  kernels::set_threads(1);
+  check_phases_of_two_inputs(20, cols, {&a.view, &b.view, &a.view, &b.view});
 }
 
 // Tickets: each runs once in each phase, and the others take what a late member has not started
