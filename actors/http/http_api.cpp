@@ -525,10 +525,7 @@ struct HttpApi::Impl {
   }
 
   void routes() {
-    server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-      static const std::set<std::string> known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
-                                                  "/metrics", "/tokenize", "/detokenize"};
-      metrics.add(kRequests, 1, {{"path", known.count(req.path) ? req.path : "other"}, {"code", std::to_string(res.status)}});
+    server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
       // The access log: one line per request (the request id is appended by log_line). Requests
       // cut off by the read timeout are counted and logged by the server, at most a line per 10 s.
       const auto& cur = GuardedServer::current();
@@ -584,7 +581,18 @@ struct HttpApi::Impl {
     server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
     });
-    install_web_routes(server, config.http_cors_origins, /*serve_page=*/edge);  // GET / and CORS (web_routes.hpp)
+    // GET / and CORS (web_routes.hpp); requests counted as their answers go out, before the client
+    // has them (the logger above runs after the write).
+    install_web_routes(server, config.http_cors_origins, /*serve_page=*/edge,
+                       [this](const httplib::Request& req, const httplib::Response& res) {
+                         static const std::set<std::string> known = {"/v1/completions", "/v1/chat/completions",
+                                                                     "/v1/models",      "/health",
+                                                                     "/metrics",        "/tokenize",
+                                                                     "/detokenize"};
+                         metrics.add(kRequests, 1,
+                                     {{"path", known.count(req.path) ? req.path : "other"},
+                                      {"code", std::to_string(res.status)}});
+                       });
     if (!edge) return;
     server.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       if (!authorized(req)) return unauthorized(res);
