@@ -12,8 +12,10 @@ struct V : ce::kernels::Q8Registers256 {
   using reg = __m256;
   static constexpr int64_t N = 8;
   static constexpr int kRegisters = 16;
-  // fp32 weights take linear_f32_broadcast from this many input rows on.
+  // fp32 weights take linear_f32_broadcast from this many input rows on (no narrower registers).
   static constexpr int64_t kBroadcastMinRows = 16;
+  using Narrow = V;
+  static constexpr int64_t kNarrowBroadcastMinRows = 0;
   static constexpr int kOutRows4 = 2;
   static constexpr int kHalfInputRows = 4;  // 16 registers: no room for more accumulators
   static reg zero() { return _mm256_setzero_ps(); }

@@ -8,12 +8,29 @@
 
 namespace {
 
+// Half-width registers for the broadcast blocks of 8 to 15 input rows (AVX-512VL: 32 of them).
+struct Narrow {
+  using reg = __m256;
+  static constexpr int64_t N = 8;
+  static constexpr int kRegisters = 32;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg set1(float v) { return _mm256_set1_ps(v); }
+  static void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
 struct V : ce::kernels::Q8Registers256 {
   using reg = __m512;
   static constexpr int64_t N = 16;
   static constexpr int kRegisters = 32;
-  // fp32 weights take linear_f32_broadcast from this many input rows on.
-  static constexpr int64_t kBroadcastMinRows = 16;
+  // fp32 weights take linear_f32_broadcast from this many input rows on, in Narrow registers
+  // from kNarrowBroadcastMinRows. Ice Lake, one core, median GFLOP/s of 512- against 256-bit
+  // registers: 16 rows 57-61 / 72-77, 24 rows 62-64 / 79-88 (two groups of 16 leave a quarter of
+  // the lanes empty), 32 rows 81-82 / 67-72, 48 rows 79-89 / 59-80.
+  static constexpr int64_t kBroadcastMinRows = 32;
+  using Narrow = ::Narrow;
+  static constexpr int64_t kNarrowBroadcastMinRows = 8;
   static constexpr int kOutRows4 = 4;  // block<4, 4>: 16 accumulators + 4 weight registers
   // fp16/bf16: block<4, 6>, 24 accumulators + 4 weight registers + 1 input. Catch-up of the 246 M
   // shape's cloud layers, fp16, 2 threads, medians of 6 interleaved runs: 1.33 -> 1.20 ms a

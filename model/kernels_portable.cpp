@@ -22,6 +22,8 @@ struct V {
   static constexpr int64_t N = 4;
   static constexpr int kRegisters = 16;
   static constexpr int64_t kBroadcastMinRows = 0;  // never: the dot-product blocks
+  using Narrow = V;
+  static constexpr int64_t kNarrowBroadcastMinRows = 0;
   static constexpr int kOutRows4 = 2;
   static constexpr int kHalfInputRows = 4;
   static reg zero() { return _mm_setzero_ps(); }
@@ -77,6 +79,8 @@ struct V {
   static constexpr int64_t N = 1;
   static constexpr int kRegisters = 16;
   static constexpr int64_t kBroadcastMinRows = 0;  // never: the dot-product blocks
+  using Narrow = V;
+  static constexpr int64_t kNarrowBroadcastMinRows = 0;
   static constexpr int kOutRows4 = 2;
   static constexpr int kHalfInputRows = 4;
   static reg zero() { return 0.0f; }

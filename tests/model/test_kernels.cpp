@@ -190,9 +190,9 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
   for (auto type : types)
     for (auto [rows, cols] : shapes) {
       const auto m = make_matrix(type, rows, cols, static_cast<uint64_t>(rows * 7 + cols));
-      // blocks of 4 and 6 rows, and what is left; from 16 rows on fp32 takes the broadcast blocks,
-      // in groups of 1, 2 and 3 registers of rows, partly filled
-      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 10, 13, 16, 17, 31, 32, 33, 47, 48, 50, 64, 70}) {
+      // blocks of 4 and 6 rows, and what is left; from 8 (AVX-512) or 16 (AVX2) rows on fp32 takes
+      // the broadcast blocks, in groups of 1, 2 and 3 registers of rows, partly filled
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 17, 24, 31, 32, 33, 47, 48, 50, 64, 70}) {
         const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
         const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
         const auto [want, scale] = double_loop(m, seen, n, rows, cols);
