@@ -252,8 +252,8 @@ void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* 
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xs;
   const int64_t cols = w.cols, blocks = q8_blocks(cols);
-  if (xq.size() < static_cast<size_t>(n * cols)) xq.resize(static_cast<size_t>(n * cols));
-  if (xs.size() < static_cast<size_t>(n * blocks)) xs.resize(static_cast<size_t>(n * blocks));
+  grow(xq, n * cols);
+  grow(xs, n * blocks);
   quantize_q8(x, n, cols, xq.data(), xs.data());
   const auto* data = static_cast<const uint8_t*>(w.data);
   for (int64_t r = 0; r < n; ++r)

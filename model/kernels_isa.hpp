@@ -2,6 +2,7 @@
 // The kernels of kernels.hpp, once per instruction set (kernels_simd.inc compiled three times);
 // kernels.cpp picks one set per process. Internal to ce_model.
 #include <cstdint>
+#include <vector>
 
 #include "model/kernels.hpp"
 
@@ -25,10 +26,10 @@ CE_KERNELS_DECLARE(portable)
 
 namespace ce::kernels {
 // The calling thread's input epoch: nonzero while a team phase (linear(Member, ...), swiglu()) runs
-// its chunks, whose input rows do not change meanwhile, so that an int8 kernel called for several
-// chunks of the same input rows quantizes them once per phase, not once per chunk (which, with
-// tickets, made a 64-row catch-up of the shipped model 2.6x slower on two threads). 0: no such
-// promise, the kernel quantizes at every call.
+// its chunks, whose input rows do not change meanwhile, so that a kernel called for several chunks
+// of the same input rows prepares them (int8: quantizes; fp32 broadcast blocks: transposes) once
+// per phase, not once per chunk (int8 per chunk made a 64-row catch-up of the shipped model 2.6x
+// slower on two threads). 0: no such promise, the kernel prepares them at every call.
 uint64_t& input_epoch();
 // Starts a new input epoch on this thread for its lifetime.
 class InputEpoch {
@@ -38,7 +39,7 @@ class InputEpoch {
   InputEpoch(const InputEpoch&) = delete;
   InputEpoch& operator=(const InputEpoch&) = delete;
 };
-// Whether the rows a q8 kernel quantized last on this thread (x, n, cols, in epoch) are this call's.
+// Whether the rows a kernel prepared last on this thread (x, n, cols, in epoch) are this call's.
 struct PreparedInput {
   const float* x = nullptr;
   int64_t n = 0, cols = 0;
@@ -50,6 +51,12 @@ struct PreparedInput {
     return false;
   }
 };
+// A thread's scratch for prepared rows: at least `size` elements, grown, never shrunk, so that no
+// call allocates once the largest has run.
+template <class T>
+void grow(std::vector<T>& v, int64_t size) {
+  if (v.size() < static_cast<size_t>(size)) v.resize(static_cast<size_t>(size));
+}
 
 // linear() of q8_grouped weights: with AVX-512 VNNI (kernels_vnni.cpp, only where the CPU has it),
 // and in plain loops (kernels.cpp) for every other build.

@@ -95,9 +95,6 @@ void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, boo
   thread_local std::vector<int32_t> sums;
   thread_local PreparedInput prepared;
   const int64_t cols = w.cols, blocks = q8_blocks(cols);
-  const auto grow = [](auto& v, int64_t size) {
-    if (v.size() < static_cast<size_t>(size)) v.resize(static_cast<size_t>(size));
-  };
   if (!prepared.holds(x, n, cols)) {  // else this phase's earlier chunk left them here
     grow(rows_q, n * cols);
     grow(q, n * cols);
