@@ -1015,16 +1015,17 @@ BOOST_AUTO_TEST_CASE(a_response_cancelled_while_ahead_keeps_only_its_shown_posit
   BOOST_TEST(r.stats.bytes_uploaded - r.stats.bytes_wasted == (prompt_a().size() + r.tokens.size()) * row);
 }
 
-BOOST_AUTO_TEST_CASE(the_edge_computes_nothing_past_a_guess_it_has_not_asked_about) {
-  // Every token goes to the cloud over a 20 ms link, one request at a time (max-requests 1): the
-  // edge feeds the asked guess, computes the one position after it, and waits there, since that
-  // position's own guess is not asked until the first answer comes. So it computes at most one
-  // speculative position per cloud token; running ahead to max-ahead (64) would compute ~40 per
-  // round trip. The tokens are still the non-speculative run's.
+BOOST_AUTO_TEST_CASE(the_edge_runs_past_its_request_window_but_uploads_nothing_beyond_it) {
+  // Every token goes to the cloud over a 20 ms link, one request at a time (max-requests 1), and
+  // every third guess is made wrong. The edge computes on past the asked guess (a round trip holds
+  // ~20 of its steps) instead of standing there, but uploads only the rows the asked request needs:
+  // a miss at position p keeps rows [0, p], so no uploaded byte is wasted, while the positions
+  // computed past the miss are rolled back. The tokens are still the non-speculative run's.
   Cluster c;
   linkem::LinkEmulator link(delayed(20ms), "127.0.0.1", c.cloud->cloud_port());
   auto edge = c.make_edge_behind(link, [&](NodeConfig& e) {
     e.speculation_max_requests = 1;
+    e.speculation_test_miss_every = 3;
   });
   auto req = request_for(prompt_a(), 2.0, 12);
   req.speculate = true;
@@ -1034,8 +1035,12 @@ BOOST_AUTO_TEST_CASE(the_edge_computes_nothing_past_a_guess_it_has_not_asked_abo
   BOOST_TEST(spec.error == "");
   BOOST_TEST(spec.tokens == plain.tokens);
   BOOST_TEST(spec.stats.cloud_tokens == 12);
-  BOOST_TEST(spec.stats.speculated > 0);
-  BOOST_TEST(spec.stats.speculated <= spec.stats.cloud_tokens);
+  BOOST_TEST(spec.stats.misses >= 3);
+  BOOST_TEST(spec.stats.speculated > spec.stats.cloud_tokens);
+  BOOST_TEST(spec.stats.rolled_back > 0);
+  BOOST_TEST(spec.stats.bytes_wasted == 0u);
+  const uint64_t row = 2 * static_cast<uint64_t>(edge->model().config().dim);
+  BOOST_TEST(spec.stats.bytes_uploaded == (prompt_a().size() + spec.tokens.size()) * row);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
