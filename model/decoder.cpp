@@ -80,7 +80,9 @@ struct Decoder::Packed {
     const auto type = interleaved(t, p) ? std::optional(at::kChar) : converted_type(t, p);
     if (!type) return 0;
     const auto rows = static_cast<size_t>(t.size(0)), cols = static_cast<size_t>(t.size(1));
-    if (*type == at::kChar) return aligned(rows * cols) + aligned(rows * static_cast<size_t>(kernels::q8_blocks(t.size(1))) * 4);
+    if (*type == at::kChar)
+      return aligned(static_cast<size_t>(kernels::q8_grouped_bytes(t.size(0), t.size(1)))) +  // >= rows * cols
+             aligned(rows * static_cast<size_t>(kernels::q8_blocks(t.size(1))) * 4);
     return aligned(rows * cols * static_cast<size_t>(c10::elementSize(*type)));
   }
   static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -139,7 +141,7 @@ struct Decoder::Packed {
         kernels::quantize_q8(f.data_ptr<float>(), rows, cols, q.data_ptr<int8_t>(), scales.data_ptr<float>());
       }
       if (grouped) {
-        m.values = carve({rows, cols}, at::kByte);
+        m.values = carve({rows, blocks * kernels::kQ8Block}, at::kByte);  // a short last block padded
         m.scales = carve({rows, blocks}, at::kFloat);
         kernels::interleave_q8(q.data_ptr<int8_t>(), scales.contiguous().data_ptr<float>(), rows, cols,
                                m.values.data_ptr<uint8_t>(), m.scales.data_ptr<float>());
@@ -155,7 +157,7 @@ struct Decoder::Packed {
     m.view.data = m.values.data_ptr();
     m.view.scales = m.scales.defined() ? m.scales.data_ptr<float>() : nullptr;
     m.view.rows = m.values.size(0);
-    m.view.cols = m.values.size(1);
+    m.view.cols = cols;
     bytes += m.values.nbytes() + (m.scales.defined() ? m.scales.nbytes() : 0);
     precision = kernels::to_string(m.view.type);
     return m;

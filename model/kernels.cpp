@@ -235,8 +235,8 @@ void interleave_q8(const int8_t* q, const float* scales, int64_t rows, int64_t c
       uint8_t* out = data + (g * blocks + b) * kQ8GroupRows * kQ8Block;
       for (int64_t c = 0; c < kQ8Block / 4; ++c)
         for (int64_t i = 0; i < kQ8GroupRows; ++i)
-          for (int64_t j = 0; j < 4; ++j)
-            *out++ = static_cast<uint8_t>(q[(g * kQ8GroupRows + i) * cols + b * kQ8Block + 4 * c + j] + 128);
+          for (int64_t j = 0, col = b * kQ8Block + 4 * c; j < 4; ++j, ++col)
+            *out++ = col < cols ? static_cast<uint8_t>(q[(g * kQ8GroupRows + i) * cols + col] + 128) : uint8_t{128};
       for (int64_t i = 0; i < kQ8GroupRows; ++i)
         group_scales[(g * blocks + b) * kQ8GroupRows + i] = scales[(g * kQ8GroupRows + i) * blocks + b];
     }
@@ -263,7 +263,7 @@ void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* 
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* block = data + (g * blocks + b) * kQ8GroupRows * kQ8Block;
         int32_t dot = 0;
-        for (int64_t k = 0; k < kQ8Block; ++k)
+        for (int64_t k = 0; k < std::min(kQ8Block, cols - b * kQ8Block); ++k)  // the padding is zeros
           dot += (int32_t{block[(k / 4) * 4 * kQ8GroupRows + 4 * i + k % 4]} - 128) *
                  xq[static_cast<size_t>(r * cols + b * kQ8Block + k)];
         const float scale = w.scales[(g * blocks + b) * kQ8GroupRows + i] * xs[static_cast<size_t>(r * blocks + b)];

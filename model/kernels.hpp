@@ -79,17 +79,22 @@ void add_bias(float* x, int64_t rows, int64_t cols, const float* bias);
 void quantize_q8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales);
 
 // int8 weights for the AVX-512 VNNI kernel (q8_grouped), made at load by interleave_q8 from q8's
-// values and scales; rows a multiple of 16 and cols of 32 (q8_grouped_fits). Rows go in groups of
+// values and scales; rows a multiple of 16 (q8_grouped_fits). Rows go in groups of
 // 16, each group block by block (32 values), each block as 8 chunks of 64 bytes: chunk c holds
 // values [4c, 4c + 4) of the block for rows 0..15 of the group, stored as q + 128 (unsigned). One
 // vpdpbusd then multiplies a chunk by 4 input values broadcast to all lanes: lane i accumulates
 // output row i, so a block costs 8 instructions for 16 output rows and no horizontal sum (the q8
 // kernel needs about 8 per row: its int8 x int8 product goes through sign tricks and two
 // multiply-adds). Scales: (rows / 16, blocks, 16), the group's scales of a block side by side.
+// A short last block (cols not a multiple of 32) is padded with zero weights (stored 128), so the
+// kernel multiplies whole blocks only: its products with the padding add nothing, and its scale is
+// the short block's own. The data takes q8_grouped_bytes(rows, cols).
 //   data[((g * blocks + b) * 8 + c) * 64 + 4 * i + j] = q[(16g + i) * cols + 32b + 4c + j] + 128
+//                                                      (128 where 32b + 4c + j >= cols)
 //   scales[(g * blocks + b) * 16 + i] = q8 scale of row 16g + i, block b
 constexpr int64_t kQ8GroupRows = 16;
-constexpr bool q8_grouped_fits(int64_t rows, int64_t cols) { return rows % kQ8GroupRows == 0 && cols % kQ8Block == 0; }
+constexpr bool q8_grouped_fits(int64_t rows, int64_t /*cols*/) { return rows % kQ8GroupRows == 0; }
+constexpr int64_t q8_grouped_bytes(int64_t rows, int64_t cols) { return rows * q8_blocks(cols) * kQ8Block; }
 void interleave_q8(const int8_t* q, const float* scales, int64_t rows, int64_t cols, uint8_t* data, float* group_scales);
 // Whether int8 matrices that fit are worth rearranging in this process: the CPU has AVX-512 VNNI and
 // CE_KERNELS names no lower build. (Where it has not, q8_grouped still computes, on plain loops.)

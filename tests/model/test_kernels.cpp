@@ -211,29 +211,34 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
 }
 
 // int8 weights rearranged for the VNNI kernel: the layout kernels.hpp documents, written out here
-// value by value, and the weight scales beside it.
+// value by value, and the weight scales beside it; a short last block padded with (stored) zeros.
 BOOST_AUTO_TEST_CASE(interleave_q8_writes_the_documented_layout) {
-  const int64_t rows = 48, cols = 96, blocks = cols / 32;
   BOOST_TEST_REQUIRE(kernels::kQ8GroupRows == 16);  // the layout written out below
-  const auto m = make_matrix(WeightType::q8, rows, cols, 3);
-  std::vector<uint8_t> data(static_cast<size_t>(rows * cols));
-  std::vector<float> scales(static_cast<size_t>(rows * blocks));
-  kernels::interleave_q8(m.q.data(), m.scales.data(), rows, cols, data.data(), scales.data());
-  int wrong = 0;
-  for (int64_t g = 0; g < rows / 16; ++g)
-    for (int64_t b = 0; b < blocks; ++b) {
-      for (int64_t c = 0; c < 8; ++c)
+  for (const int64_t cols : {96, 100}) {
+    const int64_t rows = 48, blocks = (cols + 31) / 32;
+    const auto m = make_matrix(WeightType::q8, rows, cols, 3);
+    BOOST_TEST_REQUIRE(kernels::q8_grouped_bytes(rows, cols) == rows * blocks * 32);
+    std::vector<uint8_t> data(static_cast<size_t>(kernels::q8_grouped_bytes(rows, cols)), 7);
+    std::vector<float> scales(static_cast<size_t>(rows * blocks));
+    kernels::interleave_q8(m.q.data(), m.scales.data(), rows, cols, data.data(), scales.data());
+    int wrong = 0;
+    for (int64_t g = 0; g < rows / 16; ++g)
+      for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t c = 0; c < 8; ++c)
+          for (int64_t i = 0; i < 16; ++i)
+            for (int64_t j = 0; j < 4; ++j) {
+              const int64_t col = 32 * b + 4 * c + j;
+              const int want = col < cols ? m.q[static_cast<size_t>((16 * g + i) * cols + col)] + 128 : 128;
+              wrong += data[static_cast<size_t>(((g * blocks + b) * 8 + c) * 64 + 4 * i + j)] != want;
+            }
         for (int64_t i = 0; i < 16; ++i)
-          for (int64_t j = 0; j < 4; ++j)
-            wrong += data[static_cast<size_t>(((g * blocks + b) * 8 + c) * 64 + 4 * i + j)] !=
-                     m.q[static_cast<size_t>((16 * g + i) * cols + 32 * b + 4 * c + j)] + 128;
-      for (int64_t i = 0; i < 16; ++i)
-        wrong += scales[static_cast<size_t>((g * blocks + b) * 16 + i)] != m.scales[static_cast<size_t>((16 * g + i) * blocks + b)];
-    }
-  BOOST_TEST(wrong == 0);
+          wrong += scales[static_cast<size_t>((g * blocks + b) * 16 + i)] != m.scales[static_cast<size_t>((16 * g + i) * blocks + b)];
+      }
+    BOOST_TEST(wrong == 0, cols << " columns");
+  }
   BOOST_TEST(kernels::q8_grouped_fits(48, 96));
+  BOOST_TEST(kernels::q8_grouped_fits(48, 100));
   BOOST_TEST(!kernels::q8_grouped_fits(40, 96));
-  BOOST_TEST(!kernels::q8_grouped_fits(48, 100));
 }
 
 // The VNNI kernel (where this CPU has it) and its plain-loop twin against a double loop over the
@@ -251,10 +256,11 @@ BOOST_AUTO_TEST_CASE(int8_grouped_kernels_match_a_double_loop_and_each_other) {
     kernels_to_test.push_back({"vnni", kernels::avx512_vnni::linear_q8_grouped});
   else
     BOOST_TEST_MESSAGE("no AVX-512 VNNI on this CPU: only the loops are tested");
-  const std::pair<int64_t, int64_t> shapes[] = {{16, 32}, {64, 256}, {48, 704}, {144, 96}};
+  // 688 and 100 columns: a short last block (the shipped model's FFN down projection has 688).
+  const std::pair<int64_t, int64_t> shapes[] = {{16, 32}, {64, 256}, {48, 704}, {144, 96}, {32, 688}, {16, 100}};
   for (auto [rows, cols] : shapes) {
     const auto m = make_matrix(WeightType::q8, rows, cols, static_cast<uint64_t>(rows + cols));
-    std::vector<uint8_t> data(static_cast<size_t>(rows * cols));
+    std::vector<uint8_t> data(static_cast<size_t>(kernels::q8_grouped_bytes(rows, cols)));
     std::vector<float> scales(m.scales.size());
     kernels::interleave_q8(m.q.data(), m.scales.data(), rows, cols, data.data(), scales.data());
     const Matrix view{WeightType::q8_grouped, data.data(), scales.data(), rows, cols};
