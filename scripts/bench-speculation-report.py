@@ -52,8 +52,9 @@ def speculation_tables(w, summary, responses, links):
     """The time / round trips / bytes table and the cost model of one run; returns the verdicts."""
     w("## Time, round trips and bytes (sums over the run)\n")
     w("| link | standalone (s) | collaborative (s) | speculative (s) | speculative / collaborative: all (per prompt min / median / max) | target | "
-      "blocking round trips / response: collaborative → speculative (ratio) | misses / cloud tokens | wasted / confirmed upload bytes |")
-    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "blocking round trips / response: collaborative → speculative (ratio) | time blocked (s): collaborative → speculative (ratio) | "
+      "misses / cloud tokens | wasted / confirmed upload bytes | edge positions computed / rolled back per generated token |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     verdicts = []
     model_rows = []
     for link in links:
@@ -71,6 +72,12 @@ def speculation_tables(w, summary, responses, links):
                         if r["link"] == link and r["mode"] == "collaborative-speculative")
         wasted = sum(int(r["bytes_wasted"]) for r in responses
                      if r["link"] == link and r["mode"] == "collaborative-speculative")
+        def spec_sum(mode, key):
+            return sum(float(r[key]) for r in responses if r["link"] == link and r["mode"] == mode)
+        blocked_co, blocked_sp = spec_sum("collaborative", "blocked_ms") / 1e3, spec_sum("collaborative-speculative", "blocked_ms") / 1e3
+        generated = spec_sum("collaborative-speculative", "generated")
+        computed = spec_sum("collaborative-speculative", "speculated") / max(generated, 1)
+        rolled = spec_sum("collaborative-speculative", "rolled_back") / max(generated, 1)
         misses, cloud_tokens = int(float(sp["misses"])), int(float(sp["tokens"]) * float(sp["cloud_share"]) + 0.5)
         ratio = t_sp / t_co
         target = TARGETS.get(link)
@@ -78,8 +85,10 @@ def speculation_tables(w, summary, responses, links):
         verdicts.append((link, ratio, target, ok, b_sp / b_co if b_co else 0, wasted / confirmed if confirmed else 0))
         w(f"| {link} | {t_st:.2f} | {t_co:.2f} | {t_sp:.2f} | **{ratio:.2f}×** ({ratios[0]:.2f} / "
           f"{statistics.median(ratios):.2f} / {ratios[-1]:.2f}) | ≤ {target:g}× {'✓' if ok else '✗'} | "
-          f"{b_co:.1f} → {b_sp:.1f} ({b_sp / b_co if b_co else 0:.2f}×) | {misses} / {cloud_tokens} "
-          f"({100 * misses / max(cloud_tokens, 1):.1f}%) | {wasted:,} / {confirmed:,} ({100 * wasted / max(confirmed, 1):.0f}%) |")
+          f"{b_co:.1f} → {b_sp:.1f} ({b_sp / b_co if b_co else 0:.2f}×) | {blocked_co:.1f} → {blocked_sp:.1f} "
+          f"({blocked_sp / blocked_co if blocked_co else 0:.2f}×) | {misses} / {cloud_tokens} "
+          f"({100 * misses / max(cloud_tokens, 1):.1f}%) | {wasted:,} / {confirmed:,} ({100 * wasted / max(confirmed, 1):.0f}%) | "
+          f"{computed:.1f} / {rolled:.1f} |")
         rtt_s = 2 * one_way_delay_ms(link) / 1000
         t_cloud = float(sp["cloud_s"]) / max(float(sp["cloud_requests"]), 1)
         predicted = t_st + misses * (rtt_s + t_cloud)
@@ -99,10 +108,11 @@ def speculation_tables(w, summary, responses, links):
       "min-path-confidence: a guess deep in an uncertain path is asked only once the guesses before it hold), "
       "the upload of the rows, the cloud's queueing, or on a near link (loopback, LAN) that the cloud's compute "
       "shares the edge's two cores: the model is meant for links where the round trip dominates.\n")
-    w("With the window, the edge also stands when the guesses it may ask about are all out and unanswered, "
-      "misses or not; the last prediction counts every time it stood (the blocking round trips) as one (RTT + "
-      "t_cloud): T_standalone + waits × (RTT + t_cloud). A wait is at most that: an answer is often on its way "
-      "when the edge stops.\n")
+    w("The edge also stands, misses or not, when it has run a round trip's worth of positions past its oldest "
+      "unanswered guess while that guess's answer is still out (the window asks a deep guess only once those "
+      "before it hold, so its answer comes rounds later); the last prediction counts every time it stood (the "
+      "blocking round trips) as one (RTT + t_cloud): T_standalone + waits × (RTT + t_cloud). A wait is at "
+      "most that: an answer is often on its way when the edge stops.\n")
     w("| link | T_standalone (s) | misses | RTT (ms) | t_cloud (ms) | predicted (s) | measured / predicted | "
       "predicted with the end waits (s) | measured / that | waits | predicted by waits (s) | measured / that | measured (s) |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -140,7 +150,7 @@ def main():
 
     verdicts = speculation_tables(w, summary, responses, links)
     if os.path.exists(f"{a.bench_dir}/window/README.md"):
-        w("\nHow far the edge asks ahead trades stands and time for wasted uploads: "
+        w("\nHow far the edge asks ahead trades time for wasted uploads: "
           "[window/](window/README.md) (`scripts/bench-speculation-window`).\n")
     unwindowed = f"{a.bench_dir}/unwindowed"
     if os.path.exists(f"{unwindowed}/summary.csv"):
