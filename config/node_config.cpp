@@ -493,7 +493,7 @@ std::vector<KeyDescriptor> build_key_table() {
   t.push_back(int_key("ce.speculation.max-ahead", &C::speculation_max_ahead, 1, 1024,
                       "most tokens the edge runs ahead of the cloud's answers (fewer when a round trip takes fewer edge steps)"));
   t.push_back(int_key("ce.speculation.max-requests", &C::speculation_max_requests, 1, 1024,
-                      "most guessed tokens asked of the cloud at once; the rows after them go up once those hold"));
+                      "most guessed tokens asked of the cloud at once; the rows after them go up once those hold (the edge computes on meanwhile)"));
   t.push_back(float_key(
       "ce.speculation.min-path-confidence", &C::speculation_min_path_confidence, "0..1",
       [](const double& x) { return x >= 0.0 && x <= 1.0 ? std::string() : std::string("must be in 0..1"); },
