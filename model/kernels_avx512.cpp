@@ -8,7 +8,7 @@
 
 namespace {
 
-// Half-width registers for the broadcast blocks of 8 to 15 input rows (AVX-512VL: 32 of them).
+// Half-width registers for the broadcast blocks of 8 to 31 input rows (AVX-512VL: 32 of them).
 struct Narrow {
   using reg = __m256;
   static constexpr int64_t N = 8;

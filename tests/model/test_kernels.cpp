@@ -410,8 +410,8 @@ BOOST_AUTO_TEST_CASE(fp32_rows_in_batches_of_16_or_more_do_not_depend_on_their_b
   }
 }
 
-// fp32 products from 16 input rows on transpose a phase's input rows once per thread, as int8 ones
-// quantize them: the same checks as above on the broadcast path.
+// fp32 products that take the broadcast blocks (20 rows: in every build that has them) transpose a
+// phase's input rows once per thread, as int8 ones quantize them: the same checks as above.
 BOOST_AUTO_TEST_CASE(fp32_phases_transpose_their_own_inputs) {
   const int64_t rows = 256, cols = 96;
   const auto a = make_matrix(WeightType::f32, rows, cols, 31), b = make_matrix(WeightType::f32, rows, cols, 32);
