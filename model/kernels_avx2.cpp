@@ -42,6 +42,12 @@ struct V : ce::kernels::Q8Registers256 {
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
   static float reduce(reg a) { return qreduce(a); }  // reg and qreg are both __m256
+  // Lane i = the sum of d[i]'s lanes, i < 8: pairwise additions within 128-bit halves, then the halves.
+  static reg sums(const reg* d) {
+    const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(d[0], d[1]), _mm256_hadd_ps(d[2], d[3]));
+    const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(d[4], d[5]), _mm256_hadd_ps(d[6], d[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
+  }
   static constexpr int kQ8Rows4 = 2;  // int8: block_q8<2, 4>
 };
 

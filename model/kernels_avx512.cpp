@@ -58,6 +58,20 @@ struct V : ce::kernels::Q8Registers256 {
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
   static float reduce(reg a) { return _mm512_reduce_add_ps(a); }
+  // Lane i = the sum of d[i]'s lanes, i < 16: the transposition folded into the additions (15 of
+  // them, each after two shuffles) instead of 16 horizontal sums of 4 additions and 4 shuffles.
+  static reg sums(const reg* d) {
+    reg pairs[8], quads[4], halves[2];
+    for (int i = 0; i < 8; ++i)  // in each 128-bit quarter: d[2i] and d[2i+1], lanes 0+2, 0+2, 1+3, 1+3
+      pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(d[2 * i], d[2 * i + 1]), _mm512_unpackhi_ps(d[2 * i], d[2 * i + 1]));
+    for (int i = 0; i < 4; ++i)  // in each quarter: its sums of d[4i], ..., d[4i + 3]
+      quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
+                               _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
+    for (int i = 0; i < 2; ++i)  // quarters 0 + 2 and 1 + 3 of quads[2i], then of quads[2i + 1]
+      halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x44),
+                                _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88), _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
+  }
 
   static constexpr int kQ8Rows4 = 4;  // int8: block_q8<4, 4>
 };

@@ -1,6 +1,8 @@
 #pragma once
 // The kernels of kernels.hpp, once per instruction set (kernels_simd.inc compiled three times);
-// kernels.cpp picks one set per process. Internal to ce_model.
+// kernels.cpp picks one set per process. Internal to ce_model. attention() computes pairs
+// [pair_begin, pair_end) of the n * heads (query, head) pairs, head-major: pair p is head p / n,
+// query p % n (consecutive pairs share a kv head's keys and values).
 #include <cstdint>
 #include <vector>
 

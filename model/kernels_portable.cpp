@@ -53,6 +53,11 @@ struct V {
     const __m128 pairs = _mm_add_ps(a, _mm_movehl_ps(a, a));
     return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
   }
+  static reg sums(const reg* d) {  // lane i = the sum of d[i]'s lanes: lanes 0 + 2 and 1 + 3, then those
+    const __m128 ab = _mm_add_ps(_mm_unpacklo_ps(d[0], d[1]), _mm_unpackhi_ps(d[0], d[1]));
+    const __m128 cd = _mm_add_ps(_mm_unpacklo_ps(d[2], d[3]), _mm_unpackhi_ps(d[2], d[3]));
+    return _mm_add_ps(_mm_movelh_ps(ab, cd), _mm_movehl_ps(cd, ab));
+  }
 
   // int8: a 32-value block as two 16-byte halves, each widened to int16 (SSE2 has no byte
   // multiply) and multiplied pairwise into int32 lanes.
@@ -104,6 +109,7 @@ struct V {
   static reg fma(reg a, reg b, reg c) { return a * b + c; }
   static reg mul(reg a, reg b) { return a * b; }
   static float reduce(reg a) { return a; }
+  static reg sums(const reg* d) { return d[0]; }
 
   using qreg = float;
   static constexpr int kQ8Rows4 = 1;
