@@ -319,11 +319,13 @@ BOOST_AUTO_TEST_CASE(silu_mul_matches_the_formula_over_the_float_range) {
 
 // A team's phase computed as tickets equals the one-call result bit for bit (the same arithmetic
 // per row, only split): several products in one phase, SwiGLU, and several sequences' attention,
-// by teams of 1, 2 and 3, with one member late so that the others take its tickets.
+// by teams of 1, 2 and 3, with one member late so that the others take its tickets. The heads (64:
+// four AVX-512 registers, eight AVX2) take the builds' register paths, where queries of a kv head
+// go through together as far as a ticket's pairs allow: a query's result must not depend on which.
 BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
   const auto a = make_matrix(WeightType::f16, 203, 64, 5), b = make_matrix(WeightType::f32, 48, 64, 7);
   const auto gate_w = make_matrix(WeightType::f32, 176, 64, 8), up_w = make_matrix(WeightType::f16, 176, 64, 9);
-  const int64_t n = 5, heads = 4, kv_heads = 2, hd = 16;
+  const int64_t n = 5, heads = 4, kv_heads = 2, hd = 64;
   const auto x = random_rows(n, 64, 6);
   std::vector<float> ya(n * 203), yb(n * 203), want_gate(n * 176), want_up(n * 176);
   kernels::linear_rows(x.data(), n, a.view, ya.data(), false, 0, 203);
@@ -331,13 +333,14 @@ BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
   kernels::linear_rows(x.data(), n, gate_w.view, want_gate.data(), false, 0, 176);
   kernels::linear_rows(x.data(), n, up_w.view, want_up.data(), false, 0, 176);
   for (int64_t r = 0; r < n; ++r) kernels::silu_mul(want_gate.data() + r * 176, want_up.data() + r * 176, 176);
-  // Three sequences of 1, 3 and 2 queries at positions 7, 0 and 30 over caches of their own.
+  // Four sequences of 1, 3, 2 and 5 queries at positions 7, 0, 30 and 92 over caches of their own (the
+  // last one's long enough that a ticket holds 3 pairs, and its lengths cross a multiple of 16).
   struct Sequence {
     int64_t n, start;
     std::vector<float> q, keys, values, scratch, want, out;
   };
   std::vector<Sequence> seqs;
-  for (auto [rows, start] : {std::pair<int64_t, int64_t>{1, 7}, {3, 0}, {2, 30}}) {
+  for (auto [rows, start] : {std::pair<int64_t, int64_t>{1, 7}, {3, 0}, {2, 30}, {5, 92}}) {
     Sequence s{rows, start, random_rows(rows, heads * hd, 11 + start), random_rows(start + rows, kv_heads * hd, 12 + start),
                random_rows(start + rows, kv_heads * hd, 13 + start), std::vector<float>(rows * heads * (start + rows)),
                std::vector<float>(rows * heads * hd), {}};
