@@ -423,13 +423,13 @@ BOOST_AUTO_TEST_CASE(fp32_phases_transpose_their_own_inputs) {
 
 // Tickets: each runs once in each phase, and the others take what a late member has not started
 // (the late one here sleeps on the first ticket it takes; it may find its share taken before it
-// starts at all).
+// starts at all, and then take its first from another share that is not).
 BOOST_AUTO_TEST_CASE(tickets_run_once_and_a_late_members_tickets_go_to_the_others) {
   constexpr int kSize = 3;
   constexpr int64_t kTickets = 90;
   kernels::set_threads(kSize);
   for (int round = 0; round < 20; ++round) {
-    std::array<std::atomic<int>, kTickets> runs{};
+    std::array<std::atomic<int>, kTickets> runs{}, phase_one_member{};
     std::array<std::atomic<int>, kSize> ran_by{};
     std::atomic<bool> late_slept{false};
     std::atomic<int> first_of_late{-1};
@@ -440,6 +440,7 @@ BOOST_AUTO_TEST_CASE(tickets_run_once_and_a_late_members_tickets_go_to_the_other
         m.for_each_ticket(kTickets, [&](int64_t t) {
           runs[static_cast<size_t>(t)].fetch_add(1);
           if (phase == 1) ran_by[static_cast<size_t>(m.share.index)].fetch_add(1);
+          if (phase == 1) phase_one_member[static_cast<size_t>(t)].store(m.share.index);
           if (phase == 1 && m.share.index == 1 && !late_slept.exchange(true)) {
             first_of_late.store(static_cast<int>(t));
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -449,8 +450,14 @@ BOOST_AUTO_TEST_CASE(tickets_run_once_and_a_late_members_tickets_go_to_the_other
       }
     });
     for (int64_t t = 0; t < kTickets; ++t) BOOST_TEST(runs[static_cast<size_t>(t)].load() == 2, "ticket " << t);
-    const int late_first = first_of_late.load();  // from its own share, if any
-    BOOST_TEST((late_first == -1 || (late_first >= kTickets / kSize && late_first < 2 * kTickets / kSize)), late_first);
+    // The late member's first ticket: from its own share [30, 60) unless the others had taken all
+    // of that share (a member takes its own share first).
+    const int late_first = first_of_late.load();
+    const bool own_share_first = late_first >= kTickets / kSize && late_first < 2 * kTickets / kSize;
+    bool own_share_taken_by_others = true;
+    for (int64_t t = kTickets / kSize; t < 2 * kTickets / kSize; ++t)
+      own_share_taken_by_others = own_share_taken_by_others && phase_one_member[static_cast<size_t>(t)].load() != 1;
+    BOOST_TEST((late_first == -1 || own_share_first || own_share_taken_by_others), late_first);
     BOOST_TEST(ran_by[1].load() <= 1, "round " << round << ": the late member ran " << ran_by[1].load());
     BOOST_TEST(ran_by[0].load() + ran_by[1].load() + ran_by[2].load() == kTickets);
   }
