@@ -62,9 +62,12 @@ struct Decoder::Packed {
   static std::optional<at::ScalarType> converted_type(const at::Tensor& t, WeightPrecision p) {
     const auto as = [&](at::ScalarType want) { return t.scalar_type() == want ? std::nullopt : std::optional(want); };
     switch (p) {
-      case WeightPrecision::as_stored:
-        // The portable kernels convert halves value by value: there, fp32 is the faster way to hold them.
-        return kernels::isa() == "portable" ? as(at::kFloat) : std::nullopt;
+      case WeightPrecision::as_stored: {
+        // The portable kernels convert halves value by value: there, fp32 is the faster way to hold
+        // them. int8 stays int8 (its kernels multiply in integers in every build).
+        const bool half = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+        return kernels::isa() == "portable" && half ? std::optional(at::kFloat) : std::nullopt;
+      }
       case WeightPrecision::fp32: return as(at::kFloat);
       case WeightPrecision::fp16: return as(at::kHalf);
       case WeightPrecision::int8: return as(at::kChar);

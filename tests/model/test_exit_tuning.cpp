@@ -163,7 +163,7 @@ BOOST_AUTO_TEST_CASE(tied_exits_keep_the_backbone_and_the_config_and_start_as_th
 
   // The model loads, every exit is a valid split, and each exit is the final head at its layer.
   const auto model = Model::load(out.path());
-  BOOST_TEST(model->precision() == "bf16");
+  BOOST_TEST(model->precision() == held_as_stored("bf16"));
   for (int64_t split : {2, 4}) BOOST_CHECK_NO_THROW(SplitPlan::from_config(model->config(), split));
   BOOST_TEST(SplitPlan::from_config(model->config(), 4).edge_exits == (std::vector<int64_t>{2, 4}));
   const auto text = tokens_of(src.path(), kBrown + "test.txt", 400);

@@ -10,12 +10,20 @@
 #include <string>
 #include <vector>
 
+#include "model/kernels.hpp"
 #include "model/model_config.hpp"
 #include "model/runtime.hpp"
 #include "model/weights.hpp"
 #include "tests/test_files.hpp"
 
 namespace ce::test {
+
+// The precision a model stored as `stored` ("fp32", "fp16", "bf16", "int8") is held in at load
+// (WeightPrecision::as_stored): as stored, except that the portable kernels (a CPU without AVX2, or
+// CE_KERNELS=portable) hold halves as fp32.
+inline std::string held_as_stored(const std::string& stored) {
+  return kernels::isa() == "portable" && (stored == "fp16" || stored == "bf16") ? "fp32" : stored;
+}
 
 // A tiny LLaMA: dim 32, 4 heads of 8, 2 KV heads (GQA), 4 layers with exits after 1, 2 and 3,
 // the edge holds [0, 2).
