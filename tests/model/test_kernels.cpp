@@ -333,8 +333,8 @@ BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
   kernels::linear_rows(x.data(), n, gate_w.view, want_gate.data(), false, 0, 176);
   kernels::linear_rows(x.data(), n, up_w.view, want_up.data(), false, 0, 176);
   for (int64_t r = 0; r < n; ++r) kernels::silu_mul(want_gate.data() + r * 176, want_up.data() + r * 176, 176);
-  // Four sequences of 1, 3, 2 and 5 queries at positions 7, 0, 30 and 92 over caches of their own (the
-  // last one's long enough that a ticket holds 3 pairs, and its lengths cross a multiple of 16).
+  // Four sequences of 1, 3, 2 and 5 queries at positions 7, 0, 30 and 92 over caches of their own
+  // (the last one long enough that a ticket holds 3 pairs, its lengths crossing a multiple of 16).
   struct Sequence {
     int64_t n, start;
     std::vector<float> q, keys, values, scratch, want, out;
