@@ -68,16 +68,15 @@ def speculation_tables(w, summary, responses, links):
                         if len(p) == 2 and p["collaborative"] > 0)
         n = float(sp["responses"])
         b_co, b_sp = float(co["blocking_round_trips"]) / n, float(sp["blocking_round_trips"]) / n
-        confirmed = sum(int(r["bytes_uploaded"]) - int(r["bytes_wasted"]) for r in responses
-                        if r["link"] == link and r["mode"] == "collaborative-speculative")
-        wasted = sum(int(r["bytes_wasted"]) for r in responses
-                     if r["link"] == link and r["mode"] == "collaborative-speculative")
-        def spec_sum(mode, key):
+        def mode_sum(mode, key):  # `key` summed over this link's responses in `mode`
             return sum(float(r[key]) for r in responses if r["link"] == link and r["mode"] == mode)
-        blocked_co, blocked_sp = spec_sum("collaborative", "blocked_ms") / 1e3, spec_sum("collaborative-speculative", "blocked_ms") / 1e3
-        generated = spec_sum("collaborative-speculative", "generated")
-        computed = spec_sum("collaborative-speculative", "speculated") / max(generated, 1)
-        rolled = spec_sum("collaborative-speculative", "rolled_back") / max(generated, 1)
+        spec = "collaborative-speculative"
+        wasted = int(mode_sum(spec, "bytes_wasted"))
+        confirmed = int(mode_sum(spec, "bytes_uploaded")) - wasted
+        blocked_co, blocked_sp = mode_sum("collaborative", "blocked_ms") / 1e3, mode_sum(spec, "blocked_ms") / 1e3
+        generated = mode_sum(spec, "generated")
+        computed = mode_sum(spec, "speculated") / max(generated, 1)
+        rolled = mode_sum(spec, "rolled_back") / max(generated, 1)
         misses, cloud_tokens = int(float(sp["misses"])), int(float(sp["tokens"]) * float(sp["cloud_share"]) + 0.5)
         ratio = t_sp / t_co
         target = TARGETS.get(link)
