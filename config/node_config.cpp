@@ -509,7 +509,7 @@ std::vector<KeyDescriptor> build_key_table() {
                          "PEM certificate; tls.* are all set or none"));
   t.push_back(string_key("ce.tls.key", &C::tls_key, true, anything(), "PEM private key"));
   t.push_back(string_key("ce.tls.ca", &C::tls_ca, true, anything(), "PEM CA file that signs the peers"));
-  t.push_back(int_key("ce.threads", &C::torch_threads, 0, no_limit, "compute threads; 0 = all cores (half of them with role both)"));
+  t.push_back(int_key("ce.threads", &C::compute_threads, 0, no_limit, "compute threads; 0 = all cores (half of them with role both)"));
   t.push_back(int_key("ce.actor-threads", &C::actor_threads, 1, 64, "CAF scheduler threads"));
   t.push_back(int_key("ce.generate.max-tokens", &C::max_tokens, 1, 100000, "tokens to generate per prompt"));
   t.push_back(float_key(

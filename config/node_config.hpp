@@ -128,7 +128,7 @@ struct NodeConfig {
   std::string tls_key;          // ce.tls.key
   std::string tls_ca;           // ce.tls.ca
 
-  int torch_threads = defaults::torch_threads;  // ce.threads, 0 = all cores
+  int compute_threads = defaults::compute_threads;  // ce.threads, 0 = all cores
   int actor_threads = defaults::actor_threads;  // ce.actor-threads
 
   int max_tokens = defaults::max_tokens;      // ce.generate.max-tokens

@@ -117,21 +117,23 @@ std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Req
   }
   if (requests.size() > 1)  // a context takes at most as many rows as the others together
     for (auto& n : rows_of) n = std::min(n, std::max(kCatchUpFloor, total - n));
+  // A context's rows reach the final head only when they reach its requested position: then its
+  // last row, else none (the decoder then fills only their keys and values in the last layer).
   std::vector<Decoder::DecodeStep> steps;
   for (size_t i = 0; i < requests.size(); ++i) {
     auto& s = *requests[i].context->state_;
     const auto n = static_cast<uint32_t>(rows_of[i]);
-    steps.push_back({s.take_inputs(n), s.computed, &s.kv});  // (n, dim) at positions [computed, computed + n)
+    const bool answers = s.computed + rows_of[i] == int64_t{requests[i].position} + 1;
+    steps.push_back({s.take_inputs(n), s.computed, &s.kv, answers ? 1 : 0});  // (n, dim) at [computed, computed + n)
   }
   const auto& decoder = first.model->decoder();
   const auto rows = decoder.forward(steps, first.layer_begin, first.model->config().n_layers, scratch);
   std::vector<at::Tensor> last;  // (dim) the answered requests' last rows, for one head product
   std::vector<size_t> answered;
   for (size_t i = 0; i < requests.size(); ++i) {
-    auto& s = *requests[i].context->state_;
-    s.computed += rows[i].size(0);
-    if (s.computed == int64_t{requests[i].position} + 1) {
-      last.push_back(rows[i][-1]);
+    requests[i].context->state_->computed += rows_of[i];
+    if (rows[i].size(0) == 1) {
+      last.push_back(rows[i][0]);
       answered.push_back(i);
     }
   }
@@ -182,8 +184,8 @@ TokenChoice naive_split_infer(const Model& model, int64_t layer_begin, const flo
   check_choice(sampling, history, scored_token, c.vocab_size);
   auto x = torch::from_blob(const_cast<float*>(rows), {count, c.dim}, torch::kFloat);
   KvCache kv(c, layer_begin, c.n_layers);  // thrown away: the baseline keeps nothing
-  auto out = model.decoder().forward(x, 0, layer_begin, c.n_layers, kv);
-  return choose_token(model.decoder().final_logits(out[-1]), sampling, {count - 1, history, scored_token});
+  auto last = model.decoder().forward(x, 0, layer_begin, c.n_layers, kv, 1);  // (1, dim)
+  return choose_token(model.decoder().final_logits(last[0]), sampling, {count - 1, history, scored_token});
 }
 
 }  // namespace ce

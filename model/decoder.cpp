@@ -286,7 +286,7 @@ at::Tensor Decoder::embed(const at::Tensor& tokens) const {
 }
 
 void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                         const KvCache& kv) const {
+                         const KvCache& kv, int64_t outputs) const {
   const auto& c = config();
   if (hidden.dim() != 2 || hidden.size(1) != c.dim)
     throw ModelError("decoder: hidden must be (T, " + std::to_string(c.dim) + ")");
@@ -296,6 +296,9 @@ void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_
                      ") not held by the cache [" + std::to_string(kv.layer_begin()) + ", " +
                      std::to_string(kv.layer_end()) + ")");
   const int64_t t = hidden.size(0);
+  if (outputs < -1 || outputs > t)
+    throw ModelError("decoder: outputs " + std::to_string(outputs) + " outside [0, " + std::to_string(t) +
+                     "] rows (or -1: all)");
   if (start < 0 || start + t > c.max_seq)
     throw ModelError("decoder: positions [" + std::to_string(start) + ", " + std::to_string(start + t) +
                      ") exceed max_seq " + std::to_string(c.max_seq));
@@ -312,13 +315,14 @@ void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_
 }
 
 at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                            KvCache& kv) const {
-  check_step(hidden, start, layer_begin, layer_end, kv);
+                            KvCache& kv, int64_t outputs) const {
+  check_step(hidden, start, layer_begin, layer_end, kv, outputs);
   auto out = hidden.contiguous().clone();  // (T, dim), the residual stream, updated in place
-  const Segment one{0, out.size(0), start, &kv};
+  const int64_t t = out.size(0), kept = outputs < 0 ? t : outputs;
+  const Segment one{0, t, start, &kv, kept};
   run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end,
              [&](size_t floats) { return kv.scratch(floats); });
-  return out;
+  return kept == t ? out : out.narrow(0, t - kept, kept);
 }
 
 std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, int64_t layer_begin, int64_t layer_end,
@@ -331,8 +335,9 @@ std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, i
     if (!s.kv) throw ModelError("decoder: batch step " + std::to_string(i) + " has no cache");
     for (size_t j = 0; j < i; ++j)
       if (steps[j].kv == s.kv) throw ModelError("decoder: one cache twice in a batch");
-    check_step(s.hidden, s.start, layer_begin, layer_end, *s.kv);
-    segments.push_back({total, s.hidden.size(0), s.start, s.kv});
+    check_step(s.hidden, s.start, layer_begin, layer_end, *s.kv, s.outputs);
+    const int64_t t = s.hidden.size(0);
+    segments.push_back({total, t, s.start, s.kv, s.outputs < 0 ? t : s.outputs});
     total += s.hidden.size(0);
     rows.push_back(s.hidden);
   }
@@ -343,7 +348,7 @@ std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, i
     if (scratch.size() < floats) scratch.resize(floats);
     return scratch.data();
   });
-  for (const auto& seg : segments) out.push_back(x.narrow(0, seg.row, seg.rows));
+  for (const auto& seg : segments) out.push_back(x.narrow(0, seg.row + seg.rows - seg.outputs, seg.outputs));
   return out;
 }
 
@@ -351,13 +356,20 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
                          const std::function<float*(size_t)>& scratch_of) const {
   const auto& c = config();
   const int64_t dim = c.dim, hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_dim;
-  int64_t t = 0, score_floats = 0;  // all rows; attention scores of every segment (rows, heads, start + rows)
+  // All rows; the rows that go on past the range (Segment::outputs); attention scores of every
+  // segment (rows, heads, start + rows).
+  int64_t t = 0, t_out = 0, score_floats = 0;
   for (size_t i = 0; i < n_segments; ++i) {
     t += segments[i].rows;
+    t_out += segments[i].outputs;
     score_floats += segments[i].rows * c.n_heads * (segments[i].start + segments[i].rows);
   }
+  // The range's last layer runs its queries, attention, output projection and FFN on those rows
+  // alone, gathered: of a catch-up's rows only the last one goes on to the final head.
+  const bool trims = t_out < t;
   // One block of scratch for the whole call, carved up (T rows each):
-  float* xb = scratch_of(static_cast<size_t>(t * (dim + 2 * q_dim + 2 * kv_dim + 2 * ffn) + score_floats));
+  const int64_t gathered = trims ? 2 * t_out * dim : 0;
+  float* xb = scratch_of(static_cast<size_t>(t * (dim + 2 * q_dim + 2 * kv_dim + 2 * ffn) + score_floats + gathered));
   float* q = xb + t * dim;         // (T, heads, hd)
   float* k = q + t * q_dim;        // (T, kv_heads, hd)
   float* v = k + t * kv_dim;       // (T, kv_heads, hd)
@@ -365,20 +377,37 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
   float* gate = att + t * q_dim;   // (T, ffn)
   float* up = gate + t * ffn;      // (T, ffn)
   float* scores = up + t * ffn;    // per segment (rows, heads, start + rows)
+  float* x_out = trims ? scores + score_floats : x;  // (T_out, dim): the rows going on, in the last layer
+  float* xb_out = trims ? x_out + t_out * dim : xb;  // (T_out, dim): their normed rows
   const float eps = static_cast<float>(c.norm_eps);
   const float* cos = packed_->cos.data();
   const float* sin = packed_->sin.data();
   // Each segment's attention (its queries over its own cache: ragged, no padding), pointed at its
-  // cache's layer by the first member before the phase.
+  // cache's layer by the first member before the phase; in a trimmed last layer, its output rows'
+  // queries only (at the end of its positions), from the gathered rows.
   constexpr size_t kInline = 4;
-  std::array<kernels::Attention, kInline> inline_attentions{};
-  std::vector<kernels::Attention> more_attentions(n_segments > kInline ? n_segments : 0);
+  std::array<kernels::Attention, 2 * kInline> inline_attentions{};
+  std::vector<kernels::Attention> more_attentions(n_segments > kInline ? 2 * n_segments : 0);
   kernels::Attention* attentions = n_segments > kInline ? more_attentions.data() : inline_attentions.data();
-  for (size_t i = 0, scores_at = 0; i < n_segments; ++i) {
+  kernels::Attention* out_attentions = attentions + n_segments;
+  for (size_t i = 0, scores_at = 0, out_row = 0; i < n_segments; ++i) {
     const auto& s = segments[i];
     attentions[i] = {q + s.row * q_dim, s.rows, s.start, nullptr, nullptr, scores + scores_at, att + s.row * q_dim};
+    out_attentions[i] = {q + out_row * q_dim, s.outputs, s.start + s.rows - s.outputs, nullptr, nullptr,
+                         scores + scores_at, att + out_row * q_dim};
     scores_at += static_cast<size_t>(s.rows * c.n_heads * (s.start + s.rows));
+    out_row += static_cast<size_t>(s.outputs);
   }
+  // Copies each segment's output rows between all rows (T, dim) and the gathered ones (T_out, dim).
+  const auto gather = [&](float* all, float* gathered_rows, bool back) {
+    for (size_t i = 0, out_row = 0; i < n_segments; ++i) {
+      const auto& s = segments[i];
+      float* row = all + (s.row + s.rows - s.outputs) * dim;
+      float* out = gathered_rows + out_row * dim;
+      std::copy_n(back ? out : row, s.outputs * dim, back ? row : out);
+      out_row += static_cast<size_t>(s.outputs);
+    }
+  };
   // One parallel region for the whole range: the threads share out the rows of every product (and
   // the attention's heads) as tickets and meet at a barrier where the next kernel needs all of
   // them, instead of a fork and join per kernel (~60 per token). Small models stay on one thread:
@@ -388,45 +417,58 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
     const bool first = member.share.index == 0;  // work for one member, the others wait at the next sync
     for (int64_t l = layer_begin; l < layer_end; ++l) {
       const auto& w = packed_->layers[static_cast<size_t>(l)];
-      if (first) kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
+      // Rows whose queries, attention and FFN run: all, or in a trimmed last layer the gathered ones.
+      const bool trim = trims && l == layer_end - 1;
+      const int64_t tq = trim ? t_out : t;
+      float* xr = trim ? x_out : x;
+      float* xbr = trim ? xb_out : xb;
+      kernels::Attention* jobs = trim ? out_attentions : attentions;
+      if (first) {
+        kernels::rms_norm(x, w.attn_norm, t, dim, eps, xb);
+        if (trim) {
+          gather(x, x_out, false);
+          gather(xb, xb_out, false);
+        }
+      }
       member.sync();
-      kernels::linear(member, {{xb, t, &w.wq.view, q}, {xb, t, &w.wk.view, k}, {xb, t, &w.wv.view, v}});
+      kernels::linear(member, {{xbr, tq, &w.wq.view, q}, {xb, t, &w.wk.view, k}, {xb, t, &w.wv.view, v}});
       member.sync();
       if (first) {
         if (w.bq) {
-          kernels::add_bias(q, t, q_dim, w.bq);
+          kernels::add_bias(q, tq, q_dim, w.bq);
           kernels::add_bias(k, t, kv_dim, w.bk);
           kernels::add_bias(v, t, kv_dim, w.bv);
         }
         for (size_t i = 0; i < n_segments; ++i) {
           const auto& s = segments[i];
-          kernels::rope(q + s.row * q_dim, s.rows, c.n_heads, hd, s.start, cos, sin);
+          kernels::rope(q + (jobs[i].q - q), jobs[i].n, c.n_heads, hd, jobs[i].start, cos, sin);
           kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
           s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
-          attentions[i].keys = s.kv->keys(l);
-          attentions[i].values = s.kv->values(l);
+          jobs[i].keys = s.kv->keys(l);
+          jobs[i].values = s.kv->values(l);
         }
       }
       member.sync();
-      kernels::attention(member, c.n_heads, c.n_kv_heads, hd, attentions, n_segments);
+      kernels::attention(member, c.n_heads, c.n_kv_heads, hd, jobs, n_segments);
       member.sync();
-      kernels::linear(member, {{att, t, &w.wo.view, x, /*accumulate=*/true}});
+      kernels::linear(member, {{att, tq, &w.wo.view, xr, /*accumulate=*/true}});
       member.sync();
       if (first) {
-        if (w.bo) kernels::add_bias(x, t, dim, w.bo);
-        kernels::rms_norm(x, w.ffn_norm, t, dim, eps, xb);
+        if (w.bo) kernels::add_bias(xr, tq, dim, w.bo);
+        kernels::rms_norm(xr, w.ffn_norm, tq, dim, eps, xbr);
       }
       member.sync();
-      kernels::swiglu(member, xb, t, w.gate.view, w.up.view, gate, up, w.b_gate, w.b_up);
+      kernels::swiglu(member, xbr, tq, w.gate.view, w.up.view, gate, up, w.b_gate, w.b_up);
       member.sync();
-      kernels::linear(member, {{gate, t, &w.down.view, x, /*accumulate=*/true}});
+      kernels::linear(member, {{gate, tq, &w.down.view, xr, /*accumulate=*/true}});
       member.sync();
       if (w.b_down) {
-        if (first) kernels::add_bias(x, t, dim, w.b_down);
+        if (first) kernels::add_bias(xr, tq, dim, w.b_down);
         member.sync();
       }
     }
   });
+  if (trims) gather(x, x_out, true);
 }
 
 at::Tensor Decoder::head_logits(const void* head_ptr, const at::Tensor& hidden) const {

@@ -38,20 +38,26 @@ class Decoder {
 
   // Runs layers [layer_begin, layer_end) over positions [start, start + T).
   // hidden: (T, dim) fp32. Every layer of the range must have cached exactly `start` positions.
-  at::Tensor forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                     KvCache& kv) const;
+  // Returns the last `outputs` rows (all T when -1), (outputs, dim). The other rows' outputs are
+  // read by nothing (a catch-up answering for its last position, before the final head), so the
+  // range's last layer computes only their keys and values: every position's cache is filled, and
+  // no query, attention, output projection or FFN runs for them. Only a caller that goes on from
+  // none of those rows may ask for fewer (not one that runs the next layers from them).
+  at::Tensor forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end, KvCache& kv,
+                     int64_t outputs = -1) const;
 
   // One session's rows in a batched step: hidden (T, dim) fp32 at positions [start, start + T) of
-  // its own cache.
+  // its own cache; outputs as in forward() above.
   struct DecodeStep {
     at::Tensor hidden;
     int64_t start = 0;
     KvCache* kv = nullptr;
+    int64_t outputs = -1;
   };
   // Several sessions' rows through layers [layer_begin, layer_end) as one batch: norms, projections
   // and FFN over all rows at once (each weight read once for the whole batch), RoPE and attention
   // per session over its own cache (ragged: no padding to the longest). Each step is checked as
-  // forward() checks it; a cache may appear once. Returns each step's rows (T_i, dim), in order.
+  // forward() checks it; a cache may appear once. Returns each step's last rows (outputs_i, dim), in order.
   // `scratch` is the caller's (a scheduler's), grown as needed and kept between calls.
   std::vector<at::Tensor> forward(const std::vector<DecodeStep>& steps, int64_t layer_begin, int64_t layer_end,
                                   std::vector<float>& scratch) const;
@@ -66,13 +72,15 @@ class Decoder {
 
  private:
   struct Packed;
-  // Rows [row, row + rows) of a batch: one session's, at positions [start, start + rows) of kv.
+  // Rows [row, row + rows) of a batch: one session's, at positions [start, start + rows) of kv, of
+  // which the last `outputs` go on past the range's last layer (see forward()).
   struct Segment {
     int64_t row, rows, start;
     KvCache* kv;
+    int64_t outputs;
   };
   void check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                  const KvCache& kv) const;
+                  const KvCache& kv, int64_t outputs) const;
   // The layers over x (sum of rows, dim) in place; scratch_of(n) gives n floats of scratch.
   void run_layers(float* x, const Segment* segments, size_t n_segments, int64_t layer_begin, int64_t layer_end,
                   const std::function<float*(size_t)>& scratch_of) const;

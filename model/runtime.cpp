@@ -55,9 +55,9 @@ const std::string& Model::weights_hash() const { return decoder_->weights().hash
 std::string Model::precision() const { return decoder_->precision(); }
 int64_t Model::weight_bytes() const { return decoder_->matrix_bytes(); }
 
-void configure_torch_threads(int threads) {
+void configure_threads(int threads, TorchWork torch) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(threads);
+  at::set_num_threads(torch == TorchWork::compute ? threads : 1);
   kernels::set_threads(threads);
 }
 

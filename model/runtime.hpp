@@ -44,7 +44,14 @@ class Model {
   std::string dir_;
 };
 
-// Sets the threads of torch's intra-op pool and of the decode kernels (0: all cores).
-void configure_torch_threads(int threads);
+// What libtorch's own ops do in a process: the glue around the kernels (conversions, sampling,
+// scoring), or the compute itself (training).
+enum class TorchWork { glue, compute };
+// Sets the threads of the kernels' team (0: all cores), and of libtorch's intra-op pool for
+// TorchWork::compute; for glue, one. libtorch's OpenMP workers spin after each parallel op, and with
+// as many cores as the team has members that spin takes a member's core: the cloud's catch-up of
+// 256 positions ran 1.3x slower on 2 cores while a 256 x 256 widening of its input rows had
+// started them.
+void configure_threads(int threads, TorchWork torch = TorchWork::glue);
 
 }  // namespace ce

@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
     cloud_cfg.model_path = cli.get("model");
     cloud_cfg.model_weights = ce::to_string(ce::cli::weights_from_flag(cli));
     cloud_cfg.listen_port = 0;
-    cloud_cfg.torch_threads = static_cast<int>(cli.get_int("threads"));
+    cloud_cfg.compute_threads = static_cast<int>(cli.get_int("threads"));
     cloud_cfg.log_level = LogLevel::warning;
     Node cloud(cloud_cfg);
     const auto& mc = cloud.model().config();

@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
   cli.parse(argc, argv);
   try {
     const int threads = static_cast<int>(cli.get_int("threads"));
-    ce::configure_torch_threads(threads);
+    ce::configure_threads(threads);
     const auto precision = ce::cli::weights_from_flag(cli);
     const auto ranges = cli.get_list("ranges");
     const bool role_parts = cli.get("parts") == "role";

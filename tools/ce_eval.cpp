@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
   const bool pick = cli.has("pick-threshold") || write_threshold;
 
   try {
-    ce::configure_torch_threads(static_cast<int>(threads));
+    ce::configure_threads(static_cast<int>(threads));
     const std::string dir = cli.get("model");
     if (!fs::is_directory(dir)) throw Failure("model directory not found: " + dir);
     require_file(dir + "/config.json", "model config");

@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   cli.parse(argc, argv);
 
   try {
-    ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
+    ce::configure_threads(static_cast<int>(cli.get_int("threads")));
     const std::string dir = cli.get("model");
     auto model = ce::Model::load(dir, ce::cli::weights_from_flag(cli));
     const auto& cfg = model->config();

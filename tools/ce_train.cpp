@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
       .add("seed", "N", "seed for init and batches", "1").add("eval-every", "N", "validation interval", "200")
       .add("checkpoint-every", "N", "checkpoint interval", "200")
       .add("stop-after", "N", "stop this sitting after N steps (resume later)", "0")
-      .add("threads", "N", "torch threads, 0 = all cores", "0");
+      .add("threads", "N", "compute threads (libtorch's and the kernels'), 0 = all cores", "0");
   cli.add("add-exits", "LIST",
           "add exits after these layers to the published checkpoint --from and EE-Tune them (backbone "
           "frozen, run as stored), writing --out; its own defaults: --train " +
@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
   ce::cli::add_architecture_flags(cli);
   cli.parse(argc, argv);
   try {
-    ce::configure_torch_threads(static_cast<int>(cli.get_int("threads")));
+    ce::configure_threads(static_cast<int>(cli.get_int("threads")), ce::TorchWork::compute);
     if (cli.has("add-exits")) return run_add_exits(cli);
     const auto opened = ce::open_tokenizer(cli.get("tokenizer"));
     const ce::Tokenizer& tok = *opened;

@@ -61,10 +61,10 @@ Node::Node(NodeConfig config) : config_(std::move(config)), actors_(std::make_un
   // ce.threads = 0: all cores for a node of one role; half of them when it computes both halves,
   // whose sections run side by side (collaborative completions on 2 cores, eight at once: ~2,700
   // tokens/s with one thread each, ~1,500 with both wanting two).
-  int threads = config_.torch_threads;
+  int threads = config_.compute_threads;
   if (threads == 0 && config_.role == Role::both)
     threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / 2));
-  configure_torch_threads(threads);
+  configure_threads(threads);
   const auto precision = weight_precision_named(config_.model_weights);
   if (!precision) throw std::runtime_error("ce.model.weights = " + config_.model_weights + ": unknown precision");
   model_ = Model::load(config_.model_path, *precision, parts_to_load(config_));

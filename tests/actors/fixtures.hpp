@@ -38,7 +38,7 @@ inline NodeConfig node_config(Role role, const std::string& model_path) {
   c.role = role;
   c.model_path = model_path;
   c.listen_port = 0;
-  c.torch_threads = 1;
+  c.compute_threads = 1;
   c.actor_threads = 2;
   c.request_deadline = std::chrono::seconds(5);
   c.log_level = LogLevel::warning;

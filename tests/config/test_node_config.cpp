@@ -135,7 +135,7 @@ level = debug
   BOOST_TEST((c.role == ce::Role::cloud));
   BOOST_TEST(c.model_path == (dir.path() / "models/tiny").string());
   BOOST_TEST((c.mode == ce::InferenceMode::naive_split));
-  BOOST_TEST(c.torch_threads == 6);
+  BOOST_TEST(c.compute_threads == 6);
   BOOST_TEST(c.actor_threads == 3);
   BOOST_TEST(c.split_layer == 4);
   BOOST_TEST(c.exit_threshold == 0.75);
@@ -186,7 +186,7 @@ BOOST_AUTO_TEST_CASE(defaults_apply_for_unset_keys) {
   BOOST_TEST(c.tls_key.empty());
   BOOST_TEST(c.tls_ca.empty());
   BOOST_TEST(!c.tls_enabled());
-  BOOST_TEST(c.torch_threads == 0);
+  BOOST_TEST(c.compute_threads == 0);
   BOOST_TEST(c.actor_threads == 2);
   BOOST_TEST(c.max_tokens == 64);
   BOOST_TEST(c.temperature == 0.0);

@@ -272,6 +272,83 @@ BOOST_AUTO_TEST_CASE(batched_steps_equal_each_session_alone_with_ragged_lengths)
   }
 }
 
+// A step that reads only the last rows of a range (the cloud answering for the last position of a
+// catch-up) runs the range's last layer on those rows alone: the rows it returns, and the cache it
+// leaves for the steps after, must be those of the whole computation. Ranges ending at the final
+// layer and before it; a session asking for none of its rows, one, some and all, in one batch.
+BOOST_AUTO_TEST_CASE(steps_reading_only_their_last_rows_fill_the_cache_of_every_row) {
+  const auto c = reference_config(2);
+  auto w = scaled_weights(c, 43, 0.15, /*random_norms=*/true);
+  ReferenceLlama ref(*w);
+  for (auto precision : {WeightPrecision::fp32, WeightPrecision::fp16, WeightPrecision::int8})
+    for (const int64_t layer_end : {c.n_layers, int64_t{2}}) {
+      BOOST_TEST_CONTEXT(to_string(precision) << ", layers [0, " << layer_end << ")") {
+        Decoder d(w, precision);
+        constexpr int kSessions = 4;
+        std::vector<std::vector<int64_t>> tokens;
+        std::vector<std::unique_ptr<KvCache>> trimmed, whole;
+        for (int i = 0; i < kSessions; ++i) {
+          tokens.push_back(some_tokens(24, c.vocab_size, 200 + static_cast<uint64_t>(i), 0));
+          trimmed.push_back(std::make_unique<KvCache>(c, 0, layer_end));
+          whole.push_back(std::make_unique<KvCache>(c, 0, layer_end));
+        }
+        std::vector<int64_t> done(kSessions, 0);
+        std::vector<float> scratch;
+        struct Part {
+          int session;
+          int64_t rows, outputs;
+        };
+        const std::vector<std::vector<Part>> rounds = {{{0, 5, 1}, {1, 3, 0}, {2, 4, 4}, {3, 1, 1}},
+                                                       {{0, 4, 0}, {1, 6, 2}, {3, 7, 1}},
+                                                       {{0, 1, 1}, {1, 1, 1}, {2, 6, 0}, {3, 2, 2}},
+                                                       {{2, 3, 1}},
+                                                       {{0, 2, -1}, {1, 1, -1}, {2, 1, -1}, {3, 1, -1}}};
+        for (const auto& round : rounds) {
+          std::vector<Decoder::DecodeStep> steps;
+          for (const auto& p : round) {
+            const std::vector<int64_t> part(tokens[p.session].begin() + done[p.session],
+                                            tokens[p.session].begin() + done[p.session] + p.rows);
+            steps.push_back({d.embed(token_tensor(part)), done[p.session], trimmed[p.session].get(), p.outputs});
+          }
+          const auto out = d.forward(steps, 0, layer_end, scratch);
+          for (size_t j = 0; j < round.size(); ++j) {
+            const auto& p = round[j];
+            const int64_t kept = p.outputs < 0 ? p.rows : p.outputs;
+            BOOST_TEST_CONTEXT("session " << p.session << " rows " << done[p.session] << "+" << p.rows << ", "
+                                          << kept << " read") {
+              BOOST_REQUIRE_EQUAL(out[j].size(0), kept);
+              if (kept == 0) {  // the cache is checked below
+                d.forward(steps[j].hidden, done[p.session], 0, layer_end, *whole[p.session]);
+                done[p.session] += p.rows;
+                continue;
+              }
+              const auto all = d.forward(steps[j].hidden, done[p.session], 0, layer_end, *whole[p.session]);
+              BOOST_TEST(max_abs_diff(out[j], all.narrow(0, p.rows - kept, kept)) < 1e-4);
+              if (precision == WeightPrecision::fp32) {
+                const std::vector<int64_t> prefix(tokens[p.session].begin(),
+                                                  tokens[p.session].begin() + done[p.session] + p.rows);
+                const Rows ref_rows = ref.layers(ref.embed(prefix), 0, layer_end);
+                BOOST_TEST(max_diff(out[j], Rows(ref_rows.end() - kept, ref_rows.end())) < 1e-4);
+              }
+            }
+            done[p.session] += p.rows;
+          }
+        }
+        // Every position's keys and values, in every layer, as the whole computation left them.
+        for (int i = 0; i < kSessions; ++i)
+          for (int64_t l = 0; l < layer_end; ++l) {
+            BOOST_REQUIRE_EQUAL(trimmed[i]->length(l), done[i]);
+            const int64_t n = done[i] * c.kv_dim();
+            double diff = 0;
+            for (int64_t f = 0; f < n; ++f)
+              diff = std::max({diff, double(std::abs(trimmed[i]->keys(l)[f] - whole[i]->keys(l)[f])),
+                               double(std::abs(trimmed[i]->values(l)[f] - whole[i]->values(l)[f]))});
+            BOOST_TEST(diff < 1e-4, "session " << i << " layer " << l << ": cache differs by " << diff);
+          }
+      }
+    }
+}
+
 BOOST_AUTO_TEST_CASE(batched_step_refuses_bad_steps_by_name) {
   const auto c = reference_config(2);
   Decoder d(scaled_weights(c, 3, 0.15));
@@ -284,6 +361,8 @@ BOOST_AUTO_TEST_CASE(batched_step_refuses_bad_steps_by_name) {
   BOOST_TEST(contains(error({{h, 0, &a}, {h, 0, &a}}), "one cache twice"));
   BOOST_TEST(contains(error({{h, 0, &a}, {h, 0, nullptr}}), "step 1 has no cache"));
   BOOST_TEST(contains(error({{h, 0, &a}, {h, 2, &b}}), "has 0 cached positions, expected 2"));
+  BOOST_TEST(contains(error({{h, 0, &a, 3}}), "outputs 3 outside [0, 2] rows"));
+  BOOST_TEST(contains(model_error_text([&] { d.forward(h, 0, 0, c.n_layers, a, -2); }), "outputs -2 outside"));
   BOOST_TEST(a.length(0) == 0);  // refused before any layer ran
   BOOST_TEST(d.forward(std::vector<Decoder::DecodeStep>{}, 0, c.n_layers, scratch).empty());
 }
