@@ -6,6 +6,7 @@
 //   catchup  the cloud filling a gap of g uploaded positions in one infer, per position, against
 //            a one-position step at the same depth of context
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <chrono>
@@ -40,8 +41,13 @@ double seconds_since(clock_type::time_point t0) {
 
 // The machine's memory read bandwidth with the decoder's threads, GB/s: the best of 8 passes of
 // libtorch's vectorised sum over 1 GiB (the bound of a batch-1 step, which reads every weight once:
-// no engine decodes faster than bytes of weights per token / this).
+// no engine decodes faster than bytes of weights per token / this). libtorch gets the kernels'
+// threads for it (configure_threads leaves it one) and one again after.
 double read_bandwidth_gbps() {
+  struct TorchThreads {
+    TorchThreads() { at::set_num_threads(ce::kernels::threads()); }
+    ~TorchThreads() { at::set_num_threads(1); }
+  } while_reading;
   const auto buffer = at::ones({int64_t{1} << 28}, at::kFloat);
   double best = 1e9;
   for (int pass = 0; pass < 8; ++pass) {
