@@ -441,7 +441,7 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
         }
         for (size_t i = 0; i < n_segments; ++i) {
           const auto& s = segments[i];
-          kernels::rope(q + (jobs[i].q - q), jobs[i].n, c.n_heads, hd, jobs[i].start, cos, sin);
+          kernels::rope(q + (jobs[i].q - q), jobs[i].n, c.n_heads, hd, jobs[i].start, cos, sin);  // its queries
           kernels::rope(k + s.row * kv_dim, s.rows, c.n_kv_heads, hd, s.start, cos, sin);
           s.kv->append(l, k + s.row * kv_dim, v + s.row * kv_dim, s.rows);  // cannot throw: checked against max_seq
           jobs[i].keys = s.kv->keys(l);

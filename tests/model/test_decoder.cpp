@@ -275,7 +275,8 @@ BOOST_AUTO_TEST_CASE(batched_steps_equal_each_session_alone_with_ragged_lengths)
 // A step that reads only the last rows of a range (the cloud answering for the last position of a
 // catch-up) runs the range's last layer on those rows alone: the rows it returns, and the cache it
 // leaves for the steps after, must be those of the whole computation. Ranges ending at the final
-// layer and before it; a session asking for none of its rows, one, some and all, in one batch.
+// layer and before it; a session asking for none of its rows, one, some and all, in one batch and
+// alone.
 BOOST_AUTO_TEST_CASE(steps_reading_only_their_last_rows_fill_the_cache_of_every_row) {
   const auto c = reference_config(2);
   auto w = scaled_weights(c, 43, 0.15, /*random_norms=*/true);
@@ -302,6 +303,7 @@ BOOST_AUTO_TEST_CASE(steps_reading_only_their_last_rows_fill_the_cache_of_every_
                                                        {{0, 4, 0}, {1, 6, 2}, {3, 7, 1}},
                                                        {{0, 1, 1}, {1, 1, 1}, {2, 6, 0}, {3, 2, 2}},
                                                        {{2, 3, 1}},
+                                                       {{1, 2, 0}},  // no row read: keys and values alone
                                                        {{0, 2, -1}, {1, 1, -1}, {2, 1, -1}, {3, 1, -1}}};
         for (const auto& round : rounds) {
           std::vector<Decoder::DecodeStep> steps;
