@@ -88,8 +88,10 @@ for n in sessions:
 if "math_step_ms" in prov:
     step, row = prov["math_step_ms"], prov["math_row_ms_at_32"]
     md += ["", f"The cloud's layers on their own in the same run (ce-bench-decode, both cores, "
-           f"{prov.get('weights', 'auto')}): {step:.2f} ms for one offloaded token, {row:.3f} ms a position when 32 go "
-           f"through together, so a batch of 32 gains at most **{step / row:.1f}×** on the math alone; and with 32 "
+           f"{prov.get('weights', 'auto')}): {step:.2f} ms for one offloaded token, {row:.3f} ms a "
+           + ("row of a step of 32 sessions, one new position each (its head and token choice included)"
+              if prov.get("math_row_of") == "batch" else "position when 32 go through together (a catch-up of 32)")
+           + f", so a batch of 32 gains at most **{step / row:.1f}×** on the math alone; and with 32 "
            f"sessions each waiting for its answer, a request waits at least 32 × {row:.3f} = {32 * row:.1f} ms "
            "on average (Little's law: the cloud computes a row of every session between two requests of one)."]
 md += ["", f"Offloaded positions per session: {rows[0]['offloaded_per_session']} of {prov['positions']} "

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -119,6 +121,31 @@ double catchup_seconds(const std::shared_ptr<const ce::Model>& model, int64_t sp
   return seconds_since(t0);
 }
 
+// Seconds of `steps` batched cloud steps (CloudCompute::step, as the cloud's scheduler runs them)
+// of `sessions` contexts that hold `context` computed positions, each step one new position of
+// every context, answered: the cloud's work under load, scheduling and network aside.
+double batch_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
+                     int64_t context, int64_t sessions, int steps) {
+  std::vector<std::unique_ptr<ce::CloudCompute>> clouds;
+  for (int64_t s = 0; s < sessions; ++s) {
+    clouds.push_back(std::make_unique<ce::CloudCompute>(model, split));
+    clouds.back()->append(states.slice(0, static_cast<uint32_t>(context)));
+    clouds.back()->infer(static_cast<uint32_t>(context - 1), {});
+  }
+  std::vector<float> scratch;
+  const auto t0 = clock_type::now();
+  for (int i = 0; i < steps; ++i) {
+    const auto position = static_cast<uint32_t>(context + i);
+    std::vector<ce::CloudCompute::Request> requests;
+    for (auto& cloud : clouds) {
+      cloud->append(states.slice(position, 1));
+      requests.emplace_back(cloud.get(), position);
+    }
+    ce::CloudCompute::step(requests, std::numeric_limits<int64_t>::max(), scratch);
+  }
+  return seconds_since(t0);
+}
+
 // kB of a /proc/self/status field (VmRSS, VmHWM), 0 when unreadable.
 long status_kib(const char* field) {
   std::ifstream in("/proc/self/status");
@@ -135,12 +162,15 @@ int main(int argc, char** argv) {
                       "Measures batch-1 decode tokens/s of the full model, the edge's and the cloud's layer ranges, and "
                       "the cloud's per-position catch-up cost; prints one JSON line per measurement.");
   cli.add("model", "DIR", "model directory", "models/ce-brown-8l")
-      .add("ranges", "LIST", "comma-separated: full, edge, cloud, catchup, memory (the machine's read bandwidth)",
+      .add("ranges", "LIST",
+           "comma-separated: full, edge, cloud, catchup, batch (the cloud's step of --sessions contexts, one position "
+           "each), memory (the machine's read bandwidth)",
            "full,edge,cloud")
       .add("tokens", "N", "decode steps per measurement (from BOS; run.c's default is 256)", "256")
       .add("split", "LAYER", "edge/cloud split (default: the model's default_split)", "0")
       .add("gaps", "LIST", "catch-up gaps, in positions", "1,4,16,64,256")
-      .add("context", "N", "positions already computed before a catch-up", "64")
+      .add("context", "N", "positions already computed before a catch-up or a batch's steps", "64")
+      .add("sessions", "N", "contexts in each step of the batch range", "32")
       .add("threads", "N", "compute threads, 0 = all cores", "1")
       .add("tag", "TEXT", "copied into every line (e.g. the repeat number)", "")
       .add("parts", "WHICH", "tensors loaded: all, or role = only what --ranges' one range needs (edge: embedding, layers "
@@ -190,8 +220,12 @@ int main(int argc, char** argv) {
       gaps.push_back(g);
     }
     const int64_t context = cli.get_int("context");
+    const int64_t sessions = cli.get_int("sessions");
+    if (sessions < 1) cli.fail("--sessions must be at least 1");
+    if (context < 1) cli.fail("--context must be at least 1");
     int64_t needed = steps + 1;
     for (auto g : gaps) needed = std::max(needed, context + g);
+    if (std::find(ranges.begin(), ranges.end(), "batch") != ranges.end()) needed = std::max(needed, context + steps);
     std::optional<ce::PositionRows> states;
     for (const auto& range : ranges) {
       if (range == "memory") {
@@ -200,11 +234,18 @@ int main(int argc, char** argv) {
         report(range, runner_seconds(model, c.n_layers, false, steps));
       } else if (range == "edge") {
         report(range, runner_seconds(model, split, true, steps));
-      } else if (range == "cloud" || range == "catchup") {
+      } else if (range == "cloud" || range == "catchup" || range == "batch") {
         if (needed > c.max_seq) cli.fail("--tokens, --context and --gaps need more positions than max_seq");
         if (!states) states = role_parts ? random_states(c.dim, needed) : edge_states(model, split, needed);
         if (range == "cloud") {
           report(range, cloud_seconds(model, split, *states, steps));
+          continue;
+        }
+        if (range == "batch") {
+          const double seconds = batch_seconds(model, split, *states, context, sessions, steps);
+          std::cout << line(range) << ",\"context\":" << context << ",\"sessions\":" << sessions
+                    << ",\"steps\":" << steps << ",\"ms_per_step\":" << 1e3 * seconds / steps
+                    << ",\"ms_per_row\":" << 1e3 * seconds / steps / static_cast<double>(sessions) << "}" << std::endl;
           continue;
         }
         // The one-position step at the same depth, best of 5, is the yardstick.
@@ -218,7 +259,7 @@ int main(int argc, char** argv) {
                     << ",\"ratio_to_step\":" << best / g / step << "}" << std::endl;
         }
       } else {
-        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup, memory)");
+        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup, batch, memory)");
       }
     }
   } catch (const std::exception& e) {
