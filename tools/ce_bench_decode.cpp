@@ -5,6 +5,9 @@
 //   cloud  CloudCompute over [split, L): one uploaded fp16 state in, one token out
 //   catchup  the cloud filling a gap of g uploaded positions in one infer, per position, against
 //            a one-position step at the same depth of context
+//   batch  the cloud's step of --sessions contexts, one new position each (scripts/bench-load's
+//          yardstick for what batching can gain)
+//   memory the machine's read bandwidth
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
