@@ -319,14 +319,10 @@ BOOST_AUTO_TEST_CASE(steps_reading_only_their_last_rows_fill_the_cache_of_every_
             BOOST_TEST_CONTEXT("session " << p.session << " rows " << done[p.session] << "+" << p.rows << ", "
                                           << kept << " read") {
               BOOST_REQUIRE_EQUAL(out[j].size(0), kept);
-              if (kept == 0) {  // the cache is checked below
-                d.forward(steps[j].hidden, done[p.session], 0, layer_end, *whole[p.session]);
-                done[p.session] += p.rows;
-                continue;
-              }
+              // The whole computation of the same rows, on a cache of its own (compared below).
               const auto all = d.forward(steps[j].hidden, done[p.session], 0, layer_end, *whole[p.session]);
-              BOOST_TEST(max_abs_diff(out[j], all.narrow(0, p.rows - kept, kept)) < 1e-4);
-              if (precision == WeightPrecision::fp32) {
+              if (kept > 0) BOOST_TEST(max_abs_diff(out[j], all.narrow(0, p.rows - kept, kept)) < 1e-4);
+              if (kept > 0 && precision == WeightPrecision::fp32) {
                 const std::vector<int64_t> prefix(tokens[p.session].begin(),
                                                   tokens[p.session].begin() + done[p.session] + p.rows);
                 const Rows ref_rows = ref.layers(ref.embed(prefix), 0, layer_end);
