@@ -285,8 +285,8 @@ at::Tensor Decoder::embed(const at::Tensor& tokens) const {
   return weights_->embed.index_select(0, tokens.to(torch::kLong)).to(torch::kFloat);
 }
 
-void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                         const KvCache& kv, int64_t outputs) const {
+int64_t Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
+                            const KvCache& kv, int64_t outputs) const {
   const auto& c = config();
   if (hidden.dim() != 2 || hidden.size(1) != c.dim)
     throw ModelError("decoder: hidden must be (T, " + std::to_string(c.dim) + ")");
@@ -312,17 +312,18 @@ void Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t layer_
     if (kv.length(l) != start)
       throw ModelError("decoder: layer " + std::to_string(l) + " has " + std::to_string(kv.length(l)) +
                        " cached positions, expected " + std::to_string(start));
+  return outputs < 0 ? t : outputs;
 }
 
 at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
                             KvCache& kv, int64_t outputs) const {
-  check_step(hidden, start, layer_begin, layer_end, kv, outputs);
+  const int64_t kept = check_step(hidden, start, layer_begin, layer_end, kv, outputs);
   auto out = hidden.contiguous().clone();  // (T, dim), the residual stream, updated in place
-  const int64_t t = out.size(0), kept = outputs < 0 ? t : outputs;
+  const int64_t t = out.size(0);
   const Segment one{0, t, start, &kv, kept};
   run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end,
              [&](size_t floats) { return kv.scratch(floats); });
-  return kept == t ? out : out.narrow(0, t - kept, kept);
+  return out.narrow(0, t - kept, kept);
 }
 
 std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, int64_t layer_begin, int64_t layer_end,
@@ -335,10 +336,10 @@ std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, i
     if (!s.kv) throw ModelError("decoder: batch step " + std::to_string(i) + " has no cache");
     for (size_t j = 0; j < i; ++j)
       if (steps[j].kv == s.kv) throw ModelError("decoder: one cache twice in a batch");
-    check_step(s.hidden, s.start, layer_begin, layer_end, *s.kv, s.outputs);
+    const int64_t kept = check_step(s.hidden, s.start, layer_begin, layer_end, *s.kv, s.outputs);
     const int64_t t = s.hidden.size(0);
-    segments.push_back({total, t, s.start, s.kv, s.outputs < 0 ? t : s.outputs});
-    total += s.hidden.size(0);
+    segments.push_back({total, t, s.start, s.kv, kept});
+    total += t;
     rows.push_back(s.hidden);
   }
   std::vector<at::Tensor> out;

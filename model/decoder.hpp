@@ -79,8 +79,10 @@ class Decoder {
     KvCache* kv;
     int64_t outputs;
   };
-  void check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
-                  const KvCache& kv, int64_t outputs) const;
+  // Throws ModelError naming what is wrong with a step; returns the rows its caller reads (outputs,
+  // or all of them for -1).
+  int64_t check_step(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
+                     const KvCache& kv, int64_t outputs) const;
   // The layers over x (sum of rows, dim) in place; scratch_of(n) gives n floats of scratch.
   void run_layers(float* x, const Segment* segments, size_t n_segments, int64_t layer_begin, int64_t layer_end,
                   const std::function<float*(size_t)>& scratch_of) const;

@@ -99,15 +99,22 @@ ce::PositionRows random_states(int64_t dim, int64_t n) {
                                       static_cast<const uint16_t*>(bits.data_ptr()));
 }
 
+// A cloud context that has computed the first `context` positions of `states`.
+std::unique_ptr<ce::CloudCompute> computed_context(const std::shared_ptr<const ce::Model>& model, int64_t split,
+                                                   const ce::PositionRows& states, int64_t context) {
+  auto cloud = std::make_unique<ce::CloudCompute>(model, split);
+  cloud->append(states.slice(0, static_cast<uint32_t>(context)));
+  cloud->infer(static_cast<uint32_t>(context - 1), {});
+  return cloud;
+}
+
 double cloud_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
                      int steps) {
-  ce::CloudCompute cloud(model, split);
-  cloud.append(states.slice(0, 1));
-  cloud.infer(0, {});
+  const auto cloud = computed_context(model, split, states, 1);
   const auto t0 = clock_type::now();
   for (int i = 1; i <= steps; ++i) {
-    cloud.append(states.slice(static_cast<uint32_t>(i), 1));
-    cloud.infer(static_cast<uint32_t>(i), {});
+    cloud->append(states.slice(static_cast<uint32_t>(i), 1));
+    cloud->infer(static_cast<uint32_t>(i), {});
   }
   return seconds_since(t0);
 }
@@ -115,12 +122,10 @@ double cloud_seconds(const std::shared_ptr<const ce::Model>& model, int64_t spli
 // Seconds of one infer that fills `gap` positions after a context of `context` computed ones.
 double catchup_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
                        int64_t context, int64_t gap) {
-  ce::CloudCompute cloud(model, split);
-  cloud.append(states.slice(0, static_cast<uint32_t>(context)));
-  cloud.infer(static_cast<uint32_t>(context - 1), {});
-  cloud.append(states.slice(static_cast<uint32_t>(context), static_cast<uint32_t>(gap)));
+  const auto cloud = computed_context(model, split, states, context);
+  cloud->append(states.slice(static_cast<uint32_t>(context), static_cast<uint32_t>(gap)));
   const auto t0 = clock_type::now();
-  cloud.infer(static_cast<uint32_t>(context + gap - 1), {});
+  cloud->infer(static_cast<uint32_t>(context + gap - 1), {});
   return seconds_since(t0);
 }
 
@@ -130,11 +135,7 @@ double catchup_seconds(const std::shared_ptr<const ce::Model>& model, int64_t sp
 double batch_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
                      int64_t context, int64_t sessions, int steps) {
   std::vector<std::unique_ptr<ce::CloudCompute>> clouds;
-  for (int64_t s = 0; s < sessions; ++s) {
-    clouds.push_back(std::make_unique<ce::CloudCompute>(model, split));
-    clouds.back()->append(states.slice(0, static_cast<uint32_t>(context)));
-    clouds.back()->infer(static_cast<uint32_t>(context - 1), {});
-  }
+  for (int64_t s = 0; s < sessions; ++s) clouds.push_back(computed_context(model, split, states, context));
   std::vector<float> scratch;
   const auto t0 = clock_type::now();
   for (int i = 0; i < steps; ++i) {
