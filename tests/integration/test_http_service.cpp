@@ -120,7 +120,6 @@ std::vector<std::string> lines_of(const std::string& text) {
   return out;
 }
 
-// Everything the process writes to stderr (the log) while `body` runs.
 // What the process writes to stderr while `body` runs, and after it until `complete` says the
 // text is whole (or 5 s have passed): a server thread may log a request just after its client
 // got the response.
@@ -463,7 +462,9 @@ BOOST_AUTO_TEST_CASE(each_request_has_an_id_echoed_in_its_response_and_its_acces
       body = r->body;
     }
     s.client().Get("/health", {{"X-Request-Id", "probe-1"}});
-  }, [](const std::string& text) { return text.find("req=probe-1") != std::string::npos; });
+  }, [](const std::string& text) {  // both access lines: the completion's may come after the probe's
+    return text.find("req=probe-1") != std::string::npos && text.find("req=from-client-7") != std::string::npos;
+  });
   set_log_level(LogLevel::warning);
   BOOST_TEST(id == "from-client-7");
   const auto j = json::parse(body);
