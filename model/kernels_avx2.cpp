@@ -12,7 +12,8 @@ struct V : ce::kernels::Q8Registers256 {
   using reg = __m256;
   static constexpr int64_t N = 8;
   static constexpr int kRegisters = 16;
-  // fp32 weights take linear_f32_broadcast from this many input rows on (no narrower registers).
+  // fp32 weights take linear_broadcast from this many input rows on (no narrower registers), fp16
+  // and bf16 from twice as many.
   static constexpr int64_t kBroadcastMinRows = 16;
   using Narrow = V;
   static constexpr int64_t kNarrowBroadcastMinRows = 0;

@@ -24,8 +24,8 @@ struct V : ce::kernels::Q8Registers256 {
   using reg = __m512;
   static constexpr int64_t N = 16;
   static constexpr int kRegisters = 32;
-  // fp32 weights take linear_f32_broadcast from this many input rows on, in Narrow registers
-  // from kNarrowBroadcastMinRows. Ice Lake, one core, median GFLOP/s of 512- against 256-bit
+  // fp32 weights take linear_broadcast from this many input rows on (fp16/bf16 from twice as
+  // many), and fp32 in Narrow registers from kNarrowBroadcastMinRows. Ice Lake, one core, median GFLOP/s of 512- against 256-bit
   // registers: 16 rows 57-61 / 72-77, 24 rows 62-64 / 79-88 (two groups of 16 leave a quarter of
   // the lanes empty), 32 rows 81-82 / 67-72, 48 rows 79-89 / 59-80.
   static constexpr int64_t kBroadcastMinRows = 32;

@@ -186,13 +186,15 @@ BOOST_AUTO_TEST_SUITE(kernels_suite)
 // weights the same values are the quantized weights times the quantized input rows.
 BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build) {
   const WeightType types[] = {WeightType::f32, WeightType::f16, WeightType::bf16, WeightType::q8};
-  const std::pair<int64_t, int64_t> shapes[] = {{37, 50}, {64, 256}, {9, 33}, {130, 688}, {1, 16}, {45, 96}};
+  const std::pair<int64_t, int64_t> shapes[] = {{37, 50}, {64, 256}, {9, 33}, {130, 688}, {1, 16}, {45, 96}, {20, 1100}};
   for (auto type : types)
     for (auto [rows, cols] : shapes) {
       const auto m = make_matrix(type, rows, cols, static_cast<uint64_t>(rows * 7 + cols));
       // blocks of 4 and 6 rows, and what is left; from 8 (AVX-512) or 16 (AVX2) rows on fp32 takes
-      // the broadcast blocks, in groups of 1, 2 and 3 registers of rows, partly filled
-      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 17, 24, 31, 32, 33, 47, 48, 50, 64, 70}) {
+      // the broadcast blocks, fp16 and bf16 from 64 or 32 (widened), in groups of 1, 2 and 3
+      // registers of rows, partly filled, in one or more chunks of 4 groups; 1,100 columns: two
+      // slices of columns
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 17, 24, 31, 32, 33, 47, 48, 50, 64, 70, 100}) {
         const auto x = random_rows(n, cols, static_cast<uint64_t>(n));
         const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
         const auto [want, scale] = double_loop(m, seen, n, rows, cols);
@@ -394,31 +396,38 @@ BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
   check_phases_of_two_inputs(n, cols, {&grouped_a, &grouped_b, &a.view, &b.view});
 }
 
-// fp32 rows in batches of 16 or more: a row's outputs are the same bits whatever the batch holds
-// besides it (each lane of a broadcast block sums its own row), through every runnable build; so
-// a cloud's answer does not change with the sessions stepped beside it. Columns past a slice
-// (1,024) included.
-BOOST_AUTO_TEST_CASE(fp32_rows_in_batches_of_16_or_more_do_not_depend_on_their_batch) {
-  const int64_t rows = 40, cols = 1100;
-  const auto m = make_matrix(WeightType::f32, rows, cols, 41);
-  const auto x = random_rows(70, cols, 42);
-  for (const auto& isa : runnable_isas()) {
-    std::vector<float> whole(70 * rows);
-    isa.linear(x.data(), 70, m.view, whole.data(), false, 0, rows);
-    for (int64_t n : {16, 32, 48, 64}) {
-      std::vector<float> part(static_cast<size_t>(n * rows));
-      isa.linear(x.data(), n, m.view, part.data(), false, 0, rows);
-      BOOST_TEST(std::equal(part.begin(), part.end(), whole.begin()), isa.name << ": the first " << n << " of 70 rows");
+// Rows in batches that take the broadcast blocks (fp32 from 16 rows, fp16 and bf16 from 64): a
+// row's outputs are the same bits whatever the batch holds besides it (each lane of a broadcast
+// block sums its own row), through every runnable build; so a cloud's answer does not change with
+// the sessions stepped beside it. Columns past a slice (1,024) included.
+BOOST_AUTO_TEST_CASE(rows_in_broadcast_batches_do_not_depend_on_their_batch) {
+  const int64_t rows = 40, cols = 1100, total = 100;
+  const auto x = random_rows(total, cols, 42);
+  for (auto type : {WeightType::f32, WeightType::f16, WeightType::bf16}) {
+    const auto m = make_matrix(type, rows, cols, 41);
+    const auto batches = type == WeightType::f32 ? std::vector<int64_t>{16, 32, 48, 64} : std::vector<int64_t>{64, 80};
+    for (const auto& isa : runnable_isas()) {
+      std::vector<float> whole(total * rows);
+      isa.linear(x.data(), total, m.view, whole.data(), false, 0, rows);
+      for (int64_t n : batches) {
+        std::vector<float> part(static_cast<size_t>(n * rows));
+        isa.linear(x.data(), n, m.view, part.data(), false, 0, rows);
+        BOOST_TEST(std::equal(part.begin(), part.end(), whole.begin()),
+                   kernels::to_string(type) << " " << isa.name << ": the first " << n << " of " << total << " rows");
+      }
     }
   }
 }
 
-// fp32 products that take the broadcast blocks (20 rows: in every build that has them) transpose a
-// phase's input rows once per thread, as int8 ones quantize them: the same checks as above.
-BOOST_AUTO_TEST_CASE(fp32_phases_transpose_their_own_inputs) {
+// Products that take the broadcast blocks (fp32 at 20 rows, fp16 at 70: in every build that has
+// them) pack a phase's input rows once per thread, as int8 ones quantize them: the same checks as
+// above.
+BOOST_AUTO_TEST_CASE(broadcast_phases_pack_their_own_inputs) {
   const int64_t rows = 256, cols = 96;
   const auto a = make_matrix(WeightType::f32, rows, cols, 31), b = make_matrix(WeightType::f32, rows, cols, 32);
   check_phases_of_two_inputs(20, cols, {&a.view, &b.view, &a.view, &b.view});
+  const auto c = make_matrix(WeightType::f16, rows, cols, 33), d = make_matrix(WeightType::f16, rows, cols, 34);
+  check_phases_of_two_inputs(70, cols, {&c.view, &d.view, &c.view, &d.view});
 }
 
 // Tickets: each runs once in each phase, and the others take what a late member has not started
