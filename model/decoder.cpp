@@ -357,28 +357,25 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
                          const std::function<float*(size_t)>& scratch_of) const {
   const auto& c = config();
   const int64_t dim = c.dim, hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_dim;
-  // All rows; the rows that go on past the range (Segment::outputs); attention scores of every
-  // segment (rows, heads, start + rows).
-  int64_t t = 0, t_out = 0, score_floats = 0;
+  // All rows; the rows that go on past the range (Segment::outputs).
+  int64_t t = 0, t_out = 0;
   for (size_t i = 0; i < n_segments; ++i) {
     t += segments[i].rows;
     t_out += segments[i].outputs;
-    score_floats += segments[i].rows * c.n_heads * (segments[i].start + segments[i].rows);
   }
   // The range's last layer runs its queries, attention, output projection and FFN on those rows
   // alone, gathered: of a catch-up's rows only the last one goes on to the final head.
   const bool trims = t_out < t;
   // One block of scratch for the whole call, carved up (T rows each):
   const int64_t gathered = trims ? 2 * t_out * dim : 0;
-  float* xb = scratch_of(static_cast<size_t>(t * (dim + 2 * q_dim + 2 * kv_dim + 2 * ffn) + score_floats + gathered));
+  float* xb = scratch_of(static_cast<size_t>(t * (dim + 2 * q_dim + 2 * kv_dim + 2 * ffn) + gathered));
   float* q = xb + t * dim;         // (T, heads, hd)
   float* k = q + t * q_dim;        // (T, kv_heads, hd)
   float* v = k + t * kv_dim;       // (T, kv_heads, hd)
   float* att = v + t * kv_dim;     // (T, heads, hd)
   float* gate = att + t * q_dim;   // (T, ffn)
   float* up = gate + t * ffn;      // (T, ffn)
-  float* scores = up + t * ffn;    // per segment (rows, heads, start + rows)
-  float* x_out = trims ? scores + score_floats : x;  // (T_out, dim): the rows going on, in the last layer
+  float* x_out = trims ? up + t * ffn : x;           // (T_out, dim): the rows going on, in the last layer
   float* xb_out = trims ? x_out + t_out * dim : xb;  // (T_out, dim): their normed rows
   const float eps = static_cast<float>(c.norm_eps);
   const float* cos = packed_->cos.data();
@@ -391,12 +388,11 @@ void Decoder::run_layers(float* x, const Segment* segments, size_t n_segments, i
   std::vector<kernels::Attention> more_attentions(n_segments > kInline ? 2 * n_segments : 0);
   kernels::Attention* attentions = n_segments > kInline ? more_attentions.data() : inline_attentions.data();
   kernels::Attention* out_attentions = attentions + n_segments;
-  for (size_t i = 0, scores_at = 0, out_row = 0; i < n_segments; ++i) {
+  for (size_t i = 0, out_row = 0; i < n_segments; ++i) {
     const auto& s = segments[i];
-    attentions[i] = {q + s.row * q_dim, s.rows, s.start, nullptr, nullptr, scores + scores_at, att + s.row * q_dim};
+    attentions[i] = {q + s.row * q_dim, s.rows, s.start, nullptr, nullptr, att + s.row * q_dim};
     out_attentions[i] = {q + out_row * q_dim, s.outputs, s.start + s.rows - s.outputs, nullptr, nullptr,
-                         scores + scores_at, att + out_row * q_dim};
-    scores_at += static_cast<size_t>(s.rows * c.n_heads * (s.start + s.rows));
+                         att + out_row * q_dim};
     out_row += static_cast<size_t>(s.outputs);
   }
   // Copies each segment's output rows between all rows (T, dim) and the gathered ones (T_out, dim).

@@ -169,8 +169,8 @@ void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, c
 }
 
 void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
-               const float* keys, const float* values, float* scratch, float* out) {
-  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, scratch, out, 0, n * heads));
+               const float* keys, const float* values, float* out) {
+  CE_KERNELS_DISPATCH(attention(q, n, heads, kv_heads, head_dim, start, keys, values, out, 0, n * heads));
 }
 
 void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_dim, const Attention* jobs,
@@ -189,8 +189,7 @@ void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_di
     for (int64_t tickets; ticket >= (tickets = ceil_div(jobs[i].n * heads, chunk)); ++i) ticket -= tickets;
     const auto& a = jobs[i];
     const int64_t begin = ticket * chunk, end = std::min(a.n * heads, begin + chunk);
-    CE_KERNELS_DISPATCH(attention(a.q, a.n, heads, kv_heads, head_dim, a.start, a.keys, a.values, a.scratch, a.out,
-                                  begin, end));
+    CE_KERNELS_DISPATCH(attention(a.q, a.n, heads, kv_heads, head_dim, a.start, a.keys, a.values, a.out, begin, end));
   });
 }
 

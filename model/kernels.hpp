@@ -63,9 +63,11 @@ void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, c
 // Causal attention of n queries at positions [start, start + n) over a cache holding positions
 // [0, start + n). q: (n, heads, head_dim). keys/values: (start + n, kv_heads, head_dim); head h
 // reads kv head h / (heads / kv_heads), as Hugging Face's repeat_kv. out: (n, heads * head_dim).
-// scratch: n * heads * (start + n) floats.
+// The scores live in a few rows of the calling thread's scratch (a query's scores, softmax and
+// weighted sum of values are done before the next query's): start + n floats for each query
+// computed together, not n * heads * (start + n) for the call.
 void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
-               const float* keys, const float* values, float* scratch, float* out);
+               const float* keys, const float* values, float* out);
 
 // gate (n, ffn) = silu(gate) * up, in place.
 void silu_mul(float* gate, const float* up, int64_t n);
@@ -166,7 +168,6 @@ struct Attention {
   int64_t n, start;
   const float* keys;
   const float* values;
-  float* scratch;
   float* out;
 };
 // The phase's attentions on every member: (query, head) pairs in chunks, as tickets.

@@ -16,8 +16,8 @@
   void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, const float* cos,         \
             const float* sin);                                                                             \
   void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim,             \
-                 int64_t start, const float* keys, const float* values, float* scratch, float* out,        \
-                 int64_t pair_begin, int64_t pair_end);                                                    \
+                 int64_t start, const float* keys, const float* values, float* out, int64_t pair_begin,    \
+                 int64_t pair_end);                                                                        \
   void silu_mul(float* gate, const float* up, int64_t n);                                                  \
   }
 

@@ -32,7 +32,7 @@ using LinearFn = void (*)(const float*, int64_t, const Matrix&, float*, bool, in
 
 using SiluFn = void (*)(float*, const float*, int64_t);
 using AttentionFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,
-                             float*, float*, int64_t, int64_t);
+                             float*, int64_t, int64_t);
 
 struct Isa {
   const char* name;
@@ -339,15 +339,13 @@ BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
   // (the last one long enough that a ticket holds 3 pairs, its lengths crossing a multiple of 16).
   struct Sequence {
     int64_t n, start;
-    std::vector<float> q, keys, values, scratch, want, out;
+    std::vector<float> q, keys, values, want, out;
   };
   std::vector<Sequence> seqs;
   for (auto [rows, start] : {std::pair<int64_t, int64_t>{1, 7}, {3, 0}, {2, 30}, {5, 92}}) {
     Sequence s{rows, start, random_rows(rows, heads * hd, 11 + start), random_rows(start + rows, kv_heads * hd, 12 + start),
-               random_rows(start + rows, kv_heads * hd, 13 + start), std::vector<float>(rows * heads * (start + rows)),
-               std::vector<float>(rows * heads * hd), {}};
-    kernels::attention(s.q.data(), rows, heads, kv_heads, hd, start, s.keys.data(), s.values.data(), s.scratch.data(),
-                       s.want.data());
+               random_rows(start + rows, kv_heads * hd, 13 + start), std::vector<float>(rows * heads * hd), {}};
+    kernels::attention(s.q.data(), rows, heads, kv_heads, hd, start, s.keys.data(), s.values.data(), s.want.data());
     seqs.push_back(std::move(s));
   }
   for (int threads : {1, 2, 3}) {
@@ -357,7 +355,7 @@ BOOST_AUTO_TEST_CASE(a_team_phase_equals_the_whole_product) {
       std::vector<kernels::Attention> jobs;
       for (auto& s : seqs) {
         s.out.assign(s.want.size(), -1);
-        jobs.push_back({s.q.data(), s.n, s.start, s.keys.data(), s.values.data(), s.scratch.data(), s.out.data()});
+        jobs.push_back({s.q.data(), s.n, s.start, s.keys.data(), s.values.data(), s.out.data()});
       }
       const kernels::TeamClaim claim(true);
       BOOST_TEST_REQUIRE(claim.size() == threads);
@@ -579,8 +577,8 @@ BOOST_AUTO_TEST_CASE(rope_and_attention_match_their_formulas) {
       }
 
   const auto keys = random_rows(span, kv_heads * hd, 2), values = random_rows(span, kv_heads * hd, 3);
-  std::vector<float> scratch(static_cast<size_t>(n * heads * span)), out(static_cast<size_t>(n * heads * hd));
-  kernels::attention(q.data(), n, heads, kv_heads, hd, start, keys.data(), values.data(), scratch.data(), out.data());
+  std::vector<float> out(static_cast<size_t>(n * heads * hd));
+  kernels::attention(q.data(), n, heads, kv_heads, hd, start, keys.data(), values.data(), out.data());
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t g = h / (heads / kv_heads), len = start + i + 1;  // causal: positions [0, start + i]
@@ -635,9 +633,8 @@ BOOST_AUTO_TEST_CASE(attention_matches_its_formula_for_every_head_size_and_build
                 p[static_cast<size_t>(s)] / total * values[static_cast<size_t>((s * kv_heads + g) * hd + j)];
       }
     for (const auto& isa : runnable_isas()) {
-      std::vector<float> scratch(static_cast<size_t>(n * heads * span)), out(want.size(), -9.0f);
-      isa.attention(q.data(), n, heads, kv_heads, hd, start, keys.data(), values.data(), scratch.data(), out.data(), 0,
-                    n * heads);
+      std::vector<float> out(want.size(), -9.0f);
+      isa.attention(q.data(), n, heads, kv_heads, hd, start, keys.data(), values.data(), out.data(), 0, n * heads);
       double worst = 0;
       for (size_t k = 0; k < out.size(); ++k) worst = std::max(worst, std::abs(out[k] - want[k]));
       BOOST_TEST(worst < 1e-5, isa.name << " head_dim " << hd << ", " << start + n << " positions: worst " << worst);
