@@ -63,9 +63,9 @@ void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, c
 // Causal attention of n queries at positions [start, start + n) over a cache holding positions
 // [0, start + n). q: (n, heads, head_dim). keys/values: (start + n, kv_heads, head_dim); head h
 // reads kv head h / (heads / kv_heads), as Hugging Face's repeat_kv. out: (n, heads * head_dim).
-// The scores live in a few rows of the calling thread's scratch (a query's scores, softmax and
-// weighted sum of values are done before the next query's): start + n floats for each query
-// computed together, not n * heads * (start + n) for the call.
+// The scores live in a few rows of the calling thread's scratch: each query's scores, softmax and
+// weighted sum of values are done before the next ones', so a call needs start + n floats for each
+// query computed together, whatever its number of queries.
 void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
                const float* keys, const float* values, float* out);
 
