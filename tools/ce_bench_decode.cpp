@@ -7,6 +7,9 @@
 //            a one-position step at the same depth of context
 //   batch  the cloud's step of --sessions contexts, one new position each (scripts/bench-load's
 //          yardstick for what batching can gain)
+//   edge-batch  the edge's step of --sessions responses generating together at the model's θ
+//          (EarlyExitRunner::advance of a batch, as edge_inference's scheduler runs it;
+//          scripts/bench-edge's yardstick)
 //   memory the machine's read bandwidth
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -150,6 +153,33 @@ double batch_seconds(const std::shared_ptr<const ce::Model>& model, int64_t spli
   return seconds_since(t0);
 }
 
+// Seconds of `steps` batched edge steps of `sessions` responses over [0, split) at the model's θ
+// (tokens fed back greedily, exits read, rows left at an exit riding along later), each response
+// started from a different prompt of `context` tokens: the edge's work under load, HTTP aside.
+double edge_batch_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, int64_t context,
+                          int64_t sessions, int steps) {
+  const auto& c = model->config();
+  std::vector<std::unique_ptr<ce::EarlyExitRunner>> runners;
+  std::vector<ce::EarlyExitRunner::Advance> batch;
+  ce::ExitRule rule;
+  rule.threshold = c.default_threshold;
+  for (int64_t s = 0; s < sessions; ++s) {
+    runners.push_back(std::make_unique<ce::EarlyExitRunner>(model, split));
+    std::vector<int32_t> prompt;
+    if (c.bos_id >= 0) prompt.push_back(static_cast<int32_t>(c.bos_id));
+    for (auto i = static_cast<int64_t>(prompt.size()); i < context; ++i) prompt.push_back(static_cast<int32_t>((s * 131 + i * 17) % c.vocab_size));
+    batch.push_back({runners.back().get(), prompt, rule});
+  }
+  std::vector<float> scratch;
+  auto outcomes = ce::EarlyExitRunner::advance(batch, scratch);
+  const auto t0 = clock_type::now();
+  for (int i = 0; i < steps; ++i) {
+    for (size_t s = 0; s < batch.size(); ++s) batch[s].tokens = {std::max(0, outcomes[s].standalone_token())};
+    outcomes = ce::EarlyExitRunner::advance(batch, scratch);
+  }
+  return seconds_since(t0);
+}
+
 // kB of a /proc/self/status field (VmRSS, VmHWM), 0 when unreadable.
 long status_kib(const char* field) {
   std::ifstream in("/proc/self/status");
@@ -168,7 +198,8 @@ int main(int argc, char** argv) {
   cli.add("model", "DIR", "model directory", "models/ce-brown-8l")
       .add("ranges", "LIST",
            "comma-separated: full, edge, cloud, catchup, batch (the cloud's step of --sessions contexts, one position "
-           "each), memory (the machine's read bandwidth)",
+           "each), edge-batch (the edge's step of --sessions responses at the model's θ), memory (the machine's read "
+           "bandwidth)",
            "full,edge,cloud")
       .add("tokens", "N", "decode steps per measurement (from BOS; run.c's default is 256)", "256")
       .add("split", "LAYER", "edge/cloud split (default: the model's default_split)", "0")
@@ -229,7 +260,8 @@ int main(int argc, char** argv) {
     if (context < 1) cli.fail("--context must be at least 1");
     int64_t needed = steps + 1;
     for (auto g : gaps) needed = std::max(needed, context + g);
-    if (std::find(ranges.begin(), ranges.end(), "batch") != ranges.end()) needed = std::max(needed, context + steps);
+    for (const char* batched : {"batch", "edge-batch"})
+      if (std::find(ranges.begin(), ranges.end(), batched) != ranges.end()) needed = std::max(needed, context + steps);
     std::optional<ce::PositionRows> states;
     for (const auto& range : ranges) {
       if (range == "memory") {
@@ -238,6 +270,12 @@ int main(int argc, char** argv) {
         report(range, runner_seconds(model, c.n_layers, false, steps));
       } else if (range == "edge") {
         report(range, runner_seconds(model, split, true, steps));
+      } else if (range == "edge-batch") {
+        if (needed > c.max_seq) cli.fail("--tokens and --context need more positions than max_seq");
+        const double seconds = edge_batch_seconds(model, split, context, sessions, steps);
+        std::cout << line(range) << ",\"context\":" << context << ",\"sessions\":" << sessions
+                  << ",\"steps\":" << steps << ",\"ms_per_step\":" << 1e3 * seconds / steps
+                  << ",\"ms_per_row\":" << 1e3 * seconds / steps / static_cast<double>(sessions) << "}" << std::endl;
       } else if (range == "cloud" || range == "catchup" || range == "batch") {
         if (needed > c.max_seq) cli.fail("--tokens, --context and --gaps need more positions than max_seq");
         if (!states) states = role_parts ? random_states(c.dim, needed) : edge_states(model, split, needed);
@@ -263,7 +301,7 @@ int main(int argc, char** argv) {
                     << ",\"ratio_to_step\":" << best / g / step << "}" << std::endl;
         }
       } else {
-        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup, batch, memory)");
+        cli.fail("--ranges: unknown range '" + range + "' (full, edge, cloud, catchup, batch, edge-batch, memory)");
       }
     }
   } catch (const std::exception& e) {
