@@ -542,7 +542,7 @@ BOOST_AUTO_TEST_CASE(help_has_one_line_per_key) {
   check_contains(help, {"ce.role", "edge|cloud|both", "[required]", "ce.cloud.port", "int 1..65535", "[default 7700]",
                         "ce.batch.max-sessions", "int 1..4096", "[default 32]", "ce.batch.catch-up-chunk", "[default 64]", "ce.batch.gather",
                         "ce.session.idle-timeout", "[default 60s]", "ce.listen.allow-plain-remote", "ce.log.level",
-                        "ce.speculation.enabled", "[default true]", "ce.speculation.max-ahead", "int 1..1024", "[default 64]"});
+                        "ce.speculation.enabled", "[default true]", "ce.speculation.max-ahead", "int 1..1024", "[default 256]"});
   BOOST_TEST(described.find("ce.upload.queue-limit") != std::string::npos);
 }
 
