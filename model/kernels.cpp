@@ -195,6 +195,8 @@ void attention(const Member& m, int64_t heads, int64_t kv_heads, int64_t head_di
 
 void silu_mul(float* gate, const float* up, int64_t n) { CE_KERNELS_DISPATCH(silu_mul(gate, up, n)); }
 
+float sum_exp(const float* x, int64_t n, float shift) { CE_KERNELS_DISPATCH(sum_exp(x, n, shift)); }
+
 #undef CE_KERNELS_DISPATCH
 
 void add_bias(float* x, int64_t rows, int64_t cols, const float* bias) {

@@ -72,6 +72,12 @@ void attention(const float* q, int64_t n, int64_t heads, int64_t kv_heads, int64
 // gate (n, ffn) = silu(gate) * up, in place.
 void silu_mul(float* gate, const float* up, int64_t n);
 
+// Σ e^(x[i] - shift) over i < n: a softmax's denominator (a head's confidence is its inverse when
+// shift is the largest logit). Within a few float ulp of each term; vectorised: over the shipped
+// model's 2,048 logits 0.55 µs against 7.3 through libm's expf, which an edge step reading both
+// exits paid twice in 0.3–0.5 ms.
+float sum_exp(const float* x, int64_t n, float shift);
+
 // x (rows, cols) += bias (cols) on every row (the q/k/v/o biases of Qwen2-style attention).
 void add_bias(float* x, int64_t rows, int64_t cols, const float* bias);
 

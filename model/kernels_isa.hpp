@@ -19,6 +19,7 @@
                  int64_t start, const float* keys, const float* values, float* out, int64_t pair_begin,    \
                  int64_t pair_end);                                                                        \
   void silu_mul(float* gate, const float* up, int64_t n);                                                  \
+  float sum_exp(const float* x, int64_t n, float shift);                                                   \
   }
 
 CE_KERNELS_DECLARE(avx512)

@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "model/kernels.hpp"
 #include "model/model_config.hpp"
 
 namespace ce {
@@ -118,10 +119,7 @@ TokenChoice greedy_choice(const float* logits, int64_t vocab) {
   int64_t best = 0;
   for (int64_t i = 1; i < vocab; ++i)
     if (logits[i] > logits[best]) best = i;
-  const float top = logits[best];
-  double total = 0;  // float exponentials (each <= 1), summed in double
-  for (int64_t i = 0; i < vocab; ++i) total += std::exp(logits[i] - top);
-  return {static_cast<int32_t>(best), static_cast<float>(1.0 / total), {}};
+  return {static_cast<int32_t>(best), 1.0f / kernels::sum_exp(logits, vocab, logits[best]), {}};
 }
 
 TokenChoice greedy_choice(const at::Tensor& logits) {

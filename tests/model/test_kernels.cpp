@@ -32,6 +32,7 @@ namespace {
 using LinearFn = void (*)(const float*, int64_t, const Matrix&, float*, bool, int64_t, int64_t);
 
 using SiluFn = void (*)(float*, const float*, int64_t);
+using SumExpFn = float (*)(const float*, int64_t, float);
 using AttentionFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,
                              float*, int64_t, int64_t);
 
@@ -40,17 +41,21 @@ struct Isa {
   LinearFn linear;
   SiluFn silu_mul;
   AttentionFn attention;
+  SumExpFn sum_exp;
 };
 
 // The builds this CPU can execute (portable always).
 std::vector<Isa> runnable_isas() {
-  std::vector<Isa> out{{"portable", kernels::portable::linear, kernels::portable::silu_mul, kernels::portable::attention}};
+  std::vector<Isa> out{{"portable", kernels::portable::linear, kernels::portable::silu_mul, kernels::portable::attention,
+                  kernels::portable::sum_exp}};
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    out.push_back({"avx2", kernels::avx2::linear, kernels::avx2::silu_mul, kernels::avx2::attention});
+    out.push_back({"avx2", kernels::avx2::linear, kernels::avx2::silu_mul, kernels::avx2::attention,
+                  kernels::avx2::sum_exp});
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    out.push_back({"avx512", kernels::avx512::linear, kernels::avx512::silu_mul, kernels::avx512::attention});
+    out.push_back({"avx512", kernels::avx512::linear, kernels::avx512::silu_mul, kernels::avx512::attention,
+                  kernels::avx512::sum_exp});
 #endif
   return out;
 }
@@ -317,6 +322,29 @@ BOOST_AUTO_TEST_CASE(silu_mul_matches_the_formula_over_the_float_range) {
       worst = std::max(worst, std::abs(gate[i] - want) / std::max(std::abs(want), 1e-30));
     }
     BOOST_TEST(worst < 2e-6, isa.name << ": worst relative error " << worst);
+  }
+}
+
+// A softmax's denominator Σ e^(x - shift) against double: a head's logits over a vocabulary (2,048:
+// whole registers; 2,051: a remainder), the shift its largest logit (terms in (0, 1]) or not
+// (terms up to e^10), and over the float range's ends (e^-100 underflows toward 0 in both).
+BOOST_AUTO_TEST_CASE(sum_exp_matches_the_formula_for_every_build) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (const int64_t n : {1, 15, 2048, 2051}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = normal(rng);
+    x.back() = -100.0f;
+    const float top = *std::max_element(x.begin(), x.end());
+    for (const float shift : {top, top - 10.0f}) {
+      double want = 0;
+      for (const float v : x) want += std::exp(double(v) - shift);
+      for (const auto& isa : runnable_isas()) {
+        const double got = isa.sum_exp(x.data(), n, shift);
+        BOOST_TEST(std::abs(got - want) / want < 1e-5, isa.name << " n " << n << " shift " << shift << ": " << got
+                                                                << " against " << want);
+      }
+    }
   }
 }
 
