@@ -30,26 +30,34 @@ void KvCache::append(int64_t layer, const float* keys, const float* values, int6
   if (n < 0 || needed > max_seq_)
     throw ModelError("kv cache: sequence of " + std::to_string(needed) + " positions exceeds max_seq " +
                      std::to_string(max_seq_));
-  const auto capacity = static_cast<int64_t>(l.k.size()) / row_floats_;
-  if (needed > capacity) {
-    int64_t grown = std::max<int64_t>(64, capacity);
+  if (n == 0) return;
+  if (needed > l.capacity) {
+    int64_t grown = std::max<int64_t>(64, l.capacity);
     while (grown < needed) grown *= 2;
     grown = std::min(grown, max_seq_);
-    l.k.resize(static_cast<size_t>(grown * row_floats_));
-    l.v.resize(static_cast<size_t>(grown * row_floats_));
+    // Not zeroed (new float[], not a vector's resize): only [0, length) is ever read, so zeroing
+    // the new capacity (and copying the old beyond the length) was work for nothing, and it made
+    // every page of the capacity resident at once.
+    const auto kept = static_cast<size_t>(l.length * row_floats_);
+    for (auto* buffer : {&l.k, &l.v}) {
+      std::unique_ptr<float[]> bigger(new float[static_cast<size_t>(grown * row_floats_)]);
+      if (kept > 0) std::memcpy(bigger.get(), buffer->get(), kept * sizeof(float));
+      *buffer = std::move(bigger);
+    }
+    l.capacity = grown;
   }
   const size_t offset = static_cast<size_t>(l.length * row_floats_), count = static_cast<size_t>(n * row_floats_);
-  std::memcpy(l.k.data() + offset, keys, count * sizeof(float));
-  std::memcpy(l.v.data() + offset, values, count * sizeof(float));
+  std::memcpy(l.k.get() + offset, keys, count * sizeof(float));
+  std::memcpy(l.v.get() + offset, values, count * sizeof(float));
   l.length = needed;
 }
 
-const float* KvCache::keys(int64_t layer) const { return at_layer(layer).k.data(); }
-const float* KvCache::values(int64_t layer) const { return at_layer(layer).v.data(); }
+const float* KvCache::keys(int64_t layer) const { return at_layer(layer).k.get(); }
+const float* KvCache::values(int64_t layer) const { return at_layer(layer).v.get(); }
 
 int64_t KvCache::bytes() const {
   int64_t total = 0;
-  for (auto& l : layers_) total += static_cast<int64_t>((l.k.size() + l.v.size()) * sizeof(float));
+  for (auto& l : layers_) total += 2 * l.capacity * row_floats_ * static_cast<int64_t>(sizeof(float));
   return total;
 }
 

@@ -5,6 +5,7 @@
 // Each layer keeps its own length, because an early-exited token fills the deeper layers later
 // (deferred, in a batch with a later token). Torch-free.
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "model/model_config.hpp"
@@ -40,8 +41,8 @@ class KvCache {
 
  private:
   struct Layer {
-    std::vector<float> k, v;  // (capacity, kv_heads, head_dim)
-    int64_t length = 0;
+    std::unique_ptr<float[]> k, v;  // (capacity, kv_heads, head_dim); past length: uninitialised
+    int64_t capacity = 0, length = 0;
   };
   const Layer& at_layer(int64_t layer) const;
   int64_t layer_begin_, layer_end_, row_floats_, max_seq_;
