@@ -103,6 +103,9 @@ struct GenerationStats {
   int blocking_round_trips = 0;   // waits for the cloud with nothing left to compute (without
                                   // speculation: one per cloud token)
   double blocked_ms = 0;          // time spent in those waits
+  int critical_round_trips = 0;   // the longest chain of round trips each asked once the one
+                                  // before it was answered: a wave of the request window, the
+                                  // restart after a miss (without speculation: one per cloud token)
   uint64_t bytes_wasted = 0;      // of bytes_uploaded, the rows of rolled-back positions
   double edge_ms = 0;             // edge compute
   double cloud_ms = 0;            // cloud compute, as the cloud reports it

@@ -93,8 +93,15 @@ def speculation_tables(w, summary, responses, links):
         predicted = t_st + misses * (rtt_s + t_cloud)
         ends = int(float(sp["responses"]))  # each response waits for its last answers once
         waits = int(float(sp["blocking_round_trips"]))
+        # The longest chain of round trips each waiting for the one before (ce-bench after 8f3d500);
+        # non-speculative collaborative mode has one per cloud token.
+        rounds = int(float(sp["critical_round_trips"])) if "critical_round_trips" in sp else None
+        rounds_co = int(float(co["critical_round_trips"])) if "critical_round_trips" in co else None
+        t_cloud_co = float(co["cloud_s"]) / max(float(co["cloud_requests"]), 1)
         model_rows.append((link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, predicted + ends * (rtt_s + t_cloud),
-                           waits, t_st + waits * (rtt_s + t_cloud)))
+                           waits, t_st + waits * (rtt_s + t_cloud), rounds,
+                           None if rounds is None else t_st + rounds * (rtt_s + t_cloud), rounds_co,
+                           None if rounds_co is None else t_st + rounds_co * (rtt_s + t_cloud_co), t_co))
 
     w("\n## Cost model\n")
     w("A confirmed guess costs the edge nothing: it has already computed on. A miss costs what the edge "
@@ -112,13 +119,30 @@ def speculation_tables(w, summary, responses, links):
       "before it hold, so its answer comes rounds later); the last prediction counts every time it stood (the "
       "blocking round trips) as one (RTT + t_cloud): T_standalone + waits × (RTT + t_cloud). A wait is at "
       "most that: an answer is often on its way when the edge stops.\n")
+    with_rounds = all(row[10] is not None for row in model_rows)
+    if with_rounds:
+        w("What the misses leave out is the window's own round trips: a wave of asked guesses is answered a round "
+          "trip later, and only then are the guesses behind it asked, so a response whose guesses all held still "
+          "takes about (guesses / guesses a wave) round trips. The edge counts them (`critical_round_trips` in "
+          "x_ce): a request's round is one more than the latest round of the answers in when it went out, and a "
+          "response's rounds are the latest answered, the longest chain of round trips each of which waited for "
+          "the one before (a wave behind the last, the restart after a miss). That gives the model the window "
+          "needs, T_standalone + rounds × (RTT + t_cloud), whose case without a window is the misses' one. "
+          "Without speculation each request waits for the answer before it, one round per cloud token: the same "
+          "model for non-speculative collaborative mode is the last column.\n")
     w("| link | T_standalone (s) | misses | RTT (ms) | t_cloud (ms) | predicted (s) | measured / predicted | "
-      "predicted with the end waits (s) | measured / that | waits | predicted by waits (s) | measured / that | measured (s) |")
-    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, with_ends, waits, by_waits in model_rows:
+      "predicted with the end waits (s) | measured / that | waits | predicted by waits (s) | measured / that | measured (s) |"
+      + (" rounds | predicted by rounds (s) | measured / that | collaborative: rounds, measured / predicted |"
+         if with_rounds else ""))
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+      + (" ---: | ---: | ---: | ---: |" if with_rounds else ""))
+    for (link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, with_ends, waits, by_waits, rounds, by_rounds, rounds_co,
+         by_rounds_co, t_co) in model_rows:
         w(f"| {link} | {t_st:.2f} | {misses} | {1000 * rtt_s:.0f} | {1000 * t_cloud:.2f} | {predicted:.2f} | "
           f"{t_sp / predicted:.2f} | {with_ends:.2f} | {t_sp / with_ends:.2f} | {waits} | {by_waits:.2f} | "
-          f"{t_sp / by_waits:.2f} | {t_sp:.2f} |")
+          f"{t_sp / by_waits:.2f} | {t_sp:.2f} |"
+          + (f" {rounds} | {by_rounds:.2f} | **{t_sp / by_rounds:.2f}** | {rounds_co}, {t_co / by_rounds_co:.2f} |"
+             if with_rounds else ""))
     return verdicts
 
 
@@ -151,6 +175,9 @@ def main():
     if os.path.exists(f"{a.bench_dir}/window/README.md"):
         w("\nHow far the edge asks ahead trades time for wasted uploads: "
           "[window/](window/README.md) (`scripts/bench-speculation-window`).\n")
+    if os.path.exists(f"{a.bench_dir}/rounds/README.md"):
+        w("\nThe cost model with the request window's rounds (x_ce's `critical_round_trips`), measured on WAN and "
+          "mobile: [rounds/](rounds/README.md).\n")
     unwindowed = f"{a.bench_dir}/unwindowed"
     if os.path.exists(f"{unwindowed}/summary.csv"):
         u_summary = {(r["link"], r["mode"]): r for r in read_csv(f"{unwindowed}/summary.csv")}

@@ -30,6 +30,7 @@ nlohmann::json stats_json(const GenerationStats& s) {
           {"speculation_misses", s.misses},
           {"blocking_round_trips", s.blocking_round_trips},
           {"blocked_ms", s.blocked_ms},
+          {"critical_round_trips", s.critical_round_trips},
           {"bytes_wasted", s.bytes_wasted},
           {"edge_ms", s.edge_ms},
           {"cloud_ms", s.cloud_ms},

@@ -900,6 +900,7 @@ BOOST_AUTO_TEST_CASE(speculative_output_equals_non_speculative_token_for_token) 
         BOOST_TEST_REQUIRE(plain.error == "");
         BOOST_TEST(!plain.stats.speculation);
         BOOST_TEST(plain.stats.blocking_round_trips == plain.stats.cloud_tokens);  // every cloud token waits
+        BOOST_TEST(plain.stats.critical_round_trips == plain.stats.cloud_tokens);  // each asked after the last
         blocking_plain += plain.stats.blocking_round_trips;
         cloud_tokens += plain.stats.cloud_tokens;
         req.speculate = true;
@@ -913,6 +914,10 @@ BOOST_AUTO_TEST_CASE(speculative_output_equals_non_speculative_token_for_token) 
             BOOST_TEST((spec.sources == plain.sources));
             BOOST_TEST(spec.layers == plain.layers, boost::test_tools::per_element());
             BOOST_TEST(spec.stats.rolled_back <= spec.stats.speculated);
+            // Each miss starts a new round (what it rolled back went with it); requests go out together.
+            BOOST_TEST(spec.stats.critical_round_trips <= spec.stats.cloud_requests);
+            BOOST_TEST(spec.stats.critical_round_trips >= std::min(1, spec.stats.cloud_requests));
+            BOOST_TEST(spec.stats.critical_round_trips >= spec.stats.misses);
             BOOST_TEST(spec.stats.degraded_tokens == 0);
           }
           speculated += spec.stats.speculated;

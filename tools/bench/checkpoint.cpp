@@ -33,6 +33,7 @@ std::string checkpoint_line(const Row& r) {
       << s.bytes_uploaded << '\t' << s.bytes_inline << '\t' << s.edge_ms << '\t' << s.cloud_ms << '\t' << s.wait_ms
       << '\t' << s.total_ms << '\t' << s.cloud_requests << '\t' << s.speculated << '\t' << s.rolled_back << '\t'
       << s.blocking_round_trips << '\t' << s.blocked_ms << '\t' << s.bytes_wasted << '\t' << s.misses << '\t'
+      << s.critical_round_trips << '\t'
       << join_numbers(std::vector<double>(r.result.tokens.begin(), r.result.tokens.end())) << '\t'
       << join_numbers(s.token_ms);
   return out.str();
@@ -42,7 +43,7 @@ Row parse_checkpoint_line(const std::string& line) {
   std::vector<std::string> f;
   std::istringstream in(line);
   for (std::string field; std::getline(in, field, '\t');) f.push_back(field);
-  constexpr size_t fields = 24;
+  constexpr size_t fields = 25;
   if (f.size() == fields - 1) f.emplace_back();  // a response without tokens has an empty last field
   if (f.size() != fields)
     throw std::runtime_error("has " + std::to_string(f.size()) + " fields, expected " + std::to_string(fields));
@@ -70,8 +71,9 @@ Row parse_checkpoint_line(const std::string& line) {
   s.blocked_ms = std::stod(f[19]);
   s.bytes_wasted = std::stoull(f[20]);
   s.misses = std::stoi(f[21]);
-  for (double t : split_numbers(f[22])) r.result.tokens.push_back(static_cast<int32_t>(t));
-  s.token_ms = split_numbers(f[23]);
+  s.critical_round_trips = std::stoi(f[22]);
+  for (double t : split_numbers(f[23])) r.result.tokens.push_back(static_cast<int32_t>(t));
+  s.token_ms = split_numbers(f[24]);
   if (r.result.tokens.size() != static_cast<size_t>(s.generated) || s.token_ms.size() != static_cast<size_t>(s.generated))
     throw std::runtime_error("is incomplete (" + std::to_string(s.generated) + " tokens generated, " +
                              std::to_string(r.result.tokens.size()) + " ids and " + std::to_string(s.token_ms.size()) +

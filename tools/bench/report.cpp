@@ -33,6 +33,7 @@ Summary summarize(const std::string& link, const ModeSpec& m, const std::vector<
     s.rolled_back += st.rolled_back;
     s.misses += st.misses;
     s.blocking_round_trips += st.blocking_round_trips;
+    s.critical_round_trips += st.critical_round_trips;
     s.blocked_s += st.blocked_ms / 1e3;
     s.wasted_bytes_per_response += static_cast<double>(st.bytes_wasted);
     token_ms.insert(token_ms.end(), st.token_ms.begin(), st.token_ms.end());
@@ -48,14 +49,14 @@ std::string write_tables(const std::vector<Row>& rows, const std::vector<std::st
   std::ofstream raw(out_dir + "/responses.csv");
   raw << "link,mode,prompt,threshold,prompt_tokens,generated,cloud_tokens,degraded,bytes_uploaded,bytes_inline,edge_ms,"
          "cloud_ms,wait_ms,total_ms,cloud_requests,speculated,rolled_back,blocking_round_trips,blocked_ms,bytes_wasted,"
-         "misses\n";
+         "misses,critical_round_trips\n";
   for (auto& r : rows) {
     const auto& s = r.result.stats;
     raw << r.link << "," << r.mode << "," << r.prompt << "," << s.threshold << "," << s.prompt_tokens << ","
         << s.generated << "," << s.cloud_tokens << "," << s.degraded_tokens << "," << s.bytes_uploaded << ","
         << s.bytes_inline << "," << s.edge_ms << "," << s.cloud_ms << "," << s.wait_ms << "," << s.total_ms << ","
         << s.cloud_requests << "," << s.speculated << "," << s.rolled_back << "," << s.blocking_round_trips << ","
-        << s.blocked_ms << "," << s.bytes_wasted << "," << s.misses << "\n";
+        << s.blocked_ms << "," << s.bytes_wasted << "," << s.misses << "," << s.critical_round_trips << "\n";
   }
   std::vector<std::string> labels;
   for (auto& r : rows)
@@ -63,7 +64,7 @@ std::string write_tables(const std::vector<Row>& rows, const std::vector<std::st
   std::ofstream sum(out_dir + "/summary.csv");
   sum << "link,mode,threshold,responses,tokens,cloud_share,total_s,edge_s,cloud_s,comm_s,tokens_per_s,p50_ms,p99_ms,"
          "bytes_per_response,cloud_requests,speculated,rolled_back,blocking_round_trips,blocked_s,"
-         "wasted_bytes_per_response,misses\n";
+         "wasted_bytes_per_response,misses,critical_round_trips\n";
   std::ostringstream md;
   md << std::fixed;
   for (auto& link : links) {
@@ -81,7 +82,7 @@ std::string write_tables(const std::vector<Row>& rows, const std::vector<std::st
           << s.total_s << "," << s.edge_s << "," << s.cloud_s << "," << s.comm_s << "," << s.tokens / s.total_s << ","
           << s.p50 << "," << s.p99 << "," << s.bytes_per_response << "," << s.cloud_requests << "," << s.speculated
           << "," << s.rolled_back << "," << s.blocking_round_trips << "," << s.blocked_s << ","
-          << s.wasted_bytes_per_response << "," << s.misses << "\n";
+          << s.wasted_bytes_per_response << "," << s.misses << "," << s.critical_round_trips << "\n";
       md << "| " << label << " | " << std::setprecision(2) << theta << " | " << std::setprecision(2) << s.total_s
          << " | " << s.edge_s << " | " << s.cloud_s << " | " << s.comm_s << " | " << std::setprecision(1)
          << s.tokens / s.total_s << " | " << std::setprecision(2) << s.p50 << " / " << s.p99 << " | "

@@ -16,7 +16,7 @@ struct Summary {
   double total_s = 0, edge_s = 0, cloud_s = 0, comm_s = 0, p50 = 0, p99 = 0;
   double bytes_per_response = 0;
   // Speculation (and, for every collaborative mode, the waits for the cloud).
-  int cloud_requests = 0, speculated = 0, rolled_back = 0, misses = 0, blocking_round_trips = 0;
+  int cloud_requests = 0, speculated = 0, rolled_back = 0, misses = 0, blocking_round_trips = 0, critical_round_trips = 0;
   double blocked_s = 0, wasted_bytes_per_response = 0;
 };
 
