@@ -50,7 +50,7 @@ struct Tentative {
   Logprobs logprobs;           // edge_exit: the exit's
   Decision fallback;           // cloud tokens: the last exit's choice, standing in if the cloud fails
   uint64_t request_id = 0;     // cloud tokens: the request out for it
-  int round = 0;               // cloud tokens: 1 + the round of the last answer in when it was asked
+  int round = 0;               // cloud tokens: 1 + the latest round answered when it was asked
   bool answered = false;
   int32_t answer = -1;         // the cloud's token, once answered
   float answer_confidence = 0;
@@ -74,7 +74,6 @@ struct Generation {
   uint64_t next_request_id = 1;
   uint64_t resync_floor = 0;  // requests below this id went out before the resync: re-asked, not failed
   uint64_t guesses = 0;       // for ce.speculation.test-miss-every
-  int rounds = 0;             // the latest round of the answers in (Tentative::round)
   ResponseState state = ResponseState::starting;
   bool cloud_lost = false;  // the cloud failed this response: the rest runs on the edge
   uint32_t shipped = 0;     // positions handed to the uploader
@@ -428,9 +427,10 @@ void on_cloud_reply(self_ptr self, Generation& g, uint64_t request_id, const std
   g.result.stats.cloud_ms += cloud_ms;
   g.result.stats.wait_ms += std::max(0.0, round_trip - cloud_ms);
   if (e->fallback.token >= 0) self->state.guess_odds.record(e->fallback.confidence, ans->token == e->fallback.token);
-  // Round trips in sequence: this answer's round follows the answer its request waited for.
-  g.rounds = std::max(g.rounds, e->round);
-  g.result.stats.critical_round_trips = g.rounds;
+  // Round trips in sequence: the latest round answered (a request's round follows the answer it
+  // waited for).
+  auto& rounds = g.result.stats.critical_round_trips;
+  rounds = std::max(rounds, e->round);
   e->answered = true;
   e->answer = ans->token;
   e->answer_confidence = ans->confidence;
@@ -466,7 +466,7 @@ void ask_within_window(self_ptr self, Generation& g) {
     if (e.request_id != 0) continue;
     flush_rows(self, g, static_cast<uint32_t>(e.position + 1));
     e.request_id = ask_cloud(self, g, e.position);
-    e.round = g.rounds + 1;
+    e.round = g.result.stats.critical_round_trips + 1;
   }
 }
 
@@ -543,7 +543,7 @@ void ask_only_cloud(self_ptr self, Generation& g, int32_t position) {
   t.position = position;
   t.source = TokenSource::cloud;
   t.request_id = ask_cloud(self, g, position);
-  t.round = g.rounds + 1;
+  t.round = g.result.stats.critical_round_trips + 1;
   g.path.push_back(std::move(t));
   settle(self, g);
 }
