@@ -262,6 +262,12 @@ int main(int argc, char** argv) {
     for (auto g : gaps) needed = std::max(needed, context + g);
     for (const char* batched : {"batch", "edge-batch"})
       if (std::find(ranges.begin(), ranges.end(), batched) != ranges.end()) needed = std::max(needed, context + steps);
+    // A batched range's `steps` steps of `sessions` rows each.
+    const auto report_batch = [&](const std::string& range, double seconds) {
+      std::cout << line(range) << ",\"context\":" << context << ",\"sessions\":" << sessions << ",\"steps\":" << steps
+                << ",\"ms_per_step\":" << 1e3 * seconds / steps
+                << ",\"ms_per_row\":" << 1e3 * seconds / steps / static_cast<double>(sessions) << "}" << std::endl;
+    };
     std::optional<ce::PositionRows> states;
     for (const auto& range : ranges) {
       if (range == "memory") {
@@ -272,10 +278,7 @@ int main(int argc, char** argv) {
         report(range, runner_seconds(model, split, true, steps));
       } else if (range == "edge-batch") {
         if (needed > c.max_seq) cli.fail("--tokens and --context need more positions than max_seq");
-        const double seconds = edge_batch_seconds(model, split, context, sessions, steps);
-        std::cout << line(range) << ",\"context\":" << context << ",\"sessions\":" << sessions
-                  << ",\"steps\":" << steps << ",\"ms_per_step\":" << 1e3 * seconds / steps
-                  << ",\"ms_per_row\":" << 1e3 * seconds / steps / static_cast<double>(sessions) << "}" << std::endl;
+        report_batch(range, edge_batch_seconds(model, split, context, sessions, steps));
       } else if (range == "cloud" || range == "catchup" || range == "batch") {
         if (needed > c.max_seq) cli.fail("--tokens, --context and --gaps need more positions than max_seq");
         if (!states) states = role_parts ? random_states(c.dim, needed) : edge_states(model, split, needed);
@@ -284,10 +287,7 @@ int main(int argc, char** argv) {
           continue;
         }
         if (range == "batch") {
-          const double seconds = batch_seconds(model, split, *states, context, sessions, steps);
-          std::cout << line(range) << ",\"context\":" << context << ",\"sessions\":" << sessions
-                    << ",\"steps\":" << steps << ",\"ms_per_step\":" << 1e3 * seconds / steps
-                    << ",\"ms_per_row\":" << 1e3 * seconds / steps / static_cast<double>(sessions) << "}" << std::endl;
+          report_batch(range, batch_seconds(model, split, *states, context, sessions, steps));
           continue;
         }
         // The one-position step at the same depth, best of 5, is the yardstick.
