@@ -98,10 +98,13 @@ def speculation_tables(w, summary, responses, links):
         rounds = int(float(sp["critical_round_trips"])) if "critical_round_trips" in sp else None
         rounds_co = int(float(co["critical_round_trips"])) if "critical_round_trips" in co else None
         t_cloud_co = float(co["cloud_s"]) / max(float(co["cloud_requests"]), 1)
-        model_rows.append((link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, predicted + ends * (rtt_s + t_cloud),
-                           waits, t_st + waits * (rtt_s + t_cloud), rounds,
-                           None if rounds is None else t_st + rounds * (rtt_s + t_cloud), rounds_co,
-                           None if rounds_co is None else t_st + rounds_co * (rtt_s + t_cloud_co), t_co))
+        model_rows.append(dict(link=link, t_st=t_st, misses=misses, rtt_s=rtt_s, t_cloud=t_cloud, predicted=predicted,
+                               t_sp=t_sp, with_ends=predicted + ends * (rtt_s + t_cloud), waits=waits,
+                               by_waits=t_st + waits * (rtt_s + t_cloud), rounds=rounds,
+                               by_rounds=None if rounds is None else t_st + rounds * (rtt_s + t_cloud),
+                               rounds_co=rounds_co,
+                               by_rounds_co=None if rounds_co is None else t_st + rounds_co * (rtt_s + t_cloud_co),
+                               t_co=t_co))
 
     w("\n## Cost model\n")
     w("A confirmed guess costs the edge nothing: it has already computed on. A miss costs what the edge "
@@ -119,7 +122,7 @@ def speculation_tables(w, summary, responses, links):
       "before it hold, so its answer comes rounds later); the last prediction counts every time it stood (the "
       "blocking round trips) as one (RTT + t_cloud): T_standalone + waits × (RTT + t_cloud). A wait is at "
       "most that: an answer is often on its way when the edge stops.\n")
-    with_rounds = all(row[10] is not None for row in model_rows)
+    with_rounds = all(row["rounds"] is not None for row in model_rows)
     if with_rounds:
         w("What the misses leave out is the window's own round trips: a wave of asked guesses is answered a round "
           "trip later, and only then are the guesses behind it asked, so a response whose guesses all held still "
@@ -136,13 +139,12 @@ def speculation_tables(w, summary, responses, links):
          if with_rounds else ""))
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
       + (" ---: | ---: | ---: | ---: |" if with_rounds else ""))
-    for (link, t_st, misses, rtt_s, t_cloud, predicted, t_sp, with_ends, waits, by_waits, rounds, by_rounds, rounds_co,
-         by_rounds_co, t_co) in model_rows:
-        w(f"| {link} | {t_st:.2f} | {misses} | {1000 * rtt_s:.0f} | {1000 * t_cloud:.2f} | {predicted:.2f} | "
-          f"{t_sp / predicted:.2f} | {with_ends:.2f} | {t_sp / with_ends:.2f} | {waits} | {by_waits:.2f} | "
-          f"{t_sp / by_waits:.2f} | {t_sp:.2f} |"
-          + (f" {rounds} | {by_rounds:.2f} | **{t_sp / by_rounds:.2f}** | {rounds_co}, {t_co / by_rounds_co:.2f} |"
-             if with_rounds else ""))
+    for r in model_rows:
+        w(f"| {r['link']} | {r['t_st']:.2f} | {r['misses']} | {1000 * r['rtt_s']:.0f} | {1000 * r['t_cloud']:.2f} | "
+          f"{r['predicted']:.2f} | {r['t_sp'] / r['predicted']:.2f} | {r['with_ends']:.2f} | {r['t_sp'] / r['with_ends']:.2f} | "
+          f"{r['waits']} | {r['by_waits']:.2f} | {r['t_sp'] / r['by_waits']:.2f} | {r['t_sp']:.2f} |"
+          + (f" {r['rounds']} | {r['by_rounds']:.2f} | **{r['t_sp'] / r['by_rounds']:.2f}** | {r['rounds_co']}, "
+             f"{r['t_co'] / r['by_rounds_co']:.2f} |" if with_rounds else ""))
     return verdicts
 
 
