@@ -18,7 +18,7 @@ struct V : ce::kernels::Q8Registers256 {
   using Narrow = V;
   static constexpr int64_t kNarrowBroadcastMinRows = 0;
   static constexpr int kOutRows4 = 2;
-  static constexpr int kHalfInputRows = 4;  // 16 registers: no room for more accumulators
+  static constexpr int kDotInputRows = 4;  // 16 registers: no room for more accumulators
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
   static reg load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }

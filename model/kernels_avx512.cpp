@@ -32,11 +32,12 @@ struct V : ce::kernels::Q8Registers256 {
   using Narrow = ::Narrow;
   static constexpr int64_t kNarrowBroadcastMinRows = 8;
   static constexpr int kOutRows4 = 4;  // block<4, 4>: 16 accumulators + 4 weight registers
-  // fp16/bf16: block<4, 6>, 24 accumulators + 4 weight registers + 1 input. Catch-up of the 246 M
-  // shape's cloud layers, fp16, 2 threads, medians of 6 interleaved runs: 1.33 -> 1.20 ms a
-  // position at gap 16, 1.35 -> 1.21 at 64, 1.22 -> 1.18 at 256. fp32 gained nothing (no widening
-  // to share); 3 outputs x 8 rows and 2 x 12 were slower by 1.4-2.8x.
-  static constexpr int kHalfInputRows = 6;
+  // block<4, 6>: 24 accumulators + 4 weight registers + 1 input. Catch-up of the 246 M shape's
+  // cloud layers, fp16, 2 threads, medians of 6 interleaved runs, 4 -> 6 rows a block: 1.33 -> 1.20
+  // ms a position at gap 16, 1.35 -> 1.21 at 64, 1.22 -> 1.18 at 256 (weights from memory, where
+  // fp32 gained nothing; with weights in the cache it does, see linear_range); 3 outputs x 8 rows
+  // and 2 x 12 were slower by 1.4-2.8x.
+  static constexpr int kDotInputRows = 6;
   static reg zero() { return _mm512_setzero_ps(); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
   static reg load_f16(const uint16_t* p) {

@@ -25,7 +25,7 @@ struct V {
   using Narrow = V;
   static constexpr int64_t kNarrowBroadcastMinRows = 0;
   static constexpr int kOutRows4 = 2;
-  static constexpr int kHalfInputRows = 4;
+  static constexpr int kDotInputRows = 4;
   static reg zero() { return _mm_setzero_ps(); }
   static reg load(const float* p) { return _mm_loadu_ps(p); }
   static float half_to_float(uint16_t h) { return half_bits_to_float(h); }
@@ -87,7 +87,7 @@ struct V {
   using Narrow = V;
   static constexpr int64_t kNarrowBroadcastMinRows = 0;
   static constexpr int kOutRows4 = 2;
-  static constexpr int kHalfInputRows = 4;
+  static constexpr int kDotInputRows = 4;
   static reg zero() { return 0.0f; }
   static reg load(const float* p) { return *p; }
   static float half_to_float(uint16_t h) { return half_bits_to_float(h); }
