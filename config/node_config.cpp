@@ -229,6 +229,8 @@ constexpr Choice<InferenceMode> mode_choices[] = {{"standalone", InferenceMode::
                                                   {"naive-split", InferenceMode::naive_split}};
 constexpr Choice<ExitPolicy> exit_policy_choices[] = {{"fixed", ExitPolicy::fixed},
                                                      {"latency-budget", ExitPolicy::latency_budget}};
+constexpr Choice<RunAhead> run_ahead_choices[] = {
+    {"auto", RunAhead::automatic}, {"round-trip", RunAhead::round_trip}, {"wire", RunAhead::wire}};
 constexpr Choice<LogLevel> log_level_choices[] = {
     {"error", LogLevel::error}, {"warning", LogLevel::warning}, {"info", LogLevel::info}, {"debug", LogLevel::debug}};
 
@@ -492,6 +494,11 @@ std::vector<KeyDescriptor> build_key_table() {
                        "collaborative mode goes on with the edge's own guess while the cloud answers, rolling back a miss"));
   t.push_back(int_key("ce.speculation.max-ahead", &C::speculation_max_ahead, 1, 1024,
                       "most tokens the edge runs ahead of the cloud's answers (fewer when a round trip takes fewer edge steps)"));
+  t.push_back(enum_key("ce.speculation.run-ahead", &C::speculation_run_ahead, run_ahead_choices,
+                       "how long the edge computes on while a request is out: round-trip (until its answer is due: "
+                       "a cloud on another machine), wire (only while it is on the wire, none when the cloud's "
+                       "compute takes longer: a cloud on this machine's cores, whose compute the edge's steps would "
+                       "slow); auto = wire for role both, round-trip otherwise"));
   t.push_back(int_key("ce.speculation.max-requests", &C::speculation_max_requests, 1, 1024,
                       "most guessed tokens asked of the cloud at once; the rows after them go up once those hold (the edge computes on meanwhile)"));
   t.push_back(float_key(
@@ -721,6 +728,7 @@ const char* to_string(Role role) { return name_of(role_choices, role); }
 const char* to_string(InferenceMode mode) { return name_of(mode_choices, mode); }
 const char* to_string(LogLevel level) { return name_of(log_level_choices, level); }
 const char* to_string(ExitPolicy policy) { return name_of(exit_policy_choices, policy); }
+const char* to_string(RunAhead run_ahead) { return name_of(run_ahead_choices, run_ahead); }
 
 std::string NodeConfig::calibration_path() const {
   return exit_calibration.empty() ? (fs::path(model_path) / "eval" / "valid.csv").string() : exit_calibration;

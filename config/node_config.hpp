@@ -29,12 +29,18 @@ enum class Role { edge, cloud, both };
 enum class InferenceMode { standalone, collaborative, cloud_only, naive_split };
 enum class LogLevel { error, warning, info, debug };
 enum class ExitPolicy { fixed, latency_budget };
+// How long a speculating edge computes ahead of a cloud request's answer: while the whole round
+// trip lasts (the cloud computes on cores of its own), or only while the request is on the wire (the
+// cloud shares the edge's cores: a step of the edge's beyond the wire's time takes cores the cloud's
+// answer needs). automatic: wire for a node of role both, round trip otherwise.
+enum class RunAhead { automatic, round_trip, wire };
 
 // The spelling used in config files: "edge", "cloud-only", "warning", ...
 const char* to_string(Role role);
 const char* to_string(InferenceMode mode);
 const char* to_string(LogLevel level);
 const char* to_string(ExitPolicy policy);
+const char* to_string(RunAhead run_ahead);
 // The mode a config-file spelling names ("cloud-only" -> cloud_only), nullopt for anything else;
 // and the spellings, "standalone|collaborative|cloud-only|naive-split".
 std::optional<InferenceMode> inference_mode_named(const std::string& name);
@@ -120,6 +126,7 @@ struct NodeConfig {
   int speculation_max_requests = defaults::speculation_max_requests;  // ce.speculation.max-requests
   double speculation_min_path_confidence = defaults::speculation_min_path_confidence;  // ce.speculation.min-path-confidence
   int speculation_test_miss_every = 0;                           // ce.speculation.test-miss-every
+  RunAhead speculation_run_ahead = RunAhead::automatic;          // ce.speculation.run-ahead
 
   int upload_batch = defaults::upload_batch;              // ce.upload.batch
   int upload_queue_limit = defaults::upload_queue_limit;  // ce.upload.queue-limit (positions)

@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
            std::to_string(defaults::speculation_min_path_confidence))
       .add("latency-budget", "MS", "ce.exit.latency-budget of the edge (collaborative-budget mode)", "10")
       .add("quick", "", "small preset for CI: 3 prompts x 16 tokens, loopback and wan, short sweep")
-      .add("threads", "N", "compute threads, 0 = all cores", "0")
+      .add("threads", "N", "compute threads of each node, 0 = half the cores each (as an edge and a cloud on two machines); "
+           "past half, the nodes share cores and the edge speculates only over the wire (ce.speculation.run-ahead = wire)", "0")
       .add("no-resume", "", "ignore the checkpoint of an interrupted run of the same configuration and start over")
       .add("stop-after", "N", "measure N more responses, then stop (rerun to resume from the checkpoint)", "0");
   ce::cli::add_weights_flag(cli);
@@ -81,7 +82,13 @@ int main(int argc, char** argv) {
     cloud_cfg.model_path = cli.get("model");
     cloud_cfg.model_weights = ce::to_string(ce::cli::weights_from_flag(cli));
     cloud_cfg.listen_port = 0;
-    cloud_cfg.compute_threads = static_cast<int>(cli.get_int("threads"));
+    // Each node computes on its own share of the cores unless told otherwise, as an edge and a cloud
+    // on two machines would. Where the shares overlap, a speculating edge's steps past the wire's
+    // time would take the cores the cloud's answers need: it runs ahead over the wire alone.
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int threads = cli.get_int("threads") > 0 ? static_cast<int>(cli.get_int("threads")) : std::max(1, cores / 2);
+    const RunAhead run_ahead = 2 * threads <= cores ? RunAhead::round_trip : RunAhead::wire;
+    cloud_cfg.compute_threads = threads;
     cloud_cfg.log_level = LogLevel::warning;
     Node cloud(cloud_cfg);
     const auto& mc = cloud.model().config();
@@ -100,7 +107,8 @@ int main(int argc, char** argv) {
     std::ostringstream run_key;
     run_key << "# ce-bench checkpoint v2 weights=" << cloud.model().weights_hash() << " theta=" << theta_default
             << " text=" << cli.get("text") << " prompts=" << prompts.size() << " prompt_tokens="
-            << cli.get_int("prompt-tokens") << " tokens=" << n_tokens;
+            << cli.get_int("prompt-tokens") << " tokens=" << n_tokens << " threads=" << threads
+            << " run_ahead=" << to_string(run_ahead);
     std::vector<Row> checkpointed;
     if (!cli.has("no-resume")) checkpointed = load_checkpoint(checkpoint_path, run_key.str());
     std::ofstream checkpoint;
@@ -181,6 +189,7 @@ int main(int argc, char** argv) {
       edge_cfg.speculation_max_ahead = static_cast<int>(cli.get_int("max-ahead"));
       edge_cfg.speculation_max_requests = static_cast<int>(cli.get_int("max-requests"));
       edge_cfg.speculation_min_path_confidence = std::stod(cli.get("min-path-confidence"));
+      edge_cfg.speculation_run_ahead = run_ahead;
       // Only responses without a θ of their own (collaborative-budget) are decided by the policy.
       if (std::any_of(link_modes.begin(), link_modes.end(), [](const ModeSpec& m) { return m.budget; }))
         edge_cfg.exit_policy = ExitPolicy::latency_budget;
@@ -221,8 +230,12 @@ int main(int argc, char** argv) {
     doc << "# ce-bench results\n\nModel `" << mc.name << "` (" << mc.n_layers << " layers, dim " << mc.dim
         << ", split after layer " << mc.default_split << "), " << prompts.size() << " prompts of "
         << cli.get("prompt-tokens") << " tokens from `" << cli.get("text") << "`, " << n_tokens
-        << " new tokens each, greedy. Cloud and edge share this machine (" << std::thread::hardware_concurrency()
-        << " cores); links emulated by ce-linkem (bench/links/).\n"
+        << " new tokens each, greedy. Cloud and edge run on this machine (" << cores << " cores), "
+        << (run_ahead == RunAhead::round_trip ? "each on " : "sharing them, each with ") << threads
+        << (threads == 1 ? " compute thread" : " compute threads")
+        << (run_ahead == RunAhead::round_trip ? " of its own, as on two machines" : "")
+        << " (ce.speculation.run-ahead = " << to_string(run_ahead)
+        << "); links emulated by ce-linkem (bench/links/).\n"
         << md << "\n### Accuracy on " << eval_n << " held-out tokens (next-token accuracy)\n\n" << report_markdown(report)
         << "\n";
     if (!failures.empty()) {

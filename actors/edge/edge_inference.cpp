@@ -244,21 +244,20 @@ void update_average(double& average, double sample) {
   average = average == 0 ? sample : 0.8 * average + 0.2 * sample;
 }
 
-// How many tokens the path may hold before the edge waits: ce.speculation.max-ahead, but no more
-// than the positions the edge computes while a request is on the wire (at least 1), and none while
-// the wire takes less time than the cloud's compute. The wire's time is WireDelay's windowed
-// minimum, without the cloud's compute and queueing: they grow when the edge competes for the same
-// cores (a near cloud, a node of role both), and counting them fed back: on loopback with 2 shared
-// cores 72% of the speculated steps were rolled back and speculation took 1.36x the time of waiting
-// for each answer; with the mean round trip less the compute as the wire, still 1.12x. When the
-// round trip is mostly the cloud's compute, little is left to hide and the edge's steps compete
-// with it or are wasted on wrong guesses.
+// How many tokens the path may hold before the edge waits (exit_policy.hpp). The wire's time is
+// WireDelay's windowed minimum, without the cloud's compute and queueing: they grow when the edge
+// competes for the cloud's cores, and counting them fed back. Where the two share cores
+// (ce.speculation.run-ahead = wire: a node of role both, or ce-bench's two nodes each on all of a
+// 2-core machine), running ahead over the whole round trip took the cores the answers needed: on
+// loopback speculation took 1.32x the time of waiting for each answer (20 prompts), as it had once
+// taken 1.36x with the wire's mean as its time. With a core each (round-trip, as on two machines) it
+// takes 0.68x on loopback and 0.55x on LAN, standing at 0.38x and 0.40x of the cloud tokens; the wire
+// alone left it there at 1.00x / 0.60x the time and 1.00x / 0.85x the stands. The wire and the
+// cloud's compute without the rest of the round trip (the upload before the request, the answer
+// waiting in the mailbox behind a step) left it standing at 0.80x / 0.74x.
 int speculation_depth(const EdgeState& st, const Generation& g) {
-  if (g.max_ahead == 0 || !st.wire.measured() || st.step_ms <= 0) return g.max_ahead;
-  const double wire_ms = st.wire.ms();
-  if (wire_ms < st.cloud_ms) return 0;
-  const double fits = std::ceil(wire_ms / st.step_ms);
-  return static_cast<int>(std::clamp(fits, 1.0, static_cast<double>(g.max_ahead)));
+  return speculation_depth(effective_run_ahead(st.config.speculation_run_ahead, st.config.role), g.max_ahead,
+                           st.wire, st.cloud_ms, LinkTiming{st.round_trip_ms, st.step_ms});
 }
 
 // Computes the next position now, waits for the cloud, or is held by backpressure.

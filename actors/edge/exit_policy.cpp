@@ -107,6 +107,22 @@ double WireDelay::ms() const {
   return *std::min_element(samples_.begin(), last);
 }
 
+int speculation_depth(RunAhead run_ahead, int max_ahead, const WireDelay& wire, double cloud_ms, const LinkTiming& link) {
+  if (max_ahead == 0 || !wire.measured() || link.edge_token_ms <= 0) return max_ahead;
+  double out_ms = wire.ms();
+  if (run_ahead == RunAhead::round_trip) {
+    out_ms = std::max(link.round_trip_ms, out_ms + cloud_ms);
+  } else if (out_ms < cloud_ms) {
+    return 0;
+  }
+  return static_cast<int>(std::clamp(std::ceil(out_ms / link.edge_token_ms), 1.0, static_cast<double>(max_ahead)));
+}
+
+RunAhead effective_run_ahead(RunAhead configured, Role role) {
+  if (configured != RunAhead::automatic) return configured;
+  return role == Role::both ? RunAhead::wire : RunAhead::round_trip;
+}
+
 int GuessOdds::bucket(float confidence) {
   if (!(confidence > 0)) return 0;  // NaN too
   return std::min(kBuckets - 1, static_cast<int>(static_cast<double>(confidence) * kBuckets));

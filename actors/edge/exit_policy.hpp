@@ -113,6 +113,17 @@ class WireDelay {
   uint64_t count_ = 0;  // answers recorded, the newest at samples_[(count_ - 1) % kWindow]
 };
 
+// How many tokens a speculative path may hold before the edge waits for the cloud's answers:
+// ce.speculation.max-ahead, but no more than the edge steps (link.edge_token_ms each, at least 1)
+// that fit the time a request is out. RunAhead::round_trip: its measured round trip (link's
+// moving average; at least the wire's time and the cloud's reported compute, cloud_ms), the time the
+// edge would otherwise stand. RunAhead::wire: the wire's time alone, and none while it is shorter
+// than the cloud's compute, whose cores the edge's steps would take. max_ahead until the wire and a
+// step are measured. `run_ahead` is resolved (effective_run_ahead).
+int speculation_depth(RunAhead run_ahead, int max_ahead, const WireDelay& wire, double cloud_ms, const LinkTiming& link);
+// RunAhead::automatic resolved for a node of `role`: wire where the node computes both halves.
+RunAhead effective_run_ahead(RunAhead configured, Role role);
+
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
 // standalone up front rather than timing out token by token; the baselines keep their mode.
 InferenceMode effective_mode(InferenceMode configured, bool cloud_up);

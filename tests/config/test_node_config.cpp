@@ -228,6 +228,19 @@ BOOST_AUTO_TEST_CASE(model_weights_key_takes_the_precisions_only) {
   check_contains(parse_error(minimal + "[ce.model]\nweights = q4\n"), {"t.ini:", "ce.model.weights", "auto|fp32|fp16|int8"});
 }
 
+BOOST_AUTO_TEST_CASE(speculation_run_ahead_key_takes_its_three_spellings) {
+  BOOST_TEST((ce::NodeConfig{}.speculation_run_ahead == ce::RunAhead::automatic));
+  const std::pair<const char*, ce::RunAhead> spellings[] = {
+      {"auto", ce::RunAhead::automatic}, {"round-trip", ce::RunAhead::round_trip}, {"wire", ce::RunAhead::wire}};
+  for (const auto& [name, value] : spellings) {
+    const auto c = ce::parse_node_config_text(minimal + "[ce.speculation]\nrun-ahead = " + name + "\n", "t.ini", "/");
+    BOOST_TEST((c.speculation_run_ahead == value));
+    BOOST_TEST(std::string(ce::to_string(value)) == name);
+  }
+  check_contains(parse_error(minimal + "[ce.speculation]\nrun-ahead = always\n"),
+                 {"t.ini:5:", "ce.speculation.run-ahead", "auto|round-trip|wire"});
+}
+
 BOOST_AUTO_TEST_CASE(http_keys_parse_and_are_range_checked) {
   auto c = ce::parse_node_config_text(minimal + "[ce.http]\nhost = \"0.0.0.0\"\nport = 8080\nmax-concurrent = 8\n"
                                       "api-key = \"k\"\n", "t.ini", "/");

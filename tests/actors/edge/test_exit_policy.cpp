@@ -166,4 +166,41 @@ BOOST_AUTO_TEST_CASE(wire_delay_is_the_windowed_least_round_trip_less_compute) {
   BOOST_TEST(wire.ms() == 0.0);
 }
 
+// Run-ahead depth: the edge steps that fit the time a request is out, at least 1 and at most
+// max-ahead: its round trip (not less than wire + compute), or the wire alone and none when the
+// cloud's compute outlasts the wire (shared cores).
+BOOST_AUTO_TEST_CASE(speculation_depth_covers_the_round_trip_or_the_wire) {
+  WireDelay wire;
+  // Nothing measured yet, or not speculating: max-ahead as it stands.
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, wire, 5.0, {14.0, 0.5}) == 256);
+  wire.record(12.0, 2.0);  // wire 10 ms
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 0, wire, 2.0, {14.0, 0.5}) == 0);
+  BOOST_TEST(speculation_depth(RunAhead::wire, 256, wire, 2.0, {14.0, 0.0}) == 256);  // no step timed yet
+  // Round trip: 14 / 0.5 = 28 steps; 14 / 0.6 = 23.3 -> 24; capped by max-ahead; never less than
+  // wire + compute (12 / 0.5 = 24) when the average lags.
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, wire, 2.0, {14.0, 0.5}) == 28);
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, wire, 2.0, {14.0, 0.6}) == 24);
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 16, wire, 2.0, {14.0, 0.5}) == 16);
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, wire, 2.0, {3.0, 0.5}) == 24);
+  // Wire: 10 / 0.5 = 20, the cloud's compute and the rest of the round trip left out; none once
+  // the compute outlasts the wire.
+  BOOST_TEST(speculation_depth(RunAhead::wire, 256, wire, 2.0, {14.0, 0.5}) == 20);
+  BOOST_TEST(speculation_depth(RunAhead::wire, 256, wire, 10.5, {24.0, 0.5}) == 0);
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, wire, 10.5, {24.0, 0.5}) == 48);
+  // Loopback: no wire at all. The round trip still covers the compute and the waits beside it; a
+  // step longer than the round trip still runs one ahead.
+  WireDelay loopback;
+  loopback.record(1.0, 1.0);
+  BOOST_TEST(speculation_depth(RunAhead::wire, 256, loopback, 1.0, {1.8, 0.4}) == 0);
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, loopback, 1.0, {1.8, 0.4}) == 5);
+  BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, loopback, 1.0, {1.8, 5.0}) == 1);
+}
+
+BOOST_AUTO_TEST_CASE(automatic_run_ahead_is_the_wire_for_a_node_of_both_roles) {
+  BOOST_TEST((effective_run_ahead(RunAhead::automatic, Role::both) == RunAhead::wire));
+  BOOST_TEST((effective_run_ahead(RunAhead::automatic, Role::edge) == RunAhead::round_trip));
+  BOOST_TEST((effective_run_ahead(RunAhead::wire, Role::edge) == RunAhead::wire));
+  BOOST_TEST((effective_run_ahead(RunAhead::round_trip, Role::both) == RunAhead::round_trip));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
