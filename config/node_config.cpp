@@ -498,7 +498,7 @@ std::vector<KeyDescriptor> build_key_table() {
                        "how long the edge computes on while a request is out: round-trip (until its answer is due: "
                        "a cloud on another machine), wire (only while it is on the wire, none when the cloud's "
                        "compute takes longer: a cloud on this machine's cores, whose compute the edge's steps would "
-                       "slow); auto = wire for role both, round-trip otherwise"));
+                       "slow); auto = wire for role both or clouds at loopback addresses only, round-trip otherwise"));
   t.push_back(int_key("ce.speculation.max-requests", &C::speculation_max_requests, 1, 1024,
                       "most guessed tokens asked of the cloud at once; the rows after them go up once those hold (the edge computes on meanwhile)"));
   t.push_back(float_key(
@@ -692,23 +692,6 @@ void check_tls(const NodeConfig& c, const std::string& where) {
     if (!is_file(*value)) throw ConfigError(where + name + " = " + quote(*value) + ": file does not exist");
 }
 
-bool is_loopback(const std::string& host) {
-  std::string h = host;
-  std::transform(h.begin(), h.end(), h.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  if (h == "localhost" || h == "::1" || h == "[::1]") return true;
-  // 127.a.b.c
-  std::istringstream in(h);
-  std::string part;
-  int parts = 0;
-  bool first_is_127 = false;
-  while (std::getline(in, part, '.')) {
-    if (part.empty() || part.size() > 3 || !std::all_of(part.begin(), part.end(), is_digit) || std::stoi(part) > 255)
-      return false;
-    if (parts++ == 0) first_is_127 = part == "127";
-  }
-  return parts == 4 && h.back() != '.' && first_is_127;
-}
-
 void check_listener(const NodeConfig& c, const std::string& where) {
   const bool listens = c.role == Role::cloud || c.role == Role::both;
   if (!listens || is_loopback(c.listen_host) || c.tls_enabled() || c.allow_plain_remote) return;
@@ -794,9 +777,34 @@ std::vector<std::string> parse_cors_origins(const std::string& text) {
   return out;
 }
 
+bool is_loopback(const std::string& host) {
+  std::string h = host;
+  std::transform(h.begin(), h.end(), h.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (h == "localhost" || h == "::1" || h == "[::1]") return true;
+  // 127.a.b.c
+  std::istringstream in(h);
+  std::string part;
+  int parts = 0;
+  bool first_is_127 = false;
+  while (std::getline(in, part, '.')) {
+    if (part.empty() || part.size() > 3 || !std::all_of(part.begin(), part.end(), is_digit) || std::stoi(part) > 255)
+      return false;
+    if (parts++ == 0) first_is_127 = part == "127";
+  }
+  return parts == 4 && h.back() != '.' && first_is_127;
+}
+
 std::vector<CloudAddress> NodeConfig::cloud_addresses() const {
   if (cloud_nodes.empty()) return {CloudAddress{cloud_host, cloud_port}};
   return parse_cloud_nodes(cloud_nodes);
+}
+
+RunAhead NodeConfig::run_ahead() const {
+  if (speculation_run_ahead != RunAhead::automatic) return speculation_run_ahead;
+  const auto clouds = cloud_addresses();
+  const bool local = role == Role::both ||
+                     std::all_of(clouds.begin(), clouds.end(), [](const CloudAddress& c) { return is_loopback(c.host); });
+  return local ? RunAhead::wire : RunAhead::round_trip;
 }
 
 std::optional<InferenceMode> inference_mode_named(const std::string& name) {

@@ -32,7 +32,7 @@ enum class ExitPolicy { fixed, latency_budget };
 // How long a speculating edge computes ahead of a cloud request's answer: while the whole round
 // trip lasts (the cloud computes on cores of its own), or only while the request is on the wire (the
 // cloud shares the edge's cores: a step of the edge's beyond the wire's time takes cores the cloud's
-// answer needs). automatic: wire for a node of role both, round trip otherwise.
+// answer needs). automatic: see NodeConfig::run_ahead().
 enum class RunAhead { automatic, round_trip, wire };
 
 // The spelling used in config files: "edge", "cloud-only", "warning", ...
@@ -41,6 +41,8 @@ const char* to_string(InferenceMode mode);
 const char* to_string(LogLevel level);
 const char* to_string(ExitPolicy policy);
 const char* to_string(RunAhead run_ahead);
+// Whether `host` names this machine's loopback interface: localhost, ::1 or 127.a.b.c.
+bool is_loopback(const std::string& host);
 // The mode a config-file spelling names ("cloud-only" -> cloud_only), nullopt for anything else;
 // and the spellings, "standalone|collaborative|cloud-only|naive-split".
 std::optional<InferenceMode> inference_mode_named(const std::string& name);
@@ -95,6 +97,9 @@ struct NodeConfig {
   std::chrono::milliseconds cloud_load_interval = defaults::cloud_load_interval;  // ce.cloud.load-interval
   // The clouds an edge places its sessions on: ce.cloud.nodes, or ce.cloud.host:port alone.
   std::vector<CloudAddress> cloud_addresses() const;
+  // ce.speculation.run-ahead resolved: as set, or for auto, wire where the cloud computes on this
+  // machine (role both, or every cloud at a loopback address) and round-trip otherwise.
+  RunAhead run_ahead() const;
   std::string listen_host = defaults::listen_host;    // ce.listen.host (cloud listens here)
   std::uint16_t listen_port = defaults::listen_port;  // ce.listen.port, 0 = ephemeral
   bool allow_plain_remote = defaults::allow_plain_remote;  // ce.listen.allow-plain-remote

@@ -115,8 +115,8 @@ def speculation_tables(w, summary, responses, links):
       "waits once at its end for the answers to its last guesses, one more (RTT + t_cloud) per response: the "
       "second prediction adds it. Neither counts the window of requests (ce.speculation.max-requests, "
       "min-path-confidence: a guess deep in an uncertain path is asked only once the guesses before it hold), "
-      "the upload of the rows, the cloud's queueing, or on a near link (loopback, LAN) that the cloud's compute "
-      "shares the edge's two cores: the model is meant for links where the round trip dominates.\n")
+      "the upload of the rows, the cloud's queueing, or the edge's own steps between answers, which on a near "
+      "link (loopback, LAN) are most of the time: the model is meant for links where the round trip dominates.\n")
     w("The edge also stands, misses or not, when it has run a round trip's worth of positions past its oldest "
       "unanswered guess while that guess's answer is still out (the window asks a deep guess only once those "
       "before it hold, so its answer comes rounds later); the last prediction counts every time it stood (the "
@@ -163,9 +163,12 @@ def main():
     w = out.append
     any_row = summary[(links[0], "collaborative")]
     w("# Speculative collaboration: measured (issue 19)\n")
-    knobs = ", ".join(f"{k} {prov[k]}" for k in ("max_ahead", "max_requests", "min_path_confidence") if k in prov)
+    knobs = ", ".join(f"{k} {prov[k]}" for k in ("max_ahead", "max_requests", "min_path_confidence", "run_ahead")
+                      if k in prov)
+    nodes = (f", cloud and edge in one process, {prov['threads']} compute thread(s) each" if "threads" in prov
+             else ", cloud and edge in one process sharing them")
     w(f"ce-bench run {prov.get('finished', '?')}, commit `{prov.get('commit', '?')}`, "
-      f"{prov.get('machine', machine() + ', cloud and edge in one process sharing them')}; {'speculation: ' + knobs + '; ' if knobs else ''}{any_row['responses']} prompts × "
+      f"{prov.get('machine', machine() + nodes)}; {'speculation: ' + knobs + '; ' if knobs else ''}{any_row['responses']} prompts × "
       f"{int(float(any_row['tokens']) / float(any_row['responses']))} new tokens each, greedy, θ {float(any_row['threshold']):g} "
       "(the model's default), links emulated by ce-linkem (`bench/links/*.ini`). Modes of one prompt run back to back "
       "(prompt-major), so the machine's drift spreads over all of them. Raw rows: [responses.csv](responses.csv), "

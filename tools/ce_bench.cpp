@@ -255,7 +255,8 @@ int main(int argc, char** argv) {
         << std::chrono::duration_cast<std::chrono::minutes>(std::chrono::steady_clock::now() - t_start).count()
         << "\nmax_ahead=" << cli.get_int("max-ahead") << "\nmax_requests=" << cli.get_int("max-requests")
         << "\nmin_path_confidence=" << cli.get("min-path-confidence")
-        << "\nlatency_budget_ms=" << cli.get_int("latency-budget") << "\n";
+        << "\nlatency_budget_ms=" << cli.get_int("latency-budget") << "\nthreads=" << threads
+        << "\nrun_ahead=" << to_string(run_ahead) << "\n";
     std::cout << md << "\nwrote " << out_dir << "/responses.csv, summary.csv, results.md, provenance.txt\n";
     std::cout << "invariants held: every response complete, collaborative bytes = (prompt + generated) x dim x 2, "
                  "θ > 1 equals cloud-only\n";

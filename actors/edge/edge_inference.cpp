@@ -256,7 +256,7 @@ void update_average(double& average, double sample) {
 // cloud's compute without the rest of the round trip (the upload before the request, the answer
 // waiting in the mailbox behind a step) left it standing at 0.80x / 0.74x.
 int speculation_depth(const EdgeState& st, const Generation& g) {
-  return speculation_depth(effective_run_ahead(st.config.speculation_run_ahead, st.config.role), g.max_ahead,
+  return speculation_depth(st.config.run_ahead(), g.max_ahead,
                            st.wire, st.cloud_ms, LinkTiming{st.round_trip_ms, st.step_ms});
 }
 

@@ -118,11 +118,6 @@ int speculation_depth(RunAhead run_ahead, int max_ahead, const WireDelay& wire, 
   return static_cast<int>(std::clamp(std::ceil(out_ms / link.edge_token_ms), 1.0, static_cast<double>(max_ahead)));
 }
 
-RunAhead effective_run_ahead(RunAhead configured, Role role) {
-  if (configured != RunAhead::automatic) return configured;
-  return role == Role::both ? RunAhead::wire : RunAhead::round_trip;
-}
-
 int GuessOdds::bucket(float confidence) {
   if (!(confidence > 0)) return 0;  // NaN too
   return std::min(kBuckets - 1, static_cast<int>(static_cast<double>(confidence) * kBuckets));

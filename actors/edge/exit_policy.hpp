@@ -119,10 +119,8 @@ class WireDelay {
 // moving average; at least the wire's time and the cloud's reported compute, cloud_ms), the time the
 // edge would otherwise stand. RunAhead::wire: the wire's time alone, and none while it is shorter
 // than the cloud's compute, whose cores the edge's steps would take. max_ahead until the wire and a
-// step are measured. `run_ahead` is resolved (effective_run_ahead).
+// step are measured. `run_ahead` is resolved (NodeConfig::run_ahead).
 int speculation_depth(RunAhead run_ahead, int max_ahead, const WireDelay& wire, double cloud_ms, const LinkTiming& link);
-// RunAhead::automatic resolved for a node of `role`: wire where the node computes both halves.
-RunAhead effective_run_ahead(RunAhead configured, Role role);
 
 // The mode a new response runs in: a collaborative policy whose cloud link is down degrades to
 // standalone up front rather than timing out token by token; the baselines keep their mode.

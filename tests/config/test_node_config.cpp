@@ -241,6 +241,30 @@ BOOST_AUTO_TEST_CASE(speculation_run_ahead_key_takes_its_three_spellings) {
                  {"t.ini:5:", "ce.speculation.run-ahead", "auto|round-trip|wire"});
 }
 
+// auto: wire where the cloud computes on this machine (role both, every cloud at a loopback
+// address), round-trip otherwise; a setting other than auto stands.
+BOOST_AUTO_TEST_CASE(automatic_run_ahead_is_the_wire_for_a_cloud_on_this_machine) {
+  ce::NodeConfig c;
+  c.role = ce::Role::edge;
+  c.cloud_host = "127.0.0.1";
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::wire));
+  c.cloud_host = "cloud.example";
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::round_trip));
+  c.cloud_host = "10.0.0.7";
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::round_trip));
+  c.cloud_nodes = "localhost:7700, [::1]:7701";
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::wire));
+  c.cloud_nodes = "127.0.0.1:7700, cloud.example:7700";
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::round_trip));
+  c.speculation_run_ahead = ce::RunAhead::wire;
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::wire));
+  c.speculation_run_ahead = ce::RunAhead::automatic;
+  c.role = ce::Role::both;
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::wire));
+  c.speculation_run_ahead = ce::RunAhead::round_trip;
+  BOOST_TEST((c.run_ahead() == ce::RunAhead::round_trip));
+}
+
 BOOST_AUTO_TEST_CASE(http_keys_parse_and_are_range_checked) {
   auto c = ce::parse_node_config_text(minimal + "[ce.http]\nhost = \"0.0.0.0\"\nport = 8080\nmax-concurrent = 8\n"
                                       "api-key = \"k\"\n", "t.ini", "/");

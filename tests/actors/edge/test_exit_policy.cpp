@@ -196,11 +196,4 @@ BOOST_AUTO_TEST_CASE(speculation_depth_covers_the_round_trip_or_the_wire) {
   BOOST_TEST(speculation_depth(RunAhead::round_trip, 256, loopback, 1.0, {1.8, 5.0}) == 1);
 }
 
-BOOST_AUTO_TEST_CASE(automatic_run_ahead_is_the_wire_for_a_node_of_both_roles) {
-  BOOST_TEST((effective_run_ahead(RunAhead::automatic, Role::both) == RunAhead::wire));
-  BOOST_TEST((effective_run_ahead(RunAhead::automatic, Role::edge) == RunAhead::round_trip));
-  BOOST_TEST((effective_run_ahead(RunAhead::wire, Role::edge) == RunAhead::wire));
-  BOOST_TEST((effective_run_ahead(RunAhead::round_trip, Role::both) == RunAhead::round_trip));
-}
-
 BOOST_AUTO_TEST_SUITE_END()
