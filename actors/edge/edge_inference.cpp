@@ -111,6 +111,7 @@ struct EdgeState {
   // How long a cloud request may take, as the uploader serves it: with several clouds it may try
   // a second node after the first missed ce.request.deadline, and the edge waits for both.
   std::chrono::milliseconds cloud_request_deadline{0};
+  RunAhead run_ahead = RunAhead::wire;  // ce.speculation.run-ahead, resolved once (NodeConfig::run_ahead)
   static inline const char* name = "edge_inference";
 };
 
@@ -256,7 +257,7 @@ void update_average(double& average, double sample) {
 // cloud's compute without the rest of the round trip (the upload before the request, the answer
 // waiting in the mailbox behind a step) left it standing at 0.80x / 0.74x.
 int speculation_depth(const EdgeState& st, const Generation& g) {
-  return speculation_depth(st.config.run_ahead(), g.max_ahead,
+  return speculation_depth(st.run_ahead, g.max_ahead,
                            st.wire, st.cloud_ms, LinkTiming{st.round_trip_ms, st.step_ms});
 }
 
@@ -755,6 +756,7 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
   st.config = std::move(config);
   st.cloud_request_deadline = st.config.request_deadline * (st.config.cloud_addresses().size() > 1 ? 2 : 1) +
                               std::chrono::milliseconds(100);
+  st.run_ahead = st.config.run_ahead();
   st.uploader = std::move(uploader);
   st.decider = std::move(decider);
   return {
