@@ -757,6 +757,10 @@ edge_inference_actor::behavior_type edge_inference(self_ptr self, std::shared_pt
   st.cloud_request_deadline = st.config.request_deadline * (st.config.cloud_addresses().size() > 1 ? 2 : 1) +
                               std::chrono::milliseconds(100);
   st.run_ahead = st.config.run_ahead();
+  if (st.config.speculation_enabled && st.config.mode == InferenceMode::collaborative)
+    CE_LOG(info, "edge", "speculation on: up to " << st.config.speculation_max_ahead << " tokens ahead, over "
+                             << (st.run_ahead == RunAhead::round_trip ? "the whole round trip" : "the wire's time only")
+                             << " (ce.speculation.run-ahead = " << to_string(st.config.speculation_run_ahead) << ")");
   st.uploader = std::move(uploader);
   st.decider = std::move(decider);
   return {
