@@ -103,9 +103,11 @@ int64_t units_a_ticket(int64_t units, int64_t unit_work, int members) {
   return std::min(units, std::max(by_count, by_work));
 }
 
-// Output rows of each chunk of a (rows, cols) product of n input rows: whole kQ8GroupRows groups.
+// Output rows of each chunk of a (rows, cols) product of n input rows: whole kQ8GroupRows groups,
+// whole pairs of them where the VNNI kernel takes pairs (the other kernels do not mind either).
 int64_t chunk_rows(int64_t n, int64_t rows, int64_t cols, int members) {
-  return units_a_ticket(ceil_div(rows, kQ8GroupRows), n * cols * kQ8GroupRows, members) * kQ8GroupRows;
+  const int64_t unit = n >= avx512_vnni::kPairMinRows ? 2 * kQ8GroupRows : kQ8GroupRows;
+  return units_a_ticket(ceil_div(rows, unit), n * cols * unit, members) * unit;
 }
 
 thread_local uint64_t t_input_epoch = 0, t_last_epoch = 0;

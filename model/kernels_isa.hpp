@@ -64,6 +64,9 @@ void grow(std::vector<T>& v, int64_t size) {
 // linear() of q8_grouped weights: with AVX-512 VNNI (kernels_vnni.cpp, only where the CPU has it),
 // and in plain loops (kernels.cpp) for every other build.
 namespace avx512_vnni {
+// From this many input rows on the kernel takes the groups in pairs (32 output rows a pass), so the
+// team's tickets of such products are whole pairs.
+constexpr int64_t kPairMinRows = 4;
 void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end);
 }  // namespace avx512_vnni
 void linear_q8_grouped_loops(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,

@@ -80,6 +80,66 @@ void group_rows(const uint8_t* group, const float* group_scales, const Inputs& i
   }
 }
 
+// Two groups at once, output rows [16g, 16g + 32), for input rows [r0, r0 + R) (many input rows:
+// catch-up, batched steps): each input value, broadcast once, meets both groups' chunks, so a chunk
+// step issues 2R independent vpdpbusd, enough chains to hide their latency, from R + 2 loads, where
+// group_rows issues R from R + 1 and its 8 chains of 8 leave the two vector ports waiting. Each lane's
+// arithmetic is group_rows' own (the same bits). `ahead`: the next pair's first group, fetched
+// into L2 alongside (null: none). Ice Lake, one core, median GMAC/s group_rows -> pairs, the two
+// interleaved in one process; weights in the cache (256 x 256 / 688 x 256 / 256 x 688 / 2048 x 256):
+// 8 rows 62 / 79 / 71 / 77 -> 81 / 96 / 88 / 101, 16 rows 60 / 73 / 69 / 77 -> 69 / 98 / 88 / 86,
+// 32 rows 82 / 88 / 78 / 68 -> 97 / 105 / 108 / 119, 64 rows 100 / 101 / 76 / 84 -> 133 / 135 / 114
+// / 118; from memory (24 matrices of 1024 x 1024 / 2816 x 1024 / 1024 x 2816): 8 rows 48 / 57 / 50
+// -> 53 / 67 / 57, 16 rows 74 / 86 / 71 -> 84 / 97 / 86, 32 rows 93 / 93 / 76 -> 117 / 123 / 97
+// (without the prefetch 116 / 114 / 92). The vector ports could do ~2x more: each block's 8
+// multiply-adds per row and group come with 3 more operations (conversion, scale, accumulation).
+template <int R>
+void group_pair_rows(const uint8_t* group, int64_t group_bytes, const float* group_scales, int64_t scales_stride,
+                     const Inputs& in, int64_t r0, float* y, int64_t ldy, int64_t row0, bool accumulate,
+                     const uint8_t* ahead) {
+  constexpr int kChunks = kQ8Block / 4;
+  __m512 acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < in.blocks; ++b) {
+    const int64_t offset = b * kQ8GroupRows * kQ8Block;
+    const uint8_t* block0 = group + offset;
+    const uint8_t* block1 = block0 + group_bytes;
+    if (ahead)
+      for (int64_t line = 0; line < kQ8GroupRows * kQ8Block; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + offset + line), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + group_bytes + offset + line), _MM_HINT_T1);
+      }
+    const float* scales = in.scales + b * in.n + r0;
+    const int32_t* sums = in.sums + b * in.n + r0;
+    __m512i dot0[R], dot1[R];  // starting at -128 * sum(q_x), as in group_rows
+    for (int r = 0; r < R; ++r) dot0[r] = dot1[r] = _mm512_set1_epi32(-128 * sums[r]);
+    const int8_t* x = in.q + (b * in.n + r0) * kQ8Block;  // input row r's block at x + 32r
+    for (int c = 0; c < kChunks; ++c) {
+      const __m512i w0 = _mm512_loadu_si512(block0 + c * 4 * kQ8GroupRows);
+      const __m512i w1 = _mm512_loadu_si512(block1 + c * 4 * kQ8GroupRows);
+      for (int r = 0; r < R; ++r) {
+        int32_t four;  // input values [4c, 4c + 4) of the block, for every lane
+        std::memcpy(&four, x + r * kQ8Block + 4 * c, sizeof four);
+        const __m512i xv = _mm512_set1_epi32(four);
+        dot0[r] = _mm512_dpbusd_epi32(dot0[r], w0, xv);
+        dot1[r] = _mm512_dpbusd_epi32(dot1[r], w1, xv);
+      }
+    }
+    const __m512 scale_w0 = _mm512_loadu_ps(group_scales + b * kQ8GroupRows);
+    const __m512 scale_w1 = _mm512_loadu_ps(group_scales + scales_stride + b * kQ8GroupRows);
+    for (int r = 0; r < R; ++r) {
+      const __m512 scale_x = _mm512_set1_ps(scales[r]);
+      acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot0[r]), _mm512_mul_ps(scale_w0, scale_x), acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot1[r]), _mm512_mul_ps(scale_w1, scale_x), acc1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* out = y + (r0 + r) * ldy + row0;
+    _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), acc0[r]) : acc0[r]);
+    _mm512_storeu_ps(out + 16, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out + 16), acc1[r]) : acc1[r]);
+  }
+}
+
 // Horizontal maximum and sum of 16 lanes by halving shuffles (maximum and integer addition give the
 // same result in any order). A scalar loop over the lanes stored to memory took half the time of
 // quantize_block_major; GCC 12's _mm512_reduce_* warn of uninitialized values.
@@ -139,6 +199,15 @@ constexpr GroupRows kGroupRows[kMaxInputRows + 1] = {nullptr,         group_rows
                                                      group_rows<3>,   group_rows<4>, group_rows<5>,
                                                      group_rows<6>,   group_rows<7>, group_rows<8>};
 
+// Pairs of groups take input rows from kPairMinRows on (kernels_isa.hpp), in blocks of at most
+// kPairInputRows (2 x 6 dot and 2 x 6 sum registers), as even as they come.
+constexpr int kPairInputRows = 6;
+using PairRows = void (*)(const uint8_t*, int64_t, const float*, int64_t, const Inputs&, int64_t, float*, int64_t,
+                          int64_t, bool, const uint8_t*);
+constexpr PairRows kPairRows[kPairInputRows + 1] = {nullptr,            group_pair_rows<1>, group_pair_rows<2>,
+                                                    group_pair_rows<3>, group_pair_rows<4>, group_pair_rows<5>,
+                                                    group_pair_rows<6>};
+
 }  // namespace
 
 void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end) {
@@ -156,12 +225,29 @@ void linear_q8_grouped(const float* x, int64_t n, const Matrix& w, float* y, boo
   }
   const Inputs in{q.data(), scales.data(), sums.data(), n, blocks};
   const auto* data = static_cast<const uint8_t*>(w.data);
-  // Group by group, every input row through a group before the next, so that with many input rows
-  // (catch-up) a group's weights (16 * cols bytes) come from the cache after their first pass.
+  // Pair by pair of groups (group by group for fewer rows, and the odd group left), every input row
+  // through them before the next, so that with many input rows (catch-up) a group's weights (16 *
+  // cols bytes) come from the cache after their first pass.
   const int64_t group_bytes = blocks * kQ8GroupRows * kQ8Block, last = end / kQ8GroupRows - 1;
-  for (int64_t g = begin / kQ8GroupRows; g <= last; ++g) {
+  const int64_t group_scales_stride = blocks * kQ8GroupRows;
+  int64_t g = begin / kQ8GroupRows;
+  if (n >= kPairMinRows) {
+    const int64_t row_blocks = (n + kPairInputRows - 1) / kPairInputRows;
+    for (; g + 1 <= last; g += 2) {
+      const uint8_t* group = data + g * group_bytes;
+      const float* group_scales = w.scales + g * group_scales_stride;
+      for (int64_t b = 0, r = 0; b < row_blocks; ++b) {
+        const int64_t size = (n - r) / (row_blocks - b);  // the later blocks take the remainder's extra rows
+        const uint8_t* ahead = row_blocks > 1 && r == 0 && g + 3 <= last ? group + 2 * group_bytes : nullptr;
+        kPairRows[size](group, group_bytes, group_scales, group_scales_stride, in, r, y, w.rows, g * kQ8GroupRows,
+                        accumulate, ahead);
+        r += size;
+      }
+    }
+  }
+  for (; g <= last; ++g) {  // every group for fewer rows, else the odd one left
     const uint8_t* group = data + g * group_bytes;
-    const float* group_scales = w.scales + g * blocks * kQ8GroupRows;
+    const float* group_scales = w.scales + g * group_scales_stride;
     for (int64_t r = 0; r < n; r += kMaxInputRows) {
       const auto rows = static_cast<int>(std::min<int64_t>(kMaxInputRows, n - r));
       const uint8_t* ahead = n > kMaxInputRows && r == 0 && g < last ? group + group_bytes : nullptr;

@@ -129,8 +129,9 @@ if os.path.exists(memory_csv) and prov.get("fp32_bytes_per_token"):
     md += ["", "A model whose weights fit in the last-level cache" + (f" ({llc}B here)" if llc else "")
            + " is not bound by this.", ""]
 md += ["## Catch-up: the cloud filling a gap of uploaded positions in one infer", "",
-       "Per caught-up position against one decode step at the same context and thread count (best of 3; the "
-       "step best of 5). A cloud node computes with all cores (ce.threads = 0): on this 2-core machine, the "
+       "Per caught-up position (one infer that fills the gap after `context` computed positions) against a "
+       "decode step over the same positions (the gap stepped one position at a time: append one state, infer "
+       "it), at the same thread count; best of 3 each (5 for gaps under 16), the two measured in turn. A cloud node computes with all cores (ce.threads = 0): on this 2-core machine, the "
        "2-thread rows are its configuration.", "",
        "| model | weights | threads | context | gap | ms per position | ms per step | ratio |",
        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -272,7 +272,7 @@ BOOST_AUTO_TEST_CASE(int8_grouped_kernels_match_a_double_loop_and_each_other) {
     std::vector<float> scales(m.scales.size());
     kernels::interleave_q8(m.q.data(), m.scales.data(), rows, cols, data.data(), scales.data());
     const Matrix view{WeightType::q8_grouped, data.data(), scales.data(), rows, cols};
-    for (int64_t n : {1, 2, 3, 4, 8, 11}) {
+    for (int64_t n : {1, 2, 3, 4, 8, 11, 13}) {  // 4 on: pairs of groups (rows 32 on), in 1 to 3 row blocks
       const auto x = random_rows(n, cols, static_cast<uint64_t>(n + 17));
       const auto seen = as_q8_activations(x, n, cols);
       const auto [want, scale] = double_loop(m, seen, n, rows, cols);
@@ -296,11 +296,13 @@ BOOST_AUTO_TEST_CASE(int8_grouped_kernels_match_a_double_loop_and_each_other) {
         }
       for (size_t i = 1; i < results.size(); ++i)
         BOOST_TEST(results[i] == results[0], kernels_to_test[i].name << " != loops, " << rows << "x" << cols << " n " << n);
-      // Through the dispatcher, in chunks of one group of rows: the whole product.
-      std::vector<float> chunked(want.size(), -1.0f);
-      for (int64_t begin = 0; begin < rows; begin += kernels::kQ8GroupRows)
-        kernels::linear_rows(x.data(), n, view, chunked.data(), false, begin, std::min(rows, begin + kernels::kQ8GroupRows));
-      BOOST_TEST(chunked == results[0]);
+      // Through the dispatcher, in chunks of one and of two groups of rows: the whole product.
+      for (int64_t chunk : {kernels::kQ8GroupRows, 2 * kernels::kQ8GroupRows}) {
+        std::vector<float> chunked(want.size(), -1.0f);
+        for (int64_t begin = 0; begin < rows; begin += chunk)
+          kernels::linear_rows(x.data(), n, view, chunked.data(), false, begin, std::min(rows, begin + chunk));
+        BOOST_TEST(chunked == results[0], "chunks of " << chunk << " rows, " << rows << "x" << cols << " n " << n);
+      }
     }
   }
 }
