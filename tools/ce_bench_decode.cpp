@@ -111,19 +111,9 @@ std::unique_ptr<ce::CloudCompute> computed_context(const std::shared_ptr<const c
   return cloud;
 }
 
-double cloud_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
-                     int steps) {
-  const auto cloud = computed_context(model, split, states, 1);
-  const auto t0 = clock_type::now();
-  for (int i = 1; i <= steps; ++i) {
-    cloud->append(states.slice(static_cast<uint32_t>(i), 1));
-    cloud->infer(static_cast<uint32_t>(i), {});
-  }
-  return seconds_since(t0);
-}
-
 // Seconds of `gap` one-position steps (append one state, infer it) after a context of `context`
-// computed ones: the work a catch-up of the same positions replaces.
+// computed ones: the cloud's work per offloaded token, and what a catch-up of the same positions
+// replaces.
 double stepped_seconds(const std::shared_ptr<const ce::Model>& model, int64_t split, const ce::PositionRows& states,
                        int64_t context, int64_t gap) {
   const auto cloud = computed_context(model, split, states, context);
@@ -296,7 +286,7 @@ int main(int argc, char** argv) {
         if (needed > c.max_seq) cli.fail("--tokens, --context and --gaps need more positions than max_seq");
         if (!states) states = role_parts ? random_states(c.dim, needed) : edge_states(model, split, needed);
         if (range == "cloud") {
-          report(range, cloud_seconds(model, split, *states, steps));
+          report(range, stepped_seconds(model, split, *states, 1, steps));
           continue;
         }
         if (range == "batch") {
