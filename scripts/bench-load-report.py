@@ -22,6 +22,14 @@ def vals(mode, n, field):
     return [float(r[field]) for r in rows if r["mode"] == mode and int(r["sessions"]) == n]
 
 
+def repeated_runs():
+    """Where a repeat ran some session counts more than once (short runs), says so."""
+    first = [r for r in rows if r["mode"] == rows[0]["mode"] and r["repeat"] == rows[0]["repeat"]]
+    counts = {n: sum(1 for r in first if int(r["sessions"]) == n) for n in sessions}
+    many = [f"{counts[n]} runs of {n}" for n in sessions if counts[n] > 1]
+    return f" and the runs within one ({', '.join(many)} each repeat: short runs)" if many else ""
+
+
 def med(v):
     return statistics.median(v) if v else float("nan")
 
@@ -64,7 +72,7 @@ md = ["# One cloud, many edges: batched steps against one job at a time", "",
       "no edge compute runs while timed. `batched`: ce.batch.max-sessions = 32; "
       "`serial`: ce.batch.max-sessions = 1, the same scheduler one context at a time (what the cloud did before). "
       "Tokens/s = answered requests / wall time; latency = one request's round trip (upload + infer sent, reply "
-      "received). min / median / max over the repeats.", ""]
+      "received). min / median / max over the repeats" + repeated_runs() + ".", ""]
 if has_split:
     md += ["All sessions start together, and each one's first request carries its prompt "
            "(the cloud catches up sessions × prompt positions at once, chunked), as a serving benchmark's time to "
