@@ -126,4 +126,29 @@ for m in memory:
 md.append("")
 if os.path.exists(os.path.join(out, "load.png")):
     md += ["![throughput and p99 against sessions](load.png)", ""]
+
+
+def headline(sub):
+    """A sibling run's model, weights, commit and its 32-session figures (or None)."""
+    try:
+        p = json.load(open(os.path.join(sub, "provenance.json")))
+        r = list(csv.DictReader(open(os.path.join(sub, "results.csv"))))
+    except (OSError, ValueError):
+        return None
+    v = lambda mode, n, field: med([float(x[field]) for x in r if x["mode"] == mode and int(x["sessions"]) == n])
+    if not any(int(x["sessions"]) == 32 for x in r):
+        return None
+    ratio = v("batched", 32, "tokens_per_s") / v("serial", 32, "tokens_per_s")
+    p99 = v("batched", 32, "p99_ms") / v("batched", 1, "p99_ms")
+    return (f"{os.path.basename(p.get('model', '?'))}, weights {p.get('weights', 'auto')}, at {p.get('commit', '?')}: "
+            f"{ratio:.2f}x one job at a time at 32 sessions, p99 {p99:.2f}x a lone session's")
+
+
+# Runs of other models and precisions kept in subdirectories (scripts/bench-load --model/--weights
+# --out-dir DIR/NAME): one line each, so that this page shows where batching has room.
+others = [(d, headline(os.path.join(out, d))) for d in sorted(os.listdir(out))
+          if os.path.isdir(os.path.join(out, d))]
+others = [(d, h) for d, h in others if h]
+if others:
+    md += ["## Other models and precisions", ""] + [f"- [{d}/]({d}/README.md): {h}" for d, h in others] + [""]
 open(os.path.join(out, "README.md"), "w").write("\n".join(md))
