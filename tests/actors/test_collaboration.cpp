@@ -150,14 +150,19 @@ BOOST_AUTO_TEST_CASE(concurrent_responses_each_match_their_oracle) {
     double theta;  // of the oracle: 2 for the baselines, which equal the full model's greedy tokens
     InferenceMode mode = InferenceMode::collaborative;
   };
+  // 8 and then 32 responses at once (the edge's and the cloud's batched steps with that many rows),
+  // each its own prompt, θ and mode: of every 11, 8 collaborative at θ 0, 2 and the mixing θ, 2
+  // cloud-only, 1 naive split.
+  for (int count : {8, 32}) {
   std::vector<Case> cases;
-  for (int i = 0; i < 11; ++i) {
+  for (int i = 0; i < count; ++i) {
     auto prompt = i % 2 ? prompt_b() : prompt_a();
-    prompt.push_back(static_cast<int32_t>(3 + 7 * i));  // each its own prompt
-    const auto mode = i == 8 || i == 9 ? InferenceMode::cloud_only
-                      : i == 10       ? InferenceMode::naive_split
-                                      : InferenceMode::collaborative;
-    cases.push_back({prompt, i >= 8 ? 2.0 : i % 4 == 0 ? 0.0 : i % 4 == 1 ? 2.0 : mixing, mode});
+    prompt.push_back(static_cast<int32_t>((3 + 7 * i) % c.edge->model().config().vocab_size));  // each its own
+    const int kind = i % 11;
+    const auto mode = kind == 8 || kind == 9 ? InferenceMode::cloud_only
+                      : kind == 10          ? InferenceMode::naive_split
+                                            : InferenceMode::collaborative;
+    cases.push_back({prompt, kind >= 8 ? 2.0 : kind % 4 == 0 ? 0.0 : kind % 4 == 1 ? 2.0 : mixing, mode});
   }
   std::vector<GenerateResult> got(cases.size());
   std::vector<std::thread> clients;
@@ -169,11 +174,13 @@ BOOST_AUTO_TEST_CASE(concurrent_responses_each_match_their_oracle) {
     });
   for (auto& t : clients) t.join();
   for (size_t i = 0; i < cases.size(); ++i) {
-    BOOST_TEST_CONTEXT("response " << i << " theta " << cases[i].theta << " mode " << to_string(cases[i].mode)) {
+    BOOST_TEST_CONTEXT("response " << i << " of " << count << " theta " << cases[i].theta << " mode "
+                                    << to_string(cases[i].mode)) {
       BOOST_TEST(got[i].error == "");
       expect_matches_oracle(got[i].tokens, oracle(c.edge->model(), cases[i].prompt, cases[i].theta, n), cases[i].theta);
       BOOST_TEST(got[i].stats.degraded_tokens == 0);
     }
+  }
   }
 }
 
