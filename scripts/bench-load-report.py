@@ -18,8 +18,9 @@ prov = json.load(open(os.path.join(out, "provenance.json")))
 sessions = sorted({int(r["sessions"]) for r in rows})
 
 
-def vals(mode, n, field):
-    return [float(r[field]) for r in rows if r["mode"] == mode and int(r["sessions"]) == n]
+def vals(mode, n, field, of=None):
+    """A field of every run of `mode` at n sessions, in this run's rows or in `of`."""
+    return [float(r[field]) for r in (rows if of is None else of) if r["mode"] == mode and int(r["sessions"]) == n]
 
 
 def repeated_runs():
@@ -135,7 +136,7 @@ def headline(sub):
         r = list(csv.DictReader(open(os.path.join(sub, "results.csv"))))
     except (OSError, ValueError):
         return None
-    v = lambda mode, n, field: med([float(x[field]) for x in r if x["mode"] == mode and int(x["sessions"]) == n])
+    v = lambda mode, n, field: med(vals(mode, n, field, of=r))
     if not any(int(x["sessions"]) == 32 for x in r):
         return None
     ratio = v("batched", 32, "tokens_per_s") / v("serial", 32, "tokens_per_s")
