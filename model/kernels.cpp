@@ -53,6 +53,20 @@ const bool kVnni = [] {
   return false;
 #endif
 }();
+// The core's vendor decides (kernels_isa.hpp's RowBlocks): a cpuid reading, not a timing, so that a
+// machine computes the same bits in every run.
+RowBlocks chosen_row_blocks() {
+  if (const char* forced = std::getenv("CE_ROW_BLOCKS")) {
+    const std::string name = forced;
+    if (name == "dot") return RowBlocks::dot;
+    if (name == "broadcast") return RowBlocks::broadcast;
+  }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (__builtin_cpu_is("amd")) return RowBlocks::dot;
+#endif
+  return RowBlocks::broadcast;
+}
+const RowBlocks kRowBlocks = chosen_row_blocks();
 std::atomic<int> g_threads{1};
 std::atomic<int> g_sections{0};  // sections worth a team running now, on a team or alone
 
@@ -79,7 +93,7 @@ const char* to_string(WeightType type) {
 void linear_rows(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin, int64_t end) {
   if (n <= 0 || begin >= end) return;
   if (w.type == WeightType::q8_grouped && kVnni) return avx512_vnni::linear_q8_grouped(x, n, w, y, accumulate, begin, end);
-  CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate, begin, end));
+  CE_KERNELS_DISPATCH(linear(x, n, w, y, accumulate, begin, end, kRowBlocks));
 }
 
 namespace {
@@ -425,5 +439,8 @@ std::string isa() {
   }
   return "portable";
 }
+
+const char* to_string(RowBlocks blocks) { return blocks == RowBlocks::dot ? "dot" : "broadcast"; }
+RowBlocks row_blocks() { return kRowBlocks; }
 
 }  // namespace ce::kernels

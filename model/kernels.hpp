@@ -216,4 +216,20 @@ class TeamClaim {
 // The vector code in use: "avx512", "avx2" or "portable".
 std::string isa();
 
+// How fp32, fp16 and bf16 products of many input rows are blocked (kernels_simd.inc's linear_range),
+// chosen once per process by row_blocks(): `broadcast` takes the broadcast blocks (input rows
+// transposed, each weight broadcast to all lanes) from the build's V::kNarrowBroadcastMinRows /
+// kBroadcastMinRows rows on, `dot` the dot-product blocks at every row count. Which is faster
+// depends on the core, not on the instruction set: measured on Intel Ice Lake the broadcast blocks
+// won (fp32, 15 rows, weights from memory: 32-35 -> 67-74 GFLOP/s; the shipped model's fp16
+// catch-up at gap 64 0.069 -> 0.061 ms a position), on AMD Zen 5 (AVX-512 on full-width units,
+// cheap widening of halves) the dot-product blocks did at nearly every shape and row count (one
+// core, median GMAC/s broadcast -> dot: fp32 16 rows 50-55 -> 65-84; fp16 64 rows of 1024 x 1024 /
+// 1024 x 2816 65 / 46 -> 95 / 84; the 246 M shape's cloud catch-up at gap 64, fp16 1.52 -> 1.03 ms
+// a position, fp32 1.41 -> 1.27).
+enum class RowBlocks : uint8_t { broadcast, dot };
+const char* to_string(RowBlocks blocks);
+// This process's: dot on AMD CPUs, broadcast on the others; CE_ROW_BLOCKS=broadcast|dot forces one.
+RowBlocks row_blocks();
+
 }  // namespace ce::kernels

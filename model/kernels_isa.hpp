@@ -11,7 +11,7 @@
 #define CE_KERNELS_DECLARE(isa)                                                                            \
   namespace ce::kernels::isa {                                                                             \
   void linear(const float* x, int64_t n, const Matrix& w, float* y, bool accumulate, int64_t begin,       \
-              int64_t end);                                                                                \
+              int64_t end, RowBlocks blocks);                                                              \
   void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);       \
   void rope(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t start, const float* cos,         \
             const float* sin);                                                                             \

@@ -80,6 +80,10 @@ md = ["# Batch-1 decode: cecollm against llama2.c's run.c", "",
       "`gcc -Ofast -fopenmp -march=native`, reading the same weights exported by `ce-model --export-llama2c` "
       "(fp32). Tokens/s of greedy decoding from BOS (run.c's own `achieved tok/s`; ours from `ce-bench-decode`), "
       "min / median / max; `vs run.c` is the ratio of medians at the same thread count."]
+if prov.get("kernels"):
+    md[-1] += (f" Our kernels: {prov['kernels']['isa']}, products of several input rows in "
+               f"{prov['kernels']['row_blocks']} blocks (`kernels::row_blocks()`: dot-product blocks on AMD cores, "
+               "broadcast blocks on others).")
 if prov.get("llamacpp"):
     md[-1] += (f" llama.cpp: the CPU libraries of {prov['llamacpp']} (npm), driven by `bench/llamacpp/decode.cpp` "
                "(greedy from BOS, one llama_decode per token, timed after the first like run.c), reading GGUF files "

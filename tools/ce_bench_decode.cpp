@@ -242,7 +242,8 @@ int main(int argc, char** argv) {
       std::ostringstream o;
       o << std::fixed << std::setprecision(4) << "{\"engine\":\"cecollm\",\"model\":\"" << c.name << "\",\"weights\":\""
         << model->decoder().precision() << "\",\"threads\":" << ce::kernels::threads() << ",\"isa\":\""
-        << ce::kernels::isa() << "\",\"range\":\"" << range << "\",\"tag\":\"" << cli.get("tag")
+        << ce::kernels::isa() << "\",\"row_blocks\":\"" << ce::kernels::to_string(ce::kernels::row_blocks())
+        << "\",\"range\":\"" << range << "\",\"tag\":\"" << cli.get("tag")
         << "\",\"parts\":\"" << cli.get("parts") << "\",\"load_s\":" << load_seconds
         << ",\"weight_mib\":" << model->weight_bytes() / 1048576.0 << ",\"rss_mib\":" << status_kib("VmRSS:") / 1024.0
         << ",\"peak_rss_mib\":" << status_kib("VmHWM:") / 1024.0;

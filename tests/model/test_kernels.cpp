@@ -30,6 +30,9 @@ using kernels::WeightType;
 namespace {
 
 using LinearFn = void (*)(const float*, int64_t, const Matrix&, float*, bool, int64_t, int64_t);
+// A build's linear(), which takes the blocking of many input rows as an argument.
+using IsaLinearFn = void (*)(const float*, int64_t, const Matrix&, float*, bool, int64_t, int64_t, kernels::RowBlocks);
+constexpr kernels::RowBlocks kBothRowBlocks[] = {kernels::RowBlocks::broadcast, kernels::RowBlocks::dot};
 
 using SiluFn = void (*)(float*, const float*, int64_t);
 using SumExpFn = float (*)(const float*, int64_t, float);
@@ -38,7 +41,7 @@ using AttentionFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, i
 
 struct Isa {
   const char* name;
-  LinearFn linear;
+  IsaLinearFn linear;
   SiluFn silu_mul;
   AttentionFn attention;
   SumExpFn sum_exp;
@@ -205,15 +208,17 @@ BOOST_AUTO_TEST_CASE(linear_matches_a_double_loop_for_every_type_shape_and_build
         const auto seen = type == WeightType::q8 ? as_q8_activations(x, n, cols) : x;
         const auto [want, scale] = double_loop(m, seen, n, rows, cols);
         for (const auto& isa : runnable_isas())
-          for (bool accumulate : {false, true}) {
-            std::vector<float> y(want.size(), accumulate ? 1.5f : -99.0f);
-            isa.linear(x.data(), n, m.view, y.data(), accumulate, 0, rows);
-            double worst = 0;
-            for (size_t i = 0; i < y.size(); ++i)
-              worst = std::max(worst, std::abs(y[i] - (want[i] + (accumulate ? 1.5 : 0))) / (scale[i] + 1e-30));
-            BOOST_TEST(worst < 1e-5, kernels::to_string(type) << " " << rows << "x" << cols << " n " << n << " "
-                                                              << isa.name << (accumulate ? " accumulate" : ""));
-          }
+          for (auto blocks : kBothRowBlocks)
+            for (bool accumulate : {false, true}) {
+              std::vector<float> y(want.size(), accumulate ? 1.5f : -99.0f);
+              isa.linear(x.data(), n, m.view, y.data(), accumulate, 0, rows, blocks);
+              double worst = 0;
+              for (size_t i = 0; i < y.size(); ++i)
+                worst = std::max(worst, std::abs(y[i] - (want[i] + (accumulate ? 1.5 : 0))) / (scale[i] + 1e-30));
+              BOOST_TEST(worst < 1e-5, kernels::to_string(type) << " " << rows << "x" << cols << " n " << n << " "
+                                                                << isa.name << " " << kernels::to_string(blocks)
+                                                                << (accumulate ? " accumulate" : ""));
+            }
       }
     }
 }
@@ -425,24 +430,30 @@ BOOST_AUTO_TEST_CASE(int8_phases_quantize_their_own_inputs) {
   check_phases_of_two_inputs(n, cols, {&grouped_a, &grouped_b, &a.view, &b.view});
 }
 
-// Rows in batches that take the broadcast blocks (fp32 from 16 rows, fp16 and bf16 from 64): a
-// row's outputs are the same bits whatever the batch holds besides it (each lane of a broadcast
-// block sums its own row), through every runnable build; so a cloud's answer does not change with
-// the sessions stepped beside it. Columns past a slice (1,024) included.
-BOOST_AUTO_TEST_CASE(rows_in_broadcast_batches_do_not_depend_on_their_batch) {
+// A row's outputs are the same bits whatever the batch holds besides it, through every runnable
+// build: in batches that take the broadcast blocks (fp32 from 16 rows, fp16 and bf16 from 64; each
+// lane of a block sums its own row) and, with the dot-product blocks, in every batch of 2 rows or
+// more (each row's sums in the same order whatever block it falls in); so a cloud's answer does
+// not change with the sessions stepped beside it. Columns past a slice (1,024) included.
+BOOST_AUTO_TEST_CASE(rows_in_batches_do_not_depend_on_their_batch) {
   const int64_t rows = 40, cols = 1100, total = 100;
   const auto x = random_rows(total, cols, 42);
   for (auto type : {WeightType::f32, WeightType::f16, WeightType::bf16}) {
     const auto m = make_matrix(type, rows, cols, 41);
-    const auto batches = type == WeightType::f32 ? std::vector<int64_t>{16, 32, 48, 64} : std::vector<int64_t>{64, 80};
-    for (const auto& isa : runnable_isas()) {
-      std::vector<float> whole(total * rows);
-      isa.linear(x.data(), total, m.view, whole.data(), false, 0, rows);
-      for (int64_t n : batches) {
-        std::vector<float> part(static_cast<size_t>(n * rows));
-        isa.linear(x.data(), n, m.view, part.data(), false, 0, rows);
-        BOOST_TEST(std::equal(part.begin(), part.end(), whole.begin()),
-                   kernels::to_string(type) << " " << isa.name << ": the first " << n << " of " << total << " rows");
+    for (auto blocks : kBothRowBlocks) {
+      const auto batches = blocks == kernels::RowBlocks::dot ? std::vector<int64_t>{2, 3, 5, 7, 13, 16, 33, 64}
+                           : type == WeightType::f32        ? std::vector<int64_t>{16, 32, 48, 64}
+                                                            : std::vector<int64_t>{64, 80};
+      for (const auto& isa : runnable_isas()) {
+        std::vector<float> whole(total * rows);
+        isa.linear(x.data(), total, m.view, whole.data(), false, 0, rows, blocks);
+        for (int64_t n : batches) {
+          std::vector<float> part(static_cast<size_t>(n * rows));
+          isa.linear(x.data(), n, m.view, part.data(), false, 0, rows, blocks);
+          BOOST_TEST(std::equal(part.begin(), part.end(), whole.begin()),
+                     kernels::to_string(type) << " " << isa.name << " " << kernels::to_string(blocks) << ": the first "
+                                              << n << " of " << total << " rows");
+        }
       }
     }
   }
