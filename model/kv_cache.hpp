@@ -39,9 +39,24 @@ class KvCache {
   // At least `floats` floats of scratch, kept between calls (grown, never shrunk).
   float* scratch(size_t floats);
 
+  // Storage a cache let go of (it grew, was cleared or destroyed), kept in this process for the
+  // next cache that grows to the same size, at most kRecycledBytes (kv_cache.cpp says why).
+  static constexpr int64_t kRecycledBytes = int64_t{64} << 20;
+  static int64_t recycled_bytes();
+  static void release_recycled();  // frees all of it
+
  private:
+  // Hands a buffer of `floats` floats back to the recycled storage.
+  struct Recycle {
+    // Constructors, not a default member initializer or argument, which a nested class cannot use
+    // for its enclosing class's members (GCC PR 96645).
+    Recycle() : floats(0) {}
+    explicit Recycle(size_t floats_) : floats(floats_) {}
+    void operator()(float* buffer) const;
+    size_t floats;
+  };
   struct Layer {
-    std::unique_ptr<float[]> k, v;  // (capacity, kv_heads, head_dim); past length: uninitialised
+    std::unique_ptr<float[], Recycle> k, v;  // (capacity, kv_heads, head_dim); past length: uninitialised
     int64_t capacity = 0, length = 0;
   };
   const Layer& at_layer(int64_t layer) const;

@@ -158,4 +158,51 @@ BOOST_AUTO_TEST_CASE(append_keeps_all_cached_positions_and_grows) {
   BOOST_CHECK_THROW(KvCache(c, -1, 2), ModelError);
 }
 
+// A cache that goes away leaves its storage to the next cache that grows to the same size (so that
+// a new session does not fault in fresh pages), which then holds its own values; what is kept
+// stays within KvCache::kRecycledBytes.
+BOOST_AUTO_TEST_CASE(storage_of_a_destroyed_cache_is_taken_by_the_next_within_a_bound) {
+  auto c = tiny_config(2);
+  c.max_seq = 256;
+  const int64_t row = c.n_kv_heads * c.head_dim();
+  auto k = at::randn({100, c.n_kv_heads, c.head_dim()});
+  auto v = at::randn({100, c.n_kv_heads, c.head_dim()});
+  std::vector<const float*> buffers;  // the first cache's, at its last capacity (128 positions)
+  KvCache::release_recycled();        // what the tests before this one left
+  BOOST_TEST(KvCache::recycled_bytes() == 0);
+  const int64_t before = 0;
+  {
+    KvCache first(c, 0, 1);
+    first.append(0, k.data_ptr<float>(), v.data_ptr<float>(), 100);  // 64 positions, then 128
+    buffers = {first.keys(0), first.values(0)};
+    BOOST_TEST(first.bytes() == 2 * 128 * row * 4);
+  }
+  const int64_t left = KvCache::recycled_bytes();
+  BOOST_TEST(left >= before + 2 * 128 * row * 4);  // its last buffers, and its first ones if there was room
+  KvCache next(c, 0, 1);
+  auto k2 = at::randn({100, c.n_kv_heads, c.head_dim()});
+  next.append(0, k2.data_ptr<float>(), v.data_ptr<float>(), 100);
+  BOOST_TEST((next.keys(0) == buffers[0] || next.keys(0) == buffers[1]));
+  BOOST_TEST((next.values(0) == buffers[0] || next.values(0) == buffers[1]));
+  BOOST_TEST(KvCache::recycled_bytes() < left);
+  auto cached = [&](const float* p) { return at::from_blob(const_cast<float*>(p), k2.sizes()).clone(); };
+  BOOST_TEST(at::equal(cached(next.keys(0)), k2));
+  BOOST_TEST(at::equal(cached(next.values(0)), v));
+  // Caches holding more than the bound together, then all gone: at most the bound is kept.
+  auto wide = tiny_config(2);
+  wide.max_seq = 1 << 16;
+  const int64_t wide_row = wide.n_kv_heads * wide.head_dim();
+  const auto zeros = at::zeros({wide.max_seq, wide_row});
+  const int64_t cache_bytes = 2 * wide.max_seq * wide_row * 4;
+  {
+    std::vector<KvCache> many;
+    for (int64_t held = 0; held <= 2 * KvCache::kRecycledBytes; held += cache_bytes) {
+      many.emplace_back(wide, 0, 1);
+      many.back().append(0, zeros.data_ptr<float>(), zeros.data_ptr<float>(), wide.max_seq);
+    }
+  }
+  BOOST_TEST(KvCache::recycled_bytes() <= KvCache::kRecycledBytes);
+  BOOST_TEST(KvCache::recycled_bytes() >= KvCache::kRecycledBytes - cache_bytes);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
