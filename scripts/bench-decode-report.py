@@ -82,7 +82,8 @@ md = ["# Batch-1 decode: cecollm against llama2.c's run.c", "",
       "min / median / max; `vs run.c` is the ratio of medians at the same thread count."]
 if prov.get("kernels"):
     md[-1] += (f" Our kernels: {prov['kernels']['isa']}, products of several input rows in "
-               f"{prov['kernels']['row_blocks']} blocks (`kernels::row_blocks()`: dot-product blocks on AMD cores, "
+               f"{dict(dot='dot-product').get(prov['kernels']['row_blocks'], prov['kernels']['row_blocks'])} blocks "
+               "(`kernels::row_blocks()`: dot-product blocks on AMD cores, "
                "broadcast blocks on others).")
 if prov.get("llamacpp"):
     md[-1] += (f" llama.cpp: the CPU libraries of {prov['llamacpp']} (npm), driven by `bench/llamacpp/decode.cpp` "
