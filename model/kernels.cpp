@@ -53,7 +53,7 @@ const bool kVnni = [] {
   return false;
 #endif
 }();
-// The core's vendor decides (kernels_isa.hpp's RowBlocks): a cpuid reading, not a timing, so that a
+// The core's vendor decides (kernels.hpp's RowBlocks): a cpuid reading, not a timing, so that a
 // machine computes the same bits in every run.
 RowBlocks chosen_row_blocks() {
   if (const char* forced = std::getenv("CE_ROW_BLOCKS")) {

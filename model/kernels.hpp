@@ -225,8 +225,8 @@ std::string isa();
 // catch-up at gap 64 0.069 -> 0.061 ms a position), on AMD Zen 5 (AVX-512 on full-width units,
 // cheap widening of halves) the dot-product blocks did at nearly every shape and row count (one
 // core, median GMAC/s broadcast -> dot: fp32 16 rows 50-55 -> 65-84; fp16 64 rows of 1024 x 1024 /
-// 1024 x 2816 65 / 46 -> 95 / 84; the 246 M shape's cloud catch-up at gap 64, fp16 1.52 -> 1.03 ms
-// a position, fp32 1.41 -> 1.27).
+// 1024 x 2816 65 / 46 -> 95 / 84; the 246 M shape's cloud catch-up at gap 64, fp16 1.47 -> 1.01 ms
+// a position, fp32 1.35 -> 1.21).
 enum class RowBlocks : uint8_t { broadcast, dot };
 const char* to_string(RowBlocks blocks);
 // This process's: dot on AMD CPUs, broadcast on the others; CE_ROW_BLOCKS=broadcast|dot forces one.
