@@ -154,33 +154,33 @@ BOOST_AUTO_TEST_CASE(concurrent_responses_each_match_their_oracle) {
   // each its own prompt, θ and mode: of every 11, 8 collaborative at θ 0, 2 and the mixing θ, 2
   // cloud-only, 1 naive split.
   for (int count : {8, 32}) {
-  std::vector<Case> cases;
-  for (int i = 0; i < count; ++i) {
-    auto prompt = i % 2 ? prompt_b() : prompt_a();
-    prompt.push_back(static_cast<int32_t>((3 + 7 * i) % c.edge->model().config().vocab_size));  // each its own
-    const int kind = i % 11;
-    const auto mode = kind == 8 || kind == 9 ? InferenceMode::cloud_only
-                      : kind == 10          ? InferenceMode::naive_split
-                                            : InferenceMode::collaborative;
-    cases.push_back({prompt, kind >= 8 ? 2.0 : kind % 4 == 0 ? 0.0 : kind % 4 == 1 ? 2.0 : mixing, mode});
-  }
-  std::vector<GenerateResult> got(cases.size());
-  std::vector<std::thread> clients;
-  for (size_t i = 0; i < cases.size(); ++i)
-    clients.emplace_back([&, i] {
-      auto req = request_for(cases[i].prompt, cases[i].theta, n);
-      req.mode = cases[i].mode;
-      got[i] = c.edge->generate(req);
-    });
-  for (auto& t : clients) t.join();
-  for (size_t i = 0; i < cases.size(); ++i) {
-    BOOST_TEST_CONTEXT("response " << i << " of " << count << " theta " << cases[i].theta << " mode "
-                                    << to_string(cases[i].mode)) {
-      BOOST_TEST(got[i].error == "");
-      expect_matches_oracle(got[i].tokens, oracle(c.edge->model(), cases[i].prompt, cases[i].theta, n), cases[i].theta);
-      BOOST_TEST(got[i].stats.degraded_tokens == 0);
+    std::vector<Case> cases;
+    for (int i = 0; i < count; ++i) {
+      auto prompt = i % 2 ? prompt_b() : prompt_a();
+      prompt.push_back(static_cast<int32_t>((3 + 7 * i) % c.edge->model().config().vocab_size));  // each its own
+      const int kind = i % 11;
+      const auto mode = kind == 8 || kind == 9 ? InferenceMode::cloud_only
+                        : kind == 10          ? InferenceMode::naive_split
+                                              : InferenceMode::collaborative;
+      cases.push_back({prompt, kind >= 8 ? 2.0 : kind % 4 == 0 ? 0.0 : kind % 4 == 1 ? 2.0 : mixing, mode});
     }
-  }
+    std::vector<GenerateResult> got(cases.size());
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < cases.size(); ++i)
+      clients.emplace_back([&, i] {
+        auto req = request_for(cases[i].prompt, cases[i].theta, n);
+        req.mode = cases[i].mode;
+        got[i] = c.edge->generate(req);
+      });
+    for (auto& t : clients) t.join();
+    for (size_t i = 0; i < cases.size(); ++i) {
+      BOOST_TEST_CONTEXT("response " << i << " of " << count << " theta " << cases[i].theta << " mode "
+                                      << to_string(cases[i].mode)) {
+        BOOST_TEST(got[i].error == "");
+        expect_matches_oracle(got[i].tokens, oracle(c.edge->model(), cases[i].prompt, cases[i].theta, n), cases[i].theta);
+        BOOST_TEST(got[i].stats.degraded_tokens == 0);
+      }
+    }
   }
 }
 
