@@ -89,13 +89,7 @@ TokenChoice CloudCompute::infer(uint32_t position, const SamplingParams& samplin
                                 int32_t scored_token) {
   const Request request{this, position, sampling, history, scored_token};
   check(request);
-  // The calling thread's scratch, shared by every context it serves alone, as a scheduler's is by
-  // its contexts: one a context made it hold a catch-up's rows (2.7 MB for 256 positions of the
-  // shipped model) for as long as the context lived, and a new context paid for its pages again
-  // (on this VM a first touch costs microseconds a page: a 256-position catch-up in a new context
-  // ran at 0.075 ms a position, 0.023 in one whose scratch was already there).
-  thread_local std::vector<float> scratch;
-  return *step({request}, std::numeric_limits<int64_t>::max(), scratch).front();
+  return *step({request}, std::numeric_limits<int64_t>::max(), Decoder::thread_scratch()).front();
 }
 
 std::vector<std::optional<TokenChoice>> CloudCompute::step(const std::vector<Request>& requests, int64_t max_rows,

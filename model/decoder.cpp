@@ -326,6 +326,11 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
   return out.narrow(0, t - kept, kept);
 }
 
+std::vector<float>& Decoder::thread_scratch() {
+  thread_local std::vector<float> scratch;
+  return scratch;
+}
+
 std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, int64_t layer_begin, int64_t layer_end,
                                          std::vector<float>& scratch) const {
   std::vector<Segment> segments;

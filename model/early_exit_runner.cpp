@@ -53,7 +53,6 @@ struct EarlyExitRunner::State {
   std::vector<RowGroup> pending;  // older rows first; depth strictly decreasing toward the back
   std::vector<at::Tensor> done;   // rows at layer_end not yet taken
   int64_t done_first = 0;
-  std::vector<float> scratch;     // the forward's, when this runner advances alone
 
   // What rewind() restores; KV rows before the lengths are never rewritten, so lengths suffice.
   struct Checkpoint {
@@ -205,7 +204,7 @@ struct EarlyExitRunner::State {
 
   StepOutcome descend(RowGroup cur, const ExitRule& rule, bool run_to_end = false) {
     auto d = start(std::move(cur), rule, run_to_end);
-    run({&d}, scratch);
+    run({&d}, Decoder::thread_scratch());
     return d.out;
   }
 
@@ -238,7 +237,7 @@ EarlyExitRunner::EarlyExitRunner(std::shared_ptr<const Model> model, int64_t lay
 EarlyExitRunner::~EarlyExitRunner() = default;
 
 StepOutcome EarlyExitRunner::advance(const std::vector<int32_t>& tokens, const ExitRule& rule) {
-  return advance({{this, tokens, rule}}, state_->scratch).front();  // a batch of one
+  return advance({{this, tokens, rule}}, Decoder::thread_scratch()).front();  // a batch of one
 }
 
 std::vector<StepOutcome> EarlyExitRunner::advance(const std::vector<Advance>& batch, std::vector<float>& scratch) {
@@ -284,7 +283,7 @@ std::vector<StepOutcome> EarlyExitRunner::score(const std::shared_ptr<const Mode
   std::vector<int64_t> stops = s.exits;
   if (stops.empty() || stops.back() != layer_end) stops.push_back(layer_end);
   for (const auto stop : stops) {
-    cur.rows = s.decoder.forward({{cur.rows, 0, &s.kv}}, cur.depth, stop, s.scratch).front();
+    cur.rows = s.decoder.forward({{cur.rows, 0, &s.kv}}, cur.depth, stop, Decoder::thread_scratch()).front();
     cur.depth = stop;
     const bool at_exit = std::find(s.exits.begin(), s.exits.end(), stop) != s.exits.end();
     const bool final_head = stop == model->config().n_layers;
