@@ -255,6 +255,20 @@ void Decoder::release_converted_matrices() {
   };
   if (packed_->final_head) release_head(slim->lm_head, *packed_->final_head);
   for (auto& [layer, x] : slim->exits) release_head(x.head, packed_->exits.at(layer));
+  // A process that looks no token up (a cloud) held the embedding only as a tied head; once that
+  // head is the decoder's own copy, the embedding goes too.
+  if (slim->embed.defined() && !slim->parts.embed) {
+    bool read = packed_->final_head && shares(slim->embed, *packed_->final_head->matrix);
+    for (const auto& [layer, head] : packed_->exits) read = read || shares(slim->embed, *head.matrix);
+    if (!read) {
+      const at::Tensor old_embed = slim->embed;
+      if (slim->lm_head.is_same(old_embed)) slim->lm_head = at::Tensor();
+      for (auto& [layer, x] : slim->exits)
+        if (x.head.is_same(old_embed)) x.head = at::Tensor();
+      slim->embed = at::Tensor();
+      changed = true;
+    }
+  }
   if (!changed || !slim->embed.defined()) {
     if (changed) weights_ = std::move(slim);
     return;

@@ -294,7 +294,17 @@ BOOST_AUTO_TEST_CASE(edge_and_cloud_parts_load_only_their_tensors_and_compose_to
   BOOST_TEST(contains(model_error_text([&] { edge->decoder().forward(edge->decoder().embed(tokens), 0, 0, 3, kv_wrong); }),
                       "layer 2 is not loaded in this process (it holds layers [0, 2))"));
   BOOST_TEST(contains(model_error_text([&] { edge->decoder().final_logits(at_split); }), "did not load the final norm"));
-  // Untied, the cloud holds no embedding at all (tied, it holds it as its head).
+  // Converted (int8 here), the tied cloud's head is the decoder's own copy: the embedding, which it
+  // looks nothing up in, goes too (a clone of it had stayed beside the copy).
+  const auto int8_cloud = Model::load(dir.path(), WeightPrecision::int8, ModelParts::cloud(split));
+  BOOST_TEST(!int8_cloud->decoder().weights().embed.defined());
+  BOOST_TEST(!int8_cloud->decoder().weights().lm_head.defined());
+  BOOST_TEST(contains(model_error_text([&] { int8_cloud->decoder().embed(tokens); }), "did not load the token embedding"));
+  KvCache kv_int8(c, split, c.n_layers);
+  const auto int8_logits = int8_cloud->decoder().final_logits(int8_cloud->decoder().forward(at_split, 0, split, c.n_layers, kv_int8));
+  BOOST_TEST(int8_logits.size(1) == c.vocab_size);
+  BOOST_TEST(max_abs_diff(int8_logits, expected) < 0.5 * max_abs_diff(expected, at::zeros_like(expected)));
+  // Untied, the cloud holds no embedding at all (tied, as stored, it holds it as its head).
   TempDir untied;
   write_checkpoint(qwen2_like(), untied.path(), at::kBFloat16, 1, 6);
   const auto untied_cloud = Model::load(untied.path(), WeightPrecision::as_stored, ModelParts::cloud(split));
