@@ -335,8 +335,11 @@ at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t lay
   auto out = hidden.contiguous().clone();  // (T, dim), the residual stream, updated in place
   const int64_t t = out.size(0);
   const Segment one{0, t, start, &kv, kept};
-  run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end,
-             [&](size_t floats) { return kv.scratch(floats); });
+  auto& scratch = thread_scratch();
+  run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end, [&](size_t floats) {
+    if (scratch.size() < floats) scratch.resize(floats);
+    return scratch.data();
+  });
   return out.narrow(0, t - kept, kept);
 }
 

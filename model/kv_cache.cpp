@@ -147,9 +147,4 @@ void KvCache::clear() {
   for (auto& l : layers_) l = Layer{};
 }
 
-float* KvCache::scratch(size_t floats) {
-  if (scratch_.size() < floats) scratch_.resize(floats);
-  return scratch_.data();
-}
-
 }  // namespace ce

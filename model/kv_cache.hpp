@@ -1,7 +1,7 @@
 #pragma once
-// Keys and values of one session for a contiguous range of layers, plus the session's scratch
-// space for a forward step. Owned by the session (edge generation or cloud context), never by the
-// model: the decoder is shared by every session and thread, so each session brings its buffers.
+// Keys and values of one session for a contiguous range of layers. Owned by the session (edge
+// generation or cloud context), never by the model: the decoder is shared by every session and
+// thread, so each session brings its cache (a step's scratch is the thread's: Decoder::thread_scratch).
 // Each layer keeps its own length, because an early-exited token fills the deeper layers later
 // (deferred, in a batch with a later token). Torch-free.
 #include <cstdint>
@@ -29,15 +29,12 @@ class KvCache {
   const float* keys(int64_t layer) const;
   const float* values(int64_t layer) const;
 
-  // Bytes held by the cache (capacity, not only the used part; scratch excluded).
+  // Bytes held by the cache (capacity, not only the used part).
   int64_t bytes() const;
   void clear();
   // Forgets the layer's positions from `length` on (no-op when it holds no more): a rolled-back
   // speculation. Storage is kept for the positions that replace them.
   void truncate(int64_t layer, int64_t length);
-
-  // At least `floats` floats of scratch, kept between calls (grown, never shrunk).
-  float* scratch(size_t floats);
 
   // Storage a cache let go of (it grew, was cleared or destroyed), kept in this process for the
   // next cache that grows to the same size, at most kRecycledBytes (kv_cache.cpp says why).
@@ -62,7 +59,6 @@ class KvCache {
   const Layer& at_layer(int64_t layer) const;
   int64_t layer_begin_, layer_end_, row_floats_, max_seq_;
   std::vector<Layer> layers_;
-  std::vector<float> scratch_;
 };
 
 }  // namespace ce
