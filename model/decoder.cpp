@@ -329,17 +329,23 @@ int64_t Decoder::check_step(const at::Tensor& hidden, int64_t start, int64_t lay
   return outputs < 0 ? t : outputs;
 }
 
+namespace {
+// run_layers' scratch_of over a caller's scratch: grown to what a call asks, never shrunk.
+std::function<float*(size_t)> grown(std::vector<float>& scratch) {
+  return [&scratch](size_t floats) {
+    if (scratch.size() < floats) scratch.resize(floats);
+    return scratch.data();
+  };
+}
+}  // namespace
+
 at::Tensor Decoder::forward(const at::Tensor& hidden, int64_t start, int64_t layer_begin, int64_t layer_end,
                             KvCache& kv, int64_t outputs) const {
   const int64_t kept = check_step(hidden, start, layer_begin, layer_end, kv, outputs);
   auto out = hidden.contiguous().clone();  // (T, dim), the residual stream, updated in place
   const int64_t t = out.size(0);
   const Segment one{0, t, start, &kv, kept};
-  auto& scratch = thread_scratch();
-  run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end, [&](size_t floats) {
-    if (scratch.size() < floats) scratch.resize(floats);
-    return scratch.data();
-  });
+  run_layers(out.data_ptr<float>(), &one, 1, layer_begin, layer_end, grown(thread_scratch()));
   return out.narrow(0, t - kept, kept);
 }
 
@@ -367,10 +373,7 @@ std::vector<at::Tensor> Decoder::forward(const std::vector<DecodeStep>& steps, i
   std::vector<at::Tensor> out;
   if (steps.empty()) return out;
   auto x = torch::cat(rows, 0).contiguous();  // (sum T_i, dim): every session's rows, one residual stream
-  run_layers(x.data_ptr<float>(), segments.data(), segments.size(), layer_begin, layer_end, [&](size_t floats) {
-    if (scratch.size() < floats) scratch.resize(floats);
-    return scratch.data();
-  });
+  run_layers(x.data_ptr<float>(), segments.data(), segments.size(), layer_begin, layer_end, grown(scratch));
   for (const auto& seg : segments) out.push_back(x.narrow(0, seg.row + seg.rows - seg.outputs, seg.outputs));
   return out;
 }
