@@ -63,10 +63,11 @@ class Decoder {
                                   std::vector<float>& scratch) const;
   // The calling thread's scratch for the forward above, for callers that run one session alone (a
   // cloud context's infer, a lone early-exit runner; the one-session forward takes it too): shared
-  // by all of them on the thread, as a scheduler's is by its sessions. A session's own would hold its largest prefill's rows for its
-  // life (2.7 MB for a 256-position catch-up of the shipped model), and a new one would pay for those
-  // pages again (on the Zen 5 VM a first touch costs microseconds a page: a 256-position catch-up in
-  // a new context ran at 0.075 ms a position, 0.023 with the pages already there).
+  // by all of them on the thread, as a scheduler's is by its sessions. A session's own would hold
+  // its largest prefill's rows for its life (2.7 MB for a 256-position catch-up of the shipped
+  // model), and a new one would pay for those pages again (on the Zen 5 VM a first touch costs
+  // microseconds a page: a 256-position catch-up in a new context ran at 0.075 ms a position, 0.023
+  // with the pages already there).
   static std::vector<float>& thread_scratch();
 
   at::Tensor exit_logits(int64_t exit_layer, const at::Tensor& hidden) const;  // (..., dim) -> (..., vocab)
